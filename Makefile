@@ -1,0 +1,42 @@
+# hpbx — the two commands a newcomer needs:  make run   and   make test
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/hpbx.toml
+
+.PHONY: all build run test bench system-deps clean
+
+all: build
+
+# Virtual environment with the project's dependencies (from pyproject.toml).
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel "cython>=3.0"
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench]'
+	touch $@
+
+# Compile the Cython hot paths in place (only what changed is rebuilt).
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace -j 2
+
+# Debian packages the tests drive (SIPp, iptables); installed when running as root.
+system-deps:
+	@if ! command -v sipp >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q sip-tester iptables iproute2; \
+	  else echo "sipp/iptables missing and not root: the SIPp and NAT tests will skip"; fi; \
+	fi
+
+run: build
+	mkdir -p var
+	$(VENV)/bin/hpbx serve --config $(CONFIG)
+
+test: build system-deps
+	$(PY) -m pytest -q tests
+
+bench: build system-deps
+	$(PY) -m pytest -q -s bench --benchmark-columns=min,median,mean,ops,rounds
+
+clean:
+	rm -rf build var hpbx/_fast/*.c hpbx/_fast/*.so hpbx/_fast/*.html

@@ -1,0 +1,3 @@
+from hpbx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Compiled hot paths (Cython). Nothing here imports from hpbx except hpbx.errors."""

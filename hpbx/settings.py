@@ -1,0 +1,300 @@
+"""Server settings: the TOML file, validated and compiled into frozen dataclasses.
+
+Every error names the file, the key and what is wrong (``ConfigError``). Relative paths in
+the file are taken relative to the working directory the server starts in.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpbx.errors import ConfigError
+
+TRANSPORTS = ("udp", "tcp", "tls")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.family_v6 else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SipSettings:
+    listen: tuple[Listener, ...] = (Listener("udp", "127.0.0.1", 5060),)
+    advertise: str = ""  # public address written in Via/Contact; "" = the listener's address
+    domain: str = ""  # SIP domain of the digest realm; "" = the tenant's domain
+    tls_cert: str = ""
+    tls_key: str = ""
+    t1_ms: int = 500
+    t2_ms: int = 4000
+    t4_ms: int = 5000
+    max_devices: int = 3
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    nonce_ttl: int = 300
+    keepalive_interval: int = 25
+    keepalive_grace: int = 120
+    user_agent: str = "hpbx"
+
+
+@dataclass(frozen=True, slots=True)
+class RtpSettings:
+    port_min: int = 20000
+    port_max: int = 29999
+    address: str = "127.0.0.1"  # address the relay sockets bind to
+    advertise: str = ""  # address written into SDP; "" = address
+    workers: int = 0  # 0 = one per core
+    media_timeout: int = 60
+    strict_latching: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    socket: str = "var/hpbx.sock"
+    allow_uids: tuple[int, ...] = (0,)
+    max_line: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    path: str = "var/hpbx.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "hpbx@localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    path: str = ""
+    sip: SipSettings = field(default_factory=SipSettings)
+    rtp: RtpSettings = field(default_factory=RtpSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    log_level: str = "info"
+    provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
+
+
+class _Reader:
+    """Reads one table of the file, remembering which keys were used."""
+
+    def __init__(self, path: str, section: str, table: Any):
+        self.path = path
+        self.section = section
+        if table is None:
+            table = {}
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        self.table = table
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.section}.{key}: {problem}")
+
+    def get(self, key: str, kind: type | tuple, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if kind is int and isinstance(value, bool):
+            raise self.fail(key, "must be an integer, not a boolean")
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(key, f"must be {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def int_in(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.get(key, int, default)
+        if not lo <= value <= hi:
+            raise self.fail(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def address(self, key: str, default: str, allow_empty: bool = False) -> str:
+        value = self.get(key, str, default)
+        if value == "" and allow_empty:
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise self.fail(key, f"not an IP address: {value!r}") from None
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
+def parse_listener(text: str) -> Listener:
+    """``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:0.0.0.0:5061``."""
+    transport, sep, rest = text.partition(":")
+    if not sep or transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)} in {text!r}")
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [IPv6]:port in {text!r}")
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected host:port in {text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP address: {host!r} in {text!r}") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535 in {text!r}")
+    return Listener(transport, host, int(port))
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise ValueError(f"expected LOW-HIGH, got {text!r}")
+    low, high = int(lo), int(hi)
+    if not 1024 <= low < high <= 65535:
+        raise ValueError(f"range must lie within 1024-65535 with LOW < HIGH, got {text!r}")
+    if high - low < 3:
+        raise ValueError(f"range must hold at least two port pairs, got {text!r}")
+    return low, high
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate the settings file; raise ``ConfigError`` naming file, key and problem."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return from_dict(data, path)
+
+
+def from_dict(data: dict, path: str = "<settings>") -> Settings:
+    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: {key}: unknown section")
+
+    r = _Reader(path, "sip", data.get("sip"))
+    listen_raw = r.get("listen", list, ["udp:127.0.0.1:5060"])
+    if not listen_raw:
+        raise r.fail("listen", "needs at least one listener")
+    listeners = []
+    for item in listen_raw:
+        if not isinstance(item, str):
+            raise r.fail("listen", f"entries must be strings, got {item!r}")
+        try:
+            listeners.append(parse_listener(item))
+        except ValueError as exc:
+            raise r.fail("listen", str(exc)) from None
+    tls_cert = r.get("tls_cert", str, "")
+    tls_key = r.get("tls_key", str, "")
+    if any(lst.transport == "tls" for lst in listeners):
+        if not tls_cert:
+            raise r.fail("tls_cert", "a tls: listener needs a certificate path")
+        if not Path(tls_cert).is_file():
+            raise r.fail("tls_cert", f"file not found: {tls_cert}")
+        if tls_key and not Path(tls_key).is_file():
+            raise r.fail("tls_key", f"file not found: {tls_key}")
+    t1 = r.int_in("t1_ms", 500, 10, 10_000)
+    sip = SipSettings(
+        listen=tuple(listeners),
+        advertise=r.address("advertise", "", allow_empty=True),
+        domain=r.get("domain", str, ""),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        t1_ms=t1,
+        t2_ms=r.int_in("t2_ms", 4000, t1, 60_000),
+        t4_ms=r.int_in("t4_ms", 5000, 0, 60_000),
+        max_devices=r.int_in("max_devices", 3, 1, 100),
+        min_expires=r.int_in("min_expires", 60, 1, 86400),
+        max_expires=r.int_in("max_expires", 3600, 1, 86400 * 7),
+        default_expires=r.int_in("default_expires", 3600, 1, 86400 * 7),
+        nonce_ttl=r.int_in("nonce_ttl", 300, 1, 86400),
+        keepalive_interval=r.int_in("keepalive_interval", 25, 0, 3600),
+        keepalive_grace=r.int_in("keepalive_grace", 120, 0, 86400),
+        user_agent=r.get("user_agent", str, "hpbx"),
+    )
+    if sip.min_expires > sip.max_expires:
+        raise r.fail("min_expires", f"must not exceed max_expires ({sip.max_expires})")
+    r.finish()
+
+    r = _Reader(path, "rtp", data.get("rtp"))
+    try:
+        port_min, port_max = parse_port_range(r.get("ports", str, "20000-29999"))
+    except ValueError as exc:
+        raise r.fail("ports", str(exc)) from None
+    rtp = RtpSettings(
+        port_min=port_min,
+        port_max=port_max,
+        address=r.address("address", "127.0.0.1"),
+        advertise=r.address("advertise", "", allow_empty=True),
+        workers=r.int_in("workers", 0, 0, 64),
+        media_timeout=r.int_in("media_timeout", 60, 0, 86400),
+        strict_latching=r.get("strict_latching", bool, False),
+    )
+    r.finish()
+
+    r = _Reader(path, "admin", data.get("admin"))
+    uids = r.get("allow_uids", list, [0])
+    if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids):
+        raise r.fail("allow_uids", f"must be a list of non-negative integers, got {uids!r}")
+    admin = AdminSettings(
+        socket=r.get("socket", str, "var/hpbx.sock"),
+        allow_uids=tuple(uids),
+        max_line=r.int_in("max_line", 1 << 20, 1024, 1 << 26),
+    )
+    r.finish()
+
+    r = _Reader(path, "store", data.get("store"))
+    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"))
+    if not store.path:
+        raise r.fail("path", "must not be empty")
+    r.finish()
+
+    r = _Reader(path, "smtp", data.get("smtp"))
+    smtp = SmtpSettings(
+        host=r.get("host", str, "127.0.0.1"),
+        port=r.int_in("port", 25, 1, 65535),
+        sender=r.get("sender", str, "hpbx@localhost"),
+    )
+    r.finish()
+
+    r = _Reader(path, "log", data.get("log"))
+    level = r.get("level", str, "info").lower()
+    if level not in LOG_LEVELS:
+        raise r.fail("level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    r.finish()
+
+    r = _Reader(path, "provision", data.get("provision"))
+    files = r.get("files", list, [])
+    if not all(isinstance(f, str) for f in files):
+        raise r.fail("files", "must be a list of paths")
+    r.finish()
+
+    return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
+                    log_level=level, provision=tuple(files))

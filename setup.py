@@ -1,0 +1,53 @@
+"""Build knobs for the compiled hot paths, in one place.
+
+Every ``hpbx/_fast/*.pyx`` becomes an extension ``hpbx._fast.<name>``.
+``HPBX_DEBUG=1`` builds with line tracing and writes annotated HTML next to the sources.
+"""
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("HPBX_DEBUG") == "1"
+
+DIRECTIVES = {
+    "language_level": 3,
+    "embedsignature": True,
+    "binding": False,
+    "cdivision": True,
+}
+if DEBUG:
+    DIRECTIVES.update(linetrace=True, profile=True)
+
+COMPILE_ARGS = ["-O2", "-fno-strict-aliasing", "-Wno-unused-function"]
+if DEBUG:
+    COMPILE_ARGS = ["-O0", "-g"]
+
+# Extensions that need extra native libraries or macros.
+EXTRA = {
+    "relay": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
+}
+
+
+def extensions():
+    exts = []
+    for pyx in sorted(glob.glob("hpbx/_fast/*.pyx")):
+        name = os.path.splitext(os.path.basename(pyx))[0]
+        extra = EXTRA.get(name, {})
+        macros = list(extra.get("define_macros", []))
+        if DEBUG:
+            macros.append(("CYTHON_TRACE_NOGIL", "1"))
+        exts.append(
+            Extension(
+                f"hpbx._fast.{name}",
+                [pyx],
+                extra_compile_args=COMPILE_ARGS,
+                libraries=extra.get("libraries", []),
+                define_macros=macros,
+            )
+        )
+    return cythonize(exts, compiler_directives=DIRECTIVES, annotate=DEBUG, nthreads=2)
+
+
+setup(ext_modules=extensions())
