@@ -30,10 +30,16 @@ EXTRA = {
 }
 
 
+# HPBX_ONLY=sipmsg,sdp limits a development build to some modules.
+ONLY = {n for n in os.environ.get("HPBX_ONLY", "").split(",") if n}
+
+
 def extensions():
     exts = []
     for pyx in sorted(glob.glob("hpbx/_fast/*.pyx")):
         name = os.path.splitext(os.path.basename(pyx))[0]
+        if ONLY and name not in ONLY:
+            continue
         extra = EXTRA.get(name, {})
         macros = list(extra.get("define_macros", []))
         if DEBUG:
