@@ -1,0 +1,33 @@
+"""What the admin methods may reach in the running server.
+
+The admin layer never touches protocol state or SQL: app.py hands it this small context of
+services and callables. Any field may be None while that part of the server does not exist
+yet; a method that needs it then answers the JSON-RPC error "not available" naming it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from hpbx.settings import Settings
+
+
+@dataclass(slots=True)
+class AdminContext:
+    settings: Settings
+    # hpbx.pbx.provisioning service: tenant_create(...), user_list(...), export_tenant(...), ...
+    provisioning: Any = None
+    # () -> iterable of binding dicts: user, tenant, contact, source (host:port), transport,
+    # user_agent, behind_nat, expires_at (unix time) ...
+    list_registrations: Callable[[], Any] | None = None
+    # () -> iterable of call dicts (call_id, caller, called, state, started_at, ...)
+    list_calls: Callable[[], Any] | None = None
+    # (call_id) -> bool (False: no such call); may be a coroutine function
+    hangup_call: Callable[[str], Any] | None = None
+    # layer name -> () -> dict of counters and gauges (sip, registrar, media, store, ...)
+    stats_sources: dict[str, Callable[[], dict]] = field(default_factory=dict)
+    # () -> dict describing what changed; may be a coroutine function; raises ConfigError
+    reload_config: Callable[[], dict | Awaitable[dict]] | None = None
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
