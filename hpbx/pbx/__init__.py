@@ -1,0 +1,1 @@
+"""The PBX domain: model, slot selection, routing, provisioning, calls. No sockets, no SQL."""
