@@ -64,7 +64,11 @@ class AdminClient:
 
     def request(self, obj: Any) -> Any:
         """Send any JSON value, return the decoded answer line."""
-        self.send_line(encode(obj))
+        try:
+            self.send_line(encode(obj))
+        except (BrokenPipeError, ConnectionResetError):
+            # The server may have refused us (uid not allowed) and said why before closing.
+            pass
         return orjson.loads(self.read_line())
 
     def call(self, method: str, params: dict | list | None = None, **kw: Any) -> Any:

@@ -194,37 +194,39 @@ async def config_reload(ctx: AdminContext, p: dict) -> dict:
     return {"reloaded": True, **(result or {})}
 
 
-def find_wan_address(netns: str | None = None) -> dict:
+async def _items(result: Any) -> list:
+    if hasattr(result, "__aiter__"):
+        return [item async for item in result]
+    return list(result)
+
+
+async def find_wan_address(netns: str | None = None) -> dict:
     """The address this box uses towards the world: the source of its IPv4 default route.
 
-    Asks the kernel (netlink via pyroute2); nothing is sent on the network.
+    Asks the kernel over netlink (pyroute2, async: the admin server runs in the event loop);
+    nothing is sent on the network.
     """
-    from pyroute2 import IPRoute, NetNS
+    from pyroute2 import AsyncIPRoute
 
-    ipr = NetNS(netns) if netns else IPRoute()
-    try:
-        routes = ipr.get_default_routes(family=socket.AF_INET)
+    async with AsyncIPRoute(netns=netns) as ipr:
+        routes = await _items(await ipr.get_default_routes(family=socket.AF_INET))
         if not routes:
             return {"address": None, "reason": "no default route"}
-        route = min(routes, key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
-        oif = route.get_attr("RTA_OIF")
-        gateway = route.get_attr("RTA_GATEWAY")
-        address = route.get_attr("RTA_PREFSRC")
+        route = min(routes, key=lambda r: r.get("priority") or 0)
+        oif, gateway, address = route.get("oif"), route.get("gateway"), route.get("prefsrc")
+        links = await _items(await ipr.link("get", index=oif))
+        ifname = links[0].get("ifname") if links else None
         if address is None:
-            # The kernel would pick the interface's primary address for this route.
-            addrs = ipr.get_addr(family=socket.AF_INET, index=oif)
-            address = addrs[0].get_attr("IFA_ADDRESS") if addrs else None
-        links = ipr.get_links(oif)
-        ifname = links[0].get_attr("IFLA_IFNAME") if links else None
+            # the kernel picks the interface's primary address as source for this route
+            addrs = await _items(await ipr.addr("dump", index=oif, family=socket.AF_INET))
+            address = addrs[0].get("address") if addrs else None
         if address is None:
             return {"address": None, "reason": f"default route via {ifname} has no IPv4 address",
                     "interface": ifname, "gateway": gateway}
         return {"address": address, "interface": ifname, "gateway": gateway}
-    finally:
-        ipr.close()
 
 
-def system_info(ctx: AdminContext, p: dict) -> dict:
+async def system_info(ctx: AdminContext, p: dict) -> dict:
     licences: dict[str, Any]
     if ctx.provisioning is not None and hasattr(ctx.provisioning, "licence_counts"):
         licences = dict(ctx.provisioning.licence_counts())
@@ -234,7 +236,7 @@ def system_info(ctx: AdminContext, p: dict) -> dict:
     else:
         licences = {"users": None, "cti_users": None, "reason": "provisioning is not available"}
     try:
-        wan = find_wan_address()
+        wan = await find_wan_address()
     except OSError as exc:
         wan = {"address": None, "reason": f"cannot read routes: {exc}"}
     return {

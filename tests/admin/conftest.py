@@ -1,0 +1,28 @@
+"""Fixtures of the admin tests (the rig itself is in adminrig.py)."""
+from __future__ import annotations
+
+import pytest
+
+from adminrig import ServerThread, make_settings
+from hpbx.admin.context import AdminContext
+
+
+@pytest.fixture
+def start_admin(tmp_path):
+    started: list[ServerThread] = []
+
+    def start(ctx: AdminContext | None = None, admin_kw: dict | None = None, **server_kw) -> ServerThread:
+        if ctx is None:
+            ctx = AdminContext(settings=make_settings(tmp_path, **(admin_kw or {})))
+        st = ServerThread(ctx, **server_kw).start()
+        started.append(st)
+        return st
+
+    yield start
+    for st in started:
+        st.stop()
+
+
+@pytest.fixture
+def admin_server(start_admin) -> ServerThread:
+    return start_admin()
