@@ -269,6 +269,55 @@ def _cti(user: dict) -> bool:
     return bool(user.get("cti_access") or flags.get("cti_access"))
 
 
+# -- provisioning: thin calls into hpbx.pbx.provisioning (validation and the transaction are
+# the service's; the table here fixes names, types and help) ---------------------------------
+
+def _keys(p: dict, keys: tuple[str, ...]) -> list:
+    return [p[k] for k in keys]
+
+
+def _crud_handlers(noun: str, keys: tuple[str, ...], filters: tuple[str, ...]) -> dict[str, Callable]:
+    def create(ctx: AdminContext, p: dict) -> Any:
+        return _service(ctx, f"{noun}_create")(p)
+
+    def get(ctx: AdminContext, p: dict) -> Any:
+        return _service(ctx, f"{noun}_get")(*_keys(p, keys))
+
+    def update(ctx: AdminContext, p: dict) -> Any:
+        changes = {k: v for k, v in p.items() if k not in keys}
+        if not changes:
+            raise invalid_params("params", f"{noun}.update needs at least one field to change")
+        return _service(ctx, f"{noun}_update")(*_keys(p, keys), changes)
+
+    def delete(ctx: AdminContext, p: dict) -> Any:
+        result = _service(ctx, f"{noun}_delete")(*_keys(p, keys))
+        return result if result is not None else {"deleted": {k: p[k] for k in keys}}
+
+    def list_(ctx: AdminContext, p: dict) -> Any:
+        args = {k: p[k] for k in filters if k in p}
+        return _page(list(_service(ctx, f"{noun}_list")(**args)), p)
+
+    return {"create": create, "get": get, "update": update, "delete": delete, "list": list_}
+
+
+def _add_crud(noun: str, what: str, keys: tuple[Param, ...], fields: tuple[Param, ...],
+              filters: tuple[Param, ...], columns: tuple[str, ...], verbs: tuple[str, ...] = (
+                  "create", "get", "update", "delete", "list")) -> None:
+    key_names = tuple(k.name for k in keys)
+    h = _crud_handlers(noun, key_names, tuple(f.name for f in filters))
+    optional = tuple(Param(f.name, f.type, False, f.help, f.choices, f.min, f.max) for f in fields)
+    docs = {
+        "create": (f"Create {what}.", keys + fields),
+        "get": (f"Show {what}.", keys),
+        "update": (f"Change fields of {what}; fields not given keep their value.", keys + optional),
+        "delete": (f"Delete {what}.", keys),
+        "list": (f"List {what}s.", filters + PAGE),
+    }
+    for verb in verbs:
+        text, params = docs[verb]
+        _add(f"{noun}.{verb}", h[verb], text, *params, columns=columns if verb == "list" else ())
+
+
 METHODS: dict[str, Method] = {}
 
 
@@ -297,3 +346,140 @@ _add("system.info", system_info,
      "Version, uptime, licence counts (users, CTI users) and the WAN address from the default route.")
 _add("config.reload", config_reload,
      "Reload the server settings file without dropping calls or registrations (like SIGHUP).")
+
+TENANT = Param("tenant", "str", required=True, help="tenant name")
+_add_crud(
+    "tenant", "a tenant (a customer's PBX)",
+    (Param("name", "str", required=True, help="tenant name (a-z, 0-9, _.-)"),),
+    (Param("domain", "str", help="SIP domain of the tenant"),
+     Param("timezone", "str", help="IANA time zone of the dial plans (default Europe/Zurich)"),
+     Param("trunk", "str", help="name of the trunk used for external numbers")),
+    (), ("name", "domain", "timezone", "trunk"))
+_add_crud(
+    "user", "a user (SIP account and person)",
+    (Param("username", "str", required=True, help="SIP user name, unique on the server"),),
+    (TENANT,
+     Param("sip_password", "str", required=True, help="SIP digest password"),
+     Param("internal_number", "str", help="internal number (2-6 digits; 700-720, 801, 900-902 reserved)"),
+     Param("displayed_number", "str", help="one of the tenant's public numbers, shown to the called party"),
+     Param("displayed_number_diversion", "str", help="caller ID on diverted calls",
+           choices=("displayed", "original_caller", "dialled")),
+     Param("cti_password", "str", help="password of the CTI clients"),
+     Param("details", "object", help="first_name, name, company, mobile, nickname, email"),
+     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true}")),
+    (Param("tenant", "str", help="only this tenant"),),
+    ("username", "tenant", "internal_number", "displayed_number", "details"))
+_add_crud(
+    "group", "a group of users",
+    (TENANT, Param("name", "str", required=True, help="group name")),
+    (Param("internal_number", "str", help="internal number of the group"),
+     Param("members", "array", help="usernames in ring order"),
+     Param("logged_out", "array", help="members currently logged out")),
+    (Param("tenant", "str", help="only this tenant"),),
+    ("tenant", "name", "internal_number", "members", "logged_out"))
+_add_crud(
+    "trunk", "a trunk (gateway for external numbers)",
+    (TENANT, Param("name", "str", required=True, help="trunk name")),
+    (Param("host", "str", required=True, help="gateway host or address"),
+     Param("port", "int", help="gateway port (default 5060)", min=1, max=65535),
+     Param("transport", "str", help="transport to the gateway", choices=("udp", "tcp", "tls")),
+     Param("username", "str", help="digest user name, when the gateway challenges"),
+     Param("password", "str", help="digest password"),
+     Param("from_domain", "str", help="host part of From on outgoing calls")),
+    (Param("tenant", "str", help="only this tenant"),),
+    ("tenant", "name", "host", "port", "transport", "from_domain"))
+_add_crud(
+    "number", "a public number (call distribution)",
+    (Param("number", "str", required=True, help="the public number, national or +E.164"),),
+    (TENANT,
+     Param("usage", "str", help="what the number does", choices=("telephone", "fax", "conference", "followme")),
+     Param("name", "str", help="label"),
+     Param("alert_info", "str", help="Alert-Info sent to the rung devices"),
+     Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)")),
+    (Param("tenant", "str", help="only this tenant"),),
+    ("number", "tenant", "usage", "name"))
+_add_crud(
+    "switch", "a special switch (manual override of dial plans)",
+    (TENANT, Param("name", "str", required=True, help="switch name")),
+    (Param("numbers", "array", help="public numbers the switch overrides"),
+     Param("use_slot", "int", help="1-10: use this slot of each number; 0: use plan", min=0, max=10),
+     Param("plan", "object", help="the switch's own dial plan (a slot)"),
+     Param("on", "bool", help="switched on"),
+     Param("auto_off_at", "str", help="ISO 8601 time after which the switch counts as off")),
+    (Param("tenant", "str", help="only this tenant"),),
+    ("tenant", "name", "on", "switched_on_at", "numbers", "use_slot"))
+_add_crud(
+    "announcement", "an announcement (audio metadata)",
+    (TENANT, Param("id", "int", required=True, help="announcement id", min=1)),
+    (Param("name", "str", help="label"),
+     Param("file", "str", help="audio file, relative to the media directory"),
+     Param("kind", "str", help="announcement or music on hold", choices=("announcement", "music")),
+     Param("duration_ms", "int", help="length in milliseconds", min=0)),
+    (Param("tenant", "str", help="only this tenant"),),
+    ("tenant", "id", "name", "kind", "file", "duration_ms"))
+
+
+def number_set_slots(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "number_set_slots")(p["number"], p["slots"])
+
+
+def number_find_unused(ctx: AdminContext, p: dict) -> Any:
+    return _page(list(_service(ctx, "number_find_unused")(p["tenant"])), p)
+
+
+def number_search(ctx: AdminContext, p: dict) -> Any:
+    args = {k: v for k, v in p.items() if k not in ("limit", "offset")}
+    return _page(list(_service(ctx, "number_search")(**args)), p)
+
+
+def switch_set(ctx: AdminContext, p: dict) -> Any:
+    args = {"auto_off_at": p["auto_off_at"]} if "auto_off_at" in p else {}
+    return _service(ctx, "switch_set")(p["tenant"], p["name"], **args)
+
+
+def switch_clear(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "switch_clear")(p["tenant"], p["name"])
+
+
+def cdr_list(ctx: AdminContext, p: dict) -> Any:
+    args = {k: v for k, v in p.items() if k not in ("limit", "offset")}
+    return _page(list(_service(ctx, "cdr_list")(**args)), p)
+
+
+def tenant_export(ctx: AdminContext, p: dict) -> Any:
+    return {"name": p["name"], "toml": _service(ctx, "export_tenant")(p["name"])}
+
+
+def tenant_import(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "import_tenant")(p["toml"])
+
+
+_add("number.set_slots", number_set_slots,
+     "Replace the ten dial-plan slots of a number in one change (slots not given become empty).",
+     Param("number", "str", required=True, help="the public number"),
+     Param("slots", "array", required=True,
+           help="up to ten slots: {active, name, mode, days, date_from, date_to, time_start, time_end, "
+                "announcement_before, announcement_after, voice2mail, rows: [{duration, targets}]}"))
+_add("number.find_unused", number_find_unused,
+     "Telephone numbers of a tenant that reach nobody: no active switch and ten empty dial plans.",
+     TENANT, *PAGE, columns=("number", "usage", "name"))
+_add("number.search", number_search, "Find public numbers by digits, name or target.",
+     Param("tenant", "str", help="only this tenant"),
+     Param("query", "str", help="part of the number or its name"),
+     Param("target", "str", help="numbers whose dial plans reach this target (user:NAME, group:NAME, ...)"),
+     *PAGE, columns=("number", "tenant", "usage", "name"))
+_add("switch.set", switch_set, "Switch a special switch on: it takes effect on the next call.",
+     TENANT, Param("name", "str", required=True, help="switch name"),
+     Param("auto_off_at", "str", help="ISO 8601 time after which the switch counts as off"))
+_add("switch.clear", switch_clear, "Switch a special switch off.",
+     TENANT, Param("name", "str", required=True, help="switch name"))
+_add("cdr.list", cdr_list, "Call records, newest first.",
+     Param("tenant", "str", help="only this tenant"),
+     Param("since", "str", help="ISO 8601: only calls that started at or after"),
+     Param("until", "str", help="ISO 8601: only calls that started before"),
+     *PAGE, columns=("id", "tenant", "caller", "called", "slot", "switch", "answered_by", "start", "end", "end_reason"))
+_add("tenant.export", tenant_export, "A tenant and everything it owns as TOML (the import format).",
+     Param("name", "str", required=True, help="tenant name"))
+_add("tenant.import", tenant_import,
+     "Create a tenant and everything it owns from TOML (as written by tenant.export), in one change.",
+     Param("toml", "str", required=True, help="the TOML text"))
