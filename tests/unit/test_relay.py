@@ -1,0 +1,426 @@
+"""The compiled relay with real UDP sockets on loopback: relaying, latching, stats, pool, threads."""
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from hpbx._fast.relay import Relay
+from hpbx.errors import RelayError
+
+LO = "127.0.0.1"
+# A range of its own, away from the server's default 20000-29999.
+PORT_MIN, PORT_MAX = 41000, 41199
+
+
+def rtp(seq, ts, ssrc=0x1234, pt=0, payload=b"\xff" * 160, marker=0):
+    return struct.pack("!BBHII", 0x80, (marker << 7) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def rtcp_sr(ssrc=0x1234):
+    # RTCP sender report header (PT 200), length 6 words, then 24 bytes of sender info
+    return struct.pack("!BBHI", 0x80, 200, 6, ssrc) + bytes(20)
+
+
+class Peer:
+    """A phone end: an RTP socket and an RTCP socket (RTP + 1 when free) on loopback."""
+
+    def __init__(self, host=LO):
+        self.rtp = self._sock(host, 0)
+        self.rtcp = self._sock(host, 0)
+
+    @staticmethod
+    def _sock(host, port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, port))
+        s.settimeout(1.0)
+        return s
+
+    @property
+    def addr(self):
+        return self.rtp.getsockname()
+
+    @property
+    def rtcp_port(self):
+        return self.rtcp.getsockname()[1]
+
+    def close(self):
+        self.rtp.close()
+        self.rtcp.close()
+
+
+def recv(sock, timeout=1.0):
+    sock.settimeout(timeout)
+    return sock.recvfrom(4096)
+
+
+def nothing(sock, wait=0.15):
+    sock.settimeout(wait)
+    try:
+        data, src = sock.recvfrom(4096)
+    except socket.timeout:
+        return True
+    raise AssertionError(f"unexpected datagram from {src}: {data[:16]!r}")
+
+
+def wait_for(pred, timeout=2.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+@pytest.fixture
+def peers():
+    made = []
+
+    def make(host=LO):
+        p = Peer(host)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
+def relay():
+    r = Relay(LO, PORT_MIN, PORT_MAX, workers=2, silence=2.0)
+    r.start()
+    total = r.total_pairs()
+    yield r
+    if not r.closed:
+        # every test leaves the pool full again
+        for h in r.sessions():
+            r.delete(h)
+        assert r.free_pairs() == total
+        assert r.used_pairs() == 0
+        r.close()
+
+
+def call(relay, a, b, a_sdp=None):
+    """A session whose leg A expects peer a (or the given SDP address) and leg B peer b."""
+    h = relay.allocate()
+    host, port = a_sdp or a.addr
+    relay.set_peer(h, "a", host, port, rtcp_port=a.rtcp_port if a_sdp is None else 0)
+    relay.set_peer(h, "b", *b.addr, rtcp_port=b.rtcp_port)
+    pa, pb = relay.ports(h)
+    return h, pa, pb
+
+
+def test_allocate_gives_even_rtp_ports_from_the_pool(relay):
+    total = relay.total_pairs()
+    assert total == (PORT_MAX - PORT_MIN + 1) // 2
+    h = relay.allocate()
+    pa, pb = relay.ports(h)
+    assert pa % 2 == 0 and pb % 2 == 0 and pa != pb
+    assert PORT_MIN <= pa < PORT_MAX and PORT_MIN <= pb < PORT_MAX
+    st = relay.stats(h)
+    assert st["a"]["rtcp_port"] == pa + 1 and st["b"]["rtcp_port"] == pb + 1
+    assert relay.free_pairs() == total - 2 and relay.used_pairs() == 2
+    # the ports are really bound by the relay
+    with pytest.raises(OSError):
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind((LO, pa + 1))
+    relay.delete(h)
+    assert relay.free_pairs() == total
+
+
+def test_relays_both_ways_and_payload_unchanged(relay, peers):
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    pkts = [rtp(i, i * 160, payload=os.urandom(160)) for i in range(5)]
+    for p in pkts:
+        a.rtp.sendto(p, (LO, pa))
+    got = [recv(b.rtp) for _ in pkts]
+    assert [d for d, _ in got] == pkts
+    assert all(src == (LO, pb) for _, src in got)  # B sees the relay's B-leg port
+    back = rtp(7, 1120, ssrc=0x9999)
+    b.rtp.sendto(back, (LO, pb))
+    data, src = recv(a.rtp)
+    assert data == back and src == (LO, pa)
+    st = relay.stats(h)
+    assert st["a"]["packets"] == 5 and st["a"]["bytes"] == 5 * 172
+    assert st["b"]["packets"] == 1 and st["b"]["ssrc"] == 0x9999
+
+
+def test_rfc4733_telephone_events_pass_through_unchanged(relay, peers):
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    # DTMF "5": event 5, end bit on the last three, volume 10, duration growing; same timestamp
+    events = [rtp(100 + i, 8000, pt=101, marker=int(i == 0),
+                  payload=struct.pack("!BBH", 5, (0x80 if i >= 3 else 0) | 10, 160 * (i + 1)))
+              for i in range(6)]
+    for e in events:
+        a.rtp.sendto(e, (LO, pa))
+    assert [recv(b.rtp)[0] for _ in events] == events
+
+
+def test_latching_sends_to_the_real_source_not_the_private_sdp_address(relay, peers):
+    a, b = peers(), peers()
+    # A's SDP names an address it cannot be reached at (its private address behind NAT);
+    # 127.0.0.2 stands in for it and nothing listens there
+    h, pa, pb = call(relay, a, b, a_sdp=("127.0.0.2", 40000))
+    assert relay.stats(h)["a"]["peer"] == ("127.0.0.2", 40000)
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    recv(b.rtp)
+    st = relay.stats(h)["a"]
+    assert st["latched"] and st["peer"] == a.addr and st["sdp_peer"] == ("127.0.0.2", 40000)
+    b.rtp.sendto(rtp(1, 160, ssrc=7), (LO, pb))
+    data, src = recv(a.rtp)
+    assert src == (LO, pa) and data[8:12] == struct.pack("!I", 7)
+
+
+def test_second_source_is_ignored_until_relatch(relay, peers):
+    a, b, attacker = peers(), peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    recv(b.rtp)
+    attacker.rtp.sendto(rtp(99, 0, ssrc=0xBAD), (LO, pa))
+    assert nothing(b.rtp)
+    b.rtp.sendto(rtp(1, 160, ssrc=2), (LO, pb))
+    recv(a.rtp)  # B's media still goes to A ...
+    assert nothing(attacker.rtp)  # ... and not to the attacker
+    assert relay.stats(h)["a"]["dropped_source"] == 1
+    # a re-INVITE: the phone moved, the next source is the new peer
+    relay.relatch(h, "a")
+    attacker.rtp.sendto(rtp(100, 160, ssrc=0xBAD), (LO, pa))
+    recv(b.rtp)
+    b.rtp.sendto(rtp(2, 320, ssrc=2), (LO, pb))
+    recv(attacker.rtp)
+    assert nothing(a.rtp)
+    st = relay.stats(h)["a"]
+    assert st["peer"] == attacker.addr and st["relatched"] == 0  # relatch by command, not silence
+
+
+def test_new_source_accepted_after_the_old_one_fell_silent(peers):
+    a, b, moved = peers(), peers(), peers()
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.3) as r:
+        h, pa, pb = call(r, a, b)
+        a.rtp.sendto(rtp(1, 160), (LO, pa))
+        recv(b.rtp)
+        moved.rtp.sendto(rtp(2, 320), (LO, pa))
+        assert nothing(b.rtp, 0.1)  # still talking: hijack refused
+        time.sleep(0.35)
+        moved.rtp.sendto(rtp(3, 480), (LO, pa))
+        recv(b.rtp)
+        st = r.stats(h)["a"]
+        assert st["peer"] == moved.addr and st["relatched"] == 1 and st["dropped_source"] == 1
+        r.delete(h)
+
+
+def test_strict_latching_accepts_only_the_sdp_address(peers):
+    a, b, other = peers(), peers(), peers()
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, strict_latching=True, silence=0.0) as r:
+        h = r.allocate()
+        pa, pb = r.ports(h)
+        r.set_peer(h, "b", *b.addr, rtcp_port=b.rtcp_port)
+        a.rtp.sendto(rtp(1, 160), (LO, pa))
+        assert nothing(b.rtp)  # no SDP address for A yet: nothing is accepted
+        r.set_peer(h, "a", *a.addr, rtcp_port=a.rtcp_port)
+        other.rtp.sendto(rtp(2, 320), (LO, pa))
+        assert nothing(b.rtp)  # not even after silence (silence = 0)
+        a.rtp.sendto(rtp(3, 480), (LO, pa))
+        assert recv(b.rtp)[0][2:4] == b"\x00\x03"
+        st = r.stats(h)["a"]
+        assert st["dropped_source"] == 2 and st["packets"] == 1
+        r.delete(h)
+        assert r.free_pairs() == r.total_pairs()
+
+
+def test_loss_is_counted_from_a_sequence_gap(relay, peers):
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    seqs = [s for s in range(65530, 65530 + 30) if not (65538 <= s < 65543)]  # wraps, 5 missing
+    for s in seqs:
+        a.rtp.sendto(rtp(s, s * 160), (LO, pa))
+    for _ in seqs:
+        recv(b.rtp)
+    st = relay.stats(h)["a"]
+    assert st["packets"] == 25
+    assert st["expected"] == 30 and st["lost"] == 5
+
+
+def test_jitter_from_a_known_timing_pattern(relay, peers):
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    # 40 packets sent back to back whose timestamps claim 20 ms spacing: every transit
+    # difference is 160 units, so J converges to 160 * (1 - (15/16)**39) ~ 147 (RFC 3550 A.8)
+    for i in range(40):
+        a.rtp.sendto(rtp(i, i * 160), (LO, pa))
+    for _ in range(40):
+        recv(b.rtp)
+    st = relay.stats(h)["a"]
+    assert 135 <= st["jitter"] <= 160, st["jitter"]
+    assert st["jitter_ms"] == pytest.approx(st["jitter"] / 8, abs=0.2)
+    # paced packets whose timestamps match their real spacing: low jitter (a new SSRC restarts it)
+    for i in range(15):
+        b.rtp.sendto(rtp(i, i * 80, ssrc=0x77), (LO, pb))
+        time.sleep(0.01)
+    for _ in range(15):
+        recv(a.rtp)
+    sb = relay.stats(h)["b"]
+    assert sb["jitter"] < 40, sb["jitter"]  # < 5 ms: only the sleeps' scheduling noise
+    assert sb["lost"] == 0 and sb["expected"] == 15
+
+
+def test_last_packet_time_and_media_timeout_unless_on_hold(relay, peers):
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    h2, _, _ = call(relay, a, b)
+    t0 = time.monotonic()
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    recv(b.rtp)
+    last = relay.stats(h)["a"]["last_packet"]
+    assert t0 <= last <= time.monotonic()
+    assert relay.stats(h)["b"]["last_packet"] is None
+    assert relay.timed_out(0.2) == []
+    time.sleep(0.25)
+    assert sorted(relay.timed_out(0.2)) == sorted([h, h2])
+    relay.set_hold(h, True)
+    assert relay.timed_out(0.2) == [h2]
+    relay.set_hold(h, False)
+    b.rtp.sendto(rtp(1, 160), (LO, pb))  # media again: no longer timed out
+    recv(a.rtp)
+    assert relay.timed_out(0.2) == [h2]
+
+
+def test_rtcp_is_relayed_between_rtcp_ports(relay, peers):
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    sr = rtcp_sr()
+    a.rtcp.sendto(sr, (LO, pa + 1))
+    data, src = recv(b.rtcp)
+    assert data == sr and src == (LO, pb + 1)
+    b.rtcp.sendto(rtcp_sr(0x55), (LO, pb + 1))
+    data, src = recv(a.rtcp)
+    assert src == (LO, pa + 1)
+    st = relay.stats(h)
+    assert st["a"]["rtcp_packets"] == 1 and st["a"]["packets"] == 0
+    assert st["b"]["rtcp_packets"] == 1
+
+
+def test_rtcp_mux(relay, peers):
+    a, b = peers(), peers()
+    h = relay.allocate()
+    pa, pb = relay.ports(h)
+    relay.set_peer(h, "a", *a.addr, rtcp_mux=True)
+    relay.set_peer(h, "b", *b.addr, rtcp_port=b.rtcp_port)
+    assert relay.stats(h)["a"]["rtcp_port"] == pa
+    # A muxes: RTCP arrives on A's RTP port and leaves B's RTCP port for B's RTCP address
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    a.rtp.sendto(rtcp_sr(), (LO, pa))
+    assert recv(b.rtp)[1] == (LO, pb)
+    data, src = recv(b.rtcp)
+    assert data == rtcp_sr() and src == (LO, pb + 1)
+    # B's RTCP goes to A's RTP address, out of A's RTP port
+    b.rtcp.sendto(rtcp_sr(0x42), (LO, pb + 1))
+    data, src = recv(a.rtp)
+    assert data == rtcp_sr(0x42) and src == (LO, pa)
+    st = relay.stats(h)["a"]
+    assert st["packets"] == 1 and st["rtcp_packets"] == 1
+
+
+def test_no_packets_before_the_other_side_has_an_address(relay, peers):
+    a = peers()
+    h = relay.allocate()
+    pa, _ = relay.ports(h)
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    assert wait_for(lambda: relay.stats(h)["a"]["dropped_nopeer"] == 1)
+
+
+@pytest.mark.parametrize("host,port,why", [
+    ("224.0.0.1", 4000, "multicast"),
+    ("255.255.255.255", 4000, "broadcast"),
+    ("127.0.0.1", 0, "port"),
+    ("127.0.0.1", 70000, "port"),
+    ("phone.example", 4000, "not a numeric IP"),
+    ("0.0.0.0", 4000, "unspecified"),
+    ("::1", 4000, "family"),
+])
+def test_garbage_peers_are_refused(relay, host, port, why):
+    h = relay.allocate()
+    with pytest.raises(RelayError, match=why):
+        relay.set_peer(h, "a", host, port)
+    assert relay.stats(h)["a"]["peer"] is None
+
+
+def test_unknown_and_deleted_sessions_are_refused(relay):
+    h = relay.allocate()
+    relay.delete(h)
+    with pytest.raises(RelayError, match="unknown relay session"):
+        relay.stats(h)
+    with pytest.raises(RelayError, match="unknown relay session"):
+        relay.delete(h)
+    with pytest.raises(RelayError, match="leg must be"):
+        relay.relatch(relay.allocate(), "c")
+
+
+def test_delete_frees_ports_and_pool_runs_out_cleanly():
+    with Relay(LO, 41300, 41311, workers=1) as r:  # 6 pairs = 3 sessions
+        assert r.total_pairs() == 6
+        hs = [r.allocate() for _ in range(3)]
+        assert r.free_pairs() == 0
+        with pytest.raises(RelayError, match="no free RTP port pair in 41300-41311"):
+            r.allocate()
+        used = {p for h in hs for p in r.ports(h)}
+        for h in hs:
+            r.delete(h)
+        assert r.free_pairs() == 6 and r.used_pairs() == 0
+        for p in used:  # really closed: the ports can be bound again
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((LO, p))
+            s.close()
+        # freed pairs go to the back of the queue, so late packets of an ended call do not
+        # reach the next one
+        first = r.allocate()
+        first_ports = set(r.ports(first))
+        r.delete(first)
+        second = r.allocate()
+        assert first_ports.isdisjoint(r.ports(second))
+        r.delete(second)
+
+
+def test_ports_held_by_another_program_are_skipped():
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind((LO, 41401))  # RTCP port of the first pair
+    try:
+        with Relay(LO, 41400, 41409, workers=1) as r:
+            h = r.allocate()
+            assert 41400 not in r.ports(h)
+            r.delete(h)
+            assert r.free_pairs() == r.total_pairs() == 5
+    finally:
+        squatter.close()
+
+
+def test_close_joins_threads_and_closes_sockets(peers):
+    r = Relay(LO, PORT_MIN, PORT_MAX, workers=3)
+    r.start()
+    tids = r.thread_ids()
+    assert len(tids) == 3
+    assert all(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+    h = r.allocate()
+    pa, pb = r.ports(h)
+    r.close()
+    assert r.closed
+    assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+    for p in (pa, pa + 1, pb, pb + 1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((LO, p))
+        s.close()
+    with pytest.raises(RelayError, match="closed"):
+        r.allocate()
+    r.close()  # twice is harmless
+
+
+def test_bad_construction_is_refused():
+    with pytest.raises(RelayError, match="port range"):
+        Relay(LO, 5000, 70000)
+    with pytest.raises(RelayError, match="holds no session"):
+        Relay(LO, 41500, 41502)
+    with pytest.raises(RelayError, match="cannot create relay"):
+        Relay("not-an-ip", 41500, 41599)
