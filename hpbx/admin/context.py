@@ -18,9 +18,9 @@ class AdminContext:
     settings: Settings
     # hpbx.pbx.provisioning service: tenant_create(...), user_list(...), export_tenant(...), ...
     provisioning: Any = None
-    # () -> iterable of binding dicts: user, tenant, contact, source (host:port), transport,
-    # user_agent, behind_nat, expires_at (unix time) ...
-    list_registrations: Callable[[], Any] | None = None
+    # (tenant or None, user or None) -> iterable (may be lazy) of binding dicts: user, tenant,
+    # contact, source (host:port), transport, user_agent, behind_nat, expires_at (unix time)
+    list_registrations: Callable[[str | None, str | None], Any] | None = None
     # () -> iterable of call dicts (call_id, caller, called, state, started_at, ...)
     list_calls: Callable[[], Any] | None = None
     # (call_id) -> bool (False: no such call); may be a coroutine function

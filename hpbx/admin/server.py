@@ -265,7 +265,11 @@ class _Client(asyncio.Protocol):
             line = self.lines.popleft()
             if self.reading_paused and len(self.lines) < self.server.max_pending // 2:
                 self._resume_reading()
-            answer = await self.server.handle_line(line)
+            try:
+                answer = await self.server.handle_line(line)
+            except Exception:  # e.g. a result orjson cannot encode: answer, keep serving
+                log.exception("admin: cannot answer a request")
+                answer = encode(_error(INTERNAL_ERROR, "internal error: the answer could not be encoded"))
             if answer is not None and not self.closing:
                 self.transport.write(answer)
 
