@@ -1,0 +1,290 @@
+"""Dialled string → call plan: who rings, in which rows, for how long (FEATURES 1, 2, 3).
+
+``route_inbound`` handles a call from a trunk to a public number; ``route_internal`` a call a
+user of a tenant places. A plan names users (the B2BUA forks to their registered devices) and
+external numbers (rung through the tenant's trunk). Everything is looked up inside one tenant:
+a user of tenant A never reaches a user or internal number of tenant B.
+
+LINK is a terminal action of a row: the row's other targets ring for the row's duration, then
+the linked number's selected rows follow as if the caller had dialled it (its after-announcement
+and Voice2Mail address replace the first number's); the rows after the LINK are not used. A
+loop, a chain longer than five hops, a link to a number of another usage, or a linked number
+with no matching slot is cut and gives no target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable
+
+from hpbx.pbx.directory import Directory
+from hpbx.pbx.model import (
+    ALLUSERS, MAX_LINK_HOPS, DialStep, Group, PublicNumber, Target, Trunk, User,
+)
+from hpbx.pbx.schedule import Selection, select
+
+INTERNAL_RING_SECONDS = 60  # how long an internal call rings a user or group before 480
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """One target of a row after expansion: a user (all registered devices) or an external number."""
+
+    kind: str  # "user" or "external"
+    value: str  # username or external number
+    user: User | None = None
+    trunk: Trunk | None = None  # for external numbers
+    via: str = ""  # the row target it came from: "group:sales", "link:0442", "user:anna", ...
+
+    @property
+    def key(self) -> str:
+        """Stable id of the target inside one call (the fork engine's target key)."""
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    duration: int  # seconds
+    targets: tuple[Ring, ...]
+    mode: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with one call. ``status`` non-zero: reject the call with that SIP status."""
+
+    kind: str  # "dialplan", "internal", "external", "fax", "conference", "followme", "reject"
+    tenant: str = ""
+    dialled: str = ""
+    number: PublicNumber | None = None  # the public number dialled
+    handled_by: PublicNumber | None = None  # the number whose slot decided (last of a LINK chain)
+    slot: int = 0  # 1..10; 0 = none or a switch's own plan
+    slot_name: str = ""
+    switch: str = ""
+    rows: tuple[Row, ...] = ()
+    announcement_before: int = 0
+    announcement_after: int = 0
+    voice2mail: str = ""
+    alert_info: str = ""
+    links: tuple[str, ...] = ()  # the LINK chain followed, dialled number first
+    external: str = ""  # kind "external": the number to dial through ``trunk``
+    trunk: Trunk | None = None
+    status: int = 0
+    reason: str = ""
+
+    def targets(self) -> list[Ring]:
+        """Every distinct target of every row, in order of first appearance."""
+        seen: dict[str, Ring] = {}
+        for row in self.rows:
+            for t in row.targets:
+                seen.setdefault(t.key, t)
+        return list(seen.values())
+
+
+def _reject(status: int, reason: str, **kw) -> Plan:
+    return Plan(kind="reject", status=status, reason=reason, **kw)
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def group_members(directory: Directory, tenant: str, name: str) -> list[User]:
+    """The users a group rings now: ALLUSERS = every user not flagged not_in_allusers or
+    hide_user (by internal number, then username); other groups: members not logged out."""
+    if name == ALLUSERS:
+        users = [u for u in directory.users_of(tenant)
+                 if not (u.flags.not_in_allusers or u.flags.hide_user)]
+        users.sort(key=lambda u: (u.internal_number == "", u.internal_number.zfill(6), u.username))
+        return users
+    group = directory.group(tenant, name)
+    if group is None:
+        return []
+    out = []
+    for m in group.members:
+        u = directory.user(m)
+        if u is not None and u.tenant == tenant and m not in group.logged_out:
+            out.append(u)
+    return out
+
+
+def _expand(directory: Directory, tenant: str, target: Target) -> list[Ring]:
+    if target.kind == "user":
+        u = directory.user(target.value)
+        return [Ring("user", u.username, user=u, via=str(target))] if u is not None and u.tenant == tenant else []
+    if target.kind == "group":
+        return [Ring("user", u.username, user=u, via=str(target))
+                for u in group_members(directory, tenant, target.value)]
+    if target.kind == "external":
+        trunk = directory.trunk(tenant)
+        return [Ring("external", target.value, trunk=trunk, via=str(target))] if trunk is not None else []
+    return []
+
+
+def _row(directory: Directory, tenant: str, step: DialStep, targets: Iterable[Target]) -> Row:
+    rings: dict[str, Ring] = {}
+    for t in targets:
+        for ring in _expand(directory, tenant, t):
+            rings.setdefault(ring.key, ring)
+    return Row(step.duration, tuple(rings.values()), step.mode)
+
+
+@dataclass(slots=True)
+class _Resolved:
+    selection: Selection | None
+    rows: list[Row] = field(default_factory=list)
+    after: int = 0
+    voice2mail: str = ""
+    chain: tuple[str, ...] = ()
+
+
+def _resolve(directory: Directory, number: PublicNumber, now: datetime, chain: tuple[str, ...]) -> _Resolved:
+    tenant = directory.tenant(number.tenant)
+    selection = select(number, now, tenant.timezone if tenant else "Europe/Zurich",
+                       directory.switches_for(number.number))
+    chain = chain + (number.number,)
+    if selection is None:
+        return _Resolved(None, chain=chain)
+    plan = selection.plan
+    out = _Resolved(selection, after=plan.announcement_after, voice2mail=plan.voice2mail, chain=chain)
+    for step in plan.rows:
+        links = [t for t in step.targets if t.kind == "link"]
+        row = _row(directory, number.tenant, step, (t for t in step.targets if t.kind != "link"))
+        if row.targets:
+            out.rows.append(row)
+        linked = _follow(directory, number.tenant, links, now, chain)
+        if linked is not None:
+            # LINK hands the call over: the linked number's rows and after-handling follow.
+            out.rows.extend(linked.rows)
+            out.after, out.voice2mail, out.chain = linked.after, linked.voice2mail, linked.chain
+            break
+    return out
+
+
+def _follow(directory: Directory, tenant: str, links: list[Target], now: datetime,
+            chain: tuple[str, ...]) -> _Resolved | None:
+    for link in links:
+        target = directory.number(link.value)
+        if (target is None or target.tenant != tenant or target.usage != "telephone"
+                or target.number in chain or len(chain) > MAX_LINK_HOPS):
+            continue  # cut: no target
+        resolved = _resolve(directory, target, now, chain)
+        if resolved.selection is not None:
+            return resolved
+    return None
+
+
+def _dialplan(directory: Directory, number: PublicNumber, dialled: str, now: datetime) -> Plan:
+    common = dict(tenant=number.tenant, dialled=dialled, number=number, alert_info=number.alert_info)
+    if number.usage != "telephone":
+        return Plan(kind=number.usage, handled_by=number, **common)
+    r = _resolve(directory, number, now, ())
+    if r.selection is None:
+        return _reject(480, "no dial plan matches now", handled_by=number, links=r.chain, **common)
+    handled = directory.number(r.chain[-1]) or number
+    s = r.selection
+    return Plan(kind="dialplan", handled_by=handled, slot=s.slot, slot_name=s.plan.name, switch=s.switch,
+                rows=tuple(r.rows), announcement_before=s.plan.announcement_before,
+                announcement_after=r.after, voice2mail=r.voice2mail, links=r.chain, **common)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def route_inbound(directory: Directory, called: str, now: datetime) -> Plan:
+    """A call from outside (a trunk) to ``called``: only public numbers are reachable."""
+    number = directory.number(called)
+    if number is None:
+        return _reject(404, f"{called} is not a provisioned number", dialled=called)
+    return _dialplan(directory, number, called, now)
+
+
+def route_internal(directory: Directory, caller: User, dialled: str, now: datetime,
+                   ring_seconds: int = INTERNAL_RING_SECONDS) -> Plan:
+    """A call placed by a user of a tenant: internal number, own public number, or external."""
+    tenant = caller.tenant
+    found = directory.internal(tenant, dialled)
+    if isinstance(found, User):
+        return Plan(kind="internal", tenant=tenant, dialled=dialled,
+                    rows=(Row(ring_seconds, (Ring("user", found.username, user=found, via=f"user:{found.username}"),)),))
+    if isinstance(found, Group):
+        rings = tuple(Ring("user", u.username, user=u, via=f"group:{found.name}")
+                      for u in group_members(directory, tenant, found.name))
+        if not rings:
+            return _reject(480, f"group {found.name} has no member logged in", tenant=tenant, dialled=dialled)
+        return Plan(kind="internal", tenant=tenant, dialled=dialled, rows=(Row(ring_seconds, rings),))
+    number = directory.number(dialled)
+    if number is not None and number.tenant == tenant:
+        return _dialplan(directory, number, dialled, now)
+    if dialled[:1] in ("0", "+"):
+        trunk = directory.trunk(tenant)
+        if trunk is None:
+            return _reject(403, "the tenant has no trunk for external calls", tenant=tenant, dialled=dialled)
+        return Plan(kind="external", tenant=tenant, dialled=dialled, external=dialled, trunk=trunk)
+    return _reject(404, f"{dialled} is not an internal number", tenant=tenant, dialled=dialled)
+
+
+# ---------------------------------------------------------------- number list helpers (FEATURES 2.1)
+
+
+def linked_users(directory: Directory, tenant: str, now: datetime | None = None) -> set[str]:
+    """Usernames reachable from outside: a target of some dial plan (or switch plan) of a
+    public number, directly, through a group or through a LINK chain. Independent of time."""
+    objs = directory.objects(tenant)
+    if objs is None:
+        return set()
+    found: set[str] = set()
+    plans = [p for n in objs.numbers.values() if n.usage == "telephone" for p in n.slots]
+    plans += [s.plan for s in objs.switches.values()]
+    for plan in plans:
+        for row in plan.rows:
+            for t in row.targets:
+                if t.kind == "user":
+                    found.add(t.value)
+                elif t.kind == "group":
+                    found.update(u.username for u in group_members(directory, tenant, t.value))
+    return found
+
+
+def find_unused(directory: Directory, tenant: str, now: datetime) -> list[PublicNumber]:
+    """Free numbers: usage telephone, not overridden by an active switch, ten empty slots."""
+    objs = directory.objects(tenant)
+    if objs is None:
+        return []
+    out = []
+    for n in sorted(objs.numbers.values(), key=lambda n: n.number):
+        if n.usage != "telephone" or not all(p.is_empty() for p in n.slots):
+            continue
+        if any(sw.active_at(now) for sw in directory.switches_for(n.number)):
+            continue
+        out.append(n)
+    return out
+
+
+def filter_numbers(numbers: Iterable[PublicNumber], text: str) -> list[PublicNumber]:
+    """Numbers whose digits contain ``text`` (the list filter: ``508`` finds 0445081111)."""
+    return [n for n in numbers if text in n.number]
+
+
+def search_numbers(directory: Directory, tenant: str, text: str) -> list[PublicNumber]:
+    """Numbers whose dial plans name a participant matching ``text``: a user's username,
+    first name, name, nickname, a group name, or (digits) an external or linked number."""
+    objs = directory.objects(tenant)
+    if objs is None or not text:
+        return []
+    needle = text.casefold()
+
+    def matches(t: Target) -> bool:
+        if t.kind in ("external", "link"):
+            return text in t.value
+        if t.kind == "group":
+            return needle in t.value.casefold()
+        u = objs.users.get(t.value)
+        names = [t.value] + ([u.details.first_name, u.details.name, u.details.nickname, u.details.full_name()]
+                             if u else [])
+        return any(needle in n.casefold() for n in names if n)
+
+    out = []
+    for n in sorted(objs.numbers.values(), key=lambda n: n.number):
+        if any(matches(t) for p in n.slots for row in p.rows for t in row.targets):
+            out.append(n)
+    return out
