@@ -149,14 +149,29 @@ def registration_list(ctx: AdminContext, p: dict) -> list:
     offset = p.get("offset", 0)
     limit = p.get("limit")
     stop = offset + limit if limit is not None else None
-    out = []
-    for b in itertools.islice(source(p.get("tenant"), p.get("user")), offset, stop):
-        b = dict(b)
-        expires_at = b.get("expires_at")
-        if isinstance(expires_at, (int, float)):
-            b["expires_in"] = max(0, int(expires_at - now))
-        out.append(b)
-    return out
+    return [registration_row(b, now)
+            for b in itertools.islice(source(p.get("tenant"), p.get("user")), offset, stop)]
+
+
+def registration_row(b: Any, now: float) -> dict:
+    """One binding (the registrar's ``Binding.as_dict()`` shape) as operators read it."""
+    b = b if isinstance(b, dict) else b.as_dict()
+    expires_at = b.get("expires_at")
+    host, port = b.get("source_host"), b.get("source_port")
+    return {
+        "user": b.get("username"),
+        "tenant": b.get("tenant"),
+        "contact": b.get("contact"),
+        "source": (f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}") if host else None,
+        "transport": b.get("transport"),
+        "user_agent": b.get("user_agent"),
+        "behind_nat": bool(b.get("behind_nat")),
+        "expires_in": max(0, int(expires_at - now)) if isinstance(expires_at, (int, float)) else None,
+        "expires_at": expires_at,
+        "registered_at": b.get("registered_at"),
+        "instance_id": b.get("instance_id"),
+        "online": b.get("online", True),
+    }
 
 
 def call_list(ctx: AdminContext, p: dict) -> list:
@@ -226,12 +241,8 @@ async def find_wan_address(netns: str | None = None) -> dict:
 
 
 async def system_info(ctx: AdminContext, p: dict) -> dict:
-    licences: dict[str, Any]
-    if ctx.provisioning is not None and hasattr(ctx.provisioning, "licence_counts"):
+    if ctx.provisioning is not None:
         licences = dict(ctx.provisioning.licence_counts())
-    elif ctx.provisioning is not None and hasattr(ctx.provisioning, "user_list"):
-        users = _all_users(ctx)
-        licences = {"users": len(users), "cti_users": sum(1 for u in users if _cti(u))}
     else:
         licences = {"users": None, "cti_users": None, "reason": "provisioning is not available"}
     try:
@@ -249,23 +260,6 @@ async def system_info(ctx: AdminContext, p: dict) -> dict:
         "admin_socket": ctx.settings.admin.socket,
         "config": ctx.settings.path,
     }
-
-
-def _all_users(ctx: AdminContext) -> list:
-    fn = ctx.provisioning.user_list
-    try:
-        return list(fn())
-    except TypeError:
-        # a user_list that requires a tenant: count tenant by tenant
-        out = []
-        for t in ctx.provisioning.tenant_list():
-            out.extend(fn(t["name"]))
-        return out
-
-
-def _cti(user: dict) -> bool:
-    flags = user.get("flags") or {}
-    return bool(user.get("cti_access") or flags.get("cti_access"))
 
 
 # -- provisioning: thin calls into hpbx.pbx.provisioning (validation and the transaction are
@@ -395,7 +389,8 @@ _add_crud(
      Param("name", "str", help="label"),
      Param("alert_info", "str", help="Alert-Info sent to the rung devices"),
      Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)")),
-    (Param("tenant", "str", help="only this tenant"),),
+    (Param("tenant", "str", help="only this tenant"),
+     Param("filter", "str", help="digits or text the number or its name contains")),
     ("number", "tenant", "usage", "name"))
 _add_crud(
     "switch", "a special switch (manual override of dial plans)",
@@ -416,6 +411,12 @@ _add_crud(
      Param("duration_ms", "int", help="length in milliseconds", min=0)),
     (Param("tenant", "str", help="only this tenant"),),
     ("tenant", "id", "name", "kind", "file", "duration_ms"))
+_create = METHODS["announcement.create"]
+METHODS["announcement.create"] = Method(
+    _create.name, _create.handler,
+    tuple(Param("id", "int", help="announcement id (default: the next free one)", min=1) if p.name == "id" else p
+          for p in _create.params),
+    _create.help, _create.columns)
 
 
 def number_set_slots(ctx: AdminContext, p: dict) -> Any:
@@ -427,8 +428,7 @@ def number_find_unused(ctx: AdminContext, p: dict) -> Any:
 
 
 def number_search(ctx: AdminContext, p: dict) -> Any:
-    args = {k: v for k, v in p.items() if k not in ("limit", "offset")}
-    return _page(list(_service(ctx, "number_search")(**args)), p)
+    return _page(list(_service(ctx, "number_search")(p["tenant"], p["text"])), p)
 
 
 def switch_set(ctx: AdminContext, p: dict) -> Any:
@@ -441,8 +441,7 @@ def switch_clear(ctx: AdminContext, p: dict) -> Any:
 
 
 def cdr_list(ctx: AdminContext, p: dict) -> Any:
-    args = {k: v for k, v in p.items() if k not in ("limit", "offset")}
-    return _page(list(_service(ctx, "cdr_list")(**args)), p)
+    return _service(ctx, "cdr_list")(**{"limit": 100, **p})
 
 
 def tenant_export(ctx: AdminContext, p: dict) -> Any:
@@ -450,7 +449,7 @@ def tenant_export(ctx: AdminContext, p: dict) -> Any:
 
 
 def tenant_import(ctx: AdminContext, p: dict) -> Any:
-    return _service(ctx, "import_tenant")(p["toml"])
+    return _service(ctx, "import_tenant")(p["toml"], p.get("replace", False))
 
 
 _add("number.set_slots", number_set_slots,
@@ -462,17 +461,15 @@ _add("number.set_slots", number_set_slots,
 _add("number.find_unused", number_find_unused,
      "Telephone numbers of a tenant that reach nobody: no active switch and ten empty dial plans.",
      TENANT, *PAGE, columns=("number", "usage", "name"))
-_add("number.search", number_search, "Find public numbers by digits, name or target.",
-     Param("tenant", "str", help="only this tenant"),
-     Param("query", "str", help="part of the number or its name"),
-     Param("target", "str", help="numbers whose dial plans reach this target (user:NAME, group:NAME, ...)"),
+_add("number.search", number_search, "Find a tenant's public numbers by digits, name or what their dial plans reach.",
+     TENANT, Param("text", "str", required=True, help="digits, a name, or a target such as user:anna"),
      *PAGE, columns=("number", "tenant", "usage", "name"))
 _add("switch.set", switch_set, "Switch a special switch on: it takes effect on the next call.",
      TENANT, Param("name", "str", required=True, help="switch name"),
      Param("auto_off_at", "str", help="ISO 8601 time after which the switch counts as off"))
 _add("switch.clear", switch_clear, "Switch a special switch off.",
      TENANT, Param("name", "str", required=True, help="switch name"))
-_add("cdr.list", cdr_list, "Call records, newest first.",
+_add("cdr.list", cdr_list, "Call records, newest first (at most 100 unless limit says otherwise).",
      Param("tenant", "str", help="only this tenant"),
      Param("since", "str", help="ISO 8601: only calls that started at or after"),
      Param("until", "str", help="ISO 8601: only calls that started before"),
@@ -481,4 +478,5 @@ _add("tenant.export", tenant_export, "A tenant and everything it owns as TOML (t
      Param("name", "str", required=True, help="tenant name"))
 _add("tenant.import", tenant_import,
      "Create a tenant and everything it owns from TOML (as written by tenant.export), in one change.",
-     Param("toml", "str", required=True, help="the TOML text"))
+     Param("toml", "str", required=True, help="the TOML text"),
+     Param("replace", "bool", help="replace an existing tenant of that name (in the same change)"))
