@@ -50,6 +50,10 @@ class SipSettings:
     keepalive_interval: int = 25
     keepalive_grace: int = 120
     user_agent: str = "hpbx"
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")  # offered in this order (RFC 8760)
+
+
+DIGEST_ALGORITHMS = ("MD5", "SHA-256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +225,10 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         if tls_key and not Path(tls_key).is_file():
             raise r.fail("tls_key", f"file not found: {tls_key}")
     t1 = r.int_in("t1_ms", 500, 10, 10_000)
+    algorithms = r.get("digest_algorithms", list, list(DIGEST_ALGORITHMS))
+    if not algorithms or any(a not in DIGEST_ALGORITHMS for a in algorithms):
+        raise r.fail("digest_algorithms",
+                     f"must be a non-empty list of {', '.join(DIGEST_ALGORITHMS)}, got {algorithms!r}")
     sip = SipSettings(
         listen=tuple(listeners),
         advertise=r.address("advertise", "", allow_empty=True),
@@ -238,6 +246,7 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         keepalive_interval=r.int_in("keepalive_interval", 25, 0, 3600),
         keepalive_grace=r.int_in("keepalive_grace", 120, 0, 86400),
         user_agent=r.get("user_agent", str, "hpbx"),
+        digest_algorithms=tuple(algorithms),
     )
     if sip.min_expires > sip.max_expires:
         raise r.fail("min_expires", f"must not exceed max_expires ({sip.max_expires})")

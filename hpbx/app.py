@@ -1,0 +1,223 @@
+"""The running server: wires settings, store, SIP layers and admin; start, reload, stop.
+
+``run(settings)`` (called by ``hpbx serve``) runs one asyncio loop (uvloop when installed) until
+SIGTERM/SIGINT, reloads the settings file on SIGHUP without touching registrations, and returns
+the process exit status. ``Server`` holds the services in start order; stop runs in reverse.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from hpbx import settings as settings_mod
+from hpbx.errors import ConfigError, HpbxError
+from hpbx.sip.auth import Authenticator
+from hpbx.sip.dispatcher import Dispatcher
+from hpbx.sip.nat import KeepaliveService
+from hpbx.sip.registrar import Registrar
+from hpbx.sip.timers import TimerWheel
+from hpbx.sip.transaction import TransactionLayer
+from hpbx.sip.transport import TransportHub
+from hpbx.store.registrations import RegistrationStore
+
+log = logging.getLogger("hpbx")
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Server:
+    def __init__(self, settings: settings_mod.Settings):
+        self.settings = settings
+        self.store = None
+        self.provisioning = None
+        self.admin = None
+        self._stopped: asyncio.Event | None = None
+        self._stop_order: list = []  # callables (sync or async) run in reverse on stop
+
+    # ---- wiring
+    def _open_store(self) -> None:
+        from hpbx.pbx.provisioning import Provisioning
+        from hpbx.store.sqlite import Store
+
+        self.store = Store(self.settings.store.path)
+        self._stop_order.append(self.store.close)
+        self.provisioning = Provisioning(self.store)
+        if self.store.is_empty() and self.settings.provision:
+            for path in self.settings.provision:
+                try:
+                    text = Path(path).read_text()
+                except OSError as exc:
+                    raise ConfigError(f"{self.settings.path}: provision.files: cannot read {path}: "
+                                      f"{exc.strerror}") from None
+                try:
+                    self.provisioning.import_tenant(text)
+                except HpbxError as exc:
+                    raise ConfigError(f"{path}: {exc}") from None
+                log.info("imported %s into the empty store", path)
+
+    def realm(self) -> str:
+        return self.settings.sip.domain or "hpbx"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        settings = self.settings
+        sip = settings.sip
+        self._open_store()
+        self.reg_store = RegistrationStore(settings.store.path)
+        self._stop_order.append(self.reg_store.close)
+        self.wheel = TimerWheel(loop)
+        self._stop_order.append(self.wheel.close)
+        self.auth = Authenticator(lambda name: self.provisioning.directory.auth_user(name),
+                                  self.realm(), sip.nonce_ttl, sip.digest_algorithms)
+        self.registrar = Registrar(loop, self.wheel, self.reg_store, self.auth,
+                                   lambda: self.provisioning.directory, settings)
+        restored = self.registrar.start()
+        self._stop_order.append(self.registrar.stop)
+        log.info("registrations restored from the store: %d", restored)
+        self.transports = TransportHub(loop, settings, self._sink)
+        self.transactions = TransactionLayer(self.wheel, self.transports, sip.t1_ms / 1000,
+                                             sip.t2_ms / 1000, sip.t4_ms / 1000, sip.user_agent)
+        self.dispatcher = Dispatcher(self.transactions, self.registrar, sip.user_agent)
+        self._sink_target = self.dispatcher.on_message
+        await self.transports.start()
+        self._stop_order.append(self.transports.close)
+        self.keepalive = KeepaliveService(self.wheel, self.registrar, self.transactions,
+                                          self.transports, settings)
+        self.keepalive.start()
+        self._stop_order.append(self.keepalive.stop)
+        await self._start_admin()
+        log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
+                 self.registrar.count())
+
+    def _sink(self, data, channel, addr) -> None:
+        self._sink_target(data, channel, addr)
+
+    async def _start_admin(self) -> None:
+        try:
+            from hpbx.admin.context import AdminContext
+            from hpbx.admin.server import AdminServer
+        except ImportError:
+            return
+        ctx = AdminContext(settings=self.settings, provisioning=self.provisioning,
+                           list_registrations=self.list_registrations,
+                           reload_config=self.reload)
+        ctx.stats_sources["sip"] = self.sip_stats
+        ctx.stats_sources["registrar"] = self.registrar_stats
+        self.admin = AdminServer(ctx)
+        await self.admin.start()
+        self._stop_order.append(self.admin.stop)
+
+    # ---- what the admin layer reads
+    def list_registrations(self, tenant: str | None, user: str | None):
+        now = time.time()
+        for b in self.registrar.list(user):
+            if tenant is not None and b["tenant"] != tenant:
+                continue
+            yield {"user": b["username"], "tenant": b["tenant"], "contact": b["contact"],
+                   "source": f"{b['source_host']}:{b['source_port']}", "transport": b["transport"],
+                   "user_agent": b["user_agent"], "behind_nat": b["behind_nat"],
+                   "online": b["online"], "expires_at": b["expires_at"],
+                   "expires_in": max(0, int(b["expires_at"] - now))}
+
+    def sip_stats(self) -> dict:
+        return {**self.dispatcher.stats, **self.transactions.stats(),
+                "timers_pending": len(self.wheel), "connections": len(self.transports.connections)}
+
+    def registrar_stats(self) -> dict:
+        return {**self.registrar.stats, **self.keepalive.stats, "bindings": self.registrar.count()}
+
+    # ---- reload and stop
+    def reload(self) -> dict:
+        """Re-read the settings file and apply what can change while running."""
+        new = settings_mod.load(self.settings.path)
+        old = self.settings
+        changed = []
+        if new.sip.listen != old.sip.listen:
+            log.warning("reload: sip.listen changed; the listeners change at the next restart")
+        if new.store.path != old.store.path:
+            log.warning("reload: store.path changed; takes effect at the next restart")
+        sip = new.sip
+        self.transactions.set_timers(sip.t1_ms / 1000, sip.t2_ms / 1000, sip.t4_ms / 1000)
+        self.registrar.configure(new)
+        self.keepalive.configure(new)
+        self.settings = new
+        self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
+        self.transports.settings = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        for section in ("sip", "rtp", "admin", "store", "smtp"):
+            if getattr(new, section) != getattr(old, section):
+                changed.append(section)
+        if new.log_level != old.log_level:
+            changed.append("log")
+        log.info("settings reloaded from %s (changed: %s); %d bindings kept", new.path,
+                 ", ".join(changed) or "nothing", self.registrar.count())
+        return {"changed": changed, "bindings": self.registrar.count()}
+
+    def request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        while self._stop_order:
+            step = self._stop_order.pop()
+            try:
+                result = step()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("error while stopping %r", step)
+        log.info("hpbx stopped")
+
+
+def run(settings: settings_mod.Settings) -> int:
+    setup_logging(settings.log_level)
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    server = Server(settings)
+
+    def on_hup():
+        try:
+            server.reload()
+        except ConfigError as exc:
+            log.error("reload refused, old settings kept: %s", exc)
+
+    try:
+        loop.run_until_complete(server.start())
+    except ConfigError:
+        loop.run_until_complete(server.stop())
+        raise
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        loop.run_until_complete(server.stop())
+        return 1
+    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+    loop.add_signal_handler(signal.SIGINT, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        loop.run_until_complete(server.wait())
+    finally:
+        loop.run_until_complete(server.stop())
+        loop.close()
+    return 0

@@ -1,0 +1,1 @@
+"""The SIP server core: transports, transactions, registrar, digest auth, NAT handling."""

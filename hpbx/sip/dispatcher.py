@@ -1,0 +1,183 @@
+"""The core of the SIP server: every received message passes here once.
+
+Responses go to their client transaction (stray ones are dropped). Requests are checked in the
+order of RFC 3261 §8.2 (parse, Max-Forwards, URI scheme, Require), matched to a server
+transaction (retransmissions absorbed), then answered here (OPTIONS, CANCEL) or handed to the
+registrar or to ``request_handlers[method](tx)``: the B2BUA registers INVITE, BYE, UPDATE, INFO,
+... there. ACK for a 2xx (no transaction) goes to ``request_handlers["ACK"](msg, channel, addr)``.
+A message the parser refuses is answered with the parser's status and reason when a response
+can be addressed (Via, From, To, Call-ID and CSeq found), otherwise dropped.
+"""
+from __future__ import annotations
+
+import logging
+
+from hpbx._fast import sipmsg
+from hpbx.errors import SipParseError
+from hpbx.sip.transaction import (
+    REASONS, State, build_response, reply_address, server_key, via_with_received,
+)
+
+log = logging.getLogger("hpbx.sip.dispatcher")
+
+URI_SCHEMES = frozenset(("sip", "sips", "tel"))
+# extensions this server implements (Require tags it accepts)
+SUPPORTED = ("path", "outbound")
+
+_COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
+
+
+def _salvage_headers(data: bytes) -> dict[bytes, list[bytes]] | None:
+    """The headers needed to address a response, read leniently from a message the parser
+    refused. None when it is no request or no response can be addressed."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    lines = head.replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ").split(b"\r\n")
+    start = lines[0]
+    if start.startswith(b"SIP/") or b" " not in start:
+        return None  # a response, or garbage
+    found: dict[bytes, list[bytes]] = {b"__method__": [start.split(b" ", 1)[0]]}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        name = name.strip().lower()
+        name = _COMPACT.get(name, name)
+        if name in (b"via", b"from", b"to", b"call-id", b"cseq"):
+            found.setdefault(name, []).append(value.strip())
+    for needed in (b"via", b"from", b"to", b"call-id", b"cseq"):
+        if needed not in found:
+            return None
+    return found
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:limit]
+
+
+class Dispatcher:
+    def __init__(self, transactions, registrar, user_agent: str = "hpbx"):
+        self.transactions = transactions
+        self.registrar = registrar
+        self.user_agent = user_agent
+        self.request_handlers: dict[str, object] = {}
+        self.stats = {"rx": 0, "rx_bad": 0, "stray_responses": 0}
+
+    def allow(self) -> str:
+        methods = ["OPTIONS", "REGISTER"]
+        for method in self.request_handlers:
+            if method not in methods:
+                methods.append(method)
+        if "INVITE" in self.request_handlers and "CANCEL" not in methods:
+            methods.append("CANCEL")
+        return ", ".join(methods)
+
+    # ---- entry point (the transports' sink)
+    def on_message(self, data: bytes, channel, addr) -> None:
+        self.stats["rx"] += 1
+        try:
+            msg = sipmsg.parse(data, not channel.reliable)
+        except SipParseError as exc:
+            self.stats["rx_bad"] += 1
+            self._reject(data, exc, channel, addr)
+            return
+        try:
+            if msg.is_request:
+                self._request(msg, channel, addr)
+            elif not self.transactions.match_response(msg):
+                self.stats["stray_responses"] += 1
+        except SipParseError as exc:
+            # a header decoded lazily turned out malformed
+            self.stats["rx_bad"] += 1
+            if msg.is_request and msg.method != "ACK":
+                self._reply_stateless(msg, channel, addr, exc.status, _printable(exc.reason))
+        except Exception:
+            log.exception("[%s] failed to handle %s", getattr(msg, "call_id", "?"),
+                          msg.method or msg.status)
+
+    def _request(self, msg, channel, addr) -> None:
+        method = msg.method
+        layer = self.transactions
+        if method == "ACK":
+            tx = layer.server.get(server_key(msg))
+            if tx is not None and tx.state in (State.COMPLETED, State.CONFIRMED):
+                tx.retransmitted(msg)
+                return
+            handler = self.request_handlers.get("ACK")
+            if handler is not None:
+                handler(msg, channel, addr)
+            return
+        tx = layer.match_request(msg, channel, addr)
+        if tx is None:
+            return  # a retransmission, absorbed
+        if msg.max_forwards == 0:
+            tx.respond(483)
+            return
+        scheme = msg.request_uri.scheme
+        if scheme not in URI_SCHEMES:
+            tx.respond(416)
+            return
+        if method != "CANCEL":
+            required = msg.header_values("Require")
+            if required:
+                unsupported = [tag.strip() for tag in required if tag.strip().lower() not in SUPPORTED]
+                if unsupported:
+                    tx.respond(420, None, [("Unsupported", ", ".join(unsupported))])
+                    return
+        if method == "REGISTER":
+            self.registrar.handle(tx)
+        elif method == "OPTIONS":
+            tx.respond(200, None, [("Allow", self.allow()), ("Accept", "application/sdp"),
+                                   ("Supported", ", ".join(SUPPORTED)),
+                                   ("Server", self.user_agent)])
+        elif method == "CANCEL":
+            self._cancel(tx)
+        else:
+            handler = self.request_handlers.get(method)
+            if handler is not None:
+                handler(tx)
+            else:
+                tx.respond(405, None, [("Allow", self.allow())])
+
+    def _cancel(self, tx) -> None:
+        invite = self.transactions.find_invite(tx.msg)
+        if invite is None:
+            tx.respond(481)
+            return
+        tx.respond(200)
+        if invite.state is State.PROCEEDING:
+            if invite.on_cancel is not None:
+                invite.on_cancel(invite)
+            else:
+                invite.respond(487)
+
+    # ---- refused messages
+    def _reject(self, data: bytes, exc: SipParseError, channel, addr) -> None:
+        found = _salvage_headers(data)
+        if found is None or found[b"__method__"][0] == b"ACK":
+            log.debug("dropped unparseable message from %s: %s", addr, exc.reason)
+            return
+        try:
+            call_id = found[b"call-id"][0].decode("utf-8", "replace")
+            vias = b",".join(found[b"via"]).decode("utf-8", "replace").split(",")
+            reason = _printable(exc.reason) or REASONS.get(exc.status, "Bad Request")
+            lines = [f"SIP/2.0 {exc.status} {reason}",
+                     "Via: " + via_with_received(vias[0].strip(), addr[0], addr[1])]
+            lines += ["Via: " + v.strip() for v in vias[1:]]
+            lines += [
+                "From: " + found[b"from"][0].decode("utf-8", "replace"),
+                "To: " + found[b"to"][0].decode("utf-8", "replace"),
+                "Call-ID: " + call_id,
+                "CSeq: " + found[b"cseq"][0].decode("utf-8", "replace"),
+                "Content-Length: 0", "", ""]
+        except (IndexError, ValueError):
+            return
+        log.info("[%s] refused from %s:%s: %d %s", _printable(call_id), addr[0], addr[1],
+                 exc.status, exc.reason)
+        channel.send("\r\n".join(lines).encode("utf-8", "replace"), addr)
+
+    def _reply_stateless(self, msg, channel, addr, status: int, reason: str) -> None:
+        tx = self.transactions.server.get(server_key(msg))
+        if tx is not None:
+            tx.respond(status, reason)
+            return
+        channel.send(build_response(msg, status, reason, addr), reply_address(msg, channel, addr))

@@ -1,0 +1,293 @@
+"""The registrar (RFC 3261 §10, RFC 5626 instance-id/reg-id) with digest authentication.
+
+Bindings live in memory (username -> list of Binding) and in the registrations table. A
+REGISTER changes memory at once, queues its rows, and its 200 leaves only after the batch of
+this loop iteration has been committed: a binding acknowledged with 200 survives kill -9.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+from hpbx.sip import nat
+from hpbx.sip.auth import Verdict
+from hpbx.sip.transaction import Target
+from hpbx.store.registrations import Binding
+
+log = logging.getLogger("hpbx.sip.registrar")
+
+SWEEP_SECS = 1.0
+
+
+class RegisterError(Exception):
+    def __init__(self, status: int, reason: str, headers=()):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+class Registrar:
+    def __init__(self, loop, wheel, store, authenticator, directory, settings, clock=time.time):
+        """``directory()`` returns the current Directory snapshot (``auth_user``)."""
+        self.loop = loop
+        self.wheel = wheel
+        self.store = store
+        self.auth = authenticator
+        self.directory = directory
+        self.clock = clock
+        self.configure(settings)
+        self.bindings: dict[str, list[Binding]] = {}
+        self._expiry: list[tuple[float, str, str]] = []
+        self._batch: dict[tuple[str, str], Binding | None] = {}
+        self._replies: list = []
+        self._flush_scheduled = False
+        self._sweeper = None
+        self.stats = {"register_ok": 0, "register_401": 0, "register_403": 0, "register_err": 0}
+
+    def configure(self, settings) -> None:
+        sip = settings.sip
+        self.max_devices = sip.max_devices
+        self.min_expires = sip.min_expires
+        self.max_expires = sip.max_expires
+        self.default_expires = sip.default_expires
+
+    # ---- start/stop
+    def start(self) -> int:
+        now = self.clock()
+        loaded = self.store.load(now)
+        for binding in loaded:
+            self.bindings.setdefault(binding.username, []).append(binding)
+            heapq.heappush(self._expiry, (binding.expires_at, binding.username, binding.contact))
+        self._sweeper = self.wheel.call_later(SWEEP_SECS, self._sweep)
+        return len(loaded)
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._batch or self._replies:
+            self._flush()
+
+    # ---- queries for the B2BUA and the admin layer
+    def lookup(self, username: str) -> list[Binding]:
+        now = self.clock()
+        return [b for b in self.bindings.get(username, ()) if b.expires_at > now]
+
+    @staticmethod
+    def target(binding: Binding) -> Target:
+        """Where requests to this binding go: the NAT's address (and connection) when needed."""
+        if binding.behind_nat or binding.transport != "udp":
+            return Target(binding.transport, binding.source_host, binding.source_port,
+                          binding.connection_id)
+        host, port = nat.contact_hostport(binding.contact)
+        if not host or not nat.is_ip(host):
+            return Target(binding.transport, binding.source_host, binding.source_port)
+        return Target(binding.transport, host, port or 5060)
+
+    def list(self, username: str | None = None) -> list[dict]:
+        now = self.clock()
+        users = [username] if username is not None else sorted(self.bindings)
+        out = []
+        for name in users:
+            for b in self.bindings.get(name, ()):
+                if b.expires_at > now:
+                    d = b.as_dict()
+                    d["expires_in"] = int(b.expires_at - now)
+                    out.append(d)
+        return out
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.bindings.values())
+
+    def remove(self, binding: Binding) -> None:
+        """Drop a binding (keepalive grace over); persisted with the next batch."""
+        current = self.bindings.get(binding.username)
+        if current and binding in current:
+            current.remove(binding)
+            if not current:
+                del self.bindings[binding.username]
+            self._queue((binding.username, binding.contact), None)
+            self._schedule_flush()
+
+    # ---- REGISTER
+    def handle(self, tx) -> None:
+        msg = tx.msg
+        try:
+            self._register(tx, msg)
+        except RegisterError as exc:
+            self.stats["register_err"] += 1
+            tx.respond(exc.status, exc.reason, exc.headers)
+
+    def _register(self, tx, msg) -> None:
+        to = msg.to_addr
+        if to.uri.scheme not in ("sip", "sips"):
+            raise RegisterError(400, "To must be a SIP or SIPS URI")
+        verdict, user, _ = self.auth.check("REGISTER", msg.header("Authorization"))
+        if verdict is not Verdict.OK:
+            if verdict is Verdict.FORBIDDEN:
+                self.stats["register_403"] += 1
+                log.info("[%s] REGISTER for %s: wrong credentials", msg.call_id, to.uri.user)
+                tx.respond(403, "Forbidden")
+            else:
+                self.stats["register_401"] += 1
+                tx.respond(401, None, self.auth.challenge_headers(stale=verdict is Verdict.STALE))
+            return
+        if user.username != to.uri.user:
+            raise RegisterError(403, "Forbidden auth ID")
+        expires_hdr = msg.header("Expires")
+        default = self.default_expires
+        if expires_hdr is not None:
+            try:
+                default = int(expires_hdr.strip())
+            except ValueError:
+                raise RegisterError(400, "Bad Expires header") from None
+            if default < 0:
+                raise RegisterError(400, "Bad Expires header")
+        contacts = msg.contacts
+        now = self.clock()
+        username = user.username
+        current = self.bindings.get(username)
+        if current is None:
+            current = []
+        if contacts:
+            if any(c.star for c in contacts):
+                if len(contacts) != 1 or default != 0:
+                    raise RegisterError(400, "Contact * needs Expires 0 and no other contact")
+                for b in current:
+                    self._queue((username, b.contact), None)
+                current = []
+            else:
+                current = self._apply(msg, tx, user, contacts, default, current, now)
+        if current:
+            self.bindings[username] = current
+        else:
+            self.bindings.pop(username, None)
+        headers = [("Contact", self._contact_value(b, now)) for b in current]
+        self.stats["register_ok"] += 1
+        self._replies.append((tx, headers))
+        self._schedule_flush()
+
+    def _apply(self, msg, tx, user, contacts, default, current, now):
+        changes = []
+        for contact in contacts:
+            expires = contact.expires
+            if expires is None:
+                expires = default
+            if 0 < expires < self.min_expires:
+                raise RegisterError(423, "Interval Too Brief",
+                                    [("Min-Expires", str(self.min_expires))])
+            expires = min(expires, self.max_expires)
+            changes.append((contact, expires))
+        current = list(current)
+        username = user.username
+        source_host, source_port = tx.addr[0], tx.addr[1]
+        transport = tx.channel.kind
+        conn_id = tx.channel.id if tx.channel.reliable else 0
+        user_agent = msg.header("User-Agent")
+        path = msg.header("Path")
+        call_id = msg.call_id
+        cseq = msg.cseq
+        flags = getattr(user, "flags", None)
+        user_nat = bool(getattr(flags, "behind_nat", False))
+        for contact, expires in changes:
+            uri = str(contact.uri)
+            params = contact.params
+            instance = params.get("+sip.instance")
+            reg_id = params.get("reg-id")
+            reg_id_int = int(reg_id) if reg_id and reg_id.isdigit() else None
+            existing = None
+            for b in current:
+                if instance is not None and b.instance_id == instance and b.reg_id == reg_id_int:
+                    existing = b
+                    break
+                if b.contact == uri:
+                    existing = b
+                    break
+            if existing is not None:
+                if existing.call_id == call_id and existing.cseq is not None and cseq <= existing.cseq:
+                    raise RegisterError(500, "Out of order REGISTER")
+                current.remove(existing)
+                if existing.contact != uri:
+                    self._queue((username, existing.contact), None)
+            if expires == 0:
+                if existing is not None:
+                    self._queue((username, existing.contact), None)
+                continue
+            behind_nat = user_nat or nat.needs_nat(uri, source_host, source_port, transport)
+            binding = Binding(
+                username=username, contact=uri, tenant=getattr(user, "tenant", None),
+                instance_id=instance, reg_id=reg_id_int,
+                q=contact.q, expires_at=now + expires, registered_at=now,
+                source_host=source_host, source_port=source_port, transport=transport,
+                connection_id=conn_id, user_agent=user_agent, path=path, call_id=call_id,
+                cseq=cseq, behind_nat=behind_nat, online=True, last_seen=now)
+            current.append(binding)
+            self._queue((username, uri), binding)
+            heapq.heappush(self._expiry, (binding.expires_at, username, uri))
+        if len(current) > self.max_devices:
+            # the device that refreshed least recently gives way to the new one
+            current.sort(key=lambda b: b.registered_at)
+            for old in current[:len(current) - self.max_devices]:
+                self._queue((username, old.contact), None)
+                log.info("[%s] %s: binding %s replaced (max %d devices)", call_id, username,
+                         old.contact, self.max_devices)
+            current = current[len(current) - self.max_devices:]
+        return current
+
+    @staticmethod
+    def _contact_value(binding: Binding, now: float) -> str:
+        value = f"<{binding.contact}>;expires={max(0, int(binding.expires_at - now + 0.5))}"
+        if binding.instance_id is not None:
+            value += f";+sip.instance={binding.instance_id}"
+            if binding.reg_id is not None:
+                value += f";reg-id={binding.reg_id}"
+        return value
+
+    # ---- persistence: one transaction per loop iteration, then the 200s
+    def _queue(self, key: tuple[str, str], binding: Binding | None) -> None:
+        self._batch[key] = binding
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._batch = self._batch, {}
+        replies, self._replies = self._replies, []
+        if batch:
+            upserts = [b for b in batch.values() if b is not None]
+            deletes = [k for k, b in batch.items() if b is None]
+            try:
+                self.store.write_batch(upserts, deletes)
+            except Exception:
+                log.exception("registrations: commit of %d changes failed", len(batch))
+                for tx, _ in replies:
+                    tx.respond(500, "Registration Not Stored")
+                return
+        for tx, headers in replies:
+            tx.respond(200, None, headers)
+
+    # ---- expiry
+    def _sweep(self) -> None:
+        now = self.clock()
+        heap = self._expiry
+        removed = 0
+        while heap and heap[0][0] <= now:
+            expires_at, username, contact = heapq.heappop(heap)
+            current = self.bindings.get(username)
+            if not current:
+                continue
+            for b in current:
+                if b.contact == contact and b.expires_at == expires_at:
+                    current.remove(b)
+                    self._queue((username, contact), None)
+                    removed += 1
+                    break
+            if not current:
+                del self.bindings[username]
+        if removed:
+            self._schedule_flush()
+        self._sweeper = self.wheel.call_later(SWEEP_SECS, self._sweep)

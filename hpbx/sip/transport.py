@@ -1,0 +1,265 @@
+"""SIP transports: UDP, TCP and TLS listeners over IPv4 and IPv6, and the connection table.
+
+Every received message is handed to ``sink(data, channel, addr)`` where ``channel`` is what the
+answer goes back through (the UDP socket it came in on, or the stream connection) and ``addr``
+is the peer's (host, port). A channel has ``send(data, addr)``; stream connections ignore
+``addr``. Requests towards a phone that registered over TCP/TLS reuse its connection, found by
+connection id (stored with the binding) or by the peer's address.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import ssl
+
+from hpbx._fast import sipmsg
+from hpbx.errors import SipParseError
+
+log = logging.getLogger("hpbx.sip.transport")
+
+PING = b"\r\n\r\n"
+PONG = b"\r\n"
+UDP_RCVBUF = 4 << 20
+# a stream connection with nothing buffered and no traffic for this long is closed
+STREAM_IDLE_SECS = 3600.0
+
+
+class UdpChannel(asyncio.DatagramProtocol):
+    kind = "udp"
+    reliable = False
+
+    def __init__(self, hub: "TransportHub", listener):
+        self.hub = hub
+        self.listener = listener
+        self.transport = None
+        self.local_host = listener.host
+        self.local_port = listener.port
+        self.id = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_RCVBUF)
+        except OSError:
+            pass
+        self.local_port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data, addr):
+        if len(data) <= 4 and not data.strip(b"\r\n"):
+            # RFC 5626 keepalive over UDP is STUN, but phones send CRLFCRLF too: answer CRLF
+            if data == PING:
+                self.transport.sendto(PONG, addr)
+            return
+        self.hub.sink(data, self, addr)
+
+    def error_received(self, exc):
+        # ICMP unreachable for an earlier datagram: nothing to do, the transaction times out
+        log.debug("udp %s: %s", self.listener, exc)
+
+    def send(self, data: bytes, addr) -> None:
+        try:
+            self.transport.sendto(data, addr)
+        except OSError as exc:  # unroutable Via host etc.
+            log.debug("udp send to %s failed: %s", addr, exc)
+
+    def __repr__(self):
+        return f"<udp {self.local_host}:{self.local_port}>"
+
+
+class StreamConnection(asyncio.Protocol):
+    reliable = True
+
+    def __init__(self, hub: "TransportHub", kind: str, local_host: str, local_port: int):
+        self.hub = hub
+        self.kind = kind
+        self.local_host = local_host
+        self.local_port = local_port
+        self.id = next(hub._conn_ids)
+        self.transport = None
+        self.peer: tuple[str, int] | None = None
+        self.framer = sipmsg.Framer()
+        self.pending: list[bytes] = []  # written before an outgoing connect completed
+        self.closed = False
+        self.last_rx = hub.loop.time()
+        self.last_pong = 0.0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.last_rx = self.hub.loop.time()
+        self.hub._add_connection(self)
+        for data in self.pending:
+            transport.write(data)
+        self.pending.clear()
+
+    def data_received(self, data):
+        self.last_rx = self.hub.loop.time()
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError as exc:
+            log.info("%s %s:%s: framing error (%s): closing", self.kind, *self.peer, exc.reason)
+            self.close()
+            return
+        sink = self.hub.sink
+        for msg in messages:
+            if msg == PING:
+                self.transport.write(PONG)
+            elif msg == PONG:
+                self.last_pong = self.last_rx
+            else:
+                sink(msg, self, self.peer)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.hub._remove_connection(self)
+
+    def send(self, data: bytes, addr=None) -> None:
+        if self.closed:
+            return
+        if self.transport is None:
+            self.pending.append(data)
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    def __repr__(self):
+        return f"<{self.kind} #{self.id} {self.peer}>"
+
+
+class TransportHub:
+    """All listeners of the server and the table of open stream connections."""
+
+    def __init__(self, loop, settings, sink):
+        self.loop = loop
+        self.sink = sink
+        self.settings = settings
+        self.udp: list[UdpChannel] = []
+        self.servers: list[asyncio.base_events.Server] = []
+        self.connections: dict[int, StreamConnection] = {}
+        self.by_peer: dict[tuple[str, str, int], StreamConnection] = {}
+        self._conn_ids = itertools.count(1)
+        self._tls_server_ctx: ssl.SSLContext | None = None
+        self._tls_client_ctx: ssl.SSLContext | None = None
+        self.stream_listeners: list[tuple[str, str, int]] = []  # (kind, host, bound port)
+
+    async def start(self) -> None:
+        sip = self.settings.sip
+        for listener in sip.listen:
+            family = socket.AF_INET6 if listener.family_v6 else socket.AF_INET
+            if listener.transport == "udp":
+                _, channel = await self.loop.create_datagram_endpoint(
+                    lambda lst=listener: UdpChannel(self, lst),
+                    local_addr=(listener.host, listener.port), family=family)
+                self.udp.append(channel)
+            else:
+                ctx = None
+                if listener.transport == "tls":
+                    ctx = self._server_tls_context()
+                server = await self.loop.create_server(
+                    lambda lst=listener: StreamConnection(self, lst.transport, lst.host, lst.port),
+                    host=listener.host, port=listener.port, family=family, ssl=ctx,
+                    reuse_address=True, backlog=1024)
+                port = server.sockets[0].getsockname()[1]
+                self.stream_listeners.append((listener.transport, listener.host, port))
+                self.servers.append(server)
+            log.info("listening on %s", listener)
+
+    def _server_tls_context(self) -> ssl.SSLContext:
+        if self._tls_server_ctx is None:
+            sip = self.settings.sip
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(sip.tls_cert, sip.tls_key or None)
+            self._tls_server_ctx = ctx
+        return self._tls_server_ctx
+
+    def _client_tls_context(self) -> ssl.SSLContext:
+        if self._tls_client_ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            # phones present self-signed certificates; the registration itself is authenticated
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self._tls_client_ctx = ctx
+        return self._tls_client_ctx
+
+    def _add_connection(self, conn: StreamConnection) -> None:
+        self.connections[conn.id] = conn
+        self.by_peer[(conn.kind, conn.peer[0], conn.peer[1])] = conn
+
+    def _remove_connection(self, conn: StreamConnection) -> None:
+        self.connections.pop(conn.id, None)
+        if conn.peer is not None:
+            key = (conn.kind, conn.peer[0], conn.peer[1])
+            if self.by_peer.get(key) is conn:
+                del self.by_peer[key]
+
+    def udp_channel(self, host: str) -> UdpChannel | None:
+        """The UDP socket to send from towards ``host`` (same address family)."""
+        v6 = ":" in host
+        for channel in self.udp:
+            if channel.listener.family_v6 == v6:
+                return channel
+        return None
+
+    def local_address(self, kind: str, host: str) -> tuple[str, int]:
+        """Our sent-by (host, port) for a request towards ``host`` over ``kind``."""
+        advertise = self.settings.sip.advertise
+        v6 = ":" in host
+        if kind == "udp":
+            candidates = [(c.local_host, c.local_port, c.listener.family_v6) for c in self.udp]
+        else:
+            candidates = [(h, p, ":" in h) for k, h, p in self.stream_listeners if k == kind]
+        for cand_host, cand_port, cand_v6 in candidates:
+            if cand_v6 == v6:
+                return (advertise or cand_host, cand_port)
+        if candidates:
+            return (advertise or candidates[0][0], candidates[0][1])
+        return (advertise or host, 5060)
+
+    def channel_for(self, kind: str, host: str, port: int, conn_id: int = 0):
+        """A channel towards a peer: its open connection when there is one, else a new one."""
+        if kind == "udp":
+            return self.udp_channel(host)
+        if conn_id:
+            conn = self.connections.get(conn_id)
+            if conn is not None and not conn.closed:
+                return conn
+        conn = self.by_peer.get((kind, host, port))
+        if conn is not None and not conn.closed:
+            return conn
+        return self._connect(kind, host, port)
+
+    def _connect(self, kind: str, host: str, port: int) -> StreamConnection:
+        local = self.local_address(kind, host)
+        conn = StreamConnection(self, kind, local[0], local[1])
+        ctx = self._client_tls_context() if kind == "tls" else None
+
+        async def connect():
+            try:
+                await self.loop.create_connection(lambda: conn, host, port, ssl=ctx)
+            except OSError as exc:
+                log.info("%s connect to %s:%s failed: %s", kind, host, port, exc)
+                conn.closed = True
+                conn.pending.clear()
+
+        self.loop.create_task(connect())
+        return conn
+
+    def close(self) -> None:
+        for channel in self.udp:
+            if channel.transport is not None:
+                channel.transport.close()
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections.values()):
+            conn.close()
+        self.udp.clear()
+        self.servers.clear()

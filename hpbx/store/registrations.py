@@ -1,0 +1,129 @@
+"""The registrations (bindings) table, in the same SQLite file as the provisioning store.
+
+The registrar keeps bindings in memory and writes every change here before it answers 200, so
+a restart (or kill -9) loses nothing that was acknowledged. Writes are queued and committed in
+one transaction per event-loop iteration by the caller (``write_batch``).
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS registrations (
+    username      TEXT NOT NULL,
+    contact       TEXT NOT NULL,
+    tenant        TEXT,
+    instance_id   TEXT,
+    reg_id        INTEGER,
+    q             REAL,
+    expires_at    REAL NOT NULL,
+    registered_at REAL NOT NULL,
+    source_host   TEXT NOT NULL,
+    source_port   INTEGER NOT NULL,
+    transport     TEXT NOT NULL,
+    connection_id INTEGER NOT NULL DEFAULT 0,
+    user_agent    TEXT,
+    path          TEXT,
+    call_id       TEXT,
+    cseq          INTEGER,
+    behind_nat    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (username, contact)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS registrations_expiry ON registrations (expires_at);
+"""
+
+COLUMNS = ("username", "contact", "tenant", "instance_id", "reg_id", "q",
+           "expires_at", "registered_at", "source_host", "source_port", "transport",
+           "connection_id", "user_agent", "path", "call_id", "cseq", "behind_nat")
+
+_UPSERT = (f"INSERT OR REPLACE INTO registrations ({', '.join(COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(COLUMNS))})")
+_DELETE = "DELETE FROM registrations WHERE username = ? AND contact = ?"
+
+
+@dataclass(slots=True)
+class Binding:
+    """One registered contact of a user. Wall-clock times (epoch seconds)."""
+
+    username: str
+    contact: str  # the Contact URI exactly as registered (unknown params kept)
+    tenant: str | None
+    instance_id: str | None
+    reg_id: int | None
+    q: float | None
+    expires_at: float
+    registered_at: float
+    source_host: str
+    source_port: int
+    transport: str
+    connection_id: int
+    user_agent: str | None
+    path: str | None
+    call_id: str | None
+    cseq: int | None
+    behind_nat: bool
+    # runtime state (not stored): keepalive bookkeeping
+    online: bool = True
+    last_seen: float = 0.0
+    keepalive_sent: float = 0.0
+
+    def row(self) -> tuple:
+        return (self.username, self.contact, self.tenant, self.instance_id,
+                self.reg_id, self.q, self.expires_at, self.registered_at, self.source_host,
+                self.source_port, self.transport, self.connection_id, self.user_agent, self.path,
+                self.call_id, self.cseq, int(self.behind_nat))
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in COLUMNS} | {"online": self.online}
+
+
+class RegistrationStore:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # the event loop thread is the only user; autocommit off, one transaction per batch
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL: a committed transaction survives a process crash (kill -9); only an
+        # OS crash may lose the last commits
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def load(self, now: float) -> list[Binding]:
+        """Every binding not yet expired; expired rows are deleted."""
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM registrations WHERE expires_at <= ?", (now,))
+        rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM registrations").fetchall()
+        self.db.execute("COMMIT")
+        out = []
+        for row in rows:
+            values = list(row)
+            values[-1] = bool(values[-1])
+            out.append(Binding(*values, last_seen=now))
+        return out
+
+    def write_batch(self, upserts: list[Binding], deletes: list[tuple[str, str]]) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            if deletes:
+                db.executemany(_DELETE, deletes)
+            if upserts:
+                db.executemany(_UPSERT, [b.row() for b in upserts])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def all(self) -> list[tuple]:
+        return self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM registrations").fetchall()
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM registrations").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()

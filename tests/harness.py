@@ -1,0 +1,331 @@
+"""Reusable helpers for tests that drive the real server: free ports, a tmp config, the server
+as a subprocess (ready when it answers OPTIONS, stopped with SIGTERM and asserted to exit 0),
+and SIPp runs with a scenario and an -inf CSV whose statistics and messages are captured.
+
+    from tests.harness import HpbxServer, free_port, run_sipp, write_users_toml
+
+    with HpbxServer(tmp_path, users=[("alice", "pw")]) as srv:
+        result = run_sipp(SCEN / "register.xml", srv.sip_target, tmp_path, inf=[("alice", "pw")])
+        assert result.successful == 1, result.describe()
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SIPP = shutil.which("sipp") or "/usr/bin/sipp"
+
+
+def free_port(both: bool = True, host: str = "127.0.0.1") -> int:
+    """A port free for UDP and (``both``) TCP on ``host`` right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        port = udp.getsockname()[1]
+        try:
+            if both:
+                tcp = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                finally:
+                    tcp.close()
+            return port
+        finally:
+            udp.close()
+    raise RuntimeError("no free port found")
+
+
+def write_users_toml(path: Path, users, tenant: str = "test", flags: dict | None = None) -> Path:
+    """A provisioning file with one tenant and ``users`` = [(username, password), ...]."""
+    lines = [f'[tenant]\nname = "{tenant}"\n']
+    flags = flags or {}
+    for username, password in users:
+        lines.append(f'[[users]]\nusername = "{username}"\nsip_password = "{password}"\n')
+        if username in flags:
+            lines.append("[users.flags]\n" + "".join(f"{k} = {str(v).lower()}\n"
+                                                  for k, v in flags[username].items()))
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host: str = "127.0.0.1",
+                 provision=(), sip_extra: dict | None = None, log_level: str = "info") -> Path:
+    hostpart = f"[{host}]" if ":" in host else host
+    sip = {
+        "listen": [f"{t}:{hostpart}:{port}" for t in transports],
+        "t1_ms": 100, "t2_ms": 400, "t4_ms": 500,
+        "min_expires": 10, "max_expires": 3600, "keepalive_interval": 0,
+    }
+    sip.update(sip_extra or {})
+
+    def toml_value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(toml_value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    text = ["[sip]"] + [f"{k} = {toml_value(v)}" for k, v in sip.items()]
+    text += ["", "[store]", f"path = {toml_value(str(directory / 'hpbx.sqlite3'))}",
+             "", "[admin]", f"socket = {toml_value(str(directory / 'hpbx.sock'))}",
+             "", "[log]", f'level = "{log_level}"',
+             "", "[provision]", f"files = {toml_value([str(p) for p in provision])}", ""]
+    path = directory / "hpbx.toml"
+    path.write_text("\n".join(text))
+    return path
+
+
+def sip_options(host: str, port: int, timeout: float = 0.5, *, transport: str = "udp") -> str | None:
+    """Send one OPTIONS and return the status line of the answer (None on timeout)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(family, kind)
+    sock.settimeout(timeout)
+    try:
+        if transport != "udp":
+            sock.connect((host, port))
+        else:
+            sock.bind((host, 0))
+        lport = sock.getsockname()[1]
+        hostpart = f"[{host}]" if ":" in host else host
+        branch = "z9hG4bK" + uuid.uuid4().hex[:16]
+        msg = (f"OPTIONS sip:{hostpart}:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/{transport.upper()} {hostpart}:{lport};branch={branch};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:probe@{hostpart}>;tag={branch[-8:]}\r\n"
+               f"To: <sip:{hostpart}:{port}>\r\nCall-ID: {branch}@probe\r\nCSeq: 1 OPTIONS\r\n"
+               f"Content-Length: 0\r\n\r\n").encode()
+        if transport == "udp":
+            sock.sendto(msg, (host, port))
+        else:
+            sock.sendall(msg)
+        data = sock.recv(65535)
+        return data.split(b"\r\n", 1)[0].decode()
+    except (OSError, socket.timeout):
+        return None
+    finally:
+        sock.close()
+
+
+class HpbxServer:
+    """The real server as a subprocess on a tmp config with free ports."""
+
+    def __init__(self, directory: Path, *, users=(), flags=None, transports=("udp", "tcp"),
+                 host: str = "127.0.0.1", sip_extra=None, port: int | None = None,
+                 log_level: str = "info", env=None, wrap: list[str] | None = None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.port = port or free_port(host=host)
+        provision = ()
+        if users:
+            provision = (write_users_toml(self.dir / "users.toml", users, flags=flags),)
+        self.config = write_config(self.dir, self.port, transports=transports, host=host,
+                                   provision=provision, sip_extra=sip_extra, log_level=log_level)
+        self.transports = transports
+        self.env = env
+        self.wrap = wrap or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "hpbx.log"
+        self._log = None
+
+    @property
+    def sip_target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.dir / "hpbx.sqlite3"
+
+    def start(self, timeout: float = 30.0) -> "HpbxServer":
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        self.proc = subprocess.Popen(
+            self.wrap + [sys.executable, "-m", "hpbx", "serve", "--config", str(self.config)],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hpbx exited with {self.proc.returncode} at start:\n{self.log()}")
+            if sip_options(self.host, self.port, 0.3, transport=self.transports[0]):
+                return self
+            time.sleep(0.1)
+        self.kill()
+        raise AssertionError(f"hpbx did not answer OPTIONS within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; asserts a clean exit (status 0)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"hpbx did not stop on SIGTERM within {timeout}s:\n{self.log()}")
+        code = self.proc.returncode
+        self.proc = None
+        if self._log:
+            self._log.close()
+        assert code == 0, f"hpbx exited with {code}:\n{self.log()}"
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL (crash simulation); no exit status check."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if self._log:
+            self._log.close()
+
+    def __enter__(self) -> "HpbxServer":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.stop()
+        else:
+            self.kill()
+
+    def bindings(self) -> list[dict]:
+        """The registrations table, read from the SQLite file (works while the server runs)."""
+        import sqlite3
+        db = sqlite3.connect(self.db_path)
+        try:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM registrations")]
+        finally:
+            db.close()
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    successful: int
+    failed: int
+    retransmissions: int
+    messages: str
+    errors: str
+    stdout: str
+    cmd: list
+
+    def describe(self) -> str:
+        return (f"sipp rc={self.returncode} ok={self.successful} failed={self.failed}\n"
+                f"cmd: {' '.join(map(str, self.cmd))}\nerrors:\n{self.errors[-3000:]}\n"
+                f"messages:\n{self.messages[-4000:]}\nstdout:\n{self.stdout[-1500:]}")
+
+    def received(self, first_line_prefix: str) -> list[str]:
+        """Every message SIPp received whose first line starts with the prefix."""
+        return [m for d, m in self.message_blocks() if d == "received" and m.startswith(first_line_prefix)]
+
+    def sent(self, first_line_prefix: str) -> list[str]:
+        return [m for d, m in self.message_blocks() if d == "sent" and m.startswith(first_line_prefix)]
+
+    def message_blocks(self) -> list[tuple[str, str]]:
+        """(direction, message text) in trace order."""
+        out = []
+        for block in re.split(r"(?m)^-{5,}.*\n", self.messages):
+            intro, sep, text = block.partition("\n\n")
+            if not sep:
+                continue
+            direction = "received" if "received" in intro else "sent"
+            out.append((direction, text.strip("\n")))
+        return out
+
+
+def have_sipp() -> bool:
+    return os.path.exists(SIPP)
+
+
+def run_sipp(scenario: Path, target: str, workdir: Path, *, inf=None, transport: str = "u1",
+             calls: int = 1, rate: float = 10, timeout: float = 30, local_port: int | None = None,
+             local_ip: str = "127.0.0.1", extra: list | None = None, name: str = "sipp",
+             wrap: list[str] | None = None, trace_msg: bool = True) -> SippResult:
+    """Run SIPp to completion (bounded by -m, -timeout and a hard kill) and collect its output.
+
+    ``inf``: list of CSV rows (tuples) written as the -inf file (SEQUENTIAL).
+    """
+    if not have_sipp():
+        pytest.skip("sipp is not installed (Debian package sip-tester)")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    stat = workdir / f"{tag}.stat.csv"
+    msgs = workdir / f"{tag}.msg.log"
+    errs = workdir / f"{tag}.err.log"
+    cmd = list(wrap or []) + [SIPP, target, "-sf", str(scenario), "-m", str(calls),
+                              "-r", str(rate), "-t", transport, "-i", local_ip,
+                              "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
+                              "-trace_stat", "-stf", str(stat), "-fd", "1",
+                              "-trace_err", "-error_file", str(errs),
+                              "-max_socket", "2000", "-buff_size", "4194304"]
+    if trace_msg:
+        cmd += ["-trace_msg", "-message_file", str(msgs)]
+    # never the default 5060: parallel runs and other tests must not collide
+    cmd += ["-p", str(local_port or free_port(both=False, host=local_ip))]
+    if inf is not None:
+        csv = workdir / f"{tag}.csv"
+        csv.write_text("SEQUENTIAL\n" + "".join(";".join(map(str, row)) + ";\n" for row in inf))
+        cmd += ["-inf", str(csv)]
+    cmd += list(extra or [])
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout + 15)
+        out = proc.stdout.decode(errors="replace")
+        code = proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace") + "\n[killed after hard timeout]"
+        code = -9
+    ok, failed, retrans = _sipp_counts(stat)
+    return SippResult(code, ok, failed, retrans,
+                      msgs.read_text(errors="replace") if msgs.exists() else "",
+                      errs.read_text(errors="replace") if errs.exists() else "", out, cmd)
+
+
+def _sipp_counts(stat: Path) -> tuple[int, int, int]:
+    """SuccessfulCall(C), FailedCall(C), Retransmissions(C) from the last -trace_stat row."""
+    if not stat.exists():
+        return 0, 0, 0
+    rows = [r for r in stat.read_text(errors="replace").splitlines() if r.strip()]
+    if len(rows) < 2:
+        return 0, 0, 0
+    header = rows[0].split(";")
+    last = rows[-1].split(";")
+    col = {name: i for i, name in enumerate(header)}
+
+    def get(name):
+        i = col.get(name)
+        try:
+            return int(last[i]) if i is not None else 0
+        except (ValueError, IndexError):
+            return 0
+
+    return get("SuccessfulCall(C)"), get("FailedCall(C)"), get("Retransmissions(C)")
