@@ -390,7 +390,7 @@ _add_crud(
      Param("alert_info", "str", help="Alert-Info sent to the rung devices"),
      Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)")),
     (Param("tenant", "str", help="only this tenant"),
-     Param("filter", "str", help="digits or text the number or its name contains")),
+     Param("filter", "str", help="digits the number contains (508 finds 0445081111)")),
     ("number", "tenant", "usage", "name"))
 _add_crud(
     "switch", "a special switch (manual override of dial plans)",
@@ -461,8 +461,9 @@ _add("number.set_slots", number_set_slots,
 _add("number.find_unused", number_find_unused,
      "Telephone numbers of a tenant that reach nobody: no active switch and ten empty dial plans.",
      TENANT, *PAGE, columns=("number", "usage", "name"))
-_add("number.search", number_search, "Find a tenant's public numbers by digits, name or what their dial plans reach.",
-     TENANT, Param("text", "str", required=True, help="digits, a name, or a target such as user:anna"),
+_add("number.search", number_search, "Find a tenant's public numbers whose dial plans reach a participant.",
+     TENANT, Param("text", "str", required=True,
+                   help="username, first name, name, nickname or group name; or digits of an external or linked number"),
      *PAGE, columns=("number", "tenant", "usage", "name"))
 _add("switch.set", switch_set, "Switch a special switch on: it takes effect on the next call.",
      TENANT, Param("name", "str", required=True, help="switch name"),

@@ -39,6 +39,8 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         self.run(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -53,3 +55,26 @@ def make_settings(tmp_path: Path, **admin_kw) -> Settings:
     return replace(Settings(path=str(tmp_path / "hpbx.toml")), admin=admin)
 
 
+
+
+def provisioned_context(tmp_path: Path, **admin_kw):
+    """A context of real services on a fresh SQLite file: the provisioning service, and the
+    registrations as the registrar stores them (``RegistrationStore``, returned too so tests can add bindings)."""
+    import time
+
+    from hpbx.pbx.provisioning import Provisioning
+    from hpbx.store.registrations import RegistrationStore
+    from hpbx.store.sqlite import Store
+
+    settings = make_settings(tmp_path, **admin_kw)
+    db = tmp_path / "hpbx.sqlite3"
+    store = Store(db)
+    bindings = RegistrationStore(db)
+
+    def list_registrations(tenant, user):
+        return (b.as_dict() for b in bindings.load(time.time())
+                if (tenant is None or b.tenant == tenant) and (user is None or b.username == user))
+
+    ctx = AdminContext(settings=settings, provisioning=Provisioning(store), list_registrations=list_registrations)
+    ctx.stats_sources["store"] = lambda: {"users": store.count("user"), "bindings": bindings.count()}
+    return ctx, bindings

@@ -26,3 +26,13 @@ def start_admin(tmp_path):
 @pytest.fixture
 def admin_server(start_admin) -> ServerThread:
     return start_admin()
+
+
+@pytest.fixture
+def prov(start_admin, tmp_path):
+    """(server, registration store): an admin server over real provisioning on SQLite."""
+    from adminrig import provisioned_context
+
+    ctx, bindings = provisioned_context(tmp_path)
+    yield start_admin(ctx), bindings
+    bindings.close()
