@@ -19,7 +19,8 @@ class AdminContext:
     # hpbx.pbx.provisioning service: tenant_create(...), user_list(...), export_tenant(...), ...
     provisioning: Any = None
     # (tenant or None, user or None) -> iterable (may be lazy) of binding dicts: user, tenant,
-    # contact, source (host:port), transport, user_agent, behind_nat, expires_at (unix time)
+    # contact, source (host:port), transport, user_agent, behind_nat, expires_at (unix time);
+    # the stored Binding.as_dict() shape (username, source_host, source_port) is accepted too
     list_registrations: Callable[[str | None, str | None], Any] | None = None
     # () -> iterable of call dicts (call_id, caller, called, state, started_at, ...)
     list_calls: Callable[[], Any] | None = None

@@ -154,9 +154,15 @@ def registration_list(ctx: AdminContext, p: dict) -> list:
 
 
 def registration_row(b: Any, now: float) -> dict:
-    """One binding (the registrar's ``Binding.as_dict()`` shape) as operators read it."""
+    """One binding as operators read it. Takes either the operator shape (user, source, ...)
+    or the registrar's stored ``Binding.as_dict()`` shape (username, source_host, ...)."""
     b = b if isinstance(b, dict) else b.as_dict()
     expires_at = b.get("expires_at")
+    if "username" not in b:
+        row = dict(b)
+        if isinstance(expires_at, (int, float)):
+            row["expires_in"] = max(0, int(expires_at - now))
+        return row
     host, port = b.get("source_host"), b.get("source_port")
     return {
         "user": b.get("username"),
