@@ -329,3 +329,88 @@ def _sipp_counts(stat: Path) -> tuple[int, int, int]:
             return 0
 
     return get("SuccessfulCall(C)"), get("FailedCall(C)"), get("Retransmissions(C)")
+
+
+class RawPhone:
+    """A minimal SIP phone over a plain UDP socket, for tests that need exact control
+    (timing of retransmissions, replayed nonce-counts, chosen digest algorithm)."""
+
+    def __init__(self, server_host: str, server_port: int, host: str = "127.0.0.1", port: int = 0):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = (server_host, server_port)
+        self.cseq = 0
+        self.call_id = uuid.uuid4().hex + "@rawphone"
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendto(data.encode() if isinstance(data, str) else data, self.server)
+
+    def recv(self, timeout: float = 2.0) -> str | None:
+        self.sock.settimeout(timeout)
+        try:
+            data, _ = self.sock.recvfrom(65535)
+        except (socket.timeout, TimeoutError):
+            return None
+        return data.decode(errors="replace")
+
+    def recv_until(self, predicate, timeout: float = 2.0) -> str | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            msg = self.recv(left)
+            if msg is None:
+                return None
+            if predicate(msg):
+                return msg
+
+    def request(self, method: str, ruri: str, headers: list[str] = (), *, branch: str | None = None,
+                cseq: int | None = None, call_id: str | None = None, from_user: str = "rawphone",
+                to_uri: str | None = None, body: str = "") -> str:
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        branch = branch or "z9hG4bK" + uuid.uuid4().hex[:16]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        lines = [f"{method} {ruri} SIP/2.0",
+                 f"Via: SIP/2.0/UDP {host}:{self.port};branch={branch};rport",
+                 "Max-Forwards: 70",
+                 f"From: <sip:{from_user}@{host}>;tag=t{abs(hash(self.call_id)) % 99999}",
+                 f"To: <{to_uri or ruri}>",
+                 f"Call-ID: {call_id or self.call_id}",
+                 f"CSeq: {cseq} {method}", *headers, f"Content-Length: {len(body.encode())}", "", body]
+        text = "\r\n".join(lines)
+        self.send(text)
+        return text
+
+
+def header(message: str, name: str) -> list[str]:
+    """Every value of a header in a message text (no compact forms)."""
+    return re.findall(rf"(?im)^{re.escape(name)}\s*:\s*(.*?)\s*$", message.split("\r\n\r\n")[0])
+
+
+def digest_authorization(challenge: str, username: str, password: str, method: str, uri: str,
+                         nc: int = 1, cnonce: str = "0a4f113b", algorithm: str | None = None) -> str:
+    """An Authorization header value answering one WWW-Authenticate value (qop=auth)."""
+    import hashlib
+    params = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
+    alg = algorithm or params.get("algorithm", "MD5")
+    h = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[alg]
+    ha1 = h(f"{username}:{params['realm']}:{password}".encode()).hexdigest()
+    ha2 = h(f"{method}:{uri}".encode()).hexdigest()
+    ncs = f"{nc:08x}"
+    resp = h(f"{ha1}:{params['nonce']}:{ncs}:{cnonce}:auth:{ha2}".encode()).hexdigest()
+    return (f'Digest username="{username}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+            f'uri="{uri}", response="{resp}", algorithm={alg}, qop=auth, nc={ncs}, cnonce="{cnonce}"')
