@@ -265,49 +265,81 @@ def have_sipp() -> bool:
     return os.path.exists(SIPP)
 
 
-def run_sipp(scenario: Path, target: str, workdir: Path, *, inf=None, transport: str = "u1",
-             calls: int = 1, rate: float = 10, timeout: float = 30, local_port: int | None = None,
-             local_ip: str = "127.0.0.1", extra: list | None = None, name: str = "sipp",
-             wrap: list[str] | None = None, trace_msg: bool = True) -> SippResult:
+def run_sipp(scenario: Path, target: str, workdir: Path, **kw) -> SippResult:
     """Run SIPp to completion (bounded by -m, -timeout and a hard kill) and collect its output.
+    Keywords as for ``SippRun``."""
+    return SippRun(scenario, target, workdir, **kw).start().wait()
+
+
+class SippRun:
+    """One SIPp process; ``start()`` then ``wait()`` (or ``kill()``) -> ``SippResult``.
 
     ``inf``: list of CSV rows (tuples) written as the -inf file (SEQUENTIAL).
     """
-    if not have_sipp():
-        pytest.skip("sipp is not installed (Debian package sip-tester)")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tag = f"{name}-{uuid.uuid4().hex[:6]}"
-    stat = workdir / f"{tag}.stat.csv"
-    msgs = workdir / f"{tag}.msg.log"
-    errs = workdir / f"{tag}.err.log"
-    cmd = list(wrap or []) + [SIPP, target, "-sf", str(scenario), "-m", str(calls),
-                              "-r", str(rate), "-t", transport, "-i", local_ip,
-                              "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
-                              "-trace_stat", "-stf", str(stat), "-fd", "1",
-                              "-trace_err", "-error_file", str(errs),
-                              "-max_socket", "2000", "-buff_size", "4194304"]
-    if trace_msg:
-        cmd += ["-trace_msg", "-message_file", str(msgs)]
-    # never the default 5060: parallel runs and other tests must not collide
-    cmd += ["-p", str(local_port or free_port(both=False, host=local_ip))]
-    if inf is not None:
-        csv = workdir / f"{tag}.csv"
-        csv.write_text("SEQUENTIAL\n" + "".join(";".join(map(str, row)) + ";\n" for row in inf))
-        cmd += ["-inf", str(csv)]
-    cmd += list(extra or [])
-    try:
-        proc = subprocess.run(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout + 15)
-        out = proc.stdout.decode(errors="replace")
-        code = proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace") + "\n[killed after hard timeout]"
-        code = -9
-    ok, failed, retrans = _sipp_counts(stat)
-    return SippResult(code, ok, failed, retrans,
-                      msgs.read_text(errors="replace") if msgs.exists() else "",
-                      errs.read_text(errors="replace") if errs.exists() else "", out, cmd)
+
+    def __init__(self, scenario: Path, target: str, workdir: Path, *, inf=None,
+                 transport: str = "u1", calls: int = 1, rate: float = 10, timeout: float = 30,
+                 local_port: int | None = None, local_ip: str = "127.0.0.1",
+                 extra: list | None = None, name: str = "sipp", wrap: list[str] | None = None,
+                 trace_msg: bool = True):
+        if not have_sipp():
+            pytest.skip("sipp is not installed (Debian package sip-tester)")
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        tag = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.timeout = timeout
+        self.stat = workdir / f"{tag}.stat.csv"
+        self.msgs = workdir / f"{tag}.msg.log"
+        self.errs = workdir / f"{tag}.err.log"
+        self.out = workdir / f"{tag}.out"
+        self.workdir = workdir
+        cmd = list(wrap or []) + [SIPP, target, "-sf", str(scenario), "-m", str(calls),
+                                  "-r", str(rate), "-t", transport, "-i", local_ip,
+                                  "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
+                                  "-trace_stat", "-stf", str(self.stat), "-fd", "1",
+                                  "-trace_err", "-error_file", str(self.errs),
+                                  "-max_socket", "2000", "-buff_size", "4194304"]
+        if trace_msg:
+            cmd += ["-trace_msg", "-message_file", str(self.msgs)]
+        # never the default 5060: parallel runs and other tests must not collide
+        cmd += ["-p", str(local_port or free_port(both=False, host=local_ip))]
+        if inf is not None:
+            csv = workdir / f"{tag}.csv"
+            csv.write_text("SEQUENTIAL\n" + "".join(";".join(map(str, row)) + ";\n" for row in inf))
+            cmd += ["-inf", str(csv)]
+        self.cmd = cmd + list(extra or [])
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SippRun":
+        self._out = open(self.out, "wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        self.started = time.monotonic()
+        return self
+
+    def wait(self) -> SippResult:
+        left = self.timeout + 15 - (time.monotonic() - self.started)
+        try:
+            code = self.proc.wait(max(left, 1))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            code = -9
+        return self._result(code)
+
+    def kill(self) -> SippResult:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self._result(self.proc.wait())
+
+    def _result(self, code: int) -> SippResult:
+        self._out.close()
+        out = self.out.read_text(errors="replace")
+        ok, failed, retrans = _sipp_counts(self.stat)
+        return SippResult(code, ok, failed, retrans,
+                          self.msgs.read_text(errors="replace") if self.msgs.exists() else "",
+                          self.errs.read_text(errors="replace") if self.errs.exists() else "",
+                          out, self.cmd)
 
 
 def _sipp_counts(stat: Path) -> tuple[int, int, int]:
