@@ -337,7 +337,21 @@ typedef struct {
 	struct iovec iov[RL_BATCH];
 	rl_sa src[RL_BATCH];
 	int out_fd[RL_BATCH];
+	int dirty; /* receive headers 0..dirty-1 need their lengths reset */
 } rl_scratch;
+
+static void rl_scratch_init(rl_scratch *x, uint8_t (*bufs)[RL_MAXPKT])
+{
+	memset(x, 0, sizeof *x);
+	for (int i = 0; i < RL_BATCH; i++) {
+		x->iov[i].iov_base = bufs[i];
+		x->iov[i].iov_len = RL_MAXPKT;
+		x->in[i].msg_hdr.msg_iov = &x->iov[i];
+		x->in[i].msg_hdr.msg_iovlen = 1;
+		x->in[i].msg_hdr.msg_name = &x->src[i];
+		x->in[i].msg_hdr.msg_namelen = sizeof x->src[i];
+	}
+}
 
 static void rl_flush(rl_stream *st, struct mmsghdr *out, const int *fds, int n)
 {
@@ -348,7 +362,16 @@ static void rl_flush(rl_stream *st, struct mmsghdr *out, const int *fds, int n)
 			j++;
 		int off = i;
 		while (off < j) {
-			int s = sendmmsg(fds[i], out + off, (unsigned)(j - off), MSG_DONTWAIT);
+			int s;
+			if (j - off == 1) {
+				/* the common case at 50 packets/s per stream: one datagram per socket per
+				 * wakeup; sendto skips sendmmsg's msghdr copies */
+				const struct msghdr *h = &out[off].msg_hdr;
+				s = sendto(fds[i], h->msg_iov->iov_base, h->msg_iov->iov_len, MSG_DONTWAIT,
+					   h->msg_name, h->msg_namelen) < 0 ? -1 : 1;
+			} else {
+				s = sendmmsg(fds[i], out + off, (unsigned)(j - off), MSG_DONTWAIT);
+			}
 			if (s <= 0) {
 				if (s < 0 && errno == EINTR)
 					continue;
@@ -368,20 +391,16 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 	rl_leg *l = &s->leg[li], *o = &s->leg[li ^ 1];
 	int fd = l->fd[k];
 	for (int round = 0; round < RL_ROUNDS; round++) {
-		for (int i = 0; i < RL_BATCH; i++) {
-			x->iov[i].iov_base = w->bufs[i];
+		/* only the headers the previous round used were changed (lengths, source size) */
+		for (int i = 0; i < x->dirty; i++) {
 			x->iov[i].iov_len = RL_MAXPKT;
-			x->in[i].msg_hdr.msg_iov = &x->iov[i];
-			x->in[i].msg_hdr.msg_iovlen = 1;
-			x->in[i].msg_hdr.msg_name = &x->src[i];
 			x->in[i].msg_hdr.msg_namelen = sizeof x->src[i];
-			x->in[i].msg_hdr.msg_control = NULL;
-			x->in[i].msg_hdr.msg_controllen = 0;
-			x->in[i].msg_hdr.msg_flags = 0;
 		}
+		x->dirty = 0;
 		int n = recvmmsg(fd, x->in, RL_BATCH, MSG_DONTWAIT, NULL);
 		if (n <= 0)
 			return;
+		x->dirty = n;
 		int m = 0;
 		for (int i = 0; i < n; i++) {
 			size_t len = x->in[i].msg_len;
@@ -442,6 +461,7 @@ static void *rl_worker_main(void *arg)
 		free(evs);
 		return NULL;
 	}
+	rl_scratch_init(x, w->bufs);
 	while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
 		int n = epoll_wait(w->epfd, evs, RL_EVENTS, 1000);
 		if (n <= 0)
