@@ -386,7 +386,7 @@ static void rl_flush(rl_stream *st, struct mmsghdr *out, const int *fds, int n)
 	}
 }
 
-static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, int li, int k, int64_t now)
+static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, int li, int k)
 {
 	rl_leg *l = &s->leg[li], *o = &s->leg[li ^ 1];
 	int fd = l->fd[k];
@@ -401,6 +401,8 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 		if (n <= 0)
 			return;
 		x->dirty = n;
+		/* arrival time per read, not per epoll batch: jitter needs it (vDSO, ~50 ns) */
+		int64_t now = rl_now();
 		int m = 0;
 		for (int i = 0; i < n; i++) {
 			size_t len = x->in[i].msg_len;
@@ -466,7 +468,6 @@ static void *rl_worker_main(void *arg)
 		int n = epoll_wait(w->epfd, evs, RL_EVENTS, 1000);
 		if (n <= 0)
 			continue;
-		int64_t now = rl_now();
 		pthread_mutex_lock(&w->mu);
 		for (int e = 0; e < n; e++) {
 			uint64_t tag = evs[e].data.u64;
@@ -477,7 +478,7 @@ static void *rl_worker_main(void *arg)
 			rl_session *s = &r->sess[slot];
 			if (!s->in_use || s->gen != gen)
 				continue; /* deleted after this event was queued */
-			rl_handle(r, w, x, s, (tag >> 1) & 1, tag & 1, now);
+			rl_handle(r, w, x, s, (tag >> 1) & 1, tag & 1);
 		}
 		pthread_mutex_unlock(&w->mu);
 	}
