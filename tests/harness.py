@@ -132,7 +132,7 @@ class HpbxServer:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
-        self.port = port or free_port(host=host)
+        self.port = port or (5060 if wrap else free_port(host=host))
         provision = ()
         if users:
             provision = (write_users_toml(self.dir / "users.toml", users, flags=flags),)
@@ -163,11 +163,21 @@ class HpbxServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"hpbx exited with {self.proc.returncode} at start:\n{self.log()}")
-            if sip_options(self.host, self.port, 0.3, transport=self.transports[0]):
+            if self.ready():
                 return self
             time.sleep(0.1)
         self.kill()
         raise AssertionError(f"hpbx did not answer OPTIONS within {timeout}s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        """Does the server answer OPTIONS? Asked from inside ``wrap`` (e.g. a netns) if given."""
+        if not self.wrap:
+            return sip_options(self.host, self.port, 0.3, transport=self.transports[0]) is not None
+        probe = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harness; "
+                 f"sys.exit(0 if harness.sip_options({self.host!r}, {self.port}, 0.3, "
+                 f"transport={self.transports[0]!r}) else 1)")
+        return subprocess.run(self.wrap + [sys.executable, "-c", probe], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
     def log(self) -> str:
         try:
@@ -293,7 +303,8 @@ class SippRun:
         self.errs = workdir / f"{tag}.err.log"
         self.out = workdir / f"{tag}.out"
         self.workdir = workdir
-        cmd = list(wrap or []) + [SIPP, target, "-sf", str(scenario), "-m", str(calls),
+        cmd = list(wrap or []) + [SIPP] + ([target] if target else []) + [
+                                  "-sf", str(scenario), "-m", str(calls),
                                   "-r", str(rate), "-t", transport, "-i", local_ip,
                                   "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
                                   "-trace_stat", "-stf", str(self.stat), "-fd", "1",
