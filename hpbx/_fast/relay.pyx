@@ -17,13 +17,6 @@ from libc.stdlib cimport free, malloc
 from hpbx.errors import RelayError
 
 cdef extern from "relay_engine.h" nogil:
-    ctypedef struct rl_relay:
-        int npairs
-        int nsess
-        int nworkers
-        int rcvbuf
-        int port_min
-
     ctypedef struct rl_leg_info:
         int port
         int rtcp_port
@@ -126,13 +119,6 @@ cdef class Relay:
     new one only after ``relatch()`` or when the old source was silent for ``silence`` seconds.
     ``last_packet`` times in stats are ``time.monotonic()`` seconds.
     """
-    cdef rl_relay *_r
-    cdef readonly str address
-    cdef readonly int port_min, port_max, workers
-    cdef readonly bint strict_latching
-    cdef readonly double silence
-    cdef bint _started
-
     def __cinit__(self):
         self._r = NULL
 

@@ -1,0 +1,20 @@
+# Declarations of hpbx._fast.relay for other Cython modules (players, recorders later).
+
+cdef extern from "relay_engine.h" nogil:
+    ctypedef struct rl_relay:
+        int npairs
+        int nsess
+        int nworkers
+        int rcvbuf
+        int port_min
+
+
+cdef class Relay:
+    cdef rl_relay *_r
+    cdef readonly str address
+    cdef readonly int port_min, port_max, workers
+    cdef readonly bint strict_latching
+    cdef readonly double silence
+    cdef bint _started
+
+    cdef rl_relay *_live(self) except NULL
