@@ -424,3 +424,34 @@ def test_bad_construction_is_refused():
         Relay(LO, 41500, 41502)
     with pytest.raises(RelayError, match="cannot create relay"):
         Relay("not-an-ip", 41500, 41599)
+
+
+def test_ipv6_relay_both_ways():
+    try:
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        a.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback in this environment")
+    b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    b.bind(("::1", 0))
+    a.settimeout(1.0)
+    b.settimeout(1.0)
+    try:
+        with Relay("::1", 41900, 41919, workers=1) as r:
+            h = r.allocate()
+            pa, pb = r.ports(h)
+            r.set_peer(h, "a", "::1", a.getsockname()[1])
+            r.set_peer(h, "b", "::1", b.getsockname()[1])
+            with pytest.raises(RelayError, match="family"):
+                r.set_peer(h, "a", "127.0.0.1", 4000)
+            with pytest.raises(RelayError, match="multicast"):
+                r.set_peer(h, "a", "ff02::1", 4000)
+            a.sendto(rtp(1, 160), ("::1", pa))
+            assert b.recvfrom(2048)[1][:2] == ("::1", pb)
+            b.sendto(rtp(1, 160, ssrc=9), ("::1", pb))
+            assert a.recvfrom(2048)[1][:2] == ("::1", pa)
+            assert r.stats(h)["b"]["peer"] == ("::1", b.getsockname()[1])
+            r.delete(h)
+    finally:
+        a.close()
+        b.close()
