@@ -455,3 +455,22 @@ def test_ipv6_relay_both_ways():
     finally:
         a.close()
         b.close()
+
+
+def test_a_burst_is_relayed_completely(peers):
+    # more datagrams than one wakeup reads (RL_ROUNDS x RL_BATCH = 128): the edge-triggered
+    # socket must be re-armed, or the rest would wait for the next packet
+    a, b = peers(), peers()
+    b.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, rcvbuf=4 << 20) as r:
+        h, pa, pb = call(r, a, b)
+        n = 600
+        for i in range(n):
+            a.rtp.sendto(rtp(i, i * 160), (LO, pa))
+        got = 0
+        while got < n:
+            recv(b.rtp, 2.0)
+            got += 1
+        st = r.stats(h)["a"]
+        assert st["packets"] == n and st["lost"] == 0
+        r.delete(h)
