@@ -104,9 +104,25 @@ class Server:
                                           self.transports, settings)
         self.keepalive.start()
         self._stop_order.append(self.keepalive.stop)
+        self._start_calls(loop)
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
+
+    def _start_calls(self, loop) -> None:
+        """The media relay and the B2BUA (INVITE, ACK, BYE, UPDATE, INFO via the dispatcher)."""
+        from hpbx.media.engine import MediaEngine
+        from hpbx.pbx.calls import CallService
+
+        self.media = MediaEngine.from_settings(self.settings.rtp)
+        self.media.start()
+        self._stop_order.append(self.media.close)
+        self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
+                                 self.auth, self.provisioning, self.media, self.settings)
+        self.media.on_timeout = self.calls.media_timeout
+        self.calls.install(self.dispatcher)
+        self._stop_order.append(self.calls.close)
+        self._stop_order.append(loop.create_task(self.media.watch()).cancel)
 
     def _sink(self, data, channel, addr) -> None:
         self._sink_target(data, channel, addr)
@@ -119,7 +135,9 @@ class Server:
             return
         ctx = AdminContext(settings=self.settings, provisioning=self.provisioning,
                            list_registrations=self.list_registrations,
-                           reload_config=self.reload)
+                           reload_config=self.reload,
+                           list_calls=self.calls.list_calls, hangup_call=self.calls.hangup)
+        ctx.stats_sources["calls"] = self.calls.counters
         ctx.stats_sources["sip"] = self.sip_stats
         ctx.stats_sources["registrar"] = self.registrar_stats
         self.admin = AdminServer(ctx)
@@ -159,6 +177,7 @@ class Server:
         self.transactions.set_timers(sip.t1_ms / 1000, sip.t2_ms / 1000, sip.t4_ms / 1000)
         self.registrar.configure(new)
         self.keepalive.configure(new)
+        self.calls.configure(new)
         self.settings = new
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new

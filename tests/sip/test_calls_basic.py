@@ -1,0 +1,117 @@
+"""Calls end to end, one server for the module: a trunk calls a public number, the B2BUA rings
+the registered phones of its dial plan, bridges the answer, and writes the CDR.
+
+Every phone is a SIPp UAS that first REGISTERs as a device of its user from its own port.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from harness import free_port, have_sipp, header
+from callrig import CallRig
+
+pytestmark = [pytest.mark.sipp,
+              pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
+
+CARRIER = free_port(both=False)
+GATEWAY = free_port(both=False)
+
+TENANT = f"""
+[tenant]
+name = "acme"
+trunk = "gateway"
+
+[[trunks]]
+name = "carrier"
+host = "127.0.0.1"
+port = {CARRIER}
+
+[[trunks]]
+name = "gateway"
+host = "127.0.0.1"
+port = {GATEWAY}
+
+[[users]]
+username = "anna"
+sip_password = "anna-pw"
+internal_number = "201"
+displayed_number = "0441110000"
+
+[[users]]
+username = "beat"
+sip_password = "beat-pw"
+internal_number = "202"
+displayed_number = "0441110000"
+
+[[users]]
+username = "carl"
+sip_password = "carl-pw"
+internal_number = "203"
+
+[[users]]
+username = "dora"
+sip_password = "dora-pw"
+internal_number = "204"
+
+[[users]]
+username = "lone"
+sip_password = "lone-pw"
+internal_number = "299"
+
+# one phone
+[[numbers]]
+number = "0441110000"
+alert_info = "<http://x/ring2>;info=alert-group"
+[[numbers.slots]]
+active = true
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+[[numbers.slots.rows]]
+duration = 30
+targets = ["user:anna"]
+"""
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    r = CallRig(tmp_path_factory.mktemp("calls"), TENANT)
+    r.start()
+    yield r
+    r.stop()
+
+
+def test_trunk_call_to_one_phone_answer_bye_cdr(rig):
+    anna = rig.phone("anna", "call_uas.xml", pause_ms=200)
+    res = rig.call("call_uac.xml", "0441110000", port=CARRIER, pause_ms=300)
+    phone = anna.finish()
+    assert res.returncode == 0 and res.successful == 1, res.describe() + rig.server.log()
+    assert phone.returncode == 0 and phone.successful == 1, phone.describe()
+    # the callee's INVITE is a new call: own Call-ID, no caller Via/Contact/Record-Route
+    invite = phone.received("INVITE")[0]
+    caller_invite = res.sent("INVITE")[0]
+    assert header(invite, "Call-ID") != header(caller_invite, "Call-ID")
+    assert len(header(invite, "Via")) == 1
+    assert f":{CARRIER}" not in "\n".join(header(invite, "Via") + header(invite, "Contact"))
+    assert not header(invite, "Record-Route")
+    assert "caller-proxy.invalid" not in invite
+    assert header(invite, "Alert-Info") == ["<http://x/ring2>;info=alert-group"]
+    assert re.search(r"(?m)^From:.*sip:0311112222@", invite), invite
+    # the caller's 200 names none of the phone's addresses
+    ok = res.received("SIP/2.0 200")[0]
+    phone_port = phone.cmd[phone.cmd.index("-p") + 1]
+    assert f":{phone_port}" not in ok and "callee-proxy.invalid" not in ok
+    # SDP anchored: both sides see the relay, never each other's media port
+    lo, hi = rig.rtp_ports
+    m_invite = int(re.search(r"m=audio (\d+)", invite).group(1))
+    m_ok = int(re.search(r"m=audio (\d+)", ok).group(1))
+    assert lo <= m_invite <= hi and lo <= m_ok <= hi and m_invite != m_ok
+    assert "a=candidate" not in invite and "a=rtpmap:8 PCMA/8000" in invite
+    idle = rig.wait_idle()
+    assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
+    cdr = [c for c in rig.cdrs() if c["call_id"] == header(caller_invite, "Call-ID")[0]]
+    assert len(cdr) == 1, rig.cdrs()
+    c = cdr[0]
+    assert (c["caller"], c["called"], c["slot"], c["answered_by"]) == ("0311112222", "0441110000", 1, "anna")
+    assert c["targets_tried"] == ["user:anna"] and c["answer"] and c["end"] >= c["answer"] >= c["start"]
+    assert c["end_reason"] == "caller hung up"
