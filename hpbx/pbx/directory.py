@@ -104,20 +104,28 @@ class Directory:
         """
         d = Directory()
         d._tenants = dict(self._tenants)
-        d._users = dict(self._users)
-        d._numbers = dict(self._numbers)
+        # An empty ``users``: no user changed, the server-wide user index is shared.
+        d._users = self._users if users is not None and not users else dict(self._users)
         d._internal = dict(self._internal)
-        d._switches = dict(self._switches)
         d.generation = self.generation + 1
-        if old is not None:
-            d._unindex_tenant(old)
-            if users is None:
+        if (old is not None and new is not None and old.numbers is new.numbers
+                and old.groups is new.groups and old.switches is new.switches):
+            # Numbers, groups and switches are shared: their indexes stay as they are.
+            d._numbers, d._switches = self._numbers, self._switches
+            d._tenants[new.tenant.name] = new
+        else:
+            d._numbers = dict(self._numbers)
+            d._switches = dict(self._switches)
+            if old is not None:
+                d._unindex_tenant(old)
+            if new is not None:
+                d._index_tenant(new)
+        if users is None:
+            if old is not None:
                 d._unindex_users(old.users.values())
-        if new is not None:
-            d._index_tenant(new)
-            if users is None:
+            if new is not None:
                 d._index_users(new.users.values())
-        if users is not None:
+        else:
             d._unindex_users(before for before, _ in users if before is not None)
             d._index_users(after for _, after in users if after is not None)
         return d

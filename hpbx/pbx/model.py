@@ -780,11 +780,14 @@ class Cdr:
 class TenantObjects:
     """Every object of one tenant, by key: what reference checks and exports read.
 
-    ``Directory`` keeps one per tenant; provisioning builds a candidate copy, applies a change,
-    and checks the changed objects against it before anything is written.
+    ``Directory`` keeps one per tenant (treated as immutable once there); provisioning copies
+    it, applies a change to the copy, and checks the changed objects against the copy before
+    anything is written. ``internal_lookup``, when set, answers "who uses this internal
+    number" from an existing index instead of scanning every user.
     """
 
-    __slots__ = ("tenant", "users", "groups", "trunks", "numbers", "switches", "announcements")
+    __slots__ = ("tenant", "users", "groups", "trunks", "numbers", "switches", "announcements",
+                 "internal_lookup", "_internal")
 
     def __init__(self, tenant: Tenant, users=None, groups=None, trunks=None, numbers=None,
                  switches=None, announcements=None):
@@ -795,20 +798,46 @@ class TenantObjects:
         self.numbers: dict[str, PublicNumber] = numbers if numbers is not None else {}
         self.switches: dict[str, SpecialSwitch] = switches if switches is not None else {}
         self.announcements: dict[int, Announcement] = announcements if announcements is not None else {}
+        self.internal_lookup = None
+        self._internal: dict[str, list] | None = None
 
-    def copy(self) -> "TenantObjects":
-        return TenantObjects(self.tenant, dict(self.users), dict(self.groups), dict(self.trunks),
-                             dict(self.numbers), dict(self.switches), dict(self.announcements))
+    def copy(self, *mutable: str) -> "TenantObjects":
+        """A copy whose ``mutable`` dicts (e.g. "numbers") are new; the others are shared,
+        so they must not be changed. No names: every dict is copied."""
+        names = mutable or ("users", "groups", "trunks", "numbers", "switches", "announcements")
+        parts = {a: (dict(getattr(self, a)) if a in names else getattr(self, a))
+                 for a in ("users", "groups", "trunks", "numbers", "switches", "announcements")}
+        return TenantObjects(self.tenant, **parts)
+
+    def drop_indexes(self) -> None:
+        """Forget the lookup helpers used for checking (before the object joins a Directory)."""
+        self.internal_lookup = None
+        self._internal = None
 
     def internal_owner(self, number: str, skip: object = None) -> str:
-        """Who uses an internal number ("user anna", "group sales"), "" when free."""
-        for u in self.users.values():
-            if u.internal_number == number and u is not skip:
-                return f"user {u.username}"
-        for g in self.groups.values():
-            if g.internal_number == number and g is not skip:
-                return f"group {g.name}"
+        """Who else uses an internal number ("user anna", "group sales"), "" when free."""
+        if self.internal_lookup is not None:
+            owners = self.internal_lookup(number)
+        else:
+            if self._internal is None:
+                index: dict[str, list] = {}
+                for o in (*self.users.values(), *self.groups.values()):
+                    if o.internal_number:
+                        index.setdefault(o.internal_number, []).append(o)
+                self._internal = index
+            owners = self._internal.get(number, ())
+        for o in owners:
+            if not _same_object(o, skip):
+                return f"user {o.username}" if isinstance(o, User) else f"group {o.name}"
         return ""
+
+
+def _same_object(a: object, b: object) -> bool:
+    if isinstance(a, User) and isinstance(b, User):
+        return a.username == b.username
+    if isinstance(a, Group) and isinstance(b, Group):
+        return (a.tenant, a.name) == (b.tenant, b.name)
+    return False
 
 
 def _check_plan_refs(plan: DialPlan, objs: TenantObjects, path: str, origin: str) -> None:

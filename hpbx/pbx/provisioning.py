@@ -96,11 +96,18 @@ class Provisioning:
                 check: Iterable[tuple[str, object]] = (), users=None) -> None:
         """Check, write in one transaction, swap the directory. ``check``: (field prefix, object)."""
         if new is not None:
-            for prefix, obj in check:
-                try:
-                    check_references(obj, new)
-                except ValidationError as exc:
-                    raise _in(prefix, exc) from None
+            if old is not None and users is not None:
+                # Single-object change: the current directory knows every other internal number.
+                directory, name = self.directory, new.tenant.name
+                new.internal_lookup = lambda n: [o for o in (directory.internal(name, n),) if o is not None]
+            try:
+                for prefix, obj in check:
+                    try:
+                        check_references(obj, new)
+                    except ValidationError as exc:
+                        raise _in(prefix, exc) from None
+            finally:
+                new.drop_indexes()  # must not keep the old directory alive
         with self.store.transaction() as tx:
             write(tx)
         self.directory = self.directory.replace_tenant(old, new, users)
@@ -138,8 +145,8 @@ class Provisioning:
     def tenant_update(self, name: str, changes: dict) -> dict:
         old = self._objs(name)
         tenant = Tenant.from_dict(_merge(old.tenant.to_dict(), changes, ("name",)))
-        new = old.copy()
-        new.tenant = tenant
+        new = TenantObjects(tenant, old.users, old.groups, old.trunks, old.numbers, old.switches,
+                            old.announcements)
         self._commit(old, new, lambda tx: tx.put("tenant", tenant.to_dict()), [("", tenant)], users=())
         return tenant.to_dict()
 
@@ -161,7 +168,7 @@ class Provisioning:
         return self._put_user(objs, None, user)
 
     def _put_user(self, old_objs: TenantObjects, before: User | None, user: User) -> dict:
-        new = old_objs.copy()
+        new = old_objs.copy("users")
         new.users[user.username] = user
         self._commit(old_objs, new, lambda tx: tx.put("user", user.to_dict()), [("", user)],
                      users=[(before, user)])
@@ -185,7 +192,7 @@ class Provisioning:
         user = self._user(username)
         old = self._objs(user.tenant)
         self._refuse_if_used("user", username, old, "username")
-        new = old.copy()
+        new = old.copy("users")
         del new.users[username]
         self._commit(old, new, lambda tx: tx.delete("user", username), users=[(user, None)])
         return {"username": username, "deleted": True}
@@ -216,7 +223,7 @@ class Provisioning:
         return self._named_put(kind, attr, objs, obj)
 
     def _named_put(self, kind: str, attr: str, objs: TenantObjects, obj) -> dict:
-        new = objs.copy()
+        new = objs.copy(attr)
         getattr(new, attr)[obj.name] = obj
         self._commit(objs, new, lambda tx: tx.put(kind, obj.to_dict()), [("", obj)], users=())
         return obj.to_dict()
@@ -236,7 +243,7 @@ class Provisioning:
         objs, _ = self._named(kind, attr, tenant, name)
         if kind != "switch":
             self._refuse_if_used(kind, name, objs, "name")
-        new = objs.copy()
+        new = objs.copy(attr)
         del getattr(new, attr)[name]
         self._commit(objs, new, lambda tx: tx.delete(kind, tenant, name), users=())
         return {"tenant": tenant, "name": name, "deleted": True}
@@ -308,7 +315,7 @@ class Provisioning:
         return found
 
     def _put_number(self, objs: TenantObjects, n: PublicNumber) -> dict:
-        new = objs.copy()
+        new = objs.copy("numbers")
         new.numbers[n.number] = n
         self._commit(objs, new, lambda tx: tx.put("number", n.to_dict()), [("", n)], users=())
         return n.to_dict()
@@ -341,7 +348,7 @@ class Provisioning:
         n = self._number(number)
         objs = self._objs(n.tenant)
         self._refuse_if_used("number", n.number, objs, "number")
-        new = objs.copy()
+        new = objs.copy("numbers")
         del new.numbers[n.number]
         self._commit(objs, new, lambda tx: tx.delete("number", n.number), users=())
         return {"number": n.number, "deleted": True}
@@ -372,7 +379,7 @@ class Provisioning:
         return self._put_announcement(objs, a)
 
     def _put_announcement(self, objs: TenantObjects, a: Announcement) -> dict:
-        new = objs.copy()
+        new = objs.copy("announcements")
         new.announcements[a.id] = a
         self._commit(objs, new, lambda tx: tx.put("announcement", a.to_dict()), users=())
         return a.to_dict()
@@ -394,7 +401,7 @@ class Provisioning:
     def announcement_delete(self, tenant: str, id: int) -> dict:
         objs, a = self._announcement(tenant, id)
         self._refuse_if_used("announcement", id, objs, "id")
-        new = objs.copy()
+        new = objs.copy("announcements")
         del new.announcements[id]
         self._commit(objs, new, lambda tx: tx.delete("announcement", tenant, id), users=())
         return {"tenant": tenant, "id": id, "deleted": True}
