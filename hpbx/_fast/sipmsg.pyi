@@ -25,11 +25,15 @@ class SipUri:
     @property
     def aor(self) -> str: ...  # "sip:user@host" without port/params (lower-case host)
 
-def parse_uri(text: str) -> SipUri: ...  # raises SipParseError(400, or 416 for an unknown scheme on request)
+def parse_uri(text: str, request: bool = False) -> SipUri: ...
+    # raises SipParseError(400); with request=True a scheme other than sip/sips/tel raises 416.
+    # user, password, params and headers keep their %HH escapes as written (see unescape).
+
+def unescape(text: str) -> str: ...  # %HH decoded once ("value%2541" -> "value%41")
 
 class NameAddr:
     display: str | None  # display name, quotes removed, quoted-pairs unescaped
-    uri: SipUri
+    uri: SipUri  # None only for the Contact "*"
     params: dict[str, str | None]  # header parameters (after '>' or after addr-spec), names lower-cased
     @property
     def tag(self) -> str | None: ...
@@ -54,6 +58,8 @@ class Via:
     branch: str | None
     received: str | None  # IPv6 without brackets
     rport: int  # -1 absent, 0 present without value, else the value
+    @property
+    def sent_by(self) -> str: ...  # "host:port" (IPv6 in brackets)
     def __str__(self) -> str: ...
 
 def parse_via(value: str) -> Via: ...  # one via-parm
@@ -99,6 +105,15 @@ class SipMessage:
     def has_header(self, name: str) -> bool: ...
     def headers(self) -> list[tuple[str, str]]: ...  # every (canonical name, value) in order
     def to_bytes(self) -> bytes: ...  # byte-for-byte the original for an unmodified message
+    # what a server needs for its own verdicts (420, 415, 416 are not parser decisions)
+    @property
+    def require(self) -> list[str]: ...  # Require option tags
+    @property
+    def proxy_require(self) -> list[str]: ...
+    @property
+    def content_type(self) -> str: ...  # media type, lower-case, without parameters; "" if absent
+    @property
+    def header_count(self) -> int: ...
 
 def parse(data: bytes, datagram: bool = True) -> SipMessage: ...
     # datagram=True: a missing Content-Length means "rest of the datagram"; extra octets after
@@ -121,13 +136,16 @@ def build_response(
     to_tag: str | None = None,
     headers: list[tuple[str, str]] = ...,
     body: bytes = b"",
+    top_via: str | None = None,
 ) -> bytes: ...
-    # copies every Via (top Via gets received/rport filled in by the caller beforehand, see
+    # copies every Via (top_via, e.g. from set_via_received, replaces the first value) (top Via gets received/rport filled in by the caller beforehand, see
     # set_via_received), From, To (+ ;tag=to_tag when the To has none), Call-ID, CSeq; then
     # headers; then Content-Length.
 
 def set_via_received(raw_via_value: str, received: str, rport: int) -> str: ...
     # RFC 3581: adds/replaces ;received= and fills ;rport=N when rport was requested.
+
+REASONS: dict[int, str]  # default reason phrases of build_response
 
 def new_branch() -> str: ...  # "z9hG4bK" + random token
 def new_tag() -> str: ...
