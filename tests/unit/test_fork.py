@@ -213,3 +213,90 @@ def test_many_calls_are_independent_and_fast_enough_to_drive_in_python():
     for i, f in enumerate(forks):
         assert f.on_response((i, i % 2), 200, 1.0)[0].kind == F.ANSWER
     assert {f.winner[1] for f in forks} == {0, 1}
+
+
+# -- invariants over random call histories (hypothesis drives the B2BUA side)
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+STATUSES = [180, 183, 200, 302, 404, 408, 480, 486, 487, 500, 503, 603]
+
+
+@st.composite
+def histories(draw):
+    rows = draw(st.lists(st.tuples(st.integers(1, 30), st.lists(st.sampled_from("abcde"), max_size=4)),
+                         max_size=4))
+    devices = draw(st.dictionaries(st.sampled_from("abcde"), st.integers(0, 3)))
+    events = draw(st.lists(st.one_of(
+        st.tuples(st.just("resp"), st.integers(0, 50), st.sampled_from(STATUSES)),
+        st.tuples(st.just("step"), st.integers(0, 40)),
+        st.tuples(st.just("cancel"),)), max_size=30))
+    return rows, devices, events
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories())
+def test_fork_invariants(history):
+    rows, devices, events = history
+    f = Fork(rows)
+    now = 0.0
+    seen = []  # every action, in order
+    finals: dict = {}  # branch -> final status fed
+    branches: list = []
+    cancelled: set = set()
+    current_row = [-1]
+
+    def run(actions):
+        for a in actions:
+            seen.append(a)
+            if a.kind == F.ROW:
+                assert a.row > current_row[0]
+                current_row[0] = a.row
+            elif a.kind == F.RING:
+                assert a.target in rows[current_row[0]][1]
+                n = devices.get(a.target, 0)
+                for i in range(n):
+                    b = f"{a.target}{len(branches)}"
+                    branches.append(b)
+                    f.add_branch(b, a.target)
+                if n == 0:
+                    run(f.target_failed(a.target, 480, now))
+            elif a.kind == F.CANCEL:
+                assert a.branch not in cancelled, "cancelled twice"
+                assert a.branch not in finals, "cancelled after its final response"
+                cancelled.add(a.branch)
+
+    run(f.start(now))
+    for ev in events:
+        if f.done and ev[0] != "resp":
+            continue
+        if ev[0] == "resp" and branches:
+            b = branches[ev[1] % len(branches)]
+            before_done = f.done
+            acts = f.on_response(b, ev[2], now)
+            if ev[2] >= 200:
+                if ev[2] < 300 or b not in cancelled:
+                    finals.setdefault(b, ev[2])
+            if before_done:
+                assert all(a.kind == F.BYE for a in acts)
+            run(acts)
+        elif ev[0] == "step":
+            now += ev[1]
+            run(f.step(now))
+        elif ev[0] == "cancel":
+            run(f.cancel(now))
+    while not f.done:  # let the rows run out
+        now = f.next_deadline()
+        run(f.step(now))
+    answers = [a for a in seen if a.kind == F.ANSWER]
+    final = [a for a in seen if a.kind == F.FINAL]
+    assert len(answers) + len(final) == 1
+    assert f.live_branches() == []
+    if answers:
+        assert f.winner == answers[0].branch and f.state == F.ANSWERED
+        after = seen[seen.index(answers[0]) + 1:]
+        assert all(a.kind in (F.CANCEL, F.BYE) for a in after)
+        assert all(a.reason == F.COMPLETED_ELSEWHERE for a in after if a.kind == F.CANCEL)
+    else:
+        assert final[0].status == f.final_status and 300 <= final[0].status <= 699
+        assert final[0].status not in (503, 401, 407) and final[0].status // 100 != 3
