@@ -2,6 +2,7 @@
 (T1 = 50 ms, T2 = 200 ms, so timer H/F = 64*T1 = 3.2 s)."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -50,21 +51,22 @@ def test_invite_final_retransmitted_until_ack(server):
         got = arrivals(phone, lambda m: True, 1.0)
         lines = [m.split("\r\n", 1)[0] for _, m in got]
         assert lines[0] == "SIP/2.0 100 Trying", lines
-        finals = [t for t, m in got if m.startswith("SIP/2.0 405")]
+        # no credentials: the INVITE gets a non-2xx final (407 from the B2BUA, or 405 without one)
+        finals = [t for t, m in got if re.match(r"SIP/2\.0 4\d\d ", m)]
+        final_line = next(m for _, m in got if re.match(r"SIP/2\.0 4\d\d ", m)).split("\r\n", 1)[0]
         # timer G: T1, 2*T1, then capped at T2
         assert finals[0] - sent_at < 0.1
         assert_backoff(finals, [T1, 2 * T1, T2, T2])
-        assert header(got[-1][1], "Allow")
-        # a retransmitted INVITE is absorbed: it gets the 405 again, no new 100 Trying
+        # a retransmitted INVITE is absorbed: it gets the same final again, no new 100 Trying
         phone.request("INVITE", ruri, branch="z9hG4bKinv-timer-g", cseq=1)
         again = phone.recv_until(lambda m: m.startswith("SIP/2.0"), 0.5)
-        assert again.startswith("SIP/2.0 405"), again
+        assert again.startswith(final_line), again
         to = header(got[-1][1], "To")[0]
         phone.send(f"ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{phone.port};branch=z9hG4bKinv-timer-g;rport\r\n"
                    f"Max-Forwards: 70\r\nFrom: {header(got[-1][1], 'From')[0]}\r\nTo: {to}\r\n"
                    f"Call-ID: {phone.call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
         arrivals(phone, lambda m: True, 0.1)  # one may have crossed the ACK
-        assert arrivals(phone, lambda m: True, 0.8) == [], "405 still retransmitted after the ACK"
+        assert arrivals(phone, lambda m: True, 0.8) == [], "final still retransmitted after the ACK"
 
 
 def test_invite_final_given_up_after_timer_h(server):
@@ -72,7 +74,7 @@ def test_invite_final_given_up_after_timer_h(server):
         ruri = f"sip:someone@{server.host}:{server.port}"
         start = time.monotonic()
         phone.request("INVITE", ruri, branch="z9hG4bKinv-timer-h", cseq=1)
-        got = arrivals(phone, lambda m: m.startswith("SIP/2.0 405"), 64 * T1 + 1.0)
+        got = arrivals(phone, lambda m: re.match(r"SIP/2\.0 4\d\d ", m) is not None, 64 * T1 + 1.0)
         last = got[-1][0] - start
         # the last retransmission comes before timer H (64*T1), none after it
         assert 64 * T1 - T2 - 0.1 <= last <= 64 * T1 + 0.1, [round(t - start, 3) for t, _ in got]
