@@ -484,7 +484,7 @@ class Call:
         if leg is not None and leg.last is not None and leg.last.status == status:
             reason = leg.last.reason or None
         self.a_tx.respond(status, reason, [("Allow", ALLOW)] if status == 405 else ())
-        self._end(f"{status} {reason or REASONS.get(status, '')}".strip())
+        self._end(self.end_reason or f"{status} {reason or REASONS.get(status, '')}".strip())
 
     def _reject(self, status: int, reason: str | None, why: str) -> None:
         self.a_tx.respond(status, reason)
@@ -493,6 +493,7 @@ class Call:
     def _caller_cancel(self, tx) -> None:
         if self.state != RINGING:
             return
+        self.end_reason = "caller cancelled"  # the fork's FINAL 487 keeps this reason
         if self.fork is not None:
             self.run(self.fork.cancel(self.now()))
         self.a_tx.respond(487)
@@ -596,6 +597,7 @@ class Call:
             self._send_bye(self.a_dialog, None)
             self._send_bye(self.winner.dialog, None)
         else:
+            self.end_reason = why
             if self.fork is not None and self.fork.state == F.RINGING:
                 self.run(self.fork.cancel(self.now()))
             self.a_tx.respond(480 if "timeout" not in why else 408)
