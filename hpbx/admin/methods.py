@@ -10,6 +10,7 @@ return a JSON-able value. They may be coroutine functions. Domain errors propaga
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import os
@@ -214,36 +215,33 @@ async def config_reload(ctx: AdminContext, p: dict) -> dict:
     return {"reloaded": True, **(result or {})}
 
 
-async def _items(result: Any) -> list:
-    if hasattr(result, "__aiter__"):
-        return [item async for item in result]
-    return list(result)
-
-
-async def find_wan_address(netns: str | None = None) -> dict:
+def find_wan_address(netns: str | None = None) -> dict:
     """The address this box uses towards the world: the source of its IPv4 default route.
 
-    Asks the kernel over netlink (pyroute2, async: the admin server runs in the event loop);
-    nothing is sent on the network.
+    Asks the kernel over netlink (pyroute2); nothing is sent on the network. Blocking: the
+    server runs it in a worker thread (pyroute2's own loop cannot share uvloop's).
     """
-    from pyroute2 import AsyncIPRoute
+    from pyroute2 import IPRoute, NetNS
 
-    async with AsyncIPRoute(netns=netns) as ipr:
-        routes = await _items(await ipr.get_default_routes(family=socket.AF_INET))
+    ipr = NetNS(netns) if netns else IPRoute()
+    try:
+        routes = list(ipr.get_default_routes(family=socket.AF_INET))
         if not routes:
             return {"address": None, "reason": "no default route"}
         route = min(routes, key=lambda r: r.get("priority") or 0)
         oif, gateway, address = route.get("oif"), route.get("gateway"), route.get("prefsrc")
-        links = await _items(await ipr.link("get", index=oif))
+        links = list(ipr.link("get", index=oif))
         ifname = links[0].get("ifname") if links else None
         if address is None:
             # the kernel picks the interface's primary address as source for this route
-            addrs = await _items(await ipr.addr("dump", index=oif, family=socket.AF_INET))
+            addrs = list(ipr.addr("dump", index=oif, family=socket.AF_INET))
             address = addrs[0].get("address") if addrs else None
         if address is None:
             return {"address": None, "reason": f"default route via {ifname} has no IPv4 address",
                     "interface": ifname, "gateway": gateway}
         return {"address": address, "interface": ifname, "gateway": gateway}
+    finally:
+        ipr.close()
 
 
 async def system_info(ctx: AdminContext, p: dict) -> dict:
@@ -252,7 +250,7 @@ async def system_info(ctx: AdminContext, p: dict) -> dict:
     else:
         licences = {"users": None, "cti_users": None, "reason": "provisioning is not available"}
     try:
-        wan = await find_wan_address()
+        wan = await asyncio.to_thread(find_wan_address)
     except OSError as exc:
         wan = {"address": None, "reason": f"cannot read routes: {exc}"}
     return {

@@ -2,7 +2,6 @@
 a network namespace the test builds (with and without a default route)."""
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -24,7 +23,7 @@ def empty_netns():
 
 
 def test_no_default_route_is_said_so(empty_netns):
-    assert asyncio.run(find_wan_address(netns=empty_netns)) == {"address": None, "reason": "no default route"}
+    assert find_wan_address(netns=empty_netns) == {"address": None, "reason": "no default route"}
 
 
 def test_default_route_source_address(empty_netns):
@@ -34,5 +33,5 @@ def test_default_route_source_address(empty_netns):
         ns.addr("add", index=idx, address="198.51.100.7", prefixlen=24)
         ns.link("set", index=idx, state="up")
         ns.route("add", dst="0.0.0.0/0", gateway="198.51.100.1")
-    assert asyncio.run(find_wan_address(netns=empty_netns)) == {
+    assert find_wan_address(netns=empty_netns) == {
         "address": "198.51.100.7", "interface": "wan0", "gateway": "198.51.100.1"}
