@@ -271,7 +271,7 @@ cdef int _scan_params_uri(const unsigned char* b, Py_ssize_t s, Py_ssize_t e) no
 cdef int _scan_sip_rest(const unsigned char* b, Py_ssize_t colon, Py_ssize_t e, Py_ssize_t at,
                         UriParts* u) noexcept nogil:
     cdef Py_ssize_t i, q, h, close, k
-    cdef bint has_colon
+    cdef bint has_colon, has_eq
     u.user_l = u.pw_l = u.par_l = u.hdr_l = -1
     u.host_l = 0
     u.port = 0
@@ -342,9 +342,20 @@ cdef int _scan_sip_rest(const unsigned char* b, Py_ssize_t colon, Py_ssize_t e, 
         u.hdr_l = e - q - 1
         if u.hdr_l <= 0:
             return E_HDRS
+        # hname "=" hvalue *( "&" hname "=" hvalue ); a raw "@" is common in the Replaces of
+        # a Refer-To (RFC 3891) though not in the ABNF
+        has_eq = False
         for i in range(q + 1, e):
-            if not (CT[b[i]] & C_URIP) and b[i] != 61 and b[i] != 63:
+            if b[i] == 38:
+                if not has_eq:
+                    return E_HDRS
+                has_eq = False
+            elif b[i] == 61:
+                has_eq = True
+            elif not (CT[b[i]] & C_URIP) and b[i] != 63 and b[i] != 64:
                 return E_HDRS
+        if not has_eq:
+            return E_HDRS
     return E_OK
 
 
@@ -388,16 +399,13 @@ cdef int _scan_uri(const unsigned char* b, Py_ssize_t s, Py_ssize_t e, UriParts*
     if u.kind == K_OTHER or u.kind == K_TEL:
         return E_OK
     # sip / sips: [userinfo "@"] hostport uri-parameters [headers]. '?' is legal inside a
-    # user part (RFC 4475 3.1.1.2), so the first '@' decides; an '@' that only occurs inside
-    # the headers part is tried as such when the userinfo reading fails.
+    # user part (RFC 4475 3.1.1.2) and '@' inside escaped headers: when a '?' comes before
+    # the first '@', the reading without userinfo wins if it is well-formed.
     at = _find(b, colon + 1, e, 64)
-    rc = _scan_sip_rest(b, colon, e, at, u)
-    if rc != E_OK and at >= 0:
-        q = _find(b, colon + 1, at, 63)
-        if q >= 0 and _scan_sip_rest(b, colon, e, -1, u) == E_OK:
+    if at >= 0 and _find(b, colon + 1, at, 63) >= 0:
+        if _scan_sip_rest(b, colon, e, -1, u) == E_OK:
             return E_OK
-        _scan_sip_rest(b, colon, e, at, u)
-    return rc
+    return _scan_sip_rest(b, colon, e, at, u)
 
 
 # ---------------------------------------------------------------- header parameters
