@@ -198,13 +198,13 @@ def test_second_source_is_ignored_until_relatch(relay, peers):
 
 def test_new_source_accepted_after_the_old_one_fell_silent(peers):
     a, b, moved = peers(), peers(), peers()
-    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.3) as r:
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.6) as r:
         h, pa, pb = call(r, a, b)
         a.rtp.sendto(rtp(1, 160), (LO, pa))
         recv(b.rtp)
         moved.rtp.sendto(rtp(2, 320), (LO, pa))
         assert nothing(b.rtp, 0.1)  # still talking: hijack refused
-        time.sleep(0.35)
+        time.sleep(0.65)
         moved.rtp.sendto(rtp(3, 480), (LO, pa))
         recv(b.rtp)
         st = r.stats(h)["a"]
@@ -263,7 +263,7 @@ def test_jitter_from_a_known_timing_pattern(relay, peers):
     for _ in range(15):
         recv(a.rtp)
     sb = relay.stats(h)["b"]
-    assert sb["jitter"] < 40, sb["jitter"]  # < 5 ms: only the sleeps' scheduling noise
+    assert sb["jitter"] < 60, sb["jitter"]  # < 7.5 ms: only the sleeps' scheduling noise
     assert sb["lost"] == 0 and sb["expected"] == 15
 
 
@@ -277,15 +277,15 @@ def test_last_packet_time_and_media_timeout_unless_on_hold(relay, peers):
     last = relay.stats(h)["a"]["last_packet"]
     assert t0 <= last <= time.monotonic()
     assert relay.stats(h)["b"]["last_packet"] is None
-    assert relay.timed_out(0.2) == []
-    time.sleep(0.25)
-    assert sorted(relay.timed_out(0.2)) == sorted([h, h2])
+    assert relay.timed_out(0.5) == []
+    time.sleep(0.55)
+    assert sorted(relay.timed_out(0.5)) == sorted([h, h2])
     relay.set_hold(h, True)
-    assert relay.timed_out(0.2) == [h2]
+    assert relay.timed_out(0.5) == [h2]
     relay.set_hold(h, False)
     b.rtp.sendto(rtp(1, 160), (LO, pb))  # media again: no longer timed out
     recv(a.rtp)
-    assert relay.timed_out(0.2) == [h2]
+    assert relay.timed_out(0.5) == [h2]
 
 
 def test_rtcp_is_relayed_between_rtcp_ports(relay, peers):
