@@ -346,6 +346,11 @@ def bench(streams: list[int], secs: float, kinds: list[str], workers: int) -> li
         print("rtpengine not installed: skipping it")
         kinds = [k for k in kinds if k != "rtpengine"]
     warmup = min(2.0, secs / 3)
+    i0, t0 = idle_seconds(), time.monotonic()
+    time.sleep(1.0)
+    ncpu = os.cpu_count() or 1
+    busy = 100 * (ncpu * (time.monotonic() - t0) - (idle_seconds() - i0)) / (time.monotonic() - t0)
+    print(f"\nbox busy before the run: {busy:.0f} % of {ncpu * 100} (other load makes figures noisy)")
     results = []
     print(f"\nRTP relay bench: {secs:g} s per point (first {warmup:g} s warm-up), 172-byte RTP at 50 pps,"
           f" {os.cpu_count()} CPUs, kinds {kinds}", flush=True)

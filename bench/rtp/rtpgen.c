@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #define MAX_PAYLOAD 1200
-#define TX_BATCH 64
+#define TX_BATCH 8 /* one send timestamp per batch: small batches keep the latency exact */
 #define RX_BATCH 64
 #define LAT_BUCKETS 1000000 /* 1 us buckets up to 1 s; later arrivals land in the last one */
 
