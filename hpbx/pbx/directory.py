@@ -14,6 +14,7 @@ from hpbx.pbx.model import (
     Announcement, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects, Trunk, User, number_keys,
 )
 from hpbx.pbx.schedule import zone
+from hpbx.pbx.snapshot import SharedDict
 
 
 class Directory:
@@ -21,9 +22,9 @@ class Directory:
 
     def __init__(self) -> None:
         self._tenants: dict[str, TenantObjects] = {}
-        self._users: dict[str, User] = {}  # username -> user, server-wide
+        self._users: SharedDict = SharedDict()  # username -> user, server-wide
         self._numbers: dict[str, PublicNumber] = {}  # every spelling -> number
-        self._internal: dict[tuple[str, str], User | Group] = {}  # (tenant, internal number)
+        self._internal: SharedDict = SharedDict()  # (tenant, internal number) -> user or group
         self._switches: dict[str, tuple[SpecialSwitch, ...]] = {}  # number -> switches affecting it
         self.generation = 0
 
@@ -105,8 +106,8 @@ class Directory:
         d = Directory()
         d._tenants = dict(self._tenants)
         # An empty ``users``: no user changed, the server-wide user index is shared.
-        d._users = self._users if users is not None and not users else dict(self._users)
-        d._internal = dict(self._internal)
+        d._users = self._users if users is not None and not users else self._users.copy()
+        d._internal = self._internal.copy()
         d.generation = self.generation + 1
         if (old is not None and new is not None and old.numbers is new.numbers
                 and old.groups is new.groups and old.switches is new.switches):

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hpbx.errors import ValidationError
+from hpbx.pbx.snapshot import SharedDict
 
 SLOT_COUNT = 10
 RESERVED_INTERNAL = frozenset(["700", *map(str, range(701, 721)), "801", "900", "901", "902"])
@@ -792,7 +793,8 @@ class TenantObjects:
     def __init__(self, tenant: Tenant, users=None, groups=None, trunks=None, numbers=None,
                  switches=None, announcements=None):
         self.tenant = tenant
-        self.users: dict[str, User] = users if users is not None else {}
+        # users: a SharedDict, so that copying a tenant of 100,000 users stays cheap
+        self.users: dict[str, User] = users if users is not None else SharedDict()
         self.groups: dict[str, Group] = groups if groups is not None else {}
         self.trunks: dict[str, Trunk] = trunks if trunks is not None else {}
         self.numbers: dict[str, PublicNumber] = numbers if numbers is not None else {}
@@ -805,7 +807,7 @@ class TenantObjects:
         """A copy whose ``mutable`` dicts (e.g. "numbers") are new; the others are shared,
         so they must not be changed. No names: every dict is copied."""
         names = mutable or ("users", "groups", "trunks", "numbers", "switches", "announcements")
-        parts = {a: (dict(getattr(self, a)) if a in names else getattr(self, a))
+        parts = {a: (getattr(self, a).copy() if a in names else getattr(self, a))
                  for a in ("users", "groups", "trunks", "numbers", "switches", "announcements")}
         return TenantObjects(self.tenant, **parts)
 

@@ -203,7 +203,7 @@ class Provisioning:
             users: Iterable[User] = self.directory.users_of(tenant)
         else:
             users = (u for t in self.directory.tenants() for u in self.directory.users_of(t.name))
-        return [u.to_dict() for u in users]
+        return [u.to_dict() for u in sorted(users, key=lambda u: u.username)]
 
     def licence_counts(self) -> dict:
         users = cti = 0
