@@ -35,6 +35,13 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _utc(text: str) -> str:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(text)
+    return when.astimezone(timezone.utc).isoformat()
+
+
 def _in(prefix: str, exc: ValidationError) -> ValidationError:
     return ValidationError(f"{prefix}.{exc.field}" if prefix else exc.field, exc.reason)
 
@@ -414,16 +421,29 @@ class Provisioning:
     # -- call records
 
     def cdr_add(self, data: dict) -> dict:
+        """Store one call record; its timestamps are kept in UTC so that lists sort and filter
+        by time whatever offset the caller used."""
         if not isinstance(data, dict):
             raise ValidationError("params", "must be an object")
         cdr = Cdr.from_dict({**data, "id": 0})
         doc = cdr.to_dict()
+        for key in ("start", "answer", "end"):
+            if doc[key]:
+                doc[key] = _utc(doc[key])
         doc["id"] = self.store.cdr_add(doc)
         return doc
 
     def cdr_list(self, tenant: str | None = None, since: str = "", until: str = "",
                  limit: int = 100, offset: int = 0) -> list[dict]:
-        return self.store.cdr_list(tenant, since, until, limit, offset)
+        """Newest first; ``since`` (inclusive) and ``until`` (exclusive) bound the start time."""
+        bounds = {}
+        for key, value in (("since", since), ("until", until)):
+            if value:
+                try:
+                    bounds[key] = _utc(value)
+                except ValueError:
+                    raise ValidationError(key, f"{value!r} is not an ISO 8601 timestamp with offset") from None
+        return self.store.cdr_list(tenant, bounds.get("since", ""), bounds.get("until", ""), limit, offset)
 
     # -- tenant as TOML
 

@@ -281,6 +281,14 @@ def test_cdr_add_and_list(prov):
     listed = prov.cdr_list("acme")
     assert listed == [c]
     assert err(prov.cdr_add, {"tenant": "acme", "start": "yesterday"}).field == "start"
+    # Times are kept in UTC: a record written with a +01:00 offset sorts and filters correctly.
+    local = prov.cdr_add({"tenant": "acme", "call_id": "local", "start": "2026-11-23T10:30:00+01:00"})
+    assert local["start"] == "2026-11-23T09:30:00+00:00"
+    since = [c["call_id"] for c in prov.cdr_list("acme", since="2026-11-23T10:15:00+01:00")]
+    assert since == ["local"]
+    until = [c["call_id"] for c in prov.cdr_list("acme", until="2026-11-23T10:15:00+01:00")]
+    assert until == ["abc"]
+    assert err(prov.cdr_list, "acme", since="2026-11-23").field == "since"
 
 
 def test_provision_if_empty_imports_demo_once(prov):
