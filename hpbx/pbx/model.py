@@ -342,12 +342,7 @@ class User:
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "User":
         r = _Reader(data, path)
-        if tenant is None:
-            tenant = r.get("tenant", str, _REQUIRED)
-        else:
-            r.used.add("tenant")
-            if data.get("tenant", tenant) != tenant:
-                raise r.fail("tenant", f"does not match tenant {tenant!r}")
+        tenant = _tenant_of(r, data, tenant)
         username = r.get("username", str, _REQUIRED)
         check_username(username, r.name("username"))
         password = r.get("sip_password", str, _REQUIRED)

@@ -5,7 +5,7 @@ import pytest
 
 from hpbx.errors import ValidationError
 from hpbx.pbx.model import (
-    EMPTY_PLAN, Announcement, Cdr, DialPlan, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects,
+    EMPTY_PLAN, Announcement, Cdr, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects,
     Trunk, User, check_references, number_keys, references_to,
 )
 

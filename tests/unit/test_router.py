@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 import pytest
 
 from hpbx.pbx.directory import Directory
-from hpbx.pbx.model import Group, PublicNumber, Tenant, TenantObjects, Trunk, User
+from hpbx.pbx.model import PublicNumber, Tenant, TenantObjects, User
 from hpbx.pbx.provisioning import Provisioning
 from hpbx.pbx.router import find_unused, linked_users, route_inbound, route_internal, search_numbers
 from hpbx.store import Store
