@@ -68,7 +68,8 @@ class SippProcess:
 
 class CallRig:
     def __init__(self, directory: Path, tenant_toml: str, *, rtp_ports: tuple[int, int] | None = None,
-                 media_timeout: int = 60, log_level: str = "info", host: str = "127.0.0.1"):
+                 media_timeout: int = 60, log_level: str = "info", host: str = "127.0.0.1",
+                 wrap: list[str] | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -76,7 +77,7 @@ class CallRig:
         self.tenant_path.write_text(tenant_toml)
         base = rtp_ports or (32000 + (os.getpid() % 50) * 200, 32000 + (os.getpid() % 50) * 200 + 99)
         self.rtp_ports = base
-        self.server = HpbxServer(self.dir, log_level=log_level, host=host)
+        self.server = HpbxServer(self.dir, log_level=log_level, host=host, wrap=wrap)
         config = write_config(self.dir, self.server.port, host=host, provision=(self.tenant_path,),
                               log_level=log_level)
         with open(config, "a") as f:
