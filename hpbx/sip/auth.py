@@ -140,7 +140,7 @@ class Authenticator:
         if cached is not None and cached[0] == user.sip_password:
             return cached[1]
         digest = ALGORITHMS[algorithm](
-            f"{user.username}:{self.realm}:{user.sip_password}".encode()).hexdigest()
+            f"{user.username}:{self.realm}:{user.sip_password}".encode("utf-8", "surrogateescape")).hexdigest()
         self._ha1[key] = (user.sip_password, digest)
         return digest
 
@@ -177,11 +177,11 @@ class Authenticator:
         hfunc = ALGORITHMS[algorithm]
         if user is None:
             # unknown user: same answer as a wrong password, after the same amount of work
-            ha1 = hfunc(f"{username}:{self.realm}:".encode()).hexdigest()
+            ha1 = hfunc(f"{username}:{self.realm}:".encode("utf-8", "surrogateescape")).hexdigest()
         else:
             ha1 = self.ha1(user, algorithm)
-        ha2 = hfunc(f"{method}:{uri}".encode()).hexdigest()
-        expected = hfunc(f"{ha1}:{nonce}:{params.get('nc')}:{cnonce}:auth:{ha2}".encode()).hexdigest()
+        ha2 = hfunc(f"{method}:{uri}".encode("utf-8", "surrogateescape")).hexdigest()
+        expected = hfunc(f"{ha1}:{nonce}:{params.get('nc')}:{cnonce}:auth:{ha2}".encode("utf-8", "surrogateescape")).hexdigest()
         if user is None or not hmac.compare_digest(expected, response.lower()):
             return Verdict.FORBIDDEN, None, username
         if not self._nc_fresh(nonce, nc):

@@ -28,8 +28,8 @@ _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 
 
 def _salvage_headers(data: bytes) -> dict[bytes, list[bytes]] | None:
-    """The headers needed to address a response, read leniently from a message the parser
-    refused. None when it is no request or no response can be addressed."""
+    """The headers a response copies, read leniently from a message the parser refused.
+    None when it is no request or has no Via to address a response to."""
     head = data.split(b"\r\n\r\n", 1)[0]
     lines = head.replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ").split(b"\r\n")
     start = lines[0]
@@ -44,9 +44,8 @@ def _salvage_headers(data: bytes) -> dict[bytes, list[bytes]] | None:
         name = _COMPACT.get(name, name)
         if name in (b"via", b"from", b"to", b"call-id", b"cseq"):
             found.setdefault(name, []).append(value.strip())
-    for needed in (b"via", b"from", b"to", b"call-id", b"cseq"):
-        if needed not in found:
-            return None
+    if b"via" not in found:
+        return None
     return found
 
 
@@ -109,6 +108,12 @@ class Dispatcher:
         tx = layer.match_request(msg, channel, addr)
         if tx is None:
             return  # a retransmission, absorbed
+        if not msg.call_id or not msg.has_header("From") or not msg.has_header("To"):
+            # RFC 3261 §8.1.1: every request carries these; without them no dialog can be matched
+            missing = [name for name, ok in (("Call-ID", msg.call_id), ("From", msg.has_header("From")),
+                                             ("To", msg.has_header("To"))) if not ok]
+            tx.respond(400, f"Missing {', '.join(missing)} header")
+            return
         if msg.max_forwards == 0:
             tx.respond(483)
             return
@@ -157,20 +162,19 @@ class Dispatcher:
             log.debug("dropped unparseable message from %s: %s", addr, exc.reason)
             return
         try:
-            call_id = found[b"call-id"][0].decode("utf-8", "replace")
             vias = b",".join(found[b"via"]).decode("utf-8", "replace").split(",")
             reason = _printable(exc.reason) or REASONS.get(exc.status, "Bad Request")
             lines = [f"SIP/2.0 {exc.status} {reason}",
                      "Via: " + via_with_received(vias[0].strip(), addr[0], addr[1])]
             lines += ["Via: " + v.strip() for v in vias[1:]]
-            lines += [
-                "From: " + found[b"from"][0].decode("utf-8", "replace"),
-                "To: " + found[b"to"][0].decode("utf-8", "replace"),
-                "Call-ID: " + call_id,
-                "CSeq: " + found[b"cseq"][0].decode("utf-8", "replace"),
-                "Content-Length: 0", "", ""]
+            # copy what exists; a request missing From/To/Call-ID still learns why it failed
+            for name, label in ((b"from", "From"), (b"to", "To"), (b"call-id", "Call-ID"), (b"cseq", "CSeq")):
+                if name in found:
+                    lines.append(f"{label}: " + found[name][0].decode("utf-8", "replace"))
+            lines += ["Content-Length: 0", "", ""]
         except (IndexError, ValueError):
             return
+        call_id = found[b"call-id"][0].decode("utf-8", "replace") if b"call-id" in found else "-"
         log.info("[%s] refused from %s:%s: %d %s", _printable(call_id), addr[0], addr[1],
                  exc.status, exc.reason)
         channel.send("\r\n".join(lines).encode("utf-8", "replace"), addr)

@@ -102,7 +102,8 @@ def build_response(msg, status: int, reason: str | None, source_addr, to_tag: st
     lines.append(f"Content-Length: {len(body)}")
     lines.append("")
     lines.append("")
-    data = "\r\n".join(lines).encode()
+    # surrogateescape: undecodable octets the parser kept are echoed back byte for byte
+    data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
     return data + body if body else data
 
 
@@ -114,7 +115,7 @@ def build_request(method: str, ruri: str, headers, body: bytes = b"") -> bytes:
     lines.append(f"Content-Length: {len(body)}")
     lines.append("")
     lines.append("")
-    data = "\r\n".join(lines).encode()
+    data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
     return data + body if body else data
 
 
