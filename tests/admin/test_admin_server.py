@@ -99,3 +99,64 @@ def test_provisioning_survives_a_restart(tmp_path):
         out = ctl(srv.dir / "hpbx.sock", "--json", "number.get", "number=0445081111")
         assert out.returncode == 0, out.stderr
         assert orjson.loads(out.stdout)["name"] == "Main"
+
+
+def test_hostile_clients_do_not_hurt_the_running_server(server):
+    import socket
+    import threading
+
+    sock = str(server.dir / "hpbx.sock")
+    # half a request, then gone; a full request, then gone before the answer
+    for payload in (b'{"jsonrpc":"2.0","method":"user.li', b'{"jsonrpc":"2.0","method":"user.list","id":1}\n' * 20):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(payload)
+        s.close()
+    # a line over admin.max_line (default 1 MiB): refused with -32600, then disconnected
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(sock)
+    try:
+        s.sendall(b'{"jsonrpc":"2.0","method":"user.list","params":{"tenant":"' + b"x" * (1 << 20) + b'"},"id":1}\n')
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    data = bytearray()
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert orjson.loads(bytes(data).splitlines()[0])["error"]["code"] == -32600
+
+    # 50 clients at once, each with its own ids
+    errors = []
+
+    def worker(n):
+        try:
+            with AdminClient(sock, timeout=20) as c:
+                for i in range(5):
+                    answer = c.request({"jsonrpc": "2.0", "method": "user.get", "params": {"username": "alice"},
+                                        "id": f"{n}.{i}"})
+                    assert answer["id"] == f"{n}.{i}" and answer["result"]["username"] == "alice"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    with AdminClient(sock) as c:
+        stats = c.call("stats.get", {"layer": "admin"})["admin"]
+    assert stats["oversized"] == 1 and stats["method.user.get"] == 250 and stats["clients"] == 1
+
+
+def test_uid_not_on_the_allow_list_is_refused(tmp_path):
+    srv = HpbxServer(tmp_path / "srv", users=[("alice", "alice-pw")])
+    srv.config.write_text(srv.config.read_text().replace("[admin]\n", "[admin]\nallow_uids = [4242]\n"))
+    with srv:
+        out = ctl(srv.dir / "hpbx.sock", "user.get", "username=alice")
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.strip() == f"hpbxctl: user.get: permission denied: uid {os.getuid()} is not in admin.allow_uids"
