@@ -334,7 +334,7 @@ _add("registration.list", registration_list,
      columns=("user", "contact", "source", "transport", "user_agent", "behind_nat", "expires_in"))
 _add("call.list", call_list, "List the calls in progress.",
      Param("tenant", "str", help="only this tenant"), *PAGE,
-     columns=("call_id", "tenant", "caller", "called", "state", "duration"))
+     columns=("call_id", "tenant", "caller", "called", "state", "slot", "answered_by", "ringing", "start"))
 _add("call.hangup", call_hangup, "Hang up a call in progress (both legs receive BYE or CANCEL).",
      Param("call_id", "str", required=True, help="the call's id from call.list"))
 _add("stats.get", stats_get, "Counters and gauges of every layer (admin, sip, registrar, media, ...).",

@@ -1,10 +1,12 @@
 """Issue 6 end to end: provision everything through hpbxctl on the running server, register
 SIPp phones, call the number, set a special switch, call again: the second call goes where the
-switch says, and cdr.list shows both calls."""
+switch says, and cdr.list shows both calls. Then a call in progress is listed and hung up."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 
 import orjson
 import pytest
@@ -73,3 +75,24 @@ def test_provision_call_switch_call_cdrs(tmp_path):
         table = subprocess.run([str(HPBXCTL), "--socket", sock, "cdr.list", "tenant=acme"],
                                capture_output=True, text=True, timeout=20)
         assert table.returncode == 0 and len(table.stdout.splitlines()) == 3
+
+        # call 3 stays up (the caller sends nothing and waits for BYE): listed, then hung up
+        beat = rig.phone("beat", "call_uas.xml", pause_ms=100, timeout=15)
+        box = {}
+        caller = threading.Thread(target=lambda: box.setdefault(
+            "res", rig.call("call_uac_silent.xml", "0441110000", port=carrier, timeout=15)))
+        caller.start()
+        deadline = time.monotonic() + 5
+        while not (calls := ctl("call.list", "tenant=acme")) or calls[0]["state"] != "answered":
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.1)
+        assert calls[0]["answered_by"] == "beat" and calls[0]["called"] == "0441110000"
+        listing = subprocess.run([str(HPBXCTL), "--socket", sock, "call.list"], capture_output=True, text=True,
+                                 timeout=20)
+        assert listing.stdout.split()[:4] == ["CALL_ID", "TENANT", "CALLER", "CALLED"]
+        assert ctl("call.hangup", f"call_id={calls[0]['call_id']}")["hungup"] is True
+        caller.join(20)
+        assert box["res"].received("BYE") and beat.finish().received("BYE")
+        rig.wait_idle()
+        rig.cdrs(count=3, wait=5)
+        assert ctl("cdr.list", "tenant=acme", "limit=1")[0]["end_reason"] == "hung up by the administrator"
