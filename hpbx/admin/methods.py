@@ -107,10 +107,6 @@ class Method:
                 raise invalid_params(p.name, "required")
         return bound
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
-
 
 # -- helpers shared by handlers ------------------------------------------------------------
 
@@ -251,7 +247,7 @@ async def system_info(ctx: AdminContext, p: dict) -> dict:
         licences = {"users": None, "cti_users": None, "reason": "provisioning is not available"}
     try:
         wan = await asyncio.to_thread(find_wan_address)
-    except OSError as exc:
+    except Exception as exc:  # OSError, NetlinkError: system.info still answers the rest
         wan = {"address": None, "reason": f"cannot read routes: {exc}"}
     return {
         "version": hpbx.__version__,

@@ -191,6 +191,7 @@ class _Client(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
+        self.scanned = 0
         self.lines: collections.deque[bytes] = collections.deque()
         self.wakeup = asyncio.Event()
         self.writable = asyncio.Event()
@@ -225,16 +226,19 @@ class _Client(asyncio.Protocol):
             return
         self.buffer += data
         max_line = self.server.max_line
-        while True:
-            end = self.buffer.find(b"\n")
-            if end < 0:
-                break
-            if end > max_line:
+        start = 0
+        # self.scanned: bytes at the head of the buffer already known to hold no newline, so a
+        # long line arriving in small pieces is not rescanned from its start every time
+        while (end := self.buffer.find(b"\n", max(start, self.scanned))) >= 0:
+            if end - start > max_line:
                 return self._too_long()
-            line = bytes(self.buffer[:end])
-            del self.buffer[:end + 1]
+            line = bytes(self.buffer[start:end])
+            start = end + 1
             if line.strip():
                 self.lines.append(line)
+        if start:
+            del self.buffer[:start]
+        self.scanned = len(self.buffer)
         if len(self.buffer) > max_line:
             return self._too_long()
         if self.lines:

@@ -342,3 +342,19 @@ def test_stale_socket_is_replaced_live_one_is_not(start_admin, tmp_path):
 
     asyncio.run(start_stop())
     assert not stale.exists()
+
+
+def test_lines_split_and_joined_across_reads(admin_server):
+    req = b'{"jsonrpc":"2.0","method":"stats.get","params":{"layer":"admin"},"id":%d}\n'
+    with raw(admin_server.path) as s:
+        whole = req % 1
+        for i in range(0, len(whole), 7):  # one request in many small pieces
+            s.sendall(whole[i:i + 7])
+            time.sleep(0.002)
+        assert orjson.loads(read_line(s))["id"] == 1
+        s.sendall(req % 2 + req % 3 + b"\n\n" + (req % 4)[:10])  # two and a half, blank lines skipped
+        s.sendall((req % 4)[10:])
+        buf = b""
+        while buf.count(b"\n") < 3:
+            buf += s.recv(65536)
+    assert [orjson.loads(line)["id"] for line in buf.splitlines()] == [2, 3, 4]
