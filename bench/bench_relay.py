@@ -19,7 +19,10 @@ fails on time.
     HPBX_BENCH_QUICK=1 ...                                     # 2 short steps
 
 Env: RELAY_STREAMS ("100 500 1000 2000 3000"), RELAY_SECS (8, warm-up 2 s included),
-RELAY_KINDS ("direct hpbx rtpengine"), RELAY_WORKERS (0 = one per core), RELAY_OUT.
+RELAY_KINDS ("direct hpbx rtpengine"), RELAY_WORKERS (0 = one per core), RELAY_OUT,
+RELAY_REPEAT (1; ratios then use the medians of the repetitions),
+RELAY_QUIET_WAIT (30: seconds to wait for a quiet box before each point; "busy before %" in
+the table is the other load in the last second before the point started).
 """
 from __future__ import annotations
 
@@ -257,8 +260,25 @@ class RtpEngine:
 
 
 # ------------------------------------------------------------------ one point
-def run_point(gen: Path, relay, streams: int, secs: float, warmup: float) -> dict:
+def other_load(max_wait: float) -> float:
+    """Wait (bounded) until the box is quiet; returns the busy % of the last second.
+
+    The box is shared: another process using a core skews every figure of a point.
+    """
+    ncpu = os.cpu_count() or 1
+    end = time.monotonic() + max_wait
+    while True:
+        i0, t0 = idle_seconds(), time.monotonic()
+        time.sleep(1.0)
+        dt = time.monotonic() - t0
+        busy = 100 * (ncpu * dt - (idle_seconds() - i0)) / dt
+        if busy < 15 or time.monotonic() >= end:
+            return round(busy, 1)
+
+
+def run_point(gen: Path, relay, streams: int, secs: float, warmup: float, quiet_wait: float) -> dict:
     calls = max(1, streams // 2)
+    before = other_load(quiet_wait)
     try:
         rows = relay.start(calls)
         mapf = OUT / f"map-{relay.name}-{streams}.txt"
@@ -287,6 +307,7 @@ def run_point(gen: Path, relay, streams: int, secs: float, warmup: float) -> dic
     finally:
         relay.stop()
     res["relay"] = relay.name
+    res["busy_before_pct"] = before
     if len(marks) >= 2:
         (ta, ia, ca), (tb, ib, cb) = marks[0], marks[-1]
         dt = tb - ta
@@ -304,13 +325,13 @@ def run_point(gen: Path, relay, streams: int, secs: float, warmup: float) -> dic
 
 
 HEADER = ("relay", "streams", "offered/s", "relayed/s", "loss %", "p50 us", "p99 us", "relay CPU %",
-          "pkts/CPU-s", "box %", "clean")
+          "pkts/CPU-s", "box %", "busy before %", "clean")
 
 
 def row(r: dict) -> tuple:
     return (r["relay"], r["streams"], round(r["offered_pps"]), round(r["rx_pps"]), f"{r['loss_pct']:.3f}",
             r["p50_us"], r["p99_us"], r.get("relay_cpu_pct", "-"), r.get("pps_per_cpu_s", "-"),
-            r.get("box_pct", "-"), "yes" if r["clean"] else "NO")
+            r.get("box_pct", "-"), r["busy_before_pct"], "yes" if r["clean"] else "NO")
 
 
 def table(rows: list[tuple]) -> str:
@@ -321,8 +342,23 @@ def table(rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def median_point(rows: list[dict]) -> dict:
+    """Per-field medians of the repetitions of one point (ratios use these)."""
+    if len(rows) == 1:
+        return rows[0]
+    out = dict(rows[0])
+    for k in ("pps_per_cpu_s", "p50_us", "p99_us"):
+        vals = sorted(r[k] for r in rows if r.get(k) is not None)
+        if vals:
+            out[k] = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+    return out
+
+
 def ratios(results: list[dict]) -> list[str]:
-    by = {(r["relay"], r["streams"]): r for r in results}
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["relay"], r["streams"]), []).append(r)
+    by = {k: median_point(v) for k, v in groups.items()}
     out = []
     for n in sorted({r["streams"] for r in results}):
         h, e, d = by.get(("hpbx", n)), by.get(("rtpengine", n)), by.get(("direct", n))
@@ -332,33 +368,29 @@ def ratios(results: list[dict]) -> list[str]:
         if h and e and e["p99_us"]:
             parts.append(f"p99 hpbx/rtpengine = {h['p99_us'] / e['p99_us']:.2f}")
         if h and d:
-            parts.append(f"hpbx adds p50 {h['p50_us'] - d['p50_us']} us, p99 {h['p99_us'] - d['p99_us']} us")
+            parts.append(f"hpbx adds p50 {h['p50_us'] - d['p50_us']:.0f} us, p99 {h['p99_us'] - d['p99_us']:.0f} us")
         if e and d:
-            parts.append(f"rtpengine adds p50 {e['p50_us'] - d['p50_us']} us, p99 {e['p99_us'] - d['p99_us']} us")
+            parts.append(f"rtpengine adds p50 {e['p50_us'] - d['p50_us']:.0f} us, p99 {e['p99_us'] - d['p99_us']:.0f} us")
         if len(parts) > 1:
             out.append("  ".join(parts))
     return out
 
 
-def bench(streams: list[int], secs: float, kinds: list[str], workers: int) -> list[dict]:
+def bench(streams: list[int], secs: float, kinds: list[str], workers: int, repeat: int = 1) -> list[dict]:
     gen = build_generator()
     if "rtpengine" in kinds and not shutil.which("rtpengine"):
         print("rtpengine not installed: skipping it")
         kinds = [k for k in kinds if k != "rtpengine"]
     warmup = min(2.0, secs / 3)
-    i0, t0 = idle_seconds(), time.monotonic()
-    time.sleep(1.0)
-    ncpu = os.cpu_count() or 1
-    busy = 100 * (ncpu * (time.monotonic() - t0) - (idle_seconds() - i0)) / (time.monotonic() - t0)
-    print(f"\nbox busy before the run: {busy:.0f} % of {ncpu * 100} (other load makes figures noisy)")
+    quiet_wait = float(os.environ.get("RELAY_QUIET_WAIT", "30"))
     results = []
     print(f"\nRTP relay bench: {secs:g} s per point (first {warmup:g} s warm-up), 172-byte RTP at 50 pps,"
           f" {os.cpu_count()} CPUs, kinds {kinds}", flush=True)
-    for n in streams:
+    for n, rep in [(n, rep) for n in streams for rep in range(repeat)]:
         for kind in kinds:
             relay = {"direct": Direct, "hpbx": lambda: Hpbx(workers),
                      "rtpengine": lambda: RtpEngine(secs)}[kind]()
-            r = run_point(gen, relay, n, secs, warmup)
+            r = run_point(gen, relay, n, secs, warmup, quiet_wait)
             results.append(r)
             extra = f" (relay counted {r['relay_counted']})" if "relay_counted" in r else ""
             print("  " + " ".join(str(c) for c in row(r)) + extra, flush=True)
@@ -376,15 +408,16 @@ def bench(streams: list[int], secs: float, kinds: list[str], workers: int) -> li
     return results
 
 
-def settings_from_env() -> tuple[list[int], float, list[str], int]:
+def settings_from_env() -> tuple[list[int], float, list[str], int, int]:
     env = os.environ.get
     quick = env("HPBX_BENCH_QUICK") == "1"
     streams = [int(x) for x in env("RELAY_STREAMS", "100 1000" if quick else "100 500 1000 2000 3000").split()]
     secs = float(env("RELAY_SECS", "4" if quick else "8"))
     kinds = env("RELAY_KINDS", "direct hpbx rtpengine").split()
-    if secs <= 1 or secs > 60 or any(n < 2 or n > 3000 for n in streams):
-        raise SystemExit("RELAY_SECS must be 1-60 and RELAY_STREAMS 2-3000")
-    return streams, secs, kinds, int(env("RELAY_WORKERS", "0"))
+    repeat = int(env("RELAY_REPEAT", "1"))
+    if secs <= 1 or secs > 60 or any(n < 2 or n > 3000 for n in streams) or not 1 <= repeat <= 5:
+        raise SystemExit("RELAY_SECS must be 1-60, RELAY_STREAMS 2-3000, RELAY_REPEAT 1-5")
+    return streams, secs, kinds, int(env("RELAY_WORKERS", "0")), repeat
 
 
 # ------------------------------------------------------------------ the hpbx child process
