@@ -44,6 +44,9 @@ USERS = {  # username: (internal number, displayed number, flags)
     "lone": ("299", "", {}), "l1": ("271", "", {}),
     "busy1": ("281", "", {"busy_on_active_call": True}), "busy2": ("282", "", {}),
     "busy3": ("283", "", {}),
+    "o2": ("262", "0442220005", {}),
+    "br1": ("291", "", {"busy_while_ringing": True}),
+    "dead": ("292", "", {}),
 }
 
 TENANT = f"""
@@ -65,6 +68,8 @@ port = {CARRIER2}
 name = "gateway"
 host = "127.0.0.1"
 port = {GATEWAY}
+username = "trunkuser"
+password = "trunk-secret"
 """ + "".join(
     f'\n[[users]]\nusername = "{u}"\nsip_password = "{u}-pw"\ninternal_number = "{n}"\n'
     + (f'displayed_number = "{d}"\n' if d else "")
@@ -78,6 +83,8 @@ port = {GATEWAY}
     + number("0442220005", (30, ["external:0791234567"]))
     + number("0442220006", (30, ["user:l1"]))
     + number("0442220007", (30, ["user:busy1"]))
+    + number("0442220008", (30, ["user:br1"]))
+    + number("0442220009", (30, ["user:dead"]))
 )
 
 
@@ -249,4 +256,47 @@ def test_busy_on_active_call_gives_486_without_ringing(rig):
     assert first_res.successful == 1 and phone.successful == 1, first_res.describe() + phone.describe()
     assert second.received("SIP/2.0 486"), second.describe() + rig.server.log()
     assert len(phone.received("INVITE")) == 1
+    assert_idle(rig)
+
+
+def test_trunk_challenge_is_answered_with_digest(rig):
+    import hashlib
+    gw = rig.sipp("call_uas_challenge.xml", port=GATEWAY, name="gateway")
+    time.sleep(0.15)
+    res = rig.call("call_uac_auth.xml", "0791112233", pause_ms=100, extra=["-au", "o2", "-ap", "o2-pw"])
+    g = gw.finish()
+    assert res.successful == 1 and g.successful == 1, res.describe() + g.describe() + rig.server.log()
+    first, second = g.received("INVITE")
+    assert header(first, "Call-ID") == header(second, "Call-ID")
+    assert int(header(second, "CSeq")[0].split()[0]) == int(header(first, "CSeq")[0].split()[0]) + 1
+    auth = dict(re.findall(r'(\w+)="?([^",]+)"?', header(second, "Proxy-Authorization")[0]))
+    assert (auth["username"], auth["realm"], auth["nonce"], auth["qop"]) == ("trunkuser", "gw", "abc123", "auth")
+    ha1 = hashlib.md5(b"trunkuser:gw:trunk-secret").hexdigest()
+    ha2 = hashlib.md5(f"INVITE:{auth['uri']}".encode()).hexdigest()
+    expected = hashlib.md5(f"{ha1}:abc123:{auth['nc']}:{auth['cnonce']}:auth:{ha2}".encode()).hexdigest()
+    assert auth["response"] == expected
+    assert_idle(rig)
+
+
+def test_busy_while_ringing_gives_486_to_the_second_call(rig):
+    br1 = rig.phone("br1", "call_uas_ring.xml", timeout=10)
+    first = rig.sipp("call_uac_cancel.xml", service="0442220008", port=CARRIER, pause_ms=1500, name="first")
+    time.sleep(0.7)
+    second = rig.call("call_uac_fail.xml", "0442220008", port=CARRIER2)
+    first_res, phone = first.finish(), br1.finish()
+    assert first_res.successful == 1 and phone.successful == 1, first_res.describe() + phone.describe()
+    assert second.received("SIP/2.0 486"), second.describe() + rig.server.log()
+    assert len(phone.received("INVITE")) == 1
+    assert_idle(rig)
+
+
+def test_device_that_never_answers_is_ended_by_timeout(rig):
+    rig.register("dead", "dead-pw", free_port(both=False))  # nobody listens there afterwards
+    t0 = time.monotonic()
+    res = rig.call("call_uac_fail.xml", "0442220009", port=CARRIER, timeout=15)
+    took = time.monotonic() - t0
+    final = [m for m in res.message_blocks() if m[0] == "received" and re.match(r"SIP/2.0 [4-6]", m[1])]
+    assert final and re.match(r"SIP/2.0 (408|480)", final[0][1]), res.describe() + rig.server.log()
+    assert 5 < took < 12, took  # Timer B: 64 x T1 (100 ms in tests)
+    assert cdr_of(rig, res)["targets_tried"] == ["user:dead"]
     assert_idle(rig)
