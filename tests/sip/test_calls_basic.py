@@ -60,6 +60,15 @@ username = "lone"
 sip_password = "lone-pw"
 internal_number = "299"
 
+[[numbers]]
+number = "0441110001"
+[[numbers.slots]]
+active = true
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+[[numbers.slots.rows]]
+duration = 30
+targets = ["user:beat"]
+
 # one phone
 [[numbers]]
 number = "0441110000"
@@ -115,3 +124,18 @@ def test_trunk_call_to_one_phone_answer_bye_cdr(rig):
     assert (c["caller"], c["called"], c["slot"], c["answered_by"]) == ("0311112222", "0441110000", 1, "anna")
     assert c["targets_tried"] == ["user:anna"] and c["answer"] and c["end"] >= c["answer"] >= c["start"]
     assert c["end_reason"] == "caller hung up"
+
+
+def test_callee_bye_ends_both_legs(rig):
+    beat = rig.phone("beat", "call_uas_bye.xml", pause_ms=300)
+    res = rig.call("call_uac_silent.xml", "0441110001", port=CARRIER, timeout=10)
+    phone = beat.finish()
+    assert res.successful == 1 and phone.successful == 1, res.describe() + phone.describe() + rig.server.log()
+    bye = res.received("BYE")[0]
+    # the BYE the caller gets is in the caller's dialog: its Call-ID and tags, none of the phone's
+    assert header(bye, "Call-ID") == header(res.sent("INVITE")[0], "Call-ID")
+    assert header(bye, "Call-ID") != header(phone.received("INVITE")[0], "Call-ID")
+    cdr = [c for c in rig.cdrs(count=2) if c["call_id"] == header(bye, "Call-ID")[0]]
+    assert cdr and cdr[0]["end_reason"] == "callee hung up", rig.cdrs()
+    idle = rig.wait_idle()
+    assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
