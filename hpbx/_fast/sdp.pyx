@@ -124,7 +124,9 @@ cdef str _check_addr(str nettype, str addrtype, str addr, str where):
     if addrtype == "IP4":
         if ip.version != 4:
             raise SdpError(f"{where}: {addr!r} is not an IPv4 address")
-        if addr == "255.255.255.255" or ip.is_multicast or ip.is_reserved and not ip.is_unspecified:
+        # 0.0.0.0 is the RFC 2543 hold address; the rest of 0/8 is "this network", not a peer
+        if (addr == "255.255.255.255" or ip.is_multicast or ip.is_reserved
+                or (addr.startswith("0.") and not ip.is_unspecified)):
             raise SdpError(f"{where}: {addr!r} is not a unicast address")
     elif addrtype == "IP6":
         if ip.version != 6:

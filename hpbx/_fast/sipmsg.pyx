@@ -230,6 +230,47 @@ cdef object _err(str what, int code, int status=400):
     return SipParseError(f"invalid {what}: {ERRORS[code]}", status)
 
 
+cdef bint _host_ok(const unsigned char* b, Py_ssize_t o, Py_ssize_t l) noexcept nogil:
+    """A hostname (labels of alnum/-/_ not starting or ending in '-') or a dotted IPv4
+    address with four parts of at most 255: "10.10.10.256" is neither."""
+    cdef Py_ssize_t i, e = o + l, lab = o
+    cdef bint alpha = False
+    cdef int parts = 0
+    cdef long v
+    if l <= 0 or l > 255:
+        return False
+    for i in range(o, e):
+        if not (CT[b[i]] & C_DIGIT) and b[i] != 46:
+            alpha = True
+    if not alpha:
+        i = o
+        while True:
+            lab = i
+            while i < e and b[i] != 46:
+                i += 1
+            v = _digits(b, lab, i, 255)
+            if v < 0 or i - lab > 3:
+                return False
+            parts += 1
+            if i >= e:
+                break
+            i += 1
+        return parts == 4
+    i = o
+    while True:
+        lab = i
+        while i < e and b[i] != 46:
+            i += 1
+        if i == lab:
+            # an empty label is only allowed as the final dot of a fully qualified name
+            return i == e and i > o
+        if b[lab] == 45 or b[i - 1] == 45:
+            return False
+        if i >= e:
+            return True
+        i += 1
+
+
 # ---------------------------------------------------------------- URI scanner
 cdef enum:
     K_OTHER = 0
@@ -318,7 +359,7 @@ cdef int _scan_sip_rest(const unsigned char* b, Py_ssize_t colon, Py_ssize_t e, 
         i = h
         while i < q and (CT[b[i]] & C_HOST):
             i += 1
-        if i == h:
+        if i == h or not _host_ok(b, h, i - h):
             return E_HOST
         u.host_o = h
         u.host_l = i - h
@@ -590,7 +631,7 @@ cdef int _scan_via(const unsigned char* b, Py_ssize_t s, Py_ssize_t e, ViaParts*
         k = i
         while k < e and (CT[b[k]] & C_HOST):
             k += 1
-        if k == i:
+        if k == i or not _host_ok(b, i, k - i):
             return E_VIAHOST
         v.host_o = i
         v.host_l = k - i

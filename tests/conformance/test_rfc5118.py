@@ -95,7 +95,7 @@ def test_valid_wire_copy(shared_testdata, name):
 def test_ipv6_without_brackets_is_refused(shared_testdata):
     with pytest.raises(SipParseError) as ei:
         wire(shared_testdata, "ipv6-bad")
-    assert (ei.value.status, ei.value.reason) == (400, "invalid Request-URI: invalid port")
+    assert (ei.value.status, ei.value.reason) == (400, "invalid Request-URI: invalid host")
 
 
 @pytest.mark.parametrize("name", sorted(VALID) + ["ipv6-bad"])

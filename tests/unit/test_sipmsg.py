@@ -174,7 +174,7 @@ def test_raw_nul_inside_quoted_display_name():
     (b"INVITE sip:b@x SIP/2.0 \r\n\r\n", "malformed request line", 400),
     (b"INV(ITE sip:b@x SIP/2.0\r\n\r\n", "invalid method", 400),
     (b"INVITE <sip:b@x> SIP/2.0\r\n\r\n", "invalid Request-URI: invalid character in URI", 400),
-    (b"INVITE sip:2001:db8::1 SIP/2.0\r\n\r\n", "invalid Request-URI: invalid port", 400),
+    (b"INVITE sip:2001:db8::1 SIP/2.0\r\n\r\n", "invalid Request-URI: invalid host", 400),
     (b"INVITE sip:b@x?Route=%3Csip:y%3E SIP/2.0\r\n\r\n", "invalid Request-URI: headers are not allowed", 400),
     (b"INVITE sip:b@ SIP/2.0\r\n\r\n", "invalid Request-URI: invalid host", 400),
     (b"INVITE sip:b@[::1 SIP/2.0\r\n\r\n", "invalid Request-URI: invalid IPv6 reference", 400),
@@ -223,6 +223,9 @@ def test_message_too_large():
     (lambda d: d.replace(b"192.0.2.10:5060;", b"192.0.2.10:65536;"), "invalid Via header: invalid sent-by port"),
     (lambda d: d.replace(b"192.0.2.10:5060;", b"192.0.2.10:0;"), "invalid Via header: invalid sent-by port"),
     (lambda d: d.replace(b"192.0.2.10:5060;", b"%%%;"), "invalid Via header: invalid sent-by host"),
+    (lambda d: d.replace(b"192.0.2.10:5060;", b"10.10.10.256;"), "invalid Via header: invalid sent-by host"),
+    (lambda d: d.replace(b"192.0.2.10:5060;", b"a..b;"), "invalid Via header: invalid sent-by host"),
+    (lambda d: d.replace(b"192.0.2.10:5060;", b"-a.b;"), "invalid Via header: invalid sent-by host"),
     (lambda d: d.replace(b"branch=z9hG4bKabc", b"branch="), "invalid Via header: invalid header parameter"),
 ])
 def test_header_errors(mutate, reason):
@@ -270,6 +273,12 @@ def test_user_part_with_semicolon_and_question_mark():
     assert (u.user, u.host, u.headers) == (None, "example.com", {"h": "a@b"})
 
 
+@pytest.mark.parametrize("host", ["example.com", "example.com.", "a-b.c_d.example", "192.0.2.1", "h1", "0.0.0.0"])
+def test_valid_hosts(host):
+    assert sipmsg.parse_uri(f"sip:u@{host}").host == host
+    assert sipmsg.parse_via(f"SIP/2.0/UDP {host}").host == host
+
+
 def test_tel_and_other_schemes():
     t = sipmsg.parse_uri("tel:+1-201-555-0123;phone-context=example.com")
     assert t.scheme == "tel" and t.opaque == "+1-201-555-0123;phone-context=example.com"
@@ -293,6 +302,9 @@ def test_tel_and_other_schemes():
     ("sip:[zz::1]", "invalid URI: invalid IPv6 reference"),
     ("sip:[1.2.3.4]", "invalid URI: invalid IPv6 reference"),
     ("1sip:x", "invalid URI: missing or invalid URI scheme"),
+    ("sip:1.2.3", "invalid URI: invalid host"),
+    ("sip:a@1.2.3.4.5", "invalid URI: invalid host"),
+    ("sip:a@host-.example.com", "invalid URI: invalid host"),
 ])
 def test_uri_errors(text, reason):
     with pytest.raises(SipParseError) as ei:
