@@ -86,7 +86,7 @@ def _cmd_export(args) -> int:
         client = _admin_client(cfg)
         if client is not None:
             with client:
-                text = client.call("tenant.export", {"name": args.tenant})["toml"]
+                text = client.call("tenant.export", {"name": args.tenant})
         else:
             with _offline_provisioning(cfg) as prov:
                 text = prov.export_tenant(args.tenant)

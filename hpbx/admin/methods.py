@@ -444,8 +444,9 @@ def cdr_list(ctx: AdminContext, p: dict) -> Any:
     return _service(ctx, "cdr_list")(**{"limit": 100, **p})
 
 
-def tenant_export(ctx: AdminContext, p: dict) -> Any:
-    return {"name": p["name"], "toml": _service(ctx, "export_tenant")(p["name"])}
+def tenant_export(ctx: AdminContext, p: dict) -> str:
+    # the bare TOML text, so that `hpbxctl tenant.export name=X > X.toml` gives the file
+    return _service(ctx, "export_tenant")(p["name"])
 
 
 def tenant_import(ctx: AdminContext, p: dict) -> Any:

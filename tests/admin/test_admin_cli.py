@@ -89,3 +89,29 @@ def test_table_is_aligned():
     assert lines[1][col:].startswith("yes") and lines[2][col:].startswith("no")
     assert lines[2].split() == ["bartholomew", "no", "3600", "-"]
     assert format_table([]) == "(none)"
+
+
+def test_import_export_without_a_running_server(tmp_path):
+    """No server listening: hpbx import/export work on the store file of the config."""
+    from adminrig import REPO
+
+    hpbx = str(REPO / ".venv" / "bin" / "hpbx")
+    cfg = tmp_path / "offline.toml"
+    cfg.write_text(f'[admin]\nsocket = "{tmp_path / "none.sock"}"\n[store]\npath = "{tmp_path / "db.sqlite3"}"\n')
+    demo = REPO / "config" / "demo.toml"
+    out = subprocess.run([hpbx, "import", str(demo), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("imported tenant demo (")
+    first = subprocess.run([hpbx, "export", "demo", "--config", str(cfg), "-o", str(tmp_path / "demo.out.toml")],
+                           capture_output=True, text=True, timeout=20)
+    assert first.returncode == 0 and first.stdout == ""
+    exported = (tmp_path / "demo.out.toml").read_text()
+    assert 'name = "demo"' in exported and "alice" in exported
+    again = subprocess.run([hpbx, "import", str(demo), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
+    assert again.returncode == 1 and "tenant.name: tenant 'demo' already exists" in again.stderr
+    missing = subprocess.run([hpbx, "export", "nope", "--config", str(cfg)], capture_output=True, text=True, timeout=20)
+    assert missing.returncode == 1 and missing.stderr.strip() == "hpbx: export nope: tenant 'nope' not found"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[tenant]\nname = "x"\n[[users]]\nusername = "u1"\nsip_password = "pw-1"\ninternal_number = "705"\n')
+    out = subprocess.run([hpbx, "import", str(bad), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 1 and "users[0].internal_number: 705 is reserved" in out.stderr

@@ -176,7 +176,7 @@ def test_export_delete_import_gives_the_same_tenant(prov, tmp_path):
     with st.client() as c:
         provision_acme(c)
         c.call("switch.create", {"tenant": "acme", "name": "holiday", "numbers": ["0445081111"], "use_slot": 2})
-        before = c.call("tenant.export", {"name": "acme"})["toml"]
+        before = c.call("tenant.export", {"name": "acme"})
         assert 'name = "acme"' in before and "0445081111" in before
     # hpbxctl and hpbx export/import through the socket, as an operator would
     ctl = [str(HPBXCTL), "--socket", st.path]
@@ -191,6 +191,8 @@ def test_export_delete_import_gives_the_same_tenant(prov, tmp_path):
     assert out.stdout.startswith("imported tenant acme")
     again = subprocess.run([*hpbx, "export", "acme", "--config", str(cfg)], capture_output=True, text=True, timeout=20)
     assert again.returncode == 0 and again.stdout == before
+    by_ctl = subprocess.run([*ctl, "tenant.export", "name=acme"], capture_output=True, text=True, timeout=20)
+    assert by_ctl.returncode == 0 and by_ctl.stdout == before
     # importing it once more is refused, naming the field; --replace is the explicit way
     out = subprocess.run([*hpbx, "import", str(exported), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
     assert out.returncode == 1 and "tenant.name: tenant 'acme' already exists" in out.stderr
