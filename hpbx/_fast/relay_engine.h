@@ -332,18 +332,28 @@ static inline int rl_accept(rl_relay *r, rl_leg *l, int k, const rl_sa *src, int
 
 /* ------------------------------------------------------------------ worker */
 
+/*
+ * Per-worker scratch. One epoll batch is handled in two phases: every ready socket is read
+ * into the pending area first, then all datagrams are sent back to back. Sends in a tight run
+ * find a receiving endpoint still awake from the first one, instead of waking it once per
+ * datagram between reads (the receiver's wakeups are charged to the sending relay).
+ */
+#define RL_PEND 512 /* datagrams held between the read phase and the send phase */
+
 typedef struct {
-	struct mmsghdr in[RL_BATCH], out[RL_BATCH];
-	struct iovec iov[RL_BATCH];
-	rl_sa src[RL_BATCH];
-	int out_fd[RL_BATCH];
-	int dirty; /* receive headers 0..dirty-1 need their lengths reset */
+	struct mmsghdr in[RL_PEND], out[RL_PEND];
+	struct iovec iov[RL_PEND];
+	rl_sa src[RL_PEND];
+	int out_fd[RL_PEND];
+	rl_stream *out_st[RL_PEND]; /* whose send_errors a failed datagram counts in */
+	int used;                   /* pending slots 0..used-1 hold received datagrams */
+	int nout;                   /* out[0..nout-1] wait for the send phase */
 } rl_scratch;
 
 static void rl_scratch_init(rl_scratch *x, uint8_t (*bufs)[RL_MAXPKT])
 {
 	memset(x, 0, sizeof *x);
-	for (int i = 0; i < RL_BATCH; i++) {
+	for (int i = 0; i < RL_PEND; i++) {
 		x->iov[i].iov_base = bufs[i];
 		x->iov[i].iov_len = RL_MAXPKT;
 		x->in[i].msg_hdr.msg_iov = &x->iov[i];
@@ -353,9 +363,12 @@ static void rl_scratch_init(rl_scratch *x, uint8_t (*bufs)[RL_MAXPKT])
 	}
 }
 
-static void rl_flush(rl_stream *st, struct mmsghdr *out, const int *fds, int n)
+/* The send phase: runs of datagrams leaving the same socket go out in one sendmmsg. */
+static void rl_flush(rl_scratch *x)
 {
-	int i = 0;
+	struct mmsghdr *out = x->out;
+	const int *fds = x->out_fd;
+	int n = x->nout, i = 0;
 	while (i < n) {
 		int j = i + 1;
 		while (j < n && fds[j] == fds[i])
@@ -376,7 +389,7 @@ static void rl_flush(rl_stream *st, struct mmsghdr *out, const int *fds, int n)
 				if (s < 0 && errno == EINTR)
 					continue;
 				/* ECONNREFUSED and friends: the peer is gone for now; drop this datagram */
-				st->send_errors++;
+				x->out_st[off]->send_errors++;
 				off++;
 				continue;
 			}
@@ -384,37 +397,42 @@ static void rl_flush(rl_stream *st, struct mmsghdr *out, const int *fds, int n)
 		}
 		i = j;
 	}
+	/* give the used receive slots their full lengths back */
+	for (int k = 0; k < x->used; k++) {
+		x->iov[k].iov_len = RL_MAXPKT;
+		x->in[k].msg_hdr.msg_namelen = sizeof x->src[k];
+	}
+	x->used = 0;
+	x->nout = 0;
 }
 
 /*
- * Sockets are edge-triggered: a level-triggered item is polled again on the next epoll_wait
- * just to find it empty, which the profile showed as a per-packet cost. So a socket is read
- * until a short batch (the queue was empty; a later datagram raises a new edge), or re-armed
- * when the fairness cap of RL_ROUNDS full batches stops the reading early.
+ * The read phase for one ready socket. Sockets are edge-triggered: a level-triggered item is
+ * polled again on the next epoll_wait only to be found empty, which the profile showed as a
+ * per-packet cost. So a socket is read until a short batch (the queue was empty; a later
+ * datagram raises a new edge), or re-armed when the fairness cap of RL_ROUNDS full batches
+ * stops the reading early.
  */
 static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, int li, int k, uint64_t tag)
 {
 	rl_leg *l = &s->leg[li], *o = &s->leg[li ^ 1];
 	int fd = l->fd[k];
+	(void)w;
 	for (int round = 0; round < RL_ROUNDS; round++) {
-		/* only the headers the previous round used were changed (lengths, source size) */
-		for (int i = 0; i < x->dirty; i++) {
-			x->iov[i].iov_len = RL_MAXPKT;
-			x->in[i].msg_hdr.msg_namelen = sizeof x->src[i];
-		}
-		x->dirty = 0;
-		int n = recvmmsg(fd, x->in, RL_BATCH, MSG_DONTWAIT, NULL);
+		if (x->used + RL_BATCH > RL_PEND)
+			rl_flush(x);
+		int base = x->used;
+		int n = recvmmsg(fd, x->in + base, RL_BATCH, MSG_DONTWAIT, NULL);
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
 			continue; /* EINTR or a queued socket error: the data behind it is still there */
 		if (n <= 0)
 			return;
-		x->dirty = n;
+		x->used += n;
 		/* arrival time per read, not per epoll batch: jitter needs it (vDSO, ~50 ns) */
 		int64_t now = rl_now();
-		int m = 0;
-		for (int i = 0; i < n; i++) {
+		for (int i = base; i < base + n; i++) {
 			size_t len = x->in[i].msg_len;
-			const uint8_t *p = w->bufs[i];
+			const uint8_t *p = x->iov[i].iov_base;
 			if (len == 0 || (x->in[i].msg_hdr.msg_flags & MSG_TRUNC)) {
 				l->st.dropped_bad++;
 				continue;
@@ -440,7 +458,9 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 				l->st.last_ns = now;
 				rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
 			}
-			struct msghdr *h = &x->out[m].msg_hdr;
+			/* the peer is referenced, not copied: the session cannot go away before the send
+			 * phase (the worker holds its mutex), and a newer latch is the better target */
+			struct msghdr *h = &x->out[x->nout].msg_hdr;
 			x->iov[i].iov_len = len;
 			h->msg_iov = &x->iov[i];
 			h->msg_iovlen = 1;
@@ -449,11 +469,10 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 			h->msg_control = NULL;
 			h->msg_controllen = 0;
 			h->msg_flags = 0;
-			x->out_fd[m] = o->fd[dk];
-			m++;
+			x->out_fd[x->nout] = o->fd[dk];
+			x->out_st[x->nout] = &l->st;
+			x->nout++;
 		}
-		if (m)
-			rl_flush(&l->st, x->out, x->out_fd, m);
 		if (n < RL_BATCH)
 			return;
 	}
@@ -490,6 +509,7 @@ static void *rl_worker_main(void *arg)
 				continue; /* deleted after this event was queued */
 			rl_handle(r, w, x, s, (tag >> 1) & 1, tag & 1, tag);
 		}
+		rl_flush(x);
 		pthread_mutex_unlock(&w->mu);
 	}
 	free(x);
@@ -551,7 +571,7 @@ static rl_relay *rl_new(const char *address, int port_min, int port_max, int nwo
 	}
 	for (int i = 0; i < nworkers; i++) {
 		rl_worker *w = &r->w[i];
-		w->bufs = calloc(RL_BATCH, RL_MAXPKT);
+		w->bufs = calloc(RL_PEND, RL_MAXPKT);
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
 		w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (!w->bufs || w->epfd < 0 || w->wakefd < 0) {
