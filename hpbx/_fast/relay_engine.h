@@ -91,6 +91,7 @@ typedef struct {
 } rl_session;
 
 struct rl_relay;
+struct rl_scratch;
 
 typedef struct {
 	struct rl_relay *r;
@@ -102,6 +103,8 @@ typedef struct {
 	atomic_int tid;
 	pthread_mutex_t mu;
 	uint8_t (*bufs)[RL_MAXPKT];
+	struct rl_scratch *scratch; /* allocated with the relay, so a thread cannot fail to start */
+	struct epoll_event *evs;
 } rl_worker;
 
 typedef struct rl_relay {
@@ -340,7 +343,7 @@ static inline int rl_accept(rl_relay *r, rl_leg *l, int k, const rl_sa *src, int
  */
 #define RL_PEND 512 /* datagrams held between the read phase and the send phase */
 
-typedef struct {
+typedef struct rl_scratch {
 	struct mmsghdr in[RL_PEND], out[RL_PEND];
 	struct iovec iov[RL_PEND];
 	rl_sa src[RL_PEND];
@@ -485,13 +488,8 @@ static void *rl_worker_main(void *arg)
 	rl_worker *w = arg;
 	rl_relay *r = w->r;
 	atomic_store(&w->tid, (int)syscall(SYS_gettid));
-	rl_scratch *x = calloc(1, sizeof *x);
-	struct epoll_event *evs = calloc(RL_EVENTS, sizeof *evs);
-	if (!x || !evs) {
-		free(x);
-		free(evs);
-		return NULL;
-	}
+	rl_scratch *x = w->scratch;
+	struct epoll_event *evs = w->evs;
 	rl_scratch_init(x, w->bufs);
 	while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
 		int n = epoll_wait(w->epfd, evs, RL_EVENTS, 1000);
@@ -512,8 +510,6 @@ static void *rl_worker_main(void *arg)
 		rl_flush(x);
 		pthread_mutex_unlock(&w->mu);
 	}
-	free(x);
-	free(evs);
 	return NULL;
 }
 
@@ -572,9 +568,11 @@ static rl_relay *rl_new(const char *address, int port_min, int port_max, int nwo
 	for (int i = 0; i < nworkers; i++) {
 		rl_worker *w = &r->w[i];
 		w->bufs = calloc(RL_PEND, RL_MAXPKT);
+		w->scratch = calloc(1, sizeof *w->scratch);
+		w->evs = calloc(RL_EVENTS, sizeof *w->evs);
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
 		w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		if (!w->bufs || w->epfd < 0 || w->wakefd < 0) {
+		if (!w->bufs || !w->scratch || !w->evs || w->epfd < 0 || w->wakefd < 0) {
 			int e = errno;
 			rl_free(r);
 			errno = e ? e : ENOMEM;
@@ -655,6 +653,8 @@ static void rl_free(rl_relay *r)
 			if (w->wakefd >= 0)
 				close(w->wakefd);
 			free(w->bufs);
+			free(w->scratch);
+			free(w->evs);
 			pthread_mutex_destroy(&w->mu);
 		}
 	}
