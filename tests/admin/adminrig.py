@@ -19,10 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 HPBXCTL = REPO / ".venv" / "bin" / "hpbxctl"
 
 
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class ServerThread:
-    def __init__(self, ctx: AdminContext, **server_kw):
+    def __init__(self, ctx: AdminContext, loop_kind: str = "asyncio", **server_kw):
         self.ctx = ctx
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop(loop_kind)
         self.server = AdminServer(ctx, **server_kw)
         self.thread = threading.Thread(target=self.loop.run_forever, name="admin-test-loop", daemon=True)
 

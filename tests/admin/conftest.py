@@ -7,14 +7,16 @@ from adminrig import ServerThread, make_settings
 from hpbx.admin.context import AdminContext
 
 
-@pytest.fixture
-def start_admin(tmp_path):
+@pytest.fixture(params=["asyncio", "uvloop"])
+def start_admin(tmp_path, request):
+    """Starts in-process admin servers; every test using it runs on both event loops (the
+    real server runs uvloop when installed)."""
     started: list[ServerThread] = []
 
     def start(ctx: AdminContext | None = None, admin_kw: dict | None = None, **server_kw) -> ServerThread:
         if ctx is None:
             ctx = AdminContext(settings=make_settings(tmp_path, **(admin_kw or {})))
-        st = ServerThread(ctx, **server_kw).start()
+        st = ServerThread(ctx, request.param, **server_kw).start()
         started.append(st)
         return st
 
