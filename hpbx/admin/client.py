@@ -7,6 +7,7 @@ Help and argument types come from the method table (hpbx/admin/methods.py): a va
 a string parameter is sent as typed; any other value is parsed as JSON when it looks like
 JSON (numbers, true/false/null, objects, arrays, quoted strings). Exit status: 0 on success,
 1 when the server answers an error, 2 for usage errors or when the server cannot be reached.
+``obj.key=value`` sets one key of an object parameter: ``details.first_name=Anna``.
 """
 from __future__ import annotations
 
@@ -113,14 +114,28 @@ def parse_value(raw: str, type_: str | None) -> Any:
 
 
 def parse_args(method: Method | None, items: list[str]) -> dict:
+    """``key=value`` items; ``obj.key=value`` sets one key inside an object parameter
+    (``details.first_name=Anna``, ``flags.cti_access=true``)."""
     types = {p.name: p.type for p in method.params} if method else {}
     params: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"expected key=value, got {item!r}")
+        root, dot, inner = key.partition(".")
         try:
-            params[key] = parse_value(raw, types.get(key))
+            if dot and types.get(root) == "object":
+                target = params.setdefault(root, {})
+                *path, last = inner.split(".")
+                for part in path:
+                    target = target.setdefault(part, {})
+                    if not isinstance(target, dict):
+                        raise ValueError(f"{part} is not an object")
+                if not isinstance(target, dict) or not last:
+                    raise ValueError("is not an object")
+                target[last] = parse_value(raw, None)
+            else:
+                params[key] = parse_value(raw, types.get(key))
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
     return params

@@ -6,7 +6,7 @@ import subprocess
 import orjson
 
 from adminrig import HPBXCTL
-from hpbx.admin.client import format_table, parse_value
+from hpbx.admin.client import format_table, parse_args, parse_value
 from hpbx.admin.methods import METHODS
 
 
@@ -115,3 +115,13 @@ def test_import_export_without_a_running_server(tmp_path):
     bad.write_text('[tenant]\nname = "x"\n[[users]]\nusername = "u1"\nsip_password = "pw-1"\ninternal_number = "705"\n')
     out = subprocess.run([hpbx, "import", str(bad), "--config", str(cfg)], capture_output=True, text=True, timeout=20)
     assert out.returncode == 1 and "users[0].internal_number: 705 is reserved" in out.stderr
+
+
+def test_dotted_keys_fill_object_parameters():
+    m = METHODS["user.update"]
+    assert parse_args(m, ["username=anna", "details.first_name=Anna", "details.mobile=0791234567",
+                          "flags.cti_access=true"]) == {
+        "username": "anna", "details": {"first_name": "Anna", "mobile": "0791234567"},
+        "flags": {"cti_access": True}}
+    # a dot in a key of a string parameter is just a (wrong) name the server will refuse
+    assert parse_args(m, ["user.name=x"]) == {"user.name": "x"}
