@@ -70,10 +70,21 @@ class AdminServer:
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_socket(path)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Client(self), str(path), backlog=128)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # bound under a umask that leaves 0660, so the socket is never reachable by others,
+        # not even between bind and chmod
+        old_umask = os.umask(0o117)
+        try:
+            sock.bind(str(path))
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old_umask)
         os.chmod(path, 0o660)
         self._inode = path.stat().st_ino
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Client(self), sock=sock, backlog=128)
         log.info("admin socket listening on %s (uids %s)", path, sorted(self.allow_uids))
 
     @staticmethod
