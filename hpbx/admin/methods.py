@@ -133,8 +133,8 @@ def _page(items: list, params: dict) -> list:
 
 
 PAGE = (
-    Param("limit", "int", help="return at most this many entries", min=0),
-    Param("offset", "int", help="skip this many entries first", min=0),
+    Param("limit", "int", help="return at most this many entries", min=0, max=2**31),
+    Param("offset", "int", help="skip this many entries first", min=0, max=2**31),
 )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from adminrig import HPBXCTL, REPO
 from hpbx.admin.methods import METHODS
-from hpbx.admin.protocol import INVALID_PARAMS, NOT_FOUND, RpcError
+from hpbx.admin.protocol import INTERNAL_ERROR, INVALID_PARAMS, NOT_FOUND, RpcError
 from hpbx.store.registrations import Binding
 
 ALWAYS = {"active": True, "name": "Always", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
@@ -228,3 +228,15 @@ def test_every_method_is_exercised_here():
     text = "".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_admin_*.py"))
     missing = [m for m in METHODS if f'"{m}"' not in text]
     assert missing == []
+
+
+def test_internal_error_is_answered_and_the_server_keeps_serving(prov):
+    st, bindings = prov
+    with st.client() as c:
+        assert c.call("stats.get", {"layer": "store"})["store"]["bindings"] == 0
+        bindings.close()  # the store's stats source now fails inside the server
+        err = rpc_error(c, "stats.get", {"layer": "store"})
+        assert err.code == INTERNAL_ERROR and err.message == "internal error in stats.get (see the server log)"
+        assert c.call("stats.get", {"layer": "admin"})["admin"]["error.-32603"] == 1
+        err = rpc_error(c, "cdr.list", {"limit": 2**40})  # bounded at 2**31
+        assert err.code == INVALID_PARAMS and err.data["field"] == "limit"
