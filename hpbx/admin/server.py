@@ -224,6 +224,7 @@ class _Client(asyncio.Protocol):
         if uid not in server.allow_uids:
             server.counters["refused"] += 1
             log.warning("admin: refused connection from uid %d (pid %d)", uid, pid)
+            self.closing = True
             transport.write(encode(_error(PERMISSION_DENIED, f"permission denied: uid {uid} is not in admin.allow_uids",
                                           {"uid": uid})))
             transport.close()
