@@ -178,6 +178,8 @@ class Server:
         self.registrar.configure(new)
         self.keepalive.configure(new)
         self.calls.configure(new)
+        if self.admin is not None:
+            self.admin.configure(new)
         self.settings = new
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new

@@ -119,6 +119,16 @@ class AdminServer:
         except FileNotFoundError:
             pass
 
+    def configure(self, settings) -> None:
+        """Apply reloaded settings: the uid allow-list and line bound take effect for new
+        connections at once; a new socket path only at the next start."""
+        admin = settings.admin
+        if admin.socket != self.path:
+            log.warning("reload: admin.socket changed; the socket moves at the next restart")
+        self.allow_uids = frozenset(admin.allow_uids)
+        self.max_line = admin.max_line
+        self.ctx.settings = settings
+
     def stats(self) -> dict:
         return {"clients": len(self._clients), **self.counters}
 

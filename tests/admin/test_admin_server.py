@@ -160,3 +160,21 @@ def test_uid_not_on_the_allow_list_is_refused(tmp_path):
         out = ctl(srv.dir / "hpbx.sock", "user.get", "username=alice")
         assert out.returncode == 1 and out.stdout == ""
         assert out.stderr.strip() == f"hpbxctl: user.get: permission denied: uid {os.getuid()} is not in admin.allow_uids"
+
+
+def test_reload_applies_the_uid_allow_list(server):
+    import signal
+    import time
+
+    sock = server.dir / "hpbx.sock"
+    text = server.config.read_text()
+    server.config.write_text(text.replace("[admin]\n", "[admin]\nallow_uids = [4242]\n"))
+    assert "admin" in ctl(sock, "--json", "config.reload").stdout
+    refused = ctl(sock, "stats.get")
+    assert refused.returncode == 1 and "permission denied" in refused.stderr
+    server.config.write_text(text)
+    server.signal(signal.SIGHUP)  # the admin socket is closed to us now: reload the other way
+    deadline = time.monotonic() + 5
+    while (out := ctl(sock, "stats.get")).returncode != 0:
+        assert time.monotonic() < deadline, out.stderr
+        time.sleep(0.1)
