@@ -156,10 +156,9 @@ def registration_row(b: Any, now: float) -> dict:
     b = b if isinstance(b, dict) else b.as_dict()
     expires_at = b.get("expires_at")
     if "username" not in b:
-        row = dict(b)
-        if isinstance(expires_at, (int, float)):
-            row["expires_in"] = max(0, int(expires_at - now))
-        return row
+        if "expires_in" in b or not isinstance(expires_at, (int, float)):
+            return b  # already in the operator shape; the source yields fresh dicts
+        return {**b, "expires_in": max(0, int(expires_at - now))}
     host, port = b.get("source_host"), b.get("source_port")
     return {
         "user": b.get("username"),
