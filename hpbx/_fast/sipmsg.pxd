@@ -30,12 +30,14 @@ cdef class SipMessage:
     cdef Py_ssize_t _meth_o, _meth_l, _ruri_o, _ruri_l, _reason_o, _reason_l
     cdef Py_ssize_t _cid_o, _cid_l, _cseqm_o, _cseqm_l, _ftag_o, _ftag_l, _ttag_o, _ttag_l
     cdef Py_ssize_t _vtr_o, _vtr_l, _vhost_o, _vhost_l, _vbr_o, _vbr_l, _vrc_o, _vrc_l
-    cdef object _method, _ruri, _reason, _call_id, _cseq_method, _from_tag, _to_tag
+    cdef object _method, _call_id, _cseq_method, _from_tag, _to_tag
     cdef object _via_transport, _via_host, _via_branch, _via_received
-    cdef object _body, _raw, _request_uri, _from_addr, _to_addr, _vias, _contacts
+    cdef list _lazy
 
     cdef int _add_hdr(self, int hid, Py_ssize_t no, Py_ssize_t nl, Py_ssize_t vo, Py_ssize_t vl,
                       bint folded) except -1
+    cdef object _lget(self, int i)
+    cdef int _lset(self, int i, object v) except -1
     cdef str _sub(self, Py_ssize_t o, Py_ssize_t l)
     cdef str _value(self, HdrEntry* h)
     cdef int _find(self, int hid) noexcept

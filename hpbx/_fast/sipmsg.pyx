@@ -10,7 +10,7 @@ explicitly (no global boundscheck=False is needed because all access goes throug
 guarded by those checks).
 """
 cimport cython
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport int16_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -19,10 +19,12 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 import os
 
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+
 from hpbx.errors import SipParseError
 
-cdef extern from "strings.h":
-    int strncasecmp(const char* a, const char* b, size_t n) nogil
 
 KEEPALIVE_PING = b"\r\n\r\n"
 KEEPALIVE_PONG = b"\r\n"
@@ -43,12 +45,14 @@ cdef enum:
     C_PVAL = 64     # header-parameter values: token / host (IPv6 reference)
 
 cdef unsigned char CT[256]
+cdef unsigned char LOWER[256]   # ASCII lower-casing (the libc compare is locale-aware and slow)
 
 
 cdef void _init_classes():
     cdef int c
     for c in range(256):
         CT[c] = 0
+        LOWER[c] = c + 32 if 65 <= c <= 90 else c
     for c in range(256):
         if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122):
             CT[c] |= C_TOKEN | C_HOST | C_URIP | C_USER | C_PVAL
@@ -71,6 +75,15 @@ cdef void _init_classes():
 
 
 _init_classes()
+
+
+cdef inline bint _ieq(const unsigned char* a, const char* lower, Py_ssize_t n) noexcept nogil:
+    """a[:n] equals the lower-case ASCII literal, ignoring case."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if LOWER[a[i]] != <unsigned char>lower[i]:
+            return False
+    return True
 
 
 cdef inline bint _lws(unsigned char c) noexcept nogil:
@@ -138,6 +151,21 @@ cdef inline str _dec(const unsigned char* b, Py_ssize_t o, Py_ssize_t l):
     return PyUnicode_DecodeUTF8(<const char*>(b + o), l, "surrogateescape")
 
 
+cdef str _astr(const unsigned char* b, Py_ssize_t o, Py_ssize_t l):
+    """A str of an octet range: ASCII is copied straight into a compact str (the common case
+    for Call-IDs, tags and branches), anything else is decoded as UTF-8."""
+    cdef Py_ssize_t i
+    cdef unsigned char acc = 0
+    cdef object r
+    for i in range(o, o + l):
+        acc |= b[i]
+    if acc & 0x80:
+        return _dec(b, o, l)
+    r = PyUnicode_New(l, 127)
+    memcpy(PyUnicode_DATA(r), b + o, <size_t>l)
+    return <str>r
+
+
 cdef str _dec_unfold(const unsigned char* b, Py_ssize_t o, Py_ssize_t l):
     """Decode a value; every fold (WS* CRLF WS+) becomes one SP (RFC 3261 7.3.1)."""
     cdef Py_ssize_t i, e = o + l, k
@@ -148,7 +176,9 @@ cdef str _dec_unfold(const unsigned char* b, Py_ssize_t o, Py_ssize_t l):
     out = bytearray()
     i = o
     while i < e:
-        if b[i] == 13 and i + 1 < e and b[i + 1] == 10:
+        if b[i] == 13 and not (i + 1 < e and b[i + 1] == 10):
+            raise SipParseError("bare CR in a header value", 400)
+        if b[i] == 13:
             while len(out) and out[-1] in (32, 9):
                 out.pop()
             k = i + 2
@@ -234,41 +264,40 @@ cdef bint _host_ok(const unsigned char* b, Py_ssize_t o, Py_ssize_t l) noexcept 
     """A hostname (labels of alnum/-/_ not starting or ending in '-') or a dotted IPv4
     address with four parts of at most 255: "10.10.10.256" is neither."""
     cdef Py_ssize_t i, e = o + l, lab = o
-    cdef bint alpha = False
+    cdef bint digits_only = True
     cdef int parts = 0
-    cdef long v
     if l <= 0 or l > 255:
         return False
-    for i in range(o, e):
-        if not (CT[b[i]] & C_DIGIT) and b[i] != 46:
-            alpha = True
-    if not alpha:
-        i = o
-        while True:
-            lab = i
-            while i < e and b[i] != 46:
-                i += 1
-            v = _digits(b, lab, i, 255)
-            if v < 0 or i - lab > 3:
-                return False
-            parts += 1
-            if i >= e:
-                break
-            i += 1
-        return parts == 4
     i = o
     while True:
         lab = i
         while i < e and b[i] != 46:
+            if not (CT[b[i]] & C_DIGIT):
+                digits_only = False
             i += 1
         if i == lab:
             # an empty label is only allowed as the final dot of a fully qualified name
-            return i == e and i > o
+            return i == e and i > o and not digits_only
         if b[lab] == 45 or b[i - 1] == 45:
             return False
+        parts += 1
         if i >= e:
-            return True
+            break
         i += 1
+    if not digits_only:
+        return True
+    # all digits and dots: a dotted IPv4 address
+    if parts != 4:
+        return False
+    i = o
+    while i < e:
+        lab = i
+        while i < e and b[i] != 46:
+            i += 1
+        if i - lab > 3 or _digits(b, lab, i, 255) < 0:
+            return False
+        i += 1
+    return True
 
 
 # ---------------------------------------------------------------- URI scanner
@@ -427,11 +456,11 @@ cdef int _scan_uri(const unsigned char* b, Py_ssize_t s, Py_ssize_t e, UriParts*
     u.sch_o = s
     u.sch_l = i - s
     colon = i
-    if u.sch_l == 3 and strncasecmp(<const char*>(b + s), "sip", 3) == 0:
+    if u.sch_l == 3 and _ieq(b + s, "sip", 3):
         u.kind = K_SIP
-    elif u.sch_l == 4 and strncasecmp(<const char*>(b + s), "sips", 4) == 0:
+    elif u.sch_l == 4 and _ieq(b + s, "sips", 4):
         u.kind = K_SIPS
-    elif u.sch_l == 3 and strncasecmp(<const char*>(b + s), "tel", 3) == 0:
+    elif u.sch_l == 3 and _ieq(b + s, "tel", 3):
         u.kind = K_TEL
     u.opq_o = colon + 1
     u.opq_l = e - colon - 1
@@ -494,20 +523,20 @@ cdef int _scan_hparams(const unsigned char* b, Py_ssize_t i, Py_ssize_t e, Param
                 vl = i - v0
                 if vl == 0:
                     return E_HPARAM
-        if nl == 3 and strncasecmp(<const char*>(b + n0), "tag", 3) == 0:
+        if nl == 3 and _ieq(b + n0, "tag", 3):
             ph.tag_o = v0
             ph.tag_l = vl if vl >= 0 else 0
-        elif nl == 6 and strncasecmp(<const char*>(b + n0), "branch", 6) == 0:
+        elif nl == 6 and _ieq(b + n0, "branch", 6):
             if vl < 0:
                 return E_HPARAM
             ph.br_o = v0
             ph.br_l = vl
-        elif nl == 8 and strncasecmp(<const char*>(b + n0), "received", 8) == 0:
+        elif nl == 8 and _ieq(b + n0, "received", 8):
             if vl <= 0:
                 return E_HPARAM
             ph.rc_o = v0
             ph.rc_l = vl
-        elif nl == 5 and strncasecmp(<const char*>(b + n0), "rport", 5) == 0:
+        elif nl == 5 and _ieq(b + n0, "rport", 5):
             ph.rp_o = v0
             ph.rp_l = vl if vl >= 0 else 0
 
@@ -592,7 +621,7 @@ cdef int _scan_via(const unsigned char* b, Py_ssize_t s, Py_ssize_t e, ViaParts*
     _hits_clear(ph)
     e = _rtrim(b, s, e)
     i = _skip_lws(b, s, e)
-    if i + 3 > e or strncasecmp(<const char*>(b + i), "SIP", 3) != 0:
+    if i + 3 > e or not _ieq(b + i, "sip", 3):
         return E_VIA
     i = _skip_lws(b, i + 3, e)
     if i >= e or b[i] != 47:
@@ -761,7 +790,7 @@ _KNOWN = (
     ("Target-Dialog", "", False),
 )
 DEF NKNOWN = 67
-DEF HT_SIZE = 512
+DEF HT_SIZE = 2048
 
 CANON = [k[0] for k in _KNOWN]
 cdef list _LOWER = [k[0].lower().encode() for k in _KNOWN]
@@ -773,7 +802,10 @@ cdef int16_t COMPACT[26]
 
 
 cdef inline unsigned int _hh(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    return (<unsigned int>n * 7 + (p[0] | 0x20) * 31 + (p[n - 1] | 0x20) * 3) & (HT_SIZE - 1)
+    # sparse table and a mix of length, first, second and last octet: the known names do
+    # not collide, and an unknown name usually ends at an empty slot on the first probe
+    return (<unsigned int>n * 2654435761u ^ LOWER[p[0]] * 40503u ^ LOWER[p[1]] * 131u
+            ^ LOWER[p[n - 1]]) & (HT_SIZE - 1)
 
 
 cdef void _init_names():
@@ -816,7 +848,7 @@ cdef inline int _hdr_id(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     h = _hh(p, n)
     while HTAB[h] != 0:
         i = HTAB[h]
-        if HLEN[i] == n and strncasecmp(HNAME[i], <const char*>p, <size_t>n) == 0:
+        if HLEN[i] == n and _ieq(p, HNAME[i], n):
             return i
         h = (h + 1) & (HT_SIZE - 1)
     return H_OTHER
@@ -1207,6 +1239,21 @@ def parse_via(str value) -> Via:
 
 
 # ---------------------------------------------------------------- the message
+cdef inline Py_ssize_t _lf_end(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    """Like _line_end without the search for a bare CR inside the line (see SipMessage._value)."""
+    cdef const void* p
+    cdef Py_ssize_t k
+    if pos >= n:
+        return -1
+    p = memchr(b + pos, 10, <size_t>(n - pos))
+    if p == NULL:
+        return -1
+    k = <const unsigned char*>p - b
+    if k == pos or b[k - 1] != 13:
+        return -2
+    return k - 1
+
+
 cdef inline Py_ssize_t _line_end(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
     """Index of the CR of the CRLF ending the line at pos; -1 when none, -2 on a bare CR/LF."""
     cdef const void* p
@@ -1222,6 +1269,21 @@ cdef inline Py_ssize_t _line_end(const unsigned char* b, Py_ssize_t pos, Py_ssiz
     if k - 1 > pos and memchr(b + pos, 13, <size_t>(k - 1 - pos)) != NULL:
         return -2
     return k - 1
+
+
+cdef enum:
+    # slots of SipMessage._lazy: values decoded on first access and rarely read on the hot
+    # path share one list, made on demand, so that a message costs fewer fields to set up
+    L_RURI = 0
+    L_REASON = 1
+    L_BODY = 2
+    L_RAW = 3
+    L_RURI_OBJ = 4
+    L_FROM = 5
+    L_TO = 6
+    L_VIAS = 7
+    L_CONTACTS = 8
+    L_SLOTS = 9
 
 
 @cython.freelist(64)
@@ -1268,12 +1330,25 @@ cdef class SipMessage:
         self._nhdrs += 1
         return 0
 
+    cdef object _lget(self, int i):
+        if self._lazy is None:
+            return None
+        return self._lazy[i]
+
+    cdef int _lset(self, int i, object v) except -1:
+        if self._lazy is None:
+            self._lazy = [None] * L_SLOTS
+        self._lazy[i] = v
+        return 0
+
     cdef str _sub(self, Py_ssize_t o, Py_ssize_t l):
-        return _dec(<const unsigned char*>PyBytes_AS_STRING(self._buf), o, l)
+        return _astr(<const unsigned char*>PyBytes_AS_STRING(self._buf), o, l)
 
     cdef str _value(self, HdrEntry* h):
+        # header lines are split at LF only (one memchr per line); a CR that is not part of
+        # a CRLF is refused here, when the value is read
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(self._buf)
-        if h.folded:
+        if h.folded or (h.val_len > 0 and memchr(b + h.val_off, 13, <size_t>h.val_len) != NULL):
             return _dec_unfold(b, h.val_off, h.val_len)
         return _dec(b, h.val_off, h.val_len)
 
@@ -1297,15 +1372,15 @@ cdef class SipMessage:
 
     @property
     def ruri(self):
-        if self._ruri is None:
-            self._ruri = self._sub(self._ruri_o, self._ruri_l) if self._ruri_l > 0 else ""
-        return self._ruri
+        if self._lget(L_RURI) is None:
+            self._lset(L_RURI, self._sub(self._ruri_o, self._ruri_l) if self._ruri_l > 0 else "")
+        return self._lget(L_RURI)
 
     @property
     def reason(self):
-        if self._reason is None:
-            self._reason = self._sub(self._reason_o, self._reason_l) if self._reason_l > 0 else ""
-        return self._reason
+        if self._lget(L_REASON) is None:
+            self._lset(L_REASON, self._sub(self._reason_o, self._reason_l) if self._reason_l > 0 else "")
+        return self._lget(L_REASON)
 
     @property
     def call_id(self):
@@ -1371,18 +1446,18 @@ cdef class SipMessage:
 
     @property
     def body(self):
-        if self._body is None:
-            self._body = self._buf[self._body_off:self._end]
-        return self._body
+        if self._lget(L_BODY) is None:
+            self._lset(L_BODY, self._buf[self._body_off:self._end])
+        return self._lget(L_BODY)
 
     @property
     def raw(self):
-        if self._raw is None:
+        if self._lget(L_RAW) is None:
             if self._start == 0 and self._end == PyBytes_GET_SIZE(self._buf):
-                self._raw = self._buf
+                self._lset(L_RAW, self._buf)
             else:
-                self._raw = self._buf[self._start:self._end]
-        return self._raw
+                self._lset(L_RAW, self._buf[self._start:self._end])
+        return self._lget(L_RAW)
 
     def to_bytes(self):
         return self.raw
@@ -1394,12 +1469,12 @@ cdef class SipMessage:
         cdef const unsigned char* b
         if not self.is_request:
             return None
-        if self._request_uri is None:
+        if self._lget(L_RURI_OBJ) is None:
             b = <const unsigned char*>PyBytes_AS_STRING(self._buf)
             if _scan_uri(b, self._ruri_o, self._ruri_o + self._ruri_l, &u) != E_OK:
                 raise SipParseError("invalid Request-URI", 400)
-            self._request_uri = _make_uri(b, &u)
-        return self._request_uri
+            self._lset(L_RURI_OBJ, _make_uri(b, &u))
+        return self._lget(L_RURI_OBJ)
 
     cdef object _na(self, int hid, str what):
         cdef int i = self._find(hid)
@@ -1412,22 +1487,22 @@ cdef class SipMessage:
 
     @property
     def from_addr(self):
-        if self._from_addr is None:
-            self._from_addr = self._na(H_FROM, "From")
-        return self._from_addr
+        if self._lget(L_FROM) is None:
+            self._lset(L_FROM, self._na(H_FROM, "From"))
+        return self._lget(L_FROM)
 
     @property
     def to_addr(self):
-        if self._to_addr is None:
-            self._to_addr = self._na(H_TO, "To")
-        return self._to_addr
+        if self._lget(L_TO) is None:
+            self._lset(L_TO, self._na(H_TO, "To"))
+        return self._lget(L_TO)
 
     @property
     def vias(self):
         cdef const unsigned char* b
         cdef Py_ssize_t s, e, k, a, z
         cdef int i
-        if self._vias is None:
+        if self._lget(L_VIAS) is None:
             b = <const unsigned char*>PyBytes_AS_STRING(self._buf)
             out = []
             for i in range(self._nhdrs):
@@ -1445,14 +1520,14 @@ cdef class SipMessage:
                         raise _err("Via header", E_EMPTY)
                     out.append(_via_obj(b, a, z))
                     s = k + 1
-            self._vias = out
-        return list(self._vias)
+            self._lset(L_VIAS, out)
+        return list(self._lget(L_VIAS))
 
     @property
     def contacts(self):
         cdef const unsigned char* b
         cdef int i
-        if self._contacts is None:
+        if self._lget(L_CONTACTS) is None:
             b = <const unsigned char*>PyBytes_AS_STRING(self._buf)
             out = []
             for i in range(self._nhdrs):
@@ -1461,8 +1536,8 @@ cdef class SipMessage:
                                               self._hdrs[i].val_off + self._hdrs[i].val_len))
             if any((<Contact>c).star for c in out) and len(out) > 1:
                 raise SipParseError("invalid Contact header: '*' mixed with addresses", 400)
-            self._contacts = out
-        return list(self._contacts)
+            self._lset(L_CONTACTS, out)
+        return list(self._lget(L_CONTACTS))
 
     # ---- generic header access
     cdef int _match(self, int i, int hid, bytes lname) noexcept:
@@ -1470,12 +1545,12 @@ cdef class SipMessage:
         if hid != H_OTHER:
             return h.id == hid
         return (h.id == H_OTHER and h.name_len == PyBytes_GET_SIZE(lname)
-                and strncasecmp(PyBytes_AS_STRING(self._buf) + h.name_off,
-                                PyBytes_AS_STRING(lname), <size_t>h.name_len) == 0)
+                and _ieq(<const unsigned char*>PyBytes_AS_STRING(self._buf) + h.name_off,
+                         PyBytes_AS_STRING(lname), h.name_len))
 
     def header(self, str name):
         """The first field value of a header (compact or long name, any case), or None."""
-        cdef bytes ln = name.strip().encode("utf-8", "surrogateescape")
+        cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
         cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
         cdef int i
         for i in range(self._nhdrs):
@@ -1484,7 +1559,7 @@ cdef class SipMessage:
         return None
 
     def has_header(self, str name):
-        cdef bytes ln = name.strip().encode("utf-8", "surrogateescape")
+        cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
         cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
         cdef int i
         for i in range(self._nhdrs):
@@ -1494,7 +1569,7 @@ cdef class SipMessage:
 
     def header_fields(self, str name):
         """Each header line's whole value (folds unfolded), in order."""
-        cdef bytes ln = name.strip().encode("utf-8", "surrogateescape")
+        cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
         cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
         cdef int i
         return [self._value(&self._hdrs[i]) for i in range(self._nhdrs) if self._match(i, hid, ln)]
@@ -1502,7 +1577,7 @@ cdef class SipMessage:
     def header_values(self, str name):
         """All values: list-valued headers (Via, Contact, Route, Require, Allow ...) are split
         on commas outside quotes and <>; single-valued and unknown headers are whole."""
-        cdef bytes ln = name.strip().encode("utf-8", "surrogateescape")
+        cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
         cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(self._buf)
         cdef int i
@@ -1656,7 +1731,7 @@ cdef int _parse_into(SipMessage m, bytes data, bint datagram) except -1:
             raise _bad("header section not terminated by an empty line")
         if b[pos] == 32 or b[pos] == 9:
             raise _bad("continuation line without a header")
-        le = _line_end(b, pos, n)
+        le = _lf_end(b, pos, n)
         if le == -2:
             raise _bad("line not terminated by CRLF")
         if le < 0:
@@ -1676,7 +1751,7 @@ cdef int _parse_into(SipMessage m, bytes data, bint datagram) except -1:
         ve = le
         folded = False
         while ve + 2 < n and (b[ve + 2] == 32 or b[ve + 2] == 9):
-            k = _line_end(b, ve + 2, n)
+            k = _lf_end(b, ve + 2, n)
             if k == -2:
                 raise _bad("line not terminated by CRLF")
             if k < 0:
@@ -1695,7 +1770,9 @@ cdef int _parse_into(SipMessage m, bytes data, bint datagram) except -1:
         if hid == H_VIA:
             nvia += 1
             if nvia == 1:
-                k = _next_comma(b, vs, t)
+                # one via-parm per line is the common case: only scan quotes when a comma exists
+                k = _find(b, vs, t, 44)
+                k = t if k < 0 else _next_comma(b, vs, t)
                 if k < 0:
                     raise _err("Via header", E_QUOTE)
                 rc = _scan_via(b, vs, k, &vp, &ph)

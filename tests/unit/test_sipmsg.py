@@ -155,6 +155,17 @@ def test_binary_body_with_nul_is_kept():
     assert m.body == body
 
 
+def test_bare_cr_in_a_header_value_is_refused_when_read():
+    m = sipmsg.parse(req(extra=["X-Bad: a\rb", "X-Good: ok"]))
+    assert m.header("X-Good") == "ok"
+    with pytest.raises(SipParseError) as ei:
+        m.header("X-Bad")
+    assert (ei.value.reason, ei.value.status) == ("bare CR in a header value", 400)
+    raises(req(extra=["X-Bad: a\nb"]), "line not terminated by CRLF")
+    raises(req().replace(b"Call-ID: cid-1", b"Call-ID: ci\rd-1"),
+           "invalid Call-ID header: whitespace or control character")
+
+
 def test_raw_nul_inside_quoted_display_name():
     data = req().replace(b'"Alice"', b'"A\\\x00\x07lice"')
     m = sipmsg.parse(data)

@@ -38,10 +38,10 @@ INTERESTING = [b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b";", b",", b"<", b">",
 def touch(m):
     m.method, m.ruri, m.reason, m.call_id, m.cseq_method, m.from_tag, m.to_tag
     m.via_transport, m.via_host, m.via_branch, m.via_received, m.body, m.raw
-    m.headers(), m.header_values("X"), m.header_fields("v")
-    # lazily decoded structures may refuse (the server then answers 400), nothing else
+    # lazily decoded values may refuse (the server then answers 400), nothing else
     for get in (lambda: m.request_uri, lambda: m.from_addr, lambda: m.to_addr, lambda: m.vias,
-                lambda: m.contacts, lambda: m.header_values("Route")):
+                lambda: m.contacts, lambda: m.header_values("Route"), m.headers,
+                lambda: m.header_values("X"), lambda: m.header_fields("v")):
         try:
             get()
         except SipParseError as e:
