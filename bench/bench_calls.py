@@ -287,10 +287,12 @@ def memory_per_call(server, workdir: Path) -> dict:
     proc = sipp(ANCHOR_SIPP / "call_uac.xml", f"{IP}:{server.port}", TRUNK_PORT, workdir,
                 calls=MEM_CALLS, rate=rate, service=server.service, pause_ms=hold_ms,
                 timeout=hold_ms / 1000 + 30, inf=[("0311112222",)], media_port=17200)
-    time.sleep(MEM_CALLS / rate + 2)
-    active = server.active_calls()
-    peak = rss_kb(server.proc.pid)
-    finish(proc, hold_ms / 1000 + 40)
+    try:
+        time.sleep(MEM_CALLS / rate + 2)
+        active = server.active_calls()
+        peak = rss_kb(server.proc.pid)
+    finally:
+        finish(proc, hold_ms / 1000 + 40)
     return {"idle_rss_kb": idle, "peak_rss_kb": peak, "active_calls": active,
             "kb_per_call": (peak - idle) / active if active else float("nan")}
 

@@ -83,7 +83,8 @@ class CallService:
                     table[(_ip_key(trunk.host), trunk.port)] = trunk
             self._trunks = table
             self._trunks_directory = directory
-        return self._trunks.get((_ip_key(host), port))
+        # source addresses come from the socket, already in canonical form
+        return self._trunks.get((host, port))
 
     # ------------------------------------------------------------------ INVITE
     def on_invite(self, tx) -> None:
