@@ -39,8 +39,8 @@ def contact_hostport(uri: str) -> tuple[str, int]:
     return parsed.host, parsed.port
 
 
-def needs_nat(contact_uri: str, source_host: str, source_port: int, transport: str) -> bool:
-    host, port = contact_hostport(contact_uri)
+def needs_nat(host: str, port: int, source_host: str, source_port: int, transport: str) -> bool:
+    """Is a contact at host:port (port 0: default) behind NAT, seen from the source address?"""
     if host == source_host and (port or 5060) == source_port:
         return False
     if transport != "udp":

@@ -191,7 +191,8 @@ class Registrar:
         flags = getattr(user, "flags", None)
         user_nat = bool(getattr(flags, "behind_nat", False))
         for contact, expires in changes:
-            uri = str(contact.uri)
+            curi = contact.uri
+            uri = str(curi)
             params = contact.params
             instance = params.get("+sip.instance")
             reg_id = params.get("reg-id")
@@ -214,7 +215,8 @@ class Registrar:
                 if existing is not None:
                     self._queue((username, existing.contact), None)
                 continue
-            behind_nat = user_nat or nat.needs_nat(uri, source_host, source_port, transport)
+            behind_nat = user_nat or nat.needs_nat(curi.host, curi.port, source_host, source_port,
+                                                   transport)
             binding = Binding(
                 username=username, contact=uri, tenant=getattr(user, "tenant", None),
                 instance_id=instance, reg_id=reg_id_int,
