@@ -441,10 +441,6 @@ cdef int _scan_uri(const unsigned char* b, Py_ssize_t s, Py_ssize_t e, UriParts*
     u.port = 0
     if s >= e:
         return E_EMPTY
-    for i in range(s, e):
-        c = b[i]
-        if c <= 32 or c >= 127 or c == 60 or c == 62 or c == 34:
-            return E_CHAR
     c = b[s]
     if not ((65 <= c <= 90) or (97 <= c <= 122)):
         return E_SCHEME
@@ -467,7 +463,14 @@ cdef int _scan_uri(const unsigned char* b, Py_ssize_t s, Py_ssize_t e, UriParts*
     if u.opq_l <= 0:
         return E_EMPTY
     if u.kind == K_OTHER or u.kind == K_TEL:
+        # opaque: printable ASCII without the delimiters of the enclosing header
+        for i in range(colon + 1, e):
+            c = b[i]
+            if c <= 32 or c >= 127 or c == 60 or c == 62 or c == 34:
+                return E_CHAR
         return E_OK
+    # sip/sips: every octet after the scheme is checked against its part's character class
+    # by _scan_sip_rest
     # sip / sips: [userinfo "@"] hostport uri-parameters [headers]. '?' is legal inside a
     # user part (RFC 4475 3.1.1.2) and '@' inside escaped headers: when a '?' comes before
     # the first '@', the reading without userinfo wins if it is well-formed.
@@ -1290,11 +1293,6 @@ cdef enum:
 cdef class SipMessage:
     """A parsed message over its original buffer (see the module docstring)."""
 
-    def __cinit__(self):
-        self._hdrs = self._inline
-        self._caphdrs = INLINE_HDRS
-        self._nhdrs = 0
-
     def __dealloc__(self):
         if self._hdrs != self._inline and self._hdrs != NULL:
             PyMem_Free(self._hdrs)
@@ -1658,6 +1656,11 @@ cdef int _parse_into(SipMessage m, bytes data, bint datagram) except -1:
 
     if n > C_MAX_MESSAGE:
         raise _bad("message too large", 413)
+    # the header index starts in the object's inline array (no __cinit__: objects come
+    # zeroed from the freelist and a pointer assignment here is cheaper than the call)
+    m._hdrs = m._inline
+    m._caphdrs = INLINE_HDRS
+    m._nhdrs = 0
     m._buf = data
     m.max_forwards = -1
     m.content_length = -1

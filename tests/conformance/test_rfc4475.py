@@ -231,7 +231,7 @@ INVALID = {
     "scalar02": (400, "invalid CSeq header: bad sequence number"),
     "scalarlg": (400, "invalid CSeq header: bad sequence number"),
     "quotbal": (400, "invalid To header: unterminated quoted string"),
-    "ltgtruri": (400, "invalid Request-URI: invalid character in URI"),
+    "ltgtruri": (400, "invalid Request-URI: missing or invalid URI scheme"),
     "lwsruri": (400, "malformed request line"),
     "lwsstart": (400, "malformed request line"),
     "trws": (400, "malformed request line"),
