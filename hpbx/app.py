@@ -88,9 +88,9 @@ class Server:
         self._stop_order.append(self.wheel.close)
         self.auth = Authenticator(lambda name: self.provisioning.directory.auth_user(name),
                                   self.realm(), sip.nonce_ttl, sip.digest_algorithms)
-        self.registrar = Registrar(loop, self.wheel, self.reg_store, self.auth,
-                                   lambda: self.provisioning.directory, settings)
+        self.registrar = Registrar(loop, self.wheel, self.reg_store, self.auth, settings)
         restored = self.registrar.start()
+        self.provisioning.subscribe(self.registrar.drop_unknown)
         self._stop_order.append(self.registrar.stop)
         log.info("registrations restored from the store: %d", restored)
         self.transports = TransportHub(loop, settings, self._sink)

@@ -29,13 +29,12 @@ class RegisterError(Exception):
 
 
 class Registrar:
-    def __init__(self, loop, wheel, store, authenticator, directory, settings, clock=time.time):
-        """``directory()`` returns the current Directory snapshot (``auth_user``)."""
+    def __init__(self, loop, wheel, store, authenticator, settings, clock=time.time):
+        """Users are looked up through ``authenticator`` (the Directory's ``auth_user``)."""
         self.loop = loop
         self.wheel = wheel
         self.store = store
         self.auth = authenticator
-        self.directory = directory
         self.clock = clock
         self.configure(settings)
         self.bindings: dict[str, list[Binding]] = {}
@@ -109,6 +108,14 @@ class Registrar:
                 del self.bindings[binding.username]
             self._queue((binding.username, binding.contact), None)
             self._schedule_flush()
+
+    def drop_unknown(self, directory) -> None:
+        """After a provisioning change: bindings of users that no longer exist go."""
+        gone = [name for name in self.bindings if directory.auth_user(name) is None]
+        for name in gone:
+            for binding in list(self.bindings.get(name, ())):
+                self.remove(binding)
+            log.info("%s: user deleted, bindings removed", name)
 
     # ---- REGISTER
     def handle(self, tx) -> None:

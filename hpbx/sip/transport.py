@@ -22,8 +22,6 @@ log = logging.getLogger("hpbx.sip.transport")
 PING = b"\r\n\r\n"
 PONG = b"\r\n"
 UDP_RCVBUF = 4 << 20
-# a stream connection with nothing buffered and no traffic for this long is closed
-STREAM_IDLE_SECS = 3600.0
 
 
 class UdpChannel(asyncio.DatagramProtocol):

@@ -68,3 +68,19 @@ def test_sighup_reload_keeps_registrations(tmp_path):
         assert "reload refused" in srv.log() and "sip.t1_ms" in srv.log()
         assert sip_options(srv.host, srv.port)
         assert [b["username"] for b in srv.bindings()] == ["hup"]
+
+
+def test_deleting_a_user_drops_its_bindings(tmp_path):
+    srv = HpbxServer(tmp_path, users=[("gone", "gone-secret"), ("stays", "stays-secret")])
+    with srv:
+        with RawPhone(srv.host, srv.port) as phone:
+            assert register(phone, srv, "gone", "gone-secret").startswith("SIP/2.0 200")
+            assert register(phone, srv, "stays", "stays-secret").startswith("SIP/2.0 200")
+        proc = subprocess.run([sys.executable, "-m", "hpbx.admin.client", "--socket",
+                               str(srv.dir / "hpbx.sock"), "user.delete", "username=gone"],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(srv.bindings()) != 1:
+            time.sleep(0.1)
+        assert [b["username"] for b in srv.bindings()] == ["stays"]
