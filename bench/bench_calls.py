@@ -37,7 +37,7 @@ ANCHORS = ROOT.parent / "shared" / "anchors"
 ANCHOR_SIPP = ANCHORS / "sipp"
 RING_UAS = ROOT / "tests" / "sip" / "scenarios" / "call_uas_ring.xml"
 IP = "127.0.0.1"
-HPBX_PORT, KAM_PORT = 5480, 5070
+HPBX_PORT, KAM_PORT, KAM_CTL_PORT = 5480, 5475, 2476
 TRUNK_PORT, DEV1_PORT, DEV2_PORT = 5490, 5491, 5492
 NUMBER, USER, PASSWORD = "0449990000", "benchuser", "bench-pw"
 CLK = os.sysconf("SC_CLK_TCK")
@@ -228,22 +228,39 @@ files = ["{tenant}"]
 
 
 class Kamailio:
+    """A private instance of the anchor's Kamailio (its own port, control socket and run
+    directory), so that another bench using the anchor script's instance is not disturbed."""
+
     name = "kamailio"
     port = KAM_PORT
     service = USER
     register_scenario = "reg.xml"
 
     def start(self) -> None:
-        env = dict(os.environ, KAM_LISTEN=f"udp:{IP}:{KAM_PORT}")
-        subprocess.run([str(ANCHORS / "run_kamailio.sh"), "start", "noauth"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, timeout=60)
-        self.pid = int((ANCHORS / "run" / "kamailio.pid").read_text())
+        run = OUT / "kamailio"
+        run.mkdir(parents=True, exist_ok=True)
+        defs = ["-A", f"LISTEN_ADDR=udp:{IP}:{KAM_PORT}", "-A", "CHILDREN=4",
+                "-A", f'CTL_ADDR="udp:{IP}:{KAM_CTL_PORT}"']
+        self.log = open(run / "kamailio.log", "wb")
+        self.proc = subprocess.Popen(["kamailio", "-DD", "-E", "-f", str(ANCHORS / "kamailio.cfg"), *defs,
+                                      "-m", "2048", "-M", "16", "-x", "tlsf", "-Y", str(run), "-w", str(run)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if not wait_options(KAM_PORT):
+            self.stop()
+            raise RuntimeError(f"kamailio did not start, see {run / 'kamailio.log'}")
 
     def pids(self) -> list[int]:
-        return children(self.pid)
+        return children(self.proc.pid)
 
     def stop(self) -> None:
-        subprocess.run([str(ANCHORS / "run_kamailio.sh"), "stop"], stdout=subprocess.DEVNULL, timeout=60)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
 
 
 # ------------------------------------------------------------------ the bench
