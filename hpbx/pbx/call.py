@@ -256,8 +256,7 @@ class Call:
                 number = u.internal_number
             else:
                 number = u.displayed_number or u.internal_number or u.username
-            display = u.details.full_name() if hasattr(u.details, "full_name") else ""
-            return display, number, extra
+            return u.details.full_name(), number, extra
         display = self.a_msg.from_addr.display or ""
         return display, self.caller or "anonymous", extra
 

@@ -47,6 +47,7 @@ USERS = {  # username: (internal number, displayed number, flags)
     "o2": ("262", "0442220005", {}),
     "br1": ("291", "", {"busy_while_ringing": True}),
     "dead": ("292", "", {}),
+    "w1": ("293", "", {}), "w2": ("294", "", {}),
 }
 
 TENANT = f"""
@@ -85,6 +86,7 @@ password = "trunk-secret"
     + number("0442220007", (30, ["user:busy1"]))
     + number("0442220008", (30, ["user:br1"]))
     + number("0442220009", (30, ["user:dead"]))
+    + number("0442220010", (30, ["user:w1", "user:w2"]))
 )
 
 
@@ -299,4 +301,18 @@ def test_device_that_never_answers_is_ended_by_timeout(rig):
     assert final and re.match(r"SIP/2.0 (408|480)", final[0][1]), res.describe() + rig.server.log()
     assert 5 < took < 12, took  # Timer B: 64 x T1 (100 ms in tests)
     assert cdr_of(rig, res)["targets_tried"] == ["user:dead"]
+    assert_idle(rig)
+
+
+def test_late_second_answer_is_acked_and_hung_up(rig):
+    w1 = rig.phone("w1", "call_uas.xml")  # rings and answers at once: wins
+    w2 = rig.phone("w2", "call_uas_no180.xml", pause_ms=60)  # no 1xx, so no CANCEL: answers late
+    res = rig.call("call_uac.xml", "0442220010", port=CARRIER, pause_ms=600)
+    r1, r2 = w1.finish(), w2.finish()
+    assert res.successful == 1 and r1.successful == 1 and r2.successful == 1, (
+        res.describe() + r1.describe() + r2.describe() + rig.server.log())
+    # the late 200 was ACKed and hung up at once, long before the caller's BYE ends the winner
+    assert r2.received("ACK") and r2.received("BYE")
+    assert stamps(r2, "BYE")[0] < stamps(r1, "BYE")[0] - 0.3
+    assert cdr_of(rig, res)["answered_by"] == "w1"
     assert_idle(rig)
