@@ -11,7 +11,7 @@ guarded by those checks).
 """
 cimport cython
 from libc.string cimport memchr, memcmp, memcpy
-from libc.stdint cimport int16_t
+from libc.stdint cimport int16_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
@@ -43,6 +43,7 @@ cdef enum:
     C_URIP = 16     # uri-parameter characters (paramchar, escapes kept)
     C_USER = 32     # userinfo characters (user-unreserved, escapes kept)
     C_PVAL = 64     # header-parameter values: token / host (IPv6 reference)
+    C_HNAME = 128   # host characters other than digits and '.' (a name, not an IPv4 address)
 
 cdef unsigned char CT[256]
 cdef unsigned char LOWER[256]   # ASCII lower-casing (the libc compare is locale-aware and slow)
@@ -64,6 +65,9 @@ cdef void _init_classes():
         CT[c] |= C_TOKEN | C_PVAL
     for c in b"-._":
         CT[c] |= C_HOST
+    for c in range(256):
+        if (CT[c] & C_HOST) and not (CT[c] & C_DIGIT) and c != 46:
+            CT[c] |= C_HNAME
     for c in b":.":
         CT[c] |= C_V6
     for c in b"-_.!~*'()%[]/:&+$":
@@ -261,43 +265,39 @@ cdef object _err(str what, int code, int status=400):
 
 
 cdef bint _host_ok(const unsigned char* b, Py_ssize_t o, Py_ssize_t l) noexcept nogil:
-    """A hostname (labels of alnum/-/_ not starting or ending in '-') or a dotted IPv4
-    address with four parts of at most 255: "10.10.10.256" is neither."""
-    cdef Py_ssize_t i, e = o + l, lab = o
-    cdef bint digits_only = True
-    cdef int parts = 0
+    """A hostname (labels not empty, not starting or ending in '-') or a dotted IPv4 address
+    with four parts of at most 255: "10.10.10.256" is neither. The caller has checked that
+    every octet is a host character. One short loop, no calls: hosts are a few octets."""
+    cdef Py_ssize_t i, e = o + l
+    cdef unsigned char acc = 0, c, prev = 46
+    cdef int parts = 0, nd = 0, v = 0
     if l <= 0 or l > 255:
         return False
-    i = o
-    while True:
-        lab = i
-        while i < e and b[i] != 46:
-            if not (CT[b[i]] & C_DIGIT):
-                digits_only = False
-            i += 1
-        if i == lab:
-            # an empty label is only allowed as the final dot of a fully qualified name
-            return i == e and i > o and not digits_only
-        if b[lab] == 45 or b[i - 1] == 45:
+    for i in range(o, e):
+        c = b[i]
+        acc |= CT[c]
+        if c == 46:
+            if prev == 46 or prev == 45:
+                return False
+        elif c == 45 and prev == 46:
             return False
-        parts += 1
-        if i >= e:
-            break
-        i += 1
-    if not digits_only:
-        return True
-    # all digits and dots: a dotted IPv4 address
-    if parts != 4:
-        return False
-    i = o
-    while i < e:
-        lab = i
-        while i < e and b[i] != 46:
-            i += 1
-        if i - lab > 3 or _digits(b, lab, i, 255) < 0:
-            return False
-        i += 1
-    return True
+        prev = c
+    if acc & C_HNAME:
+        return prev != 45
+    for i in range(o, e):
+        c = b[i]
+        if c == 46:
+            if nd == 0:
+                return False
+            parts += 1
+            nd = 0
+            v = 0
+        else:
+            v = v * 10 + (c - 48)
+            nd += 1
+            if nd > 3 or v > 255:
+                return False
+    return parts == 3 and nd > 0
 
 
 # ---------------------------------------------------------------- URI scanner
@@ -837,6 +837,25 @@ cdef void _init_names():
 _init_names()
 
 
+cdef inline bint _name_eq(const unsigned char* p, const char* lower, Py_ssize_t n) noexcept nogil:
+    """Header name p (token characters only) equals a lower-case known name. OR-ing 0x20
+    folds A-Z onto a-z and maps no other token character onto a letter or '-', so eight
+    octets are compared at a time."""
+    cdef uint64_t x, y
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&x, p + i, 8)
+        memcpy(&y, lower + i, 8)
+        if (x | 0x2020202020202020ULL) != y:
+            return False
+        i += 8
+    while i < n:
+        if (p[i] | 0x20) != <unsigned char>lower[i]:
+            return False
+        i += 1
+    return True
+
+
 cdef inline int _hdr_id(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     cdef unsigned int h
     cdef int i
@@ -851,16 +870,26 @@ cdef inline int _hdr_id(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     h = _hh(p, n)
     while HTAB[h] != 0:
         i = HTAB[h]
-        if HLEN[i] == n and _ieq(p, HNAME[i], n):
+        if HLEN[i] == n and _name_eq(p, HNAME[i], n):
             return i
         h = (h + 1) & (HT_SIZE - 1)
     return H_OTHER
 
 
+cdef int _user_hdr_id(bytes nb):
+    """Header id of a name given through the API (any text: non-token names are unknown)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(nb)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(nb)
+    for i in range(n):
+        if not (CT[p[i]] & C_TOKEN):
+            return H_OTHER
+    return _hdr_id(p, n)
+
+
 def canonical_name(str name) -> str:
     """"v" -> "Via", "call-id" -> "Call-ID"; unknown names are returned as written."""
     cdef bytes nb = name.strip().encode("utf-8", "surrogateescape")
-    cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(nb), PyBytes_GET_SIZE(nb))
+    cdef int hid = _user_hdr_id(nb)
     if hid == H_OTHER:
         return name.strip()
     return CANON[hid]
@@ -1549,7 +1578,7 @@ cdef class SipMessage:
     def header(self, str name):
         """The first field value of a header (compact or long name, any case), or None."""
         cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
-        cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
+        cdef int hid = _user_hdr_id(ln)
         cdef int i
         for i in range(self._nhdrs):
             if self._match(i, hid, ln):
@@ -1558,7 +1587,7 @@ cdef class SipMessage:
 
     def has_header(self, str name):
         cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
-        cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
+        cdef int hid = _user_hdr_id(ln)
         cdef int i
         for i in range(self._nhdrs):
             if self._match(i, hid, ln):
@@ -1568,7 +1597,7 @@ cdef class SipMessage:
     def header_fields(self, str name):
         """Each header line's whole value (folds unfolded), in order."""
         cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
-        cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
+        cdef int hid = _user_hdr_id(ln)
         cdef int i
         return [self._value(&self._hdrs[i]) for i in range(self._nhdrs) if self._match(i, hid, ln)]
 
@@ -1576,7 +1605,7 @@ cdef class SipMessage:
         """All values: list-valued headers (Via, Contact, Route, Require, Allow ...) are split
         on commas outside quotes and <>; single-valued and unknown headers are whole."""
         cdef bytes ln = name.strip().lower().encode("utf-8", "surrogateescape")
-        cdef int hid = _hdr_id(<const unsigned char*>PyBytes_AS_STRING(ln), PyBytes_GET_SIZE(ln))
+        cdef int hid = _user_hdr_id(ln)
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(self._buf)
         cdef int i
         cdef Py_ssize_t s, e, k, a, z
@@ -1927,7 +1956,7 @@ cdef void _check_line(str s, str what) except *:
 
 cdef bint _is_clen(str name):
     cdef bytes nb = _enc(name.strip())
-    return _hdr_id(<const unsigned char*>PyBytes_AS_STRING(nb), PyBytes_GET_SIZE(nb)) == H_CONTENT_LENGTH
+    return _user_hdr_id(nb) == H_CONTENT_LENGTH
 
 
 def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
