@@ -14,6 +14,7 @@ target is < 1 µs for the INVITE and >= 30x sippy; figures only, nothing passes 
 """
 from __future__ import annotations
 
+import os
 import sys
 import timeit
 
@@ -150,7 +151,9 @@ def _check_same_answers():
 
 
 def table(results: dict[str, float]) -> str:
-    lines = ["", "SIP message core (µs per op, median)", f"{'op':36} {'octets':>6} {'µs/op':>9}"]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = ["", f"SIP message core (µs per op, median; load average {load} on {os.cpu_count()} cores)",
+             f"{'op':36} {'octets':>6} {'µs/op':>9}"]
     for name, _, size in CASES:
         if name in results:
             lines.append(f"{name:36} {size or '':>6} {results[name]:9.3f}")
