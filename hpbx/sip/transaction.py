@@ -64,6 +64,9 @@ class Target:
 
 def via_with_received(via: str, host: str, port: int) -> str:
     """RFC 3581: the top Via with ;received= set and ;rport filled when the client asked."""
+    if via.endswith(";rport") and "received" not in via:
+        # the shape nearly every client sends: no need to take the parameters apart
+        return f"{via[:-6]};received={host};rport={port}"
     parts = via.split(";")
     out = [parts[0].rstrip()]
     rport = False
