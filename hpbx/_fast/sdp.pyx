@@ -11,8 +11,8 @@ Garbage is refused with SdpError naming the line; connection addresses must be u
 the unspecified hold address) so media is never sent to a broadcast, multicast or garbage
 destination.
 """
-import ipaddress
 import re
+import socket
 
 from hpbx.errors import SdpError
 
@@ -111,30 +111,56 @@ cdef list _lines(bytes body):
     return out
 
 
+cdef int _ip_version(str addr):
+    """4 or 6 for a literal IP address (strict: no leading zeros, no zone), else 0.
+    inet_pton is an order of magnitude cheaper than building address objects."""
+    try:
+        socket.inet_pton(socket.AF_INET, addr)
+        return 4
+    except (OSError, ValueError):
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, addr)
+        return 6
+    except (OSError, ValueError):
+        return 0
+
+
+cdef bint _unicast(str addr, int version, bint allow_unspecified):
+    """Not multicast, broadcast, reserved (240/4) or "this network" (0/8); the unspecified
+    address (RFC 2543 hold) only where allowed."""
+    cdef bytes packed
+    if version == 4:
+        packed = socket.inet_pton(socket.AF_INET, addr)
+        if packed == b"\0\0\0\0":
+            return allow_unspecified
+        return 0 < packed[0] < 224
+    packed = socket.inet_pton(socket.AF_INET6, addr)
+    if packed == bytes(16):
+        return allow_unspecified
+    return packed[0] != 0xFF
+
+
 cdef str _check_addr(str nettype, str addrtype, str addr, str where):
     """The address of a c= line, validated as a unicast (or unspecified) IP address."""
+    cdef int version
     if nettype != "IN":
         raise SdpError(f"{where}: network type {nettype[:20]!r} is not IN")
     if "/" in addr:
         raise SdpError(f"{where}: multicast TTL/count is not supported")
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise SdpError(f"{where}: {addr[:64]!r} is not an IP address") from None
+    version = _ip_version(addr)
+    if version == 0:
+        raise SdpError(f"{where}: {addr[:64]!r} is not an IP address")
     if addrtype == "IP4":
-        if ip.version != 4:
+        if version != 4:
             raise SdpError(f"{where}: {addr!r} is not an IPv4 address")
-        # 0.0.0.0 is the RFC 2543 hold address; the rest of 0/8 is "this network", not a peer
-        if (addr == "255.255.255.255" or ip.is_multicast or ip.is_reserved
-                or (addr.startswith("0.") and not ip.is_unspecified)):
-            raise SdpError(f"{where}: {addr!r} is not a unicast address")
     elif addrtype == "IP6":
-        if ip.version != 6:
+        if version != 6:
             raise SdpError(f"{where}: {addr!r} is not an IPv6 address")
-        if ip.is_multicast:
-            raise SdpError(f"{where}: {addr!r} is not a unicast address")
     else:
         raise SdpError(f"{where}: address type {addrtype[:20]!r} is not IP4 or IP6")
+    if not _unicast(addr, version, True):
+        raise SdpError(f"{where}: {addr!r} is not a unicast address")
     return addr
 
 
@@ -157,7 +183,10 @@ cdef str _text(str latin):
 
 def parse(bytes body) -> SessionDescription:
     """Parse an SDP body; SdpError on anything malformed."""
-    cdef list lines = _lines(body)
+    return _parse(_lines(body))
+
+
+cdef SessionDescription _parse(list lines):
     cdef SessionDescription sd = SessionDescription.__new__(SessionDescription)
     cdef Media m = None
     cdef int idx = 0
@@ -304,15 +333,15 @@ def rewrite(bytes body, str address, list ports, bint drop_ice=True, direction=N
     """A new body whose connection (and origin) address is ``address`` and whose media i uses
     ports[i] = (rtp, rtcp). Rejected streams (port 0) stay rejected. ``direction`` replaces
     every direction attribute; ``drop_ice`` removes ICE candidates and credentials."""
-    cdef SessionDescription sd = parse(body)
+    cdef list lines = _lines(body)
+    cdef SessionDescription sd = _parse(lines)
+    cdef int version = _ip_version(address)
     mi = -1
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        raise SdpError(f"anchor address {address[:64]!r} is not an IP address") from None
-    if ip.is_multicast or ip.is_unspecified or address == "255.255.255.255":
+    if version == 0:
+        raise SdpError(f"anchor address {address[:64]!r} is not an IP address")
+    if not _unicast(address, version, False):
         raise SdpError(f"anchor address {address!r} is not a unicast address")
-    addrtype = "IP6" if ip.version == 6 else "IP4"
+    addrtype = "IP6" if version == 6 else "IP4"
     if direction is not None and direction not in DIRECTIONS:
         raise SdpError(f"direction must be one of {', '.join(DIRECTIONS)}")
     if len(ports) < len(sd.media):
@@ -333,7 +362,7 @@ def rewrite(bytes body, str address, list ports, bint drop_ice=True, direction=N
         if mi >= 0 and direction is not None:
             out.append(f"a={direction}")
 
-    for line in _lines(body):
+    for line in lines:
         t = line[0]
         v = line[2:]
         if t == "m":
