@@ -111,6 +111,15 @@ cdef list _lines(bytes body):
     return out
 
 
+class _Bad(Exception):
+    """A malformed line; parse() names the line when it turns this into SdpError (building
+    the line label only on failure keeps the per-line cost down)."""
+
+
+_PROTO = re.compile(r"[A-Za-z0-9/_.\-]+\Z")
+_KIND = re.compile(r"[A-Za-z0-9\-]+\Z")
+
+
 cdef int _ip_version(str addr):
     """4 or 6 for a literal IP address (strict: no leading zeros, no zone), else 0.
     inet_pton is an order of magnitude cheaper than building address objects."""
@@ -141,39 +150,39 @@ cdef bint _unicast(str addr, int version, bint allow_unspecified):
     return packed[0] != 0xFF
 
 
-cdef str _check_addr(str nettype, str addrtype, str addr, str where):
+cdef str _check_addr(str nettype, str addrtype, str addr):
     """The address of a c= line, validated as a unicast (or unspecified) IP address."""
     cdef int version
     if nettype != "IN":
-        raise SdpError(f"{where}: network type {nettype[:20]!r} is not IN")
+        raise _Bad(f"network type {nettype[:20]!r} is not IN")
     if "/" in addr:
-        raise SdpError(f"{where}: multicast TTL/count is not supported")
+        raise _Bad(f"multicast TTL/count is not supported")
     version = _ip_version(addr)
     if version == 0:
-        raise SdpError(f"{where}: {addr[:64]!r} is not an IP address")
+        raise _Bad(f"{addr[:64]!r} is not an IP address")
     if addrtype == "IP4":
         if version != 4:
-            raise SdpError(f"{where}: {addr!r} is not an IPv4 address")
+            raise _Bad(f"{addr!r} is not an IPv4 address")
     elif addrtype == "IP6":
         if version != 6:
-            raise SdpError(f"{where}: {addr!r} is not an IPv6 address")
+            raise _Bad(f"{addr!r} is not an IPv6 address")
     else:
-        raise SdpError(f"{where}: address type {addrtype[:20]!r} is not IP4 or IP6")
+        raise _Bad(f"address type {addrtype[:20]!r} is not IP4 or IP6")
     if not _unicast(addr, version, True):
-        raise SdpError(f"{where}: {addr!r} is not a unicast address")
+        raise _Bad(f"{addr!r} is not a unicast address")
     return addr
 
 
-cdef tuple _conn(str value, str where):
+cdef tuple _conn(str value):
     parts = value.split()
     if len(parts) != 3:
-        raise SdpError(f"{where}: expected 'IN IP4|IP6 <address>'")
-    return parts[1], _check_addr(parts[0], parts[1], parts[2], where)
+        raise _Bad(f"expected 'IN IP4|IP6 <address>'")
+    return parts[1], _check_addr(parts[0], parts[1], parts[2])
 
 
-cdef int _port(str s, str where, int lo=0) except -1:
+cdef int _port(str s, int lo=0) except -1:
     if not s.isdigit() or len(s) > 5 or not (lo <= int(s) <= 65535):
-        raise SdpError(f"{where}: invalid port {s[:20]!r}")
+        raise _Bad(f"invalid port {s[:20]!r}")
     return int(s)
 
 
@@ -203,112 +212,115 @@ cdef SessionDescription _parse(list lines):
     have_s = False
     for n, line in enumerate(lines[1:], 2):
         t = line[0]
-        v = line[2:]
-        where = f"line {n} ({t}=)"
-        if t == "m":
-            parts = v.split()
-            if len(parts) < 4:
-                raise SdpError(f"{where}: expected '<media> <port> <proto> <fmt> ...'")
-            m = Media.__new__(Media)
-            m.kind = parts[0]
-            if not m.kind.replace("-", "").isalnum():
-                raise SdpError(f"{where}: invalid media type")
-            port, _, count = parts[1].partition("/")
-            m.port = _port(port, where)
-            m.nports = 1
-            if count:
-                if not count.isdigit() or not (1 <= int(count) <= 64):
-                    raise SdpError(f"{where}: invalid port count")
-                m.nports = int(count)
-            m.proto = parts[2]
-            if not all(c.isalnum() or c in "/_-." for c in m.proto):
-                raise SdpError(f"{where}: invalid transport protocol")
-            m.formats = parts[3:]
-            m.payload_types = []
-            if m.proto.upper() in _RTP_PROTOS:
-                for f in m.formats:
-                    if not f.isdigit() or len(f) > 3 or int(f) > 127:
-                        raise SdpError(f"{where}: invalid payload type {f[:20]!r}")
-                    m.payload_types.append(int(f))
-            m.connection = None
-            m.addrtype = ""
-            m.rtcp_port = 0
-            m.rtcp_address = None
-            m.rtcp_mux = False
-            m.direction = ""
-            m.rtpmap = {}
-            m.fmtp = {}
-            m.candidates = []
-            m.ice_ufrag = m.ice_pwd = None
-            m.attributes = []
-            sd.media.append(m)
-        elif t == "o":
-            parts = v.split()
-            if len(parts) != 6:
-                raise SdpError(f"{where}: expected 6 fields")
-            if not parts[1].isdigit() or not parts[2].isdigit() or len(parts[1]) > 20 or len(parts[2]) > 20:
-                raise SdpError(f"{where}: session id and version must be numbers")
-            if parts[3] != "IN" or parts[4] not in ("IP4", "IP6"):
-                raise SdpError(f"{where}: expected 'IN IP4|IP6'")
-            sd.origin_user, sd.session_id, sd.session_version = parts[0], parts[1], parts[2]
-            sd.origin_address = parts[5]
-            have_o = True
-        elif t == "s":
-            sd.session_name = _text(v)
-            have_s = True
-        elif t == "c":
-            addrtype, addr = _conn(v, where)
-            if m is None:
-                sd.connection, sd.addrtype = addr, addrtype
-            else:
-                m.connection, m.addrtype = addr, addrtype
-        elif t == "t":
-            parts = v.split()
-            if len(parts) != 2 or not all(p.isdigit() and len(p) <= 20 for p in parts):
-                raise SdpError(f"{where}: expected '<start> <stop>'")
-        elif t == "a":
-            name, _, value = v.partition(":")
-            if not name:
-                raise SdpError(f"{where}: empty attribute name")
-            if m is None:
+        try:
+            v = line[2:]
+            if t == "m":
+                parts = v.split()
+                if len(parts) < 4:
+                    raise _Bad(f"expected '<media> <port> <proto> <fmt> ...'")
+                m = Media.__new__(Media)
+                m.kind = parts[0]
+                if _KIND.match(m.kind) is None:
+                    raise _Bad(f"invalid media type")
+                port, _, count = parts[1].partition("/")
+                m.port = _port(port)
+                m.nports = 1
+                if count:
+                    if not count.isdigit() or not (1 <= int(count) <= 64):
+                        raise _Bad(f"invalid port count")
+                    m.nports = int(count)
+                m.proto = parts[2]
+                if _PROTO.match(m.proto) is None:
+                    raise _Bad(f"invalid transport protocol")
+                m.formats = parts[3:]
+                m.payload_types = []
+                if m.proto.upper() in _RTP_PROTOS:
+                    for f in m.formats:
+                        if not f.isdigit() or len(f) > 3 or int(f) > 127:
+                            raise _Bad(f"invalid payload type {f[:20]!r}")
+                        m.payload_types.append(int(f))
+                m.connection = None
+                m.addrtype = ""
+                m.rtcp_port = 0
+                m.rtcp_address = None
+                m.rtcp_mux = False
+                m.direction = ""
+                m.rtpmap = {}
+                m.fmtp = {}
+                m.candidates = []
+                m.ice_ufrag = m.ice_pwd = None
+                m.attributes = []
+                sd.media.append(m)
+            elif t == "o":
+                parts = v.split()
+                if len(parts) != 6:
+                    raise _Bad(f"expected 6 fields")
+                if not parts[1].isdigit() or not parts[2].isdigit() or len(parts[1]) > 20 or len(parts[2]) > 20:
+                    raise _Bad(f"session id and version must be numbers")
+                if parts[3] != "IN" or parts[4] not in ("IP4", "IP6"):
+                    raise _Bad(f"expected 'IN IP4|IP6'")
+                sd.origin_user, sd.session_id, sd.session_version = parts[0], parts[1], parts[2]
+                sd.origin_address = parts[5]
+                have_o = True
+            elif t == "s":
+                sd.session_name = _text(v)
+                have_s = True
+            elif t == "c":
+                addrtype, addr = _conn(v)
+                if m is None:
+                    sd.connection, sd.addrtype = addr, addrtype
+                else:
+                    m.connection, m.addrtype = addr, addrtype
+            elif t == "t":
+                parts = v.split()
+                if len(parts) != 2 or not all(p.isdigit() and len(p) <= 20 for p in parts):
+                    raise _Bad(f"expected '<start> <stop>'")
+            elif t == "a":
+                name, _, value = v.partition(":")
+                if not name:
+                    raise _Bad(f"empty attribute name")
+                if m is None:
+                    if name in DIRECTIONS:
+                        sd.direction = name
+                    elif name == "ice-ufrag":
+                        sd.ice_ufrag = value
+                    elif name == "ice-pwd":
+                        sd.ice_pwd = value
+                    continue
+                m.attributes.append(v)
                 if name in DIRECTIONS:
-                    sd.direction = name
+                    m.direction = name
+                elif name == "rtpmap":
+                    pt, _, enc = value.partition(" ")
+                    if not pt.isdigit() or int(pt) > 127 or "/" not in enc:
+                        raise _Bad(f"expected 'rtpmap:<pt> <encoding>/<rate>'")
+                    ename, _, rate = enc.partition("/")
+                    rate = rate.split("/")[0]
+                    if not ename or not rate.isdigit() or not (0 < int(rate) <= 10000000):
+                        raise _Bad(f"invalid rtpmap encoding or clock rate")
+                    m.rtpmap[int(pt)] = enc.strip()
+                elif name == "fmtp":
+                    pt, _, params = value.partition(" ")
+                    if pt.isdigit():
+                        m.fmtp[int(pt)] = params.strip()
+                elif name == "rtcp":
+                    parts = value.split()
+                    if not parts:
+                        raise _Bad(f"a=rtcp without a port")
+                    m.rtcp_port = _port(parts[0], 1)
+                    if len(parts) >= 4:
+                        m.rtcp_address = _check_addr(parts[1], parts[2], parts[3])
+                elif name == "rtcp-mux":
+                    m.rtcp_mux = True
+                elif name == "candidate":
+                    m.candidates.append(value)
                 elif name == "ice-ufrag":
-                    sd.ice_ufrag = value
+                    m.ice_ufrag = value
                 elif name == "ice-pwd":
-                    sd.ice_pwd = value
-                continue
-            m.attributes.append(v)
-            if name in DIRECTIONS:
-                m.direction = name
-            elif name == "rtpmap":
-                pt, _, enc = value.partition(" ")
-                if not pt.isdigit() or int(pt) > 127 or "/" not in enc:
-                    raise SdpError(f"{where}: expected 'rtpmap:<pt> <encoding>/<rate>'")
-                ename, _, rate = enc.partition("/")
-                rate = rate.split("/")[0]
-                if not ename or not rate.isdigit() or not (0 < int(rate) <= 10000000):
-                    raise SdpError(f"{where}: invalid rtpmap encoding or clock rate")
-                m.rtpmap[int(pt)] = enc.strip()
-            elif name == "fmtp":
-                pt, _, params = value.partition(" ")
-                if pt.isdigit():
-                    m.fmtp[int(pt)] = params.strip()
-            elif name == "rtcp":
-                parts = value.split()
-                if not parts:
-                    raise SdpError(f"{where}: a=rtcp without a port")
-                m.rtcp_port = _port(parts[0], where, 1)
-                if len(parts) >= 4:
-                    m.rtcp_address = _check_addr(parts[1], parts[2], parts[3], where)
-            elif name == "rtcp-mux":
-                m.rtcp_mux = True
-            elif name == "candidate":
-                m.candidates.append(value)
-            elif name == "ice-ufrag":
-                m.ice_ufrag = value
-            elif name == "ice-pwd":
-                m.ice_pwd = value
+                    m.ice_pwd = value
+
+        except _Bad as e:
+            raise SdpError(f"line {n} ({t}=): {e.args[0]}") from None
     if not have_o:
         raise SdpError("missing o= line")
     if not have_s:
