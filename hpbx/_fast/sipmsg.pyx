@@ -31,7 +31,8 @@ KEEPALIVE_PONG = b"\r\n"
 MAGIC_COOKIE = "z9hG4bK"
 # A UDP datagram cannot exceed 65,535 octets; a stream message larger than that is refused too
 # (413) so that a peer cannot make the framer buffer without bound.
-DEF C_MAX_MESSAGE = 65536
+cdef enum:
+    C_MAX_MESSAGE = 65536
 MAX_MESSAGE = C_MAX_MESSAGE
 
 # ---------------------------------------------------------------- character classes
@@ -792,8 +793,9 @@ _KNOWN = (
     ("Diversion", "", True),
     ("Target-Dialog", "", False),
 )
-DEF NKNOWN = 67
-DEF HT_SIZE = 2048
+cdef enum:
+    NKNOWN = 67
+    HT_SIZE = 2048
 
 CANON = [k[0] for k in _KNOWN]
 cdef list _LOWER = [k[0].lower().encode() for k in _KNOWN]
