@@ -166,7 +166,7 @@ class ServerTransaction:
 
     @property
     def call_id(self) -> str:
-        return self.msg.call_id
+        return self.msg.call_id if self.msg is not None else ""
 
     def respond(self, status: int, reason: str | None = None, headers=(), body: bytes = b"",
                 to_tag: str | None = None) -> bytes | None:
@@ -199,6 +199,9 @@ class ServerTransaction:
                 self.timers.append(layer.wheel.call_later(layer.t1 * 64, self._timer_h))
         else:
             self.state = State.COMPLETED
+            # only the response bytes are needed to answer retransmissions (timer J keeps the
+            # transaction 64*T1 over UDP): let the parsed request go now
+            self.msg = None
             if self.channel.reliable:
                 self._terminate()
             else:
