@@ -898,17 +898,35 @@ def canonical_name(str name) -> str:
 
 
 # ---------------------------------------------------------------- interned common tokens
-_METHODS = {m.encode(): m for m in (
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
-    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")}
-_TRANSPORTS = {t.encode(): t for t in ("UDP", "TCP", "TLS", "SCTP", "WS", "WSS")}
+# Method and transport tokens seen on every message come back as shared str objects: a C
+# comparison against a short list, no bytes object or dict lookup per message.
+cdef tuple _TOKENS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                      "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+                      "UDP", "TCP", "TLS", "SCTP", "WS", "WSS")
+cdef list _TOKEN_BYTES = [t.encode() for t in _TOKENS]
+cdef enum:
+    N_METHODS = 14
+    N_TOKENS = 20
+cdef const char* TOKEN_P[N_TOKENS]
+cdef Py_ssize_t TOKEN_L[N_TOKENS]
 
 
-cdef str _token_str(const unsigned char* b, Py_ssize_t o, Py_ssize_t l, dict interned):
-    cdef object s = interned.get((<const char*>(b + o))[:l])
-    if s is None:
-        return _dec(b, o, l)
-    return <str>s
+cdef void _init_tokens():
+    cdef int i
+    for i in range(N_TOKENS):
+        TOKEN_P[i] = <bytes>_TOKEN_BYTES[i]
+        TOKEN_L[i] = len(_TOKEN_BYTES[i])
+
+
+_init_tokens()
+
+
+cdef str _token_str(const unsigned char* b, Py_ssize_t o, Py_ssize_t l, int first, int last):
+    cdef int i
+    for i in range(first, last):
+        if TOKEN_L[i] == l and memcmp(b + o, TOKEN_P[i], <size_t>l) == 0:
+            return <str>_TOKENS[i]
+    return _dec(b, o, l)
 
 
 cdef str _unescape_quoted(str s):
@@ -1396,7 +1414,7 @@ cdef class SipMessage:
                 self._method = ""
             else:
                 self._method = _token_str(<const unsigned char*>PyBytes_AS_STRING(self._buf),
-                                          self._meth_o, self._meth_l, _METHODS)
+                                          self._meth_o, self._meth_l, 0, N_METHODS)
         return self._method
 
     @property
@@ -1421,7 +1439,7 @@ cdef class SipMessage:
     def cseq_method(self):
         if self._cseq_method is None:
             self._cseq_method = _token_str(<const unsigned char*>PyBytes_AS_STRING(self._buf),
-                                           self._cseqm_o, self._cseqm_l, _METHODS)
+                                           self._cseqm_o, self._cseqm_l, 0, N_METHODS)
         return self._cseq_method
 
     @property
@@ -1444,7 +1462,7 @@ cdef class SipMessage:
     def via_transport(self):
         if self._via_transport is None:
             s = _token_str(<const unsigned char*>PyBytes_AS_STRING(self._buf),
-                           self._vtr_o, self._vtr_l, _TRANSPORTS)
+                           self._vtr_o, self._vtr_l, N_METHODS, N_TOKENS)
             self._via_transport = s if s.isupper() else s.upper()
         return self._via_transport
 
