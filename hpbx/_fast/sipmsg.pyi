@@ -101,6 +101,8 @@ class SipMessage:
     def contacts(self) -> list[Contact]: ...
     def header(self, name: str) -> str | None: ...  # first field value (compact or long name, any case)
     def header_values(self, name: str) -> list[str]: ...  # all values, comma-split outside quotes/<>
+        # (list-valued headers: Via, Contact, Route, Require, Supported, Allow ...; single-valued,
+        # credential and unknown headers come back whole, one item per line)
     def header_fields(self, name: str) -> list[str]: ...  # each header line's whole value, unsplit
     def has_header(self, name: str) -> bool: ...
     def headers(self) -> list[tuple[str, str]]: ...  # every (canonical name, value) in order
