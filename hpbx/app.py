@@ -94,11 +94,12 @@ class Server:
         self.provisioning.subscribe(self.registrar.drop_unknown)
         self._stop_order.append(self.registrar.stop)
         log.info("registrations restored from the store: %d", restored)
-        self.transports = TransportHub(loop, settings, self._sink)
+        # the sink is set below: the dispatcher needs the transaction layer, which needs the hub
+        self.transports = TransportHub(loop, settings, None)
         self.transactions = TransactionLayer(self.wheel, self.transports, sip.t1_ms / 1000,
                                              sip.t2_ms / 1000, sip.t4_ms / 1000, sip.user_agent)
         self.dispatcher = Dispatcher(self.transactions, self.registrar, sip.user_agent)
-        self._sink_target = self.dispatcher.on_message
+        self.transports.sink = self.dispatcher.on_message
         await self.transports.start()
         self._stop_order.append(self.transports.close)
         self.keepalive = KeepaliveService(self.wheel, self.registrar, self.transactions,
@@ -124,9 +125,6 @@ class Server:
         self.calls.install(self.dispatcher)
         self._stop_order.append(self.calls.close)
         self._stop_order.append(loop.create_task(self.media.watch()).cancel)
-
-    def _sink(self, data, channel, addr) -> None:
-        self._sink_target(data, channel, addr)
 
     async def _start_admin(self) -> None:
         try:
