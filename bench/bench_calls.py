@@ -17,7 +17,7 @@ held open (long pause) minus the RSS before, divided by the active calls the ser
 
 Measured here (2 cores shared with the three SIPp processes, 5 s steps, 2026-11-25):
 hpbx 1,500 cps clean (2,000 fails), Kamailio 3,000 cps clean (4,000 fails): ratio 0.50;
-hpbx 23.8 KiB RSS per active call (relay session included), ~0.45 ms of one core per call.
+hpbx 23.8 KiB RSS per active call (relay session included), 0.55-0.75 ms of CPU per call.
 
 Plan for parity: (1) several hpbx worker processes on one SO_REUSEPORT socket, calls sharded
 by Call-ID (the B legs' Call-IDs carry the worker index, so in-dialog requests land on the

@@ -112,6 +112,7 @@ class Call:
         self.end_reason = ""
         self.media_stats = None
         self.b_offer = b""
+        self.b_ack_pending = False  # late offer: the callee's ACK waits for the caller's answer
         a_host, a_port = service.transports.local_address(tx.channel.kind, tx.addr[0])
         transport = "" if tx.channel.kind == "udp" else f";transport={tx.channel.kind}"
         user = plan.dialled or "hpbx"
@@ -323,7 +324,8 @@ class Call:
             return
         if status < 300:
             if leg.answered:
-                leg.dialog.send_ack(self.service.transports, leg.cseq)  # our ACK was lost
+                if not self.b_ack_pending:
+                    leg.dialog.send_ack(self.service.transports, leg.cseq)  # our ACK was lost
                 return
             leg.dialog.update_from_response(msg)
             leg.last = msg
@@ -418,8 +420,14 @@ class Call:
         leg.answered = True
         self.answer_iso = iso_now()
         msg = leg.last
-        leg.dialog.send_ack(svc.transports, leg.cseq)
-        body = self._anchor_answer(msg.body) if msg.body else b""
+        if self.a_msg.body or not msg.body:
+            leg.dialog.send_ack(svc.transports, leg.cseq)
+            body = self._anchor_answer(msg.body) if msg.body else b""
+        else:
+            # late offer (RFC 3261 §13.2.1): the callee offered in its 200; the caller answers
+            # in its ACK, which the callee's ACK must carry — so that ACK waits for the caller's
+            body = self._anchor_late_offer(msg.body)
+            self.b_ack_pending = True
         headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -458,11 +466,34 @@ class Call:
         self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
 
     def on_ack(self, msg) -> None:
-        if self.a_ok is not None and msg.cseq == self.a_msg.cseq:
+        if msg.cseq != self.a_msg.cseq:
+            return
+        if self.a_ok is not None:
             self.a_ok = None
             if self.a_ok_timer is not None:
                 self.a_ok_timer.cancel()
                 self.a_ok_timer = None
+        if self.b_ack_pending and self.state == ANSWERED:
+            self.b_ack_pending = False
+            body = msg.body
+            extra = ()
+            if body and self.media is not None:
+                body = self._reanchor("a", body, towards_b=True)
+                extra = (("Content-Type", "application/sdp"),)
+            self.winner.dialog.send_ack(self.service.transports, self.winner.cseq, body, extra)
+
+    def _anchor_late_offer(self, body: bytes) -> bytes:
+        """The callee's offer in its 200 (the caller sent none): a relay session starts now."""
+        media = self.service.media
+        try:
+            peer = anchor.peer(body)
+            self.media = media.allocate(self.id)
+            media.answer(self.id, peer.host, peer.port, rtcp_port=peer.rtcp_port,
+                         rtcp_mux=peer.rtcp_mux)
+        except HpbxError as exc:
+            log.info("[%s] late offer not anchored: %s", self.id, exc)
+            return body
+        return anchor.rewrite(body, self.media.address, self.media.port_a)
 
     def _cancel_leg(self, leg: BLeg, reason: str) -> None:
         leg.cancel_reason = reason

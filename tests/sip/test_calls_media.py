@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.sipp,
 
 CARRIER = free_port(both=False)
 ALLDAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
-USERS = ("m1", "m2", "m3", "m4", "m5")
+USERS = ("m1", "m2", "m3", "m4", "m5", "m6")
 
 TENANT = f"""
 [tenant]
@@ -139,4 +139,21 @@ def test_admin_hangup_ends_both_legs(rig):
     assert res.successful == 1 and ph.successful == 1, res.describe() + ph.describe()
     cdr = [c for c in rig.cdrs(count=1) if c["call_id"] == calls[0]["call_id"]]
     assert cdr and cdr[0]["end_reason"] == "hung up by the administrator"
+    assert_pool_full(rig)
+
+
+def test_late_offer_is_anchored_through_the_ack(rig):
+    phone = rig.phone("m6", "call_uas.xml", pause_ms=100)
+    res = rig.call("call_uac_lateoffer.xml", "044333006", port=CARRIER, pause_ms=300)
+    ph = phone.finish()
+    assert res.successful == 1 and ph.successful == 1, res.describe() + ph.describe() + rig.server.log()
+    invite = ph.received("INVITE")[0]
+    assert "m=audio" not in invite
+    lo, hi = rig.rtp_ports
+    offer = res.received("SIP/2.0 200")[0]
+    ack = ph.received("ACK")[0]
+    # the phone's offer reaches the caller on the relay, the caller's answer reaches the phone
+    # in the ACK, on the relay's other port
+    assert lo <= sdp_port(offer) <= hi and lo <= sdp_port(ack) <= hi and sdp_port(offer) != sdp_port(ack)
+    assert header(ack, "Content-Type") == ["application/sdp"]
     assert_pool_full(rig)
