@@ -104,13 +104,11 @@ class Call:
         self.a_ok_interval = 0.0
         self.a_ok_since = 0.0
         self.media = None  # MediaSession
-        self.pending = {}  # in-dialog request forwarded: our client tx -> (server tx, side)
         self.start_iso = iso_now()
         self.start_time = time.time()
         self.answer_iso = ""
         self.end_iso = ""
         self.end_reason = ""
-        self.media_stats = None
         self.b_offer = b""
         self.b_ack_pending = False  # late offer: the callee's ACK waits for the caller's answer
         a_host, a_port = service.transports.local_address(tx.channel.kind, tx.addr[0])
@@ -153,7 +151,6 @@ class Call:
             rows.append((float(row.duration), keys))
         self.fork = F.Fork(rows)
         self.a_tx.on_cancel = self._caller_cancel
-        self.a_tx.on_ack_timeout = None
         self.run(self.fork.start(self.now()))
 
     def now(self) -> float:
@@ -659,10 +656,13 @@ class Call:
                 self._cancel_leg(leg, "")
             svc.legs.pop(leg.call_id, None)
         svc.legs.pop(self.id, None)
+        rtp = ""
         if self.media is not None:
-            self.media_stats = svc.media.delete(self.id)
+            final = svc.media.delete(self.id)
+            if final:
+                rtp = f" (rtp packets a={final['a']['packets']} b={final['b']['packets']})"
         svc.call_ended(self)
-        log.info("[%s] ended: %s", self.id, why)
+        log.info("[%s] ended: %s%s", self.id, why, rtp)
 
     # ------------------------------------------------------------------ views
     def answered_by(self) -> str:
@@ -675,6 +675,7 @@ class Call:
         d = {
             "call_id": self.id, "tenant": self.tenant, "caller": self.caller,
             "called": self.plan.dialled, "state": self.state, "slot": self.plan.slot,
+            "trunk": self.from_trunk.name if self.from_trunk is not None else "",
             "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
             "started_at": self.start_time, "start": self.start_iso, "answer": self.answer_iso,
             "ringing": [leg.label for leg in self.legs.values() if leg.live and not leg.answered],
