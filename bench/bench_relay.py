@@ -45,7 +45,7 @@ OUT = HERE / "out"
 CLK = os.sysconf("SC_CLK_TCK")
 IP = "127.0.0.1"
 GEN_A, GEN_B = 39000, 39002
-HPBX_PORTS = (42000, 47999)  # 3000 pairs = 1500 calls
+HPBX_PORTS = (40000, 49999)  # 5000 pairs for 1500 calls: ephemeral ports of other programs land here too
 RTPE_PORTS = (50000, 59999)
 NG_PORT = 2299
 
