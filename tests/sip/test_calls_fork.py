@@ -48,6 +48,8 @@ USERS = {  # username: (internal number, displayed number, flags)
     "br1": ("291", "", {"busy_while_ringing": True}),
     "dead": ("292", "", {}),
     "w1": ("293", "", {}), "w2": ("294", "", {}),
+    "k1": ("301", "", {}), "k2": ("302", "", {}),
+    "n1": ("311", "", {}), "n2": ("312", "", {}),
 }
 
 TENANT = f"""
@@ -87,6 +89,9 @@ password = "trunk-secret"
     + number("0442220008", (30, ["user:br1"]))
     + number("0442220009", (30, ["user:dead"]))
     + number("0442220010", (30, ["user:w1", "user:w2"]))
+    + number("0442220011", (1, ["user:k1"]), (10, ["user:k1", "user:k2"]))
+    + number("0442220012", (1, ["user:n1"]), (10, ["link:0442220013"]))
+    + number("0442220013", (10, ["user:n2"]))
 )
 
 
@@ -315,4 +320,31 @@ def test_late_second_answer_is_acked_and_hung_up(rig):
     assert r2.received("ACK") and r2.received("BYE")
     assert stamps(r2, "BYE")[0] < stamps(r1, "BYE")[0] - 0.3
     assert cdr_of(rig, res)["answered_by"] == "w1"
+    assert_idle(rig)
+
+
+def test_target_in_consecutive_rows_keeps_ringing(rig):
+    k1 = rig.phone("k1", "call_uas_ring.xml")
+    k2 = rig.phone("k2", "call_uas.xml", pause_ms=400)
+    res = rig.call("call_uac.xml", "0442220011", port=CARRIER, pause_ms=100)
+    r1, r2 = k1.finish(), k2.finish()
+    assert res.successful == 1 and r1.successful == 1 and r2.successful == 1, (
+        res.describe() + r1.describe() + r2.describe() + rig.server.log())
+    # k1 got one INVITE and rang through both rows until k2 answered (FEATURES 3.5)
+    assert len(r1.received("INVITE")) == 1
+    assert 0.8 <= stamps(r2, "INVITE")[0] - stamps(r1, "INVITE")[0] <= 1.8
+    assert header(r1.received("CANCEL")[0], "Reason") == [REASON]
+    assert_idle(rig)
+
+
+def test_link_hands_the_call_to_another_numbers_plan(rig):
+    n1 = rig.phone("n1", "call_uas_ring.xml")
+    n2 = rig.phone("n2", "call_uas.xml", pause_ms=100)
+    res = rig.call("call_uac.xml", "0442220012", port=CARRIER, pause_ms=100)
+    r1, r2 = n1.finish(), n2.finish()
+    assert res.successful == 1 and r1.successful == 1 and r2.successful == 1, (
+        res.describe() + r1.describe() + r2.describe() + rig.server.log())
+    assert stamps(r2, "INVITE")[0] - stamps(r1, "INVITE")[0] >= 0.8
+    c = cdr_of(rig, res)
+    assert (c["called"], c["answered_by"], c["targets_tried"]) == ("0442220012", "n2", ["user:n1", "user:n2"])
     assert_idle(rig)
