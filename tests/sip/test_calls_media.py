@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.sipp,
 
 CARRIER = free_port(both=False)
 ALLDAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
-USERS = ("m1", "m2", "m3", "m4", "m5", "m6")
+USERS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
 
 TENANT = f"""
 [tenant]
@@ -156,4 +156,20 @@ def test_late_offer_is_anchored_through_the_ack(rig):
     # in the ACK, on the relay's other port
     assert lo <= sdp_port(offer) <= hi and lo <= sdp_port(ack) <= hi and sdp_port(offer) != sdp_port(ack)
     assert header(ack, "Content-Type") == ["application/sdp"]
+    assert_pool_full(rig)
+
+
+def test_update_and_info_pass_to_the_other_leg(rig):
+    phone = rig.phone("m7", "call_uas_update.xml", pause_ms=100)
+    res = rig.call("call_uac_update.xml", "044333007", port=CARRIER, pause_ms=300)
+    ph = phone.finish()
+    assert res.successful == 1 and ph.successful == 1, res.describe() + ph.describe() + rig.server.log()
+    update = ph.received("UPDATE")[0]
+    invite = ph.received("INVITE")[0]
+    assert "a=sendonly" in update and sdp_port(update) == sdp_port(invite)
+    assert header(update, "Call-ID") == header(invite, "Call-ID")
+    info = ph.received("INFO")[0]
+    assert header(info, "Content-Type") == ["application/dtmf-relay"] and "Signal=5" in info
+    ok = [m for m in res.received("SIP/2.0 200") if "UPDATE" in header(m, "CSeq")[0]][0]
+    assert "a=recvonly" in ok and sdp_port(ok) == sdp_port(res.received("SIP/2.0 200")[0])
     assert_pool_full(rig)
