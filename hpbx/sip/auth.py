@@ -26,6 +26,11 @@ ALGORITHMS = {
 }
 
 
+# nonce-counts remembered per generation; a flood of fresh nonces rotates early instead of
+# growing without bound
+MAX_TRACKED_NONCES = 200_000
+
+
 class Verdict(enum.Enum):
     OK = "ok"
     CHALLENGE = "challenge"
@@ -80,6 +85,7 @@ class Authenticator:
         self._nc_now: dict[str, int] = {}
         self._nc_old: dict[str, int] = {}
         self._nc_rotated = clock()
+        self._valid_since = float("-inf")  # nonces issued before this are stale (see _nc_fresh)
         self._ha1: dict[tuple[str, str], tuple[str, str]] = {}  # (username, alg) -> (password, ha1)
 
     def configure(self, realm: str, nonce_ttl: int, algorithms: tuple[str, ...]) -> None:
@@ -113,8 +119,11 @@ class Authenticator:
 
     def _nc_fresh(self, nonce: str, nc: int) -> bool:
         now = self.clock()
-        if now - self._nc_rotated > self.nonce_ttl:
-            # nonces older than one lifetime are refused by age: their counters can go
+        if now - self._nc_rotated > self.nonce_ttl or len(self._nc_now) >= MAX_TRACKED_NONCES:
+            # the counters of the oldest generation go; a nonce issued before the generation
+            # that is kept could have its counter there, so it is stale from now on (with the
+            # time-based rotation such a nonce is older than nonce_ttl anyway)
+            self._valid_since = self._nc_rotated
             self._nc_old = self._nc_now
             self._nc_now = {}
             self._nc_rotated = now
@@ -162,7 +171,7 @@ class Authenticator:
         age = self._nonce_age(nonce)
         if age is None:
             return Verdict.CHALLENGE, None, username
-        if age > self.nonce_ttl:
+        if age > self.nonce_ttl or self.clock() - age <= self._valid_since:
             return Verdict.STALE, None, username
         qop = params.get("qop")
         if qop != "auth":

@@ -6,7 +6,6 @@ this loop iteration has been committed: a binding acknowledged with 200 survives
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 
@@ -17,7 +16,9 @@ from hpbx.store.registrations import Binding
 
 log = logging.getLogger("hpbx.sip.registrar")
 
-SWEEP_SECS = 1.0
+# expired bindings are looked for this often (lookups filter by expiry themselves, so a
+# binding is never used after it expired; the sweep only frees it and its row)
+SWEEP_SECS = 5.0
 
 
 class RegisterError(Exception):
@@ -38,7 +39,6 @@ class Registrar:
         self.clock = clock
         self.configure(settings)
         self.bindings: dict[str, list[Binding]] = {}
-        self._expiry: list[tuple[float, str, str]] = []
         self._batch: dict[tuple[str, str], Binding | None] = {}
         self._replies: list = []
         self._flush_scheduled = False
@@ -58,7 +58,6 @@ class Registrar:
         loaded = self.store.load(now)
         for binding in loaded:
             self.bindings.setdefault(binding.username, []).append(binding)
-            heapq.heappush(self._expiry, (binding.expires_at, binding.username, binding.contact))
         self._sweeper = self.wheel.call_later(SWEEP_SECS, self._sweep)
         return len(loaded)
 
@@ -233,7 +232,6 @@ class Registrar:
                 cseq=cseq, behind_nat=behind_nat, online=True, last_seen=now)
             current.append(binding)
             self._queue((username, uri), binding)
-            heapq.heappush(self._expiry, (binding.expires_at, username, uri))
         if len(current) > self.max_devices:
             # the device that refreshed least recently gives way to the new one
             current.sort(key=lambda b: b.registered_at)
@@ -281,20 +279,16 @@ class Registrar:
 
     # ---- expiry
     def _sweep(self) -> None:
+        # a scan, not a heap of expiry times: a heap grows by one entry per refresh, and a
+        # registration storm refreshes far more often than bindings expire
         now = self.clock()
-        heap = self._expiry
         removed = 0
-        while heap and heap[0][0] <= now:
-            expires_at, username, contact = heapq.heappop(heap)
-            current = self.bindings.get(username)
-            if not current:
-                continue
-            for b in current:
-                if b.contact == contact and b.expires_at == expires_at:
-                    current.remove(b)
-                    self._queue((username, contact), None)
-                    removed += 1
-                    break
+        for username in [u for u, bs in self.bindings.items() if any(b.expires_at <= now for b in bs)]:
+            current = self.bindings[username]
+            for b in [b for b in current if b.expires_at <= now]:
+                current.remove(b)
+                self._queue((username, b.contact), None)
+                removed += 1
             if not current:
                 del self.bindings[username]
         if removed:

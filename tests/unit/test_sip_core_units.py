@@ -124,3 +124,51 @@ def test_via_received_and_rport():
         "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=192.0.2.1;rport=40000"
     assert via_with_received("SIP/2.0/UDP h;branch=z9hG4bKa;received=1.1.1.1", "192.0.2.1", 5) == \
         "SIP/2.0/UDP h;branch=z9hG4bKa;received=192.0.2.1"
+
+
+def test_nonce_counter_table_is_bounded(auth, monkeypatch):
+    import hpbx.sip.auth as auth_mod
+    monkeypatch.setattr(auth_mod, "MAX_TRACKED_NONCES", 3)
+    auth.test_clock.now += 0.01
+    first = auth.challenge_headers()[0][1]
+    assert auth.check("REGISTER", answer(first, "ann", "ann-secret", nc=1))[0] is Verdict.OK
+    for _ in range(7):  # a flood of fresh nonces rotates the counter table twice
+        auth.test_clock.now += 0.01
+        fresh = auth.challenge_headers()[0][1]
+        assert auth.check("REGISTER", answer(fresh, "ann", "ann-secret"))[0] is Verdict.OK
+    assert len(auth._nc_now) + len(auth._nc_old) <= 6
+    # the first nonce's counter may be forgotten: it must not be usable again (stale instead)
+    assert auth.check("REGISTER", answer(first, "ann", "ann-secret", nc=2))[0] is Verdict.STALE
+
+
+def test_registrar_sweep_removes_expired_bindings(tmp_path):
+    from hpbx import settings as settings_mod
+    from hpbx.sip.registrar import Registrar
+    from hpbx.store.registrations import Binding, RegistrationStore
+
+    clock = Clock()
+    store = RegistrationStore(tmp_path / "reg.sqlite3")
+
+    def binding(user, contact, expires_in):
+        return Binding(user, contact, "t", None, None, None, clock.now + expires_in, clock.now,
+                       "127.0.0.1", 5060, "udp", 0, None, None, "cid", 1, False)
+
+    store.write_batch([binding("u1", "sip:a@h", 10), binding("u1", "sip:b@h", 100),
+                       binding("u2", "sip:c@h", 5)], [])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        wheel = TimerWheel(loop)
+        reg = Registrar(loop, wheel, store, None, settings_mod.from_dict({}), clock=clock)
+        assert reg.start() == 3
+        clock.now += 20
+        assert [b.contact for b in reg.lookup("u1")] == ["sip:b@h"]  # filtered before the sweep
+        reg._sweep()
+        await asyncio.sleep(0)  # the batch commits in the next loop iteration
+        await asyncio.sleep(0)
+        reg.stop()
+        wheel.close()
+        return {u: [b.contact for b in bs] for u, bs in reg.bindings.items()}
+
+    assert asyncio.run(main()) == {"u1": ["sip:b@h"]}
+    assert [r[:2] for r in store.all()] == [("u1", "sip:b@h")]
