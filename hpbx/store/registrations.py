@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS registrations (
     behind_nat    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (username, contact)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS registrations_expiry ON registrations (expires_at);
+-- no index on expires_at: it is read once at start-up (a scan is fine there) and an index
+-- doubled the cost of every refresh
+DROP INDEX IF EXISTS registrations_expiry;
 """
 
 COLUMNS = ("username", "contact", "tenant", "instance_id", "reg_id", "q",
