@@ -150,8 +150,22 @@ class Call:
                 keys.append(ring.key)
             rows.append((float(row.duration), keys))
         self.fork = F.Fork(rows)
-        self.a_tx.on_cancel = self._caller_cancel
+        self.a_tx.on_cancel = lambda tx: self.guarded(self._caller_cancel, tx)
         self.run(self.fork.start(self.now()))
+
+    def guarded(self, method, *args) -> None:
+        """Run an event handler; a bug in it ends this call (ports and CDR included) instead of
+        leaving it half-alive with its relay session leaked."""
+        try:
+            method(*args)
+        except Exception:
+            log.exception("[%s] call failed in %s", self.id, method.__name__)
+            if self.state != ENDED:
+                try:
+                    self.hangup("internal error")
+                except Exception:
+                    log.exception("[%s] hangup after failure failed", self.id)
+                    self._end("internal error")
 
     def now(self) -> float:
         return self.service.loop.time()
@@ -185,7 +199,8 @@ class Call:
             self.timer = None
         self.deadline = deadline
         if deadline is not None:
-            self.timer = self.service.wheel.call_later(max(0.0, deadline - self.now()), self._step)
+            self.timer = self.service.wheel.call_later(max(0.0, deadline - self.now()), self.guarded,
+                                                       self._step)
 
     def _step(self) -> None:
         self.timer = None
@@ -302,7 +317,7 @@ class Call:
         leg.headers = headers
         leg.tx = svc.transactions.send_request(
             "INVITE", leg.ruri, headers, target,
-            lambda tx, status, msg, leg=leg: self._b_response(leg, tx, status, msg), body)
+            lambda tx, status, msg, leg=leg: self.guarded(self._b_response, leg, tx, status, msg), body)
 
     # ------------------------------------------------------------------ branch responses
     def _b_response(self, leg: BLeg, tx, status: int, msg) -> None:

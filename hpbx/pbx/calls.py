@@ -152,7 +152,7 @@ class CallService:
         call = Call(self, tx, plan, caller, caller_user, trunk)
         self.calls[call.id] = call
         self.stats["calls_started"] += 1
-        call.start()
+        call.guarded(call.start)
 
     # ------------------------------------------------------------------ in dialog
     def on_in_dialog(self, tx) -> None:
@@ -169,12 +169,12 @@ class CallService:
         if not ok or call.winner is None or (side != "a" and side is not call.winner):
             tx.respond(481)
             return
-        call.in_dialog(side, tx)
+        call.guarded(call.in_dialog, side, tx)
 
     def on_ack(self, msg, channel, addr) -> None:
         found = self.legs.get(msg.call_id)
         if found is not None and found[1] == "a":
-            found[0].on_ack(msg)
+            found[0].guarded(found[0].on_ack, msg)
 
     # ------------------------------------------------------------------ registry
     def call_ended(self, call: Call) -> None:

@@ -10,8 +10,8 @@ SIPp callers, and readers for the CDR table and the admin socket.
 """
 from __future__ import annotations
 
-import itertools
 import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -23,12 +23,27 @@ import orjson
 from harness import SIPP, HpbxServer, SippResult, _sipp_counts, free_port, run_sipp, write_config
 
 SCEN = Path(__file__).parent / "scenarios"
-_media_ports = itertools.count(41000 + (os.getpid() % 200) * 40, 4)
-
-
 def media_port() -> int:
-    """An even port for a SIPp instance's media (it also uses port + 2)."""
-    return next(_media_ports)
+    """An even port for a SIPp instance's media, free now together with port + 2 (SIPp binds
+    both). Asked from the kernel, so that parallel relays and benches are not hit."""
+    for _ in range(100):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1] & ~1
+        probe.close()
+        held = []
+        try:
+            for p in (port, port + 1, port + 2, port + 3):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no free even port pair for SIPp media")
 
 
 class SippProcess:
