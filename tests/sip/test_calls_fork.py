@@ -50,6 +50,7 @@ USERS = {  # username: (internal number, displayed number, flags)
     "w1": ("293", "", {}), "w2": ("294", "", {}),
     "k1": ("301", "", {}), "k2": ("302", "", {}),
     "n1": ("311", "", {}), "n2": ("312", "", {}),
+    "x1": ("321", "", {}), "x2": ("322", "", {}),
 }
 
 TENANT = f"""
@@ -92,6 +93,8 @@ password = "trunk-secret"
     + number("0442220011", (1, ["user:k1"]), (10, ["user:k1", "user:k2"]))
     + number("0442220012", (1, ["user:n1"]), (10, ["link:0442220013"]))
     + number("0442220013", (10, ["user:n2"]))
+    + number("0442220014", (3, ["user:x1", "user:x2"]))
+    + '\n[[numbers]]\nnumber = "0442220015"\n'  # ten empty slots: nothing matches
 )
 
 
@@ -348,3 +351,21 @@ def test_link_hands_the_call_to_another_numbers_plan(rig):
     c = cdr_of(rig, res)
     assert (c["called"], c["answered_by"], c["targets_tried"]) == ("0442220012", "n2", ["user:n1", "user:n2"])
     assert_idle(rig)
+
+
+def test_exhausted_rows_give_the_best_final_response(rig):
+    x1 = rig.phone("x1", "call_uas_busy.xml")
+    x2 = rig.phone("x2", "call_uas_ring.xml", timeout=15)  # rings until its row ends
+    res = rig.call("call_uac_fail.xml", "0442220014", port=CARRIER, timeout=20)
+    r1, r2 = x1.finish(), x2.finish()
+    assert r1.successful == 1 and r2.successful == 1, r1.describe() + r2.describe()
+    # 486 from x1 beats the 487 of x2's cancelled branch (RFC 3261 16.7)
+    assert res.received("SIP/2.0 486"), res.describe() + rig.server.log()
+    assert cdr_of(rig, res)["end_reason"].startswith("486")
+    assert_idle(rig)
+
+
+def test_no_matching_slot_is_480(rig):
+    res = rig.call("call_uac_fail.xml", "0442220015", port=CARRIER, timeout=5)
+    assert res.received("SIP/2.0 480"), res.describe()
+    assert cdr_of(rig, res)["end_reason"].startswith("480")
