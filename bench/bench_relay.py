@@ -20,7 +20,8 @@ fails on time.
 
 Env: RELAY_STREAMS ("100 500 1000 2000 3000"), RELAY_SECS (8, warm-up 2 s included),
 RELAY_KINDS ("direct hpbx rtpengine"), RELAY_WORKERS (0 = one per core), RELAY_OUT,
-RELAY_REPEAT (1; ratios then use the medians of the repetitions),
+RELAY_REPEAT (1; ratios then use the medians of the repetitions), RELAY_NICE (0; a nice
+value given to both relays, e.g. -5: a relay that may preempt the generator answers sooner),
 RELAY_QUIET_WAIT (30: seconds to wait for a quiet box before each point; "busy before %" in
 the table is the other load in the last second before the point started).
 """
@@ -48,6 +49,8 @@ GEN_A, GEN_B = 39000, 39002
 HPBX_PORTS = (40000, 49999)  # 5000 pairs for 1500 calls: ephemeral ports of other programs land here too
 RTPE_PORTS = (50000, 59999)
 NG_PORT = 2299
+# nice value of both relays (hpbx workers via Relay(nice=), rtpengine via nice(1)); 0 = as started
+NICE = int(os.environ.get("RELAY_NICE", "0"))
 
 
 # ------------------------------------------------------------------ measuring
@@ -173,7 +176,7 @@ class Hpbx:
 
     def start(self, calls: int) -> list[tuple[str, int]]:
         argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--calls", str(calls),
-                "--workers", str(self.workers)]
+                "--workers", str(self.workers), "--nice", str(NICE)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=ROOT)
         self.pid = self.proc.pid
@@ -213,7 +216,7 @@ class RtpEngine:
     def start(self, calls: int) -> list[tuple[str, int]]:
         OUT.mkdir(exist_ok=True)
         self.log = open(OUT / "rtpengine.log", "w")
-        argv = ["rtpengine", "--config-file=none", "--foreground", "--log-stderr", "--log-level=4",
+        argv = (["nice", "-n", str(NICE)] if NICE else []) + ["rtpengine", "--config-file=none", "--foreground", "--log-stderr", "--log-level=4",
                 "--table=-1", f"--interface={IP}", f"--listen-ng={IP}:{NG_PORT}",
                 f"--port-min={RTPE_PORTS[0]}", f"--port-max={RTPE_PORTS[1]}",
                 f"--timeout={int(self.secs) + 120}"]
@@ -385,7 +388,7 @@ def bench(streams: list[int], secs: float, kinds: list[str], workers: int, repea
     quiet_wait = float(os.environ.get("RELAY_QUIET_WAIT", "30"))
     results = []
     print(f"\nRTP relay bench: {secs:g} s per point (first {warmup:g} s warm-up), 172-byte RTP at 50 pps,"
-          f" {os.cpu_count()} CPUs, kinds {kinds}", flush=True)
+          f" {os.cpu_count()} CPUs, kinds {kinds}, relay nice {NICE}", flush=True)
     for n, rep in [(n, rep) for n in streams for rep in range(repeat)]:
         for kind in kinds:
             relay = {"direct": Direct, "hpbx": lambda: Hpbx(workers),
@@ -425,11 +428,12 @@ def serve(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="bench_relay.py serve")
     ap.add_argument("--calls", type=int, required=True)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--nice", type=int, default=0)
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from hpbx._fast.relay import Relay
 
-    relay = Relay(IP, *HPBX_PORTS, workers=a.workers)
+    relay = Relay(IP, *HPBX_PORTS, workers=a.workers, nice=a.nice)
     relay.start()
     handles = []
     for _ in range(a.calls):

@@ -6,6 +6,7 @@ cdef extern from "relay_engine.h" nogil:
         int nsess
         int nworkers
         int rcvbuf
+        int nice
         int port_min
 
 
@@ -15,6 +16,7 @@ cdef class Relay:
     cdef readonly int port_min, port_max, workers
     cdef readonly bint strict_latching
     cdef readonly double silence
+    cdef readonly int nice
     cdef bint _started
 
     cdef rl_relay *_live(self) except NULL

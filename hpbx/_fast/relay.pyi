@@ -12,6 +12,7 @@ class Relay:
     port_max: int
     workers: int  # worker threads (0 at construction = one per usable core)
     strict_latching: bool
+    nice: int
     silence: float  # seconds a latched source must be silent before another is accepted
     closed: bool
     def __init__(
@@ -23,6 +24,7 @@ class Relay:
         strict_latching: bool = False,
         silence: float = 2.0,
         rcvbuf: int = 0,
+        nice: int = 0,  # worker threads' nice value; < 0 needs CAP_SYS_NICE
     ) -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...  # joins the threads, closes every socket

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -101,6 +102,7 @@ typedef struct {
 	pthread_t th;
 	int running;
 	atomic_int tid;
+	atomic_int start_err;       /* errno of a failed setpriority, reported by rl_start */
 	pthread_mutex_t mu;
 	uint8_t (*bufs)[RL_MAXPKT];
 	struct rl_scratch *scratch; /* allocated with the relay, so a thread cannot fail to start */
@@ -124,6 +126,7 @@ typedef struct rl_relay {
 	int strict;
 	int64_t silence_ns;
 	int rcvbuf;
+	int nice;                  /* worker nice value; 0 = inherit */
 } rl_relay;
 
 /* A flat copy of one leg's state for Python. */
@@ -487,7 +490,12 @@ static void *rl_worker_main(void *arg)
 {
 	rl_worker *w = arg;
 	rl_relay *r = w->r;
-	atomic_store(&w->tid, (int)syscall(SYS_gettid));
+	int tid = (int)syscall(SYS_gettid);
+	/* a relay that wakes late waits for whatever runs on its CPU: under load the worker
+	 * should preempt bulk work, as media relays are usually configured to */
+	if (r->nice && setpriority(PRIO_PROCESS, (id_t)tid, r->nice) < 0)
+		atomic_store(&w->start_err, errno ? errno : EPERM);
+	atomic_store(&w->tid, tid);
 	rl_scratch *x = w->scratch;
 	struct epoll_event *evs = w->evs;
 	rl_scratch_init(x, w->bufs);
@@ -609,6 +617,13 @@ static int rl_start(rl_relay *r)
 		if (ready == r->nworkers)
 			break;
 		usleep(500);
+	}
+	for (int i = 0; i < r->nworkers; i++) {
+		int e = atomic_load(&r->w[i].start_err);
+		if (e) {
+			rl_stop(r);
+			return e;
+		}
 	}
 	return 0;
 }

@@ -474,3 +474,22 @@ def test_a_burst_is_relayed_completely(peers):
         st = r.stats(h)["a"]
         assert st["packets"] == n and st["lost"] == 0
         r.delete(h)
+
+
+def test_worker_priority():
+    with pytest.raises(RelayError, match="nice"):
+        Relay(LO, PORT_MIN, PORT_MAX, nice=-21)
+    r = Relay(LO, PORT_MIN, PORT_MAX, workers=2, nice=-3)
+    try:
+        r.start()
+    except RelayError as e:
+        r.close()
+        assert "nice -3" in str(e)
+        pytest.skip(f"no CAP_SYS_NICE here: {e}")
+    try:
+        tids = r.thread_ids()
+        assert len(tids) == 2
+        assert all(os.getpriority(os.PRIO_PROCESS, t) == -3 for t in tids)
+        assert os.getpriority(os.PRIO_PROCESS, 0) != -3  # the caller keeps its own
+    finally:
+        r.close()
