@@ -124,7 +124,14 @@ class Server:
         self.media.on_timeout = self.calls.media_timeout
         self.calls.install(self.dispatcher)
         self._stop_order.append(self.calls.close)
-        self._stop_order.append(loop.create_task(self.media.watch()).cancel)
+        watch = loop.create_task(self.media.watch())
+
+        async def stop_watch() -> None:
+            # cancelled and awaited: the media timeout poll has ended before media.close runs
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+        self._stop_order.append(stop_watch)
 
     async def _start_admin(self) -> None:
         try:

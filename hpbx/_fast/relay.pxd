@@ -18,5 +18,6 @@ cdef class Relay:
     cdef readonly double silence
     cdef readonly int nice
     cdef bint _started
+    cdef bint _closing  # close() is freeing the C relay: every command refuses
 
     cdef rl_relay *_live(self) except NULL

@@ -13,6 +13,7 @@ import os
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
+from posix.unistd cimport usleep
 
 from hpbx.errors import RelayError
 
@@ -120,8 +121,14 @@ cdef class Relay:
     ``nice`` < 0 lets the workers preempt other work on their CPU (lower latency under load;
     needs CAP_SYS_NICE). ``last_packet`` times in stats are ``time.monotonic()`` seconds.
     """
+    # Lifecycle safety: every command runs entirely under the GIL (none releases it between
+    # ``_live()`` and its C call), and only ``close`` releases the GIL, after marking the relay
+    # closing. So a command from another thread either completes before close begins or sees
+    # "relay closed"; it can never use the C struct while rl_free tears it down.
+
     def __cinit__(self):
         self._r = NULL
+        self._closing = False
 
     def __init__(self, str address, int port_min, int port_max, int workers=0,
                  bint strict_latching=False, double silence=2.0, int rcvbuf=0, int nice=0):
@@ -155,14 +162,15 @@ cdef class Relay:
         self._started = False
 
     def __dealloc__(self):
+        # the GIL stays held: a dealloc may run inside a GC pass, and no other Python code
+        # should run in the middle of one (joining the workers needs no GIL)
         if self._r != NULL:
-            with nogil:
-                rl_free(self._r)
+            rl_free(self._r)
             self._r = NULL
 
     cdef rl_relay *_live(self) except NULL:
-        if self._r == NULL:
-            raise RelayError("relay is closed")
+        if self._r == NULL or self._closing:
+            raise RelayError("relay closed")
         return self._r
 
     def start(self):
@@ -171,24 +179,39 @@ cdef class Relay:
         cdef int e
         if self._started:
             return
-        with nogil:
-            e = rl_start(r)
+        # with the GIL held (see the class comment); the workers never take it, and rl_start
+        # waits only for them to publish their thread ids
+        e = rl_start(r)
         if e:
             raise RelayError(f"cannot start relay threads (nice {self.nice}): {os.strerror(e)}")
         self._started = True
 
     def close(self):
-        """Stop and join the worker threads, close every socket, free every session."""
+        """Stop and join the worker threads, close every socket, free every session.
+
+        Idempotent and thread-safe: commands issued during or after close raise
+        RelayError("relay closed"); a second close waits until the first has finished.
+        """
         cdef rl_relay *r = self._r
-        self._r = NULL
+        if r == NULL:
+            return
+        if self._closing:
+            while self._r != NULL:
+                with nogil:
+                    usleep(1000)
+            return
+        self._closing = True
         self._started = False
-        if r != NULL:
+        try:
             with nogil:
-                rl_free(r)
+                rl_free(r)  # stop flag, wake and join every worker, then free
+        finally:
+            self._r = NULL
+            self._closing = False
 
     @property
     def closed(self):
-        return self._r == NULL
+        return self._r == NULL or self._closing
 
     def __enter__(self):
         self.start()
@@ -229,7 +252,8 @@ cdef class Relay:
 
     def relatch(self, uint64_t session, leg):
         """Accept the next source of this leg as its new peer (after a re-INVITE)."""
-        if rl_relatch(self._live(), session, _leg(leg)):
+        cdef int li = _leg(leg)  # before _live(): comparing ``leg`` may run Python code
+        if rl_relatch(self._live(), session, li):
             raise RelayError(f"unknown relay session {session}")
 
     def set_hold(self, uint64_t session, bint hold):
@@ -241,7 +265,8 @@ cdef class Relay:
         """RTP clock rate of the media arriving on ``leg`` (jitter units); default 8000."""
         if rate < 1000 or rate > 192000:
             raise RelayError(f"clock rate {rate} is not within 1000-192000")
-        if rl_set_clock_rate(self._live(), session, _leg(leg), <uint32_t>rate):
+        cdef int li = _leg(leg)  # before _live(): comparing ``leg`` may run Python code
+        if rl_set_clock_rate(self._live(), session, li, <uint32_t>rate):
             raise RelayError(f"unknown relay session {session}")
 
     def ports(self, uint64_t session):
@@ -300,7 +325,17 @@ cdef class Relay:
     def thread_ids(self):
         """Native thread ids of the running workers (for /proc/self/task/TID/stat)."""
         cdef rl_relay *r = self._live()
-        return [t for t in (rl_worker_tid(r, i) for i in range(r.nworkers)) if t]
+        cdef int i, n = r.nworkers
+        cdef int *tids = <int *>malloc(sizeof(int) * n)
+        if tids == NULL:
+            raise MemoryError()
+        try:
+            # read into C first: building Python ints may run a GC pass (and other threads)
+            for i in range(n):
+                tids[i] = rl_worker_tid(r, i)
+            return [tids[i] for i in range(n) if tids[i]]
+        finally:
+            free(tids)
 
 
 cdef extern from "errno.h":

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -504,6 +505,11 @@ static void *rl_worker_main(void *arg)
 		if (n <= 0)
 			continue;
 		pthread_mutex_lock(&w->mu);
+		if (atomic_load(&r->stop)) {
+			/* close is under way: no more packets, nothing after the join may be touched */
+			pthread_mutex_unlock(&w->mu);
+			break;
+		}
 		for (int e = 0; e < n; e++) {
 			uint64_t tag = evs[e].data.u64;
 			if (tag == RL_WAKE)
@@ -598,17 +604,24 @@ static void rl_stop(rl_relay *r);
 static int rl_start(rl_relay *r)
 {
 	atomic_store(&r->stop, 0);
+	/* workers are created with every signal blocked: SIGTERM/SIGINT/SIGHUP always reach a
+	 * Python thread, and no handler ever runs on (or interrupts) a packet loop */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (int i = 0; i < r->nworkers; i++) {
 		rl_worker *w = &r->w[i];
 		if (w->running)
 			continue;
 		int e = pthread_create(&w->th, NULL, rl_worker_main, w);
 		if (e) {
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
 			rl_stop(r);
 			return e;
 		}
 		w->running = 1;
 	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	/* thread ids are published by the threads themselves; wait (bounded) so callers see all */
 	for (int spin = 0; spin < 2000; spin++) {
 		int ready = 0;
@@ -628,17 +641,26 @@ static int rl_start(rl_relay *r)
 	return 0;
 }
 
+/*
+ * Raise the stop flag, wake every worker, then join every one of them. Idempotent. After it
+ * returns no thread touches the relay, so sockets, sessions and buffers may be freed.
+ */
 static void rl_stop(rl_relay *r)
 {
 	atomic_store(&r->stop, 1);
 	for (int i = 0; i < r->nworkers; i++) {
 		rl_worker *w = &r->w[i];
-		if (!w->running)
+		if (!w->running || w->wakefd < 0)
 			continue;
 		uint64_t one = 1;
 		if (write(w->wakefd, &one, sizeof one) < 0) {
 			/* the 1 s epoll timeout still ends the thread */
 		}
+	}
+	for (int i = 0; i < r->nworkers; i++) {
+		rl_worker *w = &r->w[i];
+		if (!w->running)
+			continue;
 		pthread_join(w->th, NULL);
 		w->running = 0;
 		atomic_store(&w->tid, 0);

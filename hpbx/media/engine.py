@@ -97,7 +97,8 @@ class MediaEngine:
         self.relay.start()
 
     def close(self) -> None:
-        """Stop the relay threads; every session and port goes with them."""
+        """Stop the relay threads; every session and port goes with them. Idempotent; relay
+        commands afterwards raise RelayError("relay closed")."""
         self.relay.close()
         self._sessions.clear()
         self._by_handle.clear()
@@ -221,6 +222,8 @@ class MediaEngine:
     # ------------------------------------------------------------------ media timeout
     def check_timeouts(self) -> list[str]:
         """Report newly timed-out calls to ``on_timeout``; returns their keys."""
+        if self.relay.closed:
+            return []
         fresh = []
         for handle in self.relay.timed_out(self.media_timeout):
             key = self._by_handle.get(handle)
@@ -238,9 +241,15 @@ class MediaEngine:
         return fresh
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Poll for media timeouts until cancelled (run as a task by the app)."""
+        """Poll for media timeouts until cancelled or the relay is closed (run as a task by the
+        app, which cancels and awaits it before ``close``)."""
         while True:
             await asyncio.sleep(interval)
             if self.relay.closed:
                 return
-            self.check_timeouts()
+            try:
+                self.check_timeouts()
+            except RelayError:
+                if self.relay.closed:
+                    return  # closed under us: the watch simply ends
+                raise

@@ -493,3 +493,111 @@ def test_worker_priority():
         assert os.getpriority(os.PRIO_PROCESS, 0) != -3  # the caller keeps its own
     finally:
         r.close()
+
+
+def _drive(relay, n_sessions):
+    """Sessions with both legs' peers set, and a sender for each side."""
+    out = []
+    for _ in range(n_sessions):
+        h = relay.allocate()
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.bind((LO, 0))
+            s.setblocking(False)
+        relay.set_peer(h, "a", *a.getsockname())
+        relay.set_peer(h, "b", *b.getsockname())
+        pa, pb = relay.ports(h)
+        out.append((h, a, b, pa, pb))
+    return out
+
+
+def test_close_while_traffic_flows_and_other_threads_issue_commands():
+    """Regression: close racing the workers and commands from other threads (SIGTERM segfault).
+
+    Each cycle closes a relay while media flows through live sessions and two threads keep
+    calling stats/delete/timed_out/set_hold/sessions: those may only ever get RelayError, close
+    returns with every worker joined and every port free, and after it every command says
+    "relay closed".
+    """
+    import threading
+
+    for cycle in range(12):
+        r = Relay(LO, PORT_MIN, PORT_MAX, workers=2)
+        r.start()
+        tids = r.thread_ids()
+        sessions = _drive(r, 6)
+        ports = [p for _, _, _, pa, pb in sessions for p in (pa, pa + 1, pb, pb + 1)]
+        stop = threading.Event()
+        unexpected = []
+        sent = [0]
+
+        def traffic():
+            seq = 0
+            while not stop.is_set():
+                for _, a, b, pa, pb in sessions:
+                    try:
+                        a.sendto(rtp(seq, seq * 160), (LO, pa))
+                        b.sendto(rtp(seq, seq * 160), (LO, pb))
+                        sent[0] += 2
+                    except OSError:
+                        pass  # ICMP unreachable after close: the ports are gone, as they should be
+                seq += 1
+
+        def commands(deleter):
+            while not stop.is_set():
+                for h, *_ in sessions:
+                    try:
+                        r.stats(h)
+                        r.timed_out(0.0)
+                        r.set_hold(h, False)
+                        r.sessions()
+                        if deleter and h == sessions[cycle % len(sessions)][0]:
+                            r.delete(h)
+                    except RelayError as e:
+                        if "closed" not in str(e) and "unknown relay session" not in str(e):
+                            unexpected.append(repr(e))
+                    except Exception as e:  # anything else is a bug
+                        unexpected.append(repr(e))
+
+        threads = [threading.Thread(target=traffic), threading.Thread(target=commands, args=(True,)),
+                   threading.Thread(target=commands, args=(False,))]
+        for t in threads:
+            t.start()
+        try:
+            assert wait_for(lambda: sent[0] > 50, 2.0)
+            closer = threading.Thread(target=r.close)  # a second close races the first
+            closer.start()
+            r.close()
+            assert r.closed
+            closer.join(5)
+            assert not closer.is_alive()
+            assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+            for _, a, b, _, _ in sessions:
+                a.close()
+                b.close()
+        assert unexpected == []
+        for p in ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((LO, p))  # every socket of the relay is closed
+            s.close()
+    h = sessions[1][0]
+    for method, args in (("allocate", ()), ("stats", (h,)), ("delete", (h,)), ("timed_out", (1.0,)),
+                         ("sessions", ()), ("set_hold", (h, True)), ("relatch", (h, "a")),
+                         ("set_peer", (h, "a", LO, 4000)), ("free_pairs", ()), ("thread_ids", ()),
+                         ("set_clock_rate", (h, "a", 8000)), ("start", ())):
+        with pytest.raises(RelayError, match="relay closed"):
+            getattr(r, method)(*args)
+
+
+def test_workers_block_signals():
+    """SIGTERM must reach a Python thread, never interrupt a packet loop."""
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=2) as r:
+        for tid in r.thread_ids():
+            with open(f"/proc/self/task/{tid}/status") as f:
+                blocked = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
+            assert int(blocked, 16) & (1 << (15 - 1)), f"SIGTERM not blocked in worker {tid}"
