@@ -9,17 +9,15 @@ them are removed afterwards. Nothing touches the root namespace.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import HpbxServer, SippRun, have_sipp, run_sipp  # noqa: E402
-
-pyroute2 = pytest.importorskip("pyroute2")
+from netns import exec_in, masquerade, namespaces, require_root_and_iptables, up, veth  # noqa: E402
 pytestmark = [pytest.mark.netns, pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
@@ -29,68 +27,26 @@ ROUTER_OUT, SERVER_IP = "198.51.100.1", "198.51.100.2"
 PHONE_PORT = 5072
 
 
-def _veth(ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
-    with pyroute2.NetNS(ns_a) as ns:
-        ns.link("add", ifname=if_a, kind="veth", peer=if_b)
-        ns.link("set", index=ns.link_lookup(ifname=if_b)[0], net_ns_fd=ns_b)
-
-
-def _up(ns_name: str, ifname: str, address: str | None = None, gateway: str | None = None) -> None:
-    with pyroute2.NetNS(ns_name) as ns:
-        idx = ns.link_lookup(ifname=ifname)[0]
-        if address:
-            ns.addr("add", index=idx, address=address, prefixlen=24)
-        ns.link("set", index=idx, state="up")
-        if gateway:
-            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
-
-
-def _in_ns(ns_name: str, *cmd: str) -> None:
-    subprocess.run(["ip", "netns", "exec", ns_name, *cmd], check=True, capture_output=True)
-
-
 @pytest.fixture
 def nat_topology():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    if not shutil.which("iptables"):
-        pytest.skip("iptables is not installed")
+    require_root_and_iptables()
     tag = f"{os.getpid() % 100000}"
     names = {"phone": f"h4phone{tag}", "router": f"h4rtr{tag}", "server": f"h4srv{tag}"}
-    made = []
-    try:
-        for name in names.values():
-            pyroute2.netns.create(name)
-            made.append(name)
-    except Exception as exc:
-        for name in made:
-            pyroute2.netns.remove(name)
-        pytest.skip(f"cannot create network namespaces: {exc}")
-    try:
-        _veth(names["router"], "rin", names["phone"], "eth0")
-        _veth(names["router"], "rout", names["server"], "eth0")
-        for name in names.values():
-            _up(name, "lo")
-        _up(names["phone"], "eth0", PHONE_IP, gateway=ROUTER_IN)
-        _up(names["router"], "rin", ROUTER_IN)
-        _up(names["router"], "rout", ROUTER_OUT)
-        _up(names["server"], "eth0", SERVER_IP)
-        _in_ns(names["router"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        _in_ns(names["router"], "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "rout",
-               "-j", "MASQUERADE")
+    with namespaces(names.values()):
+        veth(names["router"], "rin", names["phone"], "eth0")
+        veth(names["router"], "rout", names["server"], "eth0")
+        up(names["phone"], "eth0", PHONE_IP, gateway=ROUTER_IN)
+        up(names["router"], "rin", ROUTER_IN)
+        up(names["router"], "rout", ROUTER_OUT)
+        up(names["server"], "eth0", SERVER_IP)
+        masquerade(names["router"], "rout")
         yield names
-    finally:
-        for name in made:
-            try:
-                pyroute2.netns.remove(name)
-            except Exception:
-                pass
 
 
 def test_phone_behind_nat(nat_topology, tmp_path):
-    phone_ns = ["ip", "netns", "exec", nat_topology["phone"]]
+    phone_ns = exec_in(nat_topology["phone"])
     srv = HpbxServer(tmp_path / "srv", users=[("natphone", "natphone-pw")], host=SERVER_IP,
-                     wrap=["ip", "netns", "exec", nat_topology["server"]],
+                     wrap=exec_in(nat_topology["server"]),
                      sip_extra={"keepalive_interval": 1, "keepalive_grace": 60})
     srv.start()
     try:
