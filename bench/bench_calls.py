@@ -55,6 +55,9 @@ TRUNK_PORT, DEV1_PORT, DEV2_PORT = 5490, 5491, 5492
 NUMBER, USER, PASSWORD = "0449990000", "benchuser", "bench-pw"
 CLK = os.sysconf("SC_CLK_TCK")
 
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "sip")]
+from callrig import number, trunk, user  # noqa: E402  the call tests' tenant builders
+
 
 def env_list(name: str, default: str) -> list[str]:
     return os.environ.get(name, default).split()
@@ -166,7 +169,21 @@ def wait_options(port: int, tries: int = 60) -> bool:
 
 
 # ------------------------------------------------------------------ servers
-class Hpbx:
+class Server:
+    """A server under bench: ``start`` sets ``proc`` and ``log``; ``stop`` ends it gracefully."""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Hpbx(Server):
     name = "hpbx"
     port = HPBX_PORT
     service = NUMBER
@@ -177,25 +194,8 @@ class Hpbx:
         for stale in ("hpbx.sqlite3", "hpbx.sqlite3-wal", "hpbx.sqlite3-shm"):
             (OUT / stale).unlink(missing_ok=True)
         tenant = OUT / "tenant.toml"
-        tenant.write_text(f"""[tenant]
-name = "bench"
-[[trunks]]
-name = "carrier"
-host = "{IP}"
-port = {TRUNK_PORT}
-[[users]]
-username = "{USER}"
-sip_password = "{PASSWORD}"
-internal_number = "500"
-[[numbers]]
-number = "{NUMBER}"
-[[numbers.slots]]
-active = true
-days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-[[numbers.slots.rows]]
-duration = 60
-targets = ["user:{USER}"]
-""")
+        tenant.write_text('[tenant]\nname = "bench"\n' + trunk("carrier", TRUNK_PORT, host=IP)
+                          + user(USER, "500", password=PASSWORD) + number(NUMBER, (60, [f"user:{USER}"])))
         config = OUT / "hpbx.toml"
         config.write_text(f"""[sip]
 listen = ["udp:{IP}:{HPBX_PORT}"]
@@ -229,18 +229,8 @@ files = ["{tenant}"]
         with AdminClient(str(OUT / "hpbx.sock"), timeout=10) as client:
             return client.call("stats.get", layer="calls")["calls"]["calls_active"]
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
-
-class Kamailio:
+class Kamailio(Server):
     """A private instance of the anchor's Kamailio (its own port, control socket and run
     directory), so that another bench using the anchor script's instance is not disturbed."""
 
@@ -264,16 +254,6 @@ class Kamailio:
 
     def pids(self) -> list[int]:
         return children(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 # ------------------------------------------------------------------ the bench

@@ -127,8 +127,7 @@ def test_two_phones_behind_nat_hear_each_other(two_nats, tmp_path):
         assert stats["b"]["peer"][0] == SITES["b"][2] and stats["b"]["latched"], stats
         res_a, res_b = caller.wait(), callee.wait()
         assert res_a.successful == 1 and res_b.successful == 1, res_a.describe() + res_b.describe()
-        idle = rig.wait_idle()
-        assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
+        rig.assert_idle()
     finally:
         for p in procs:
             p.kill()

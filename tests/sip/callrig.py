@@ -23,6 +23,36 @@ import orjson
 from harness import SIPP, HpbxServer, SippResult, _sipp_counts, free_port, run_sipp, write_config
 
 SCEN = Path(__file__).parent / "scenarios"
+ALLDAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
+
+
+# ---- tenant TOML: the call tests and the call bench describe their tenants with these
+def trunk(name: str, port: int, host: str = "127.0.0.1", **fields: str) -> str:
+    """A ``[[trunks]]`` table; ``fields`` are further string keys (username, password)."""
+    return (f'\n[[trunks]]\nname = "{name}"\nhost = "{host}"\nport = {port}\n'
+            + "".join(f'{k} = "{v}"\n' for k, v in fields.items()))
+
+
+def user(name: str, internal: str = "", displayed: str = "", flags=(), password: str = "") -> str:
+    """A ``[[users]]`` table, password ``<name>-pw`` unless given; ``flags`` are set to true."""
+    password = password or f"{name}-pw"
+    return (f'\n[[users]]\nusername = "{name}"\nsip_password = "{password}"\n'
+            + (f'internal_number = "{internal}"\n' if internal else "")
+            + (f'displayed_number = "{displayed}"\n' if displayed else "")
+            + ("[users.flags]\n" + "".join(f"{k} = true\n" for k in flags) if flags else ""))
+
+
+def number(num: str, *rows: tuple[int, list[str]], **fields: str) -> str:
+    """A ``[[numbers]]`` table with one slot active every day holding ``rows`` of
+    (duration, targets); ``fields`` are further string keys of the number (alert_info)."""
+    text = (f'\n[[numbers]]\nnumber = "{num}"\n' + "".join(f'{k} = "{v}"\n' for k, v in fields.items())
+            + f"[[numbers.slots]]\nactive = true\ndays = {ALLDAYS}\n")
+    for duration, targets in rows:
+        quoted = ", ".join(f'"{t}"' for t in targets)
+        text += f"[[numbers.slots.rows]]\nduration = {duration}\ntargets = [{quoted}]\n"
+    return text
+
+
 def media_port() -> int:
     """An even port for a SIPp instance's media, free now together with port + 2 (SIPp binds
     both). Asked from the kernel, so that parallel relays and benches are not hit."""
@@ -186,6 +216,12 @@ class CallRig:
 
     def call_stats(self) -> dict:
         return self.admin("stats.get", layer="calls")
+
+    def assert_idle(self) -> dict:
+        """No call left active and no media port pair left in use once calls have ended."""
+        idle = self.wait_idle()
+        assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
+        return idle
 
     def wait_idle(self, timeout: float = 5.0) -> dict:
         """Until no call is active and every media port pair is back in the pool."""

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from harness import free_port, have_sipp, header
-from callrig import CallRig
+from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
@@ -18,68 +18,15 @@ pytestmark = [pytest.mark.sipp,
 CARRIER = free_port(both=False)
 GATEWAY = free_port(both=False)
 
-TENANT = f"""
-[tenant]
-name = "acme"
-trunk = "gateway"
-
-[[trunks]]
-name = "carrier"
-host = "127.0.0.1"
-port = {CARRIER}
-
-[[trunks]]
-name = "gateway"
-host = "127.0.0.1"
-port = {GATEWAY}
-
-[[users]]
-username = "anna"
-sip_password = "anna-pw"
-internal_number = "201"
-displayed_number = "0441110000"
-
-[[users]]
-username = "beat"
-sip_password = "beat-pw"
-internal_number = "202"
-displayed_number = "0441110000"
-
-[[users]]
-username = "carl"
-sip_password = "carl-pw"
-internal_number = "203"
-
-[[users]]
-username = "dora"
-sip_password = "dora-pw"
-internal_number = "204"
-
-[[users]]
-username = "lone"
-sip_password = "lone-pw"
-internal_number = "299"
-
-[[numbers]]
-number = "0441110001"
-[[numbers.slots]]
-active = true
-days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-[[numbers.slots.rows]]
-duration = 30
-targets = ["user:beat"]
-
-# one phone
-[[numbers]]
-number = "0441110000"
-alert_info = "<http://x/ring2>;info=alert-group"
-[[numbers.slots]]
-active = true
-days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-[[numbers.slots.rows]]
-duration = 30
-targets = ["user:anna"]
-"""
+TENANT = (
+    '[tenant]\nname = "acme"\ntrunk = "gateway"\n'
+    + trunk("carrier", CARRIER) + trunk("gateway", GATEWAY)
+    + user("anna", "201", "0441110000") + user("beat", "202", "0441110000") + user("carl", "203")
+    + user("dora", "204") + user("lone", "299")
+    + number("0441110001", (30, ["user:beat"]))
+    # one phone
+    + number("0441110000", (30, ["user:anna"]), alert_info="<http://x/ring2>;info=alert-group")
+)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +63,7 @@ def test_trunk_call_to_one_phone_answer_bye_cdr(rig):
     m_ok = int(re.search(r"m=audio (\d+)", ok).group(1))
     assert lo <= m_invite <= hi and lo <= m_ok <= hi and m_invite != m_ok
     assert "a=candidate" not in invite and "a=rtpmap:8 PCMA/8000" in invite
-    idle = rig.wait_idle()
-    assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
+    rig.assert_idle()
     cdr = [c for c in rig.cdrs() if c["call_id"] == header(caller_invite, "Call-ID")[0]]
     assert len(cdr) == 1, rig.cdrs()
     c = cdr[0]
@@ -137,5 +83,4 @@ def test_callee_bye_ends_both_legs(rig):
     assert header(bye, "Call-ID") != header(phone.received("INVITE")[0], "Call-ID")
     cdr = [c for c in rig.cdrs(count=2) if c["call_id"] == header(bye, "Call-ID")[0]]
     assert cdr and cdr[0]["end_reason"] == "callee hung up", rig.cdrs()
-    idle = rig.wait_idle()
-    assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
+    rig.assert_idle()

@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 
 from harness import free_port, have_sipp, header
-from callrig import CallRig
+from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
@@ -23,17 +23,6 @@ CARRIER = free_port(both=False)
 GATEWAY = free_port(both=False)
 CARRIER2 = free_port(both=False)
 REASON = 'SIP;cause=200;text="Call completed elsewhere"'
-ALLDAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
-
-
-def number(num: str, *rows: tuple[int, list[str]]) -> str:
-    text = f'\n[[numbers]]\nnumber = "{num}"\n[[numbers.slots]]\nactive = true\ndays = {ALLDAYS}\n'
-    for duration, targets in rows:
-        quoted = ", ".join(f'"{t}"' for t in targets)
-        text += f"[[numbers.slots.rows]]\nduration = {duration}\ntargets = [{quoted}]\n"
-    return text
-
-
 USERS = {  # username: (internal number, displayed number, flags)
     "p1": ("211", "0442220001", {}), "p2": ("212", "", {}),
     "s1": ("221", "", {}), "s2": ("222", "", {}),
@@ -53,34 +42,12 @@ USERS = {  # username: (internal number, displayed number, flags)
     "x1": ("321", "", {}), "x2": ("322", "", {}),
 }
 
-TENANT = f"""
-[tenant]
-name = "fork"
-trunk = "gateway"
-
-[[trunks]]
-name = "carrier"
-host = "127.0.0.1"
-port = {CARRIER}
-
-[[trunks]]
-name = "carrier2"
-host = "127.0.0.1"
-port = {CARRIER2}
-
-[[trunks]]
-name = "gateway"
-host = "127.0.0.1"
-port = {GATEWAY}
-username = "trunkuser"
-password = "trunk-secret"
-""" + "".join(
-    f'\n[[users]]\nusername = "{u}"\nsip_password = "{u}-pw"\ninternal_number = "{n}"\n'
-    + (f'displayed_number = "{d}"\n' if d else "")
-    + ("[users.flags]\n" + "".join(f"{k} = true\n" for k in flags) if flags else "")
-    for u, (n, d, flags) in USERS.items()
-) + (
-    number("0442220001", (30, ["user:p1", "user:p2"]))
+TENANT = (
+    '[tenant]\nname = "fork"\ntrunk = "gateway"\n'
+    + trunk("carrier", CARRIER) + trunk("carrier2", CARRIER2)
+    + trunk("gateway", GATEWAY, username="trunkuser", password="trunk-secret")
+    + "".join(user(u, n, d, flags) for u, (n, d, flags) in USERS.items())
+    + number("0442220001", (30, ["user:p1", "user:p2"]))
     + number("0442220002", (1, ["user:s1"]), (10, ["user:s2"]))
     + number("0442220003", (30, ["user:b1", "user:b2"]), (30, ["user:b3"]))
     + number("0442220004", (30, ["user:c1", "user:c2"]))
@@ -127,11 +94,6 @@ def cdr_of(rig, result) -> dict:
         time.sleep(0.1)
 
 
-def assert_idle(rig):
-    idle = rig.wait_idle()
-    assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
-
-
 def test_parallel_ring_first_answer_wins_other_gets_completed_elsewhere(rig):
     p1 = rig.phone("p1", "call_uas_ring.xml")
     p2 = rig.phone("p2", "call_uas.xml", pause_ms=800)
@@ -150,7 +112,7 @@ def test_parallel_ring_first_answer_wins_other_gets_completed_elsewhere(rig):
     assert len(cids) == 2 and caller_cid not in cids
     c = cdr_of(rig, res)
     assert c["answered_by"] == "p2" and c["targets_tried"] == ["user:p1", "user:p2"]
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_rows_ring_one_after_another(rig):
@@ -168,7 +130,7 @@ def test_rows_ring_one_after_another(rig):
     assert cancel1 <= inv2 + 0.2 and inv1 >= t0 - 1
     assert header(r1.received("CANCEL")[0], "Reason") == []
     assert cdr_of(rig, res)["answered_by"] == "s2"
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_all_busy_row_is_skipped_at_once(rig):
@@ -183,7 +145,7 @@ def test_all_busy_row_is_skipped_at_once(rig):
     busy_last = max(stamps(rs[0], "ACK")[0], stamps(rs[1], "ACK")[0])
     assert stamps(rs[2], "INVITE")[0] - busy_last < 1.0
     assert cdr_of(rig, res)["targets_tried"] == ["user:b1", "user:b2", "user:b3"]
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_caller_cancel_cancels_every_branch(rig):
@@ -198,7 +160,7 @@ def test_caller_cancel_cancels_every_branch(rig):
         assert header(r.received("CANCEL")[0], "Reason") == []
     c = cdr_of(rig, res)
     assert c["end_reason"] == "caller cancelled" and c["answered_by"] == "" and not c["answer"]
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_external_target_through_trunk_carries_diversion(rig):
@@ -212,7 +174,7 @@ def test_external_target_through_trunk_carries_diversion(rig):
     assert header(invite, "Diversion") and "sip:0442220005@" in header(invite, "Diversion")[0]
     assert re.search(r"(?m)^From:.*sip:0311112222@", invite)
     assert cdr_of(rig, res)["answered_by"] == "0791234567"
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_internal_call_by_internal_number_presents_the_callers_number(rig):
@@ -225,7 +187,7 @@ def test_internal_call_by_internal_number_presents_the_callers_number(rig):
     assert re.search(r"(?m)^From:.*sip:0442220001@", invite), invite
     c = cdr_of(rig, res)
     assert (c["caller"], c["called"], c["answered_by"]) == ("251", "252", "i2")
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_outgoing_call_of_a_user_leaves_through_the_trunk_with_displayed_number(rig):
@@ -238,7 +200,7 @@ def test_outgoing_call_of_a_user_leaves_through_the_trunk_with_displayed_number(
     assert invite.startswith("INVITE sip:0799998877@127.0.0.1")
     assert re.search(r"(?m)^From:\s*<sip:0442220005@", invite), invite
     assert "sip:0442220005@" in header(invite, "P-Asserted-Identity")[0]
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_wrong_password_on_invite_is_403(rig):
@@ -254,7 +216,7 @@ def test_unlinked_user_is_never_rung_from_outside(rig):
     assert res.successful == 1 and l1.finish().successful == 1, res.describe()
     assert fail.received("SIP/2.0 404"), fail.describe()
     assert lone.finish().received("INVITE") == []
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_busy_on_active_call_gives_486_without_ringing(rig):
@@ -266,7 +228,7 @@ def test_busy_on_active_call_gives_486_without_ringing(rig):
     assert first_res.successful == 1 and phone.successful == 1, first_res.describe() + phone.describe()
     assert second.received("SIP/2.0 486"), second.describe() + rig.server.log()
     assert len(phone.received("INVITE")) == 1
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_trunk_challenge_is_answered_with_digest(rig):
@@ -285,7 +247,7 @@ def test_trunk_challenge_is_answered_with_digest(rig):
     ha2 = hashlib.md5(f"INVITE:{auth['uri']}".encode()).hexdigest()
     expected = hashlib.md5(f"{ha1}:abc123:{auth['nc']}:{auth['cnonce']}:auth:{ha2}".encode()).hexdigest()
     assert auth["response"] == expected
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_busy_while_ringing_gives_486_to_the_second_call(rig):
@@ -297,7 +259,7 @@ def test_busy_while_ringing_gives_486_to_the_second_call(rig):
     assert first_res.successful == 1 and phone.successful == 1, first_res.describe() + phone.describe()
     assert second.received("SIP/2.0 486"), second.describe() + rig.server.log()
     assert len(phone.received("INVITE")) == 1
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_device_that_never_answers_is_ended_by_timeout(rig):
@@ -309,7 +271,7 @@ def test_device_that_never_answers_is_ended_by_timeout(rig):
     assert final and re.match(r"SIP/2.0 (408|480)", final[0][1]), res.describe() + rig.server.log()
     assert 5 < took < 12, took  # Timer B: 64 x T1 (100 ms in tests)
     assert cdr_of(rig, res)["targets_tried"] == ["user:dead"]
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_late_second_answer_is_acked_and_hung_up(rig):
@@ -323,7 +285,7 @@ def test_late_second_answer_is_acked_and_hung_up(rig):
     assert r2.received("ACK") and r2.received("BYE")
     assert stamps(r2, "BYE")[0] < stamps(r1, "BYE")[0] - 0.3
     assert cdr_of(rig, res)["answered_by"] == "w1"
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_target_in_consecutive_rows_keeps_ringing(rig):
@@ -337,7 +299,7 @@ def test_target_in_consecutive_rows_keeps_ringing(rig):
     assert len(r1.received("INVITE")) == 1
     assert 0.8 <= stamps(r2, "INVITE")[0] - stamps(r1, "INVITE")[0] <= 1.8
     assert header(r1.received("CANCEL")[0], "Reason") == [REASON]
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_link_hands_the_call_to_another_numbers_plan(rig):
@@ -350,7 +312,7 @@ def test_link_hands_the_call_to_another_numbers_plan(rig):
     assert stamps(r2, "INVITE")[0] - stamps(r1, "INVITE")[0] >= 0.8
     c = cdr_of(rig, res)
     assert (c["called"], c["answered_by"], c["targets_tried"]) == ("0442220012", "n2", ["user:n1", "user:n2"])
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_exhausted_rows_give_the_best_final_response(rig):
@@ -362,7 +324,7 @@ def test_exhausted_rows_give_the_best_final_response(rig):
     # 486 from x1 beats the 487 of x2's cancelled branch (RFC 3261 16.7)
     assert res.received("SIP/2.0 486"), res.describe() + rig.server.log()
     assert cdr_of(rig, res)["end_reason"].startswith("486")
-    assert_idle(rig)
+    rig.assert_idle()
 
 
 def test_no_matching_slot_is_480(rig):

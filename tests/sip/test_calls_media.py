@@ -12,26 +12,16 @@ import time
 import pytest
 
 from harness import free_port, have_sipp, header
-from callrig import CallRig
+from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
 CARRIER = free_port(both=False)
-ALLDAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
 USERS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
 
-TENANT = f"""
-[tenant]
-name = "media"
-
-[[trunks]]
-name = "carrier"
-host = "127.0.0.1"
-port = {CARRIER}
-""" + "".join(f'\n[[users]]\nusername = "{u}"\nsip_password = "{u}-pw"\n' for u in USERS) + "".join(
-    f'\n[[numbers]]\nnumber = "04433300{i}"\n[[numbers.slots]]\nactive = true\ndays = {ALLDAYS}\n'
-    f'[[numbers.slots.rows]]\nduration = 30\ntargets = ["user:{u}"]\n' for i, u in enumerate(USERS, 1))
+TENANT = ('[tenant]\nname = "media"\n' + trunk("carrier", CARRIER) + "".join(map(user, USERS))
+          + "".join(number(f"04433300{i}", (30, [f"user:{u}"])) for i, u in enumerate(USERS, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +37,7 @@ def sdp_port(message: str) -> int:
 
 
 def assert_pool_full(rig):
-    idle = rig.wait_idle()
-    assert idle["calls_active"] == 0 and idle["media_pairs_used"] == 0, idle
+    idle = rig.assert_idle()
     assert idle["media_pairs_free"] == (rig.rtp_ports[1] - rig.rtp_ports[0] + 1) // 2
 
 
