@@ -1308,19 +1308,10 @@ cdef inline Py_ssize_t _lf_end(const unsigned char* b, Py_ssize_t pos, Py_ssize_
 
 cdef inline Py_ssize_t _line_end(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
     """Index of the CR of the CRLF ending the line at pos; -1 when none, -2 on a bare CR/LF."""
-    cdef const void* p
-    cdef Py_ssize_t k
-    if pos >= n:
-        return -1
-    p = memchr(b + pos, 10, <size_t>(n - pos))
-    if p == NULL:
-        return -1
-    k = <const unsigned char*>p - b
-    if k == pos or b[k - 1] != 13:
+    cdef Py_ssize_t cr = _lf_end(b, pos, n)
+    if cr > pos and memchr(b + pos, 13, <size_t>(cr - pos)) != NULL:
         return -2
-    if k - 1 > pos and memchr(b + pos, 13, <size_t>(k - 1 - pos)) != NULL:
-        return -2
-    return k - 1
+    return cr
 
 
 cdef enum:
@@ -1983,11 +1974,9 @@ cdef bint _is_clen(str name):
     return _user_hdr_id(nb) == H_CONTENT_LENGTH
 
 
-def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
-    """A request; Content-Length is added (any given one is replaced)."""
-    _check_line(method, "method")
-    _check_line(ruri, "Request-URI")
-    parts = [f"{method} {ruri} SIP/2.0\r\n"]
+cdef bytes _with_headers_and_body(list parts, headers, bytes body):
+    """The start line and fixed headers in ``parts``, then ``headers`` (a given Content-Length
+    is dropped), then the Content-Length of ``body`` and the body: the tail of both builders."""
     for name, value in headers:
         if _is_clen(name):
             continue
@@ -1996,6 +1985,14 @@ def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
         parts.append(f"{name}: {value}\r\n")
     parts.append(f"Content-Length: {len(body)}\r\n\r\n")
     return _enc("".join(parts)) + body
+
+
+def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
+    """A request; Content-Length is added (any given one is replaced)."""
+    _check_line(method, "method")
+    _check_line(ruri, "Request-URI")
+    parts = [f"{method} {ruri} SIP/2.0\r\n"]
+    return _with_headers_and_body(parts, headers, body)
 
 
 def build_response(SipMessage request, int status, reason=None, *, to_tag=None, headers=(),
@@ -2024,14 +2021,7 @@ def build_response(SipMessage request, int status, reason=None, *, to_tag=None, 
     parts.append(f"To: {to}\r\n")
     parts.append(f"Call-ID: {request.call_id}\r\n")
     parts.append(f"CSeq: {request.cseq} {request.cseq_method}\r\n")
-    for name, value in headers:
-        if _is_clen(name):
-            continue
-        _check_line(name, "header name")
-        _check_line(value, "header value")
-        parts.append(f"{name}: {value}\r\n")
-    parts.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return _enc("".join(parts)) + body
+    return _with_headers_and_body(parts, headers, body)
 
 
 def set_via_received(str raw_via_value, str received, int rport) -> str:
