@@ -130,7 +130,24 @@ def server_key(msg) -> tuple:
     return ("2543", msg.call_id, msg.cseq, msg.from_tag, msg.via_host, msg.via_port, method)
 
 
-class ServerTransaction:
+class _Timed:
+    """What server and client transactions share: their timers and how they end."""
+
+    __slots__ = ()
+
+    def _cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+
+    def _end(self, table: dict, key) -> None:
+        self.state = State.TERMINATED
+        self._cancel_timers()
+        if table.get(key) is self:
+            del table[key]
+
+
+class ServerTransaction(_Timed):
     __slots__ = ("layer", "key", "msg", "channel", "addr", "reply_addr", "invite", "state", "last",
                  "timers", "interval", "to_tag", "on_cancel", "on_ack_timeout", "user")
 
@@ -225,20 +242,11 @@ class ServerTransaction:
                 self.on_ack_timeout(self)
         self._terminate()
 
-    def _cancel_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-
     def _terminate(self) -> None:
-        self.state = State.TERMINATED
-        self._cancel_timers()
-        table = self.layer.server
-        if table.get(self.key) is self:
-            del table[self.key]
+        self._end(self.layer.server, self.key)
 
 
-class ClientTransaction:
+class ClientTransaction(_Timed):
     __slots__ = ("layer", "method", "ruri", "headers", "body", "data", "target", "channel",
                  "branch", "invite", "state", "on_response", "timers", "interval", "cancel_pending",
                  "call_id", "cseq", "via", "user")
@@ -376,17 +384,8 @@ class ClientTransaction:
         self.layer.send_request("CANCEL", self.ruri, headers, self.target, None,
                                 branch=self.branch, via=self.via)
 
-    def _cancel_timers(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-
     def _terminate(self) -> None:
-        self.state = State.TERMINATED
-        self._cancel_timers()
-        key = (self.branch, self.method)
-        if self.layer.client.get(key) is self:
-            del self.layer.client[key]
+        self._end(self.layer.client, (self.branch, self.method))
 
 
 class TransactionLayer:
