@@ -98,6 +98,7 @@ class Server:
         self.transports = TransportHub(loop, settings, None)
         self.transactions = TransactionLayer(self.wheel, self.transports, sip.t1_ms / 1000,
                                              sip.t2_ms / 1000, sip.t4_ms / 1000, sip.user_agent)
+        self._stop_order.append(self.transactions.close)
         self.dispatcher = Dispatcher(self.transactions, self.registrar, sip.user_agent)
         self.transports.sink = self.dispatcher.on_message
         await self.transports.start()

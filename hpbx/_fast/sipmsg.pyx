@@ -10,7 +10,7 @@ explicitly (no global boundscheck=False is needed because all access goes throug
 guarded by those checks).
 """
 cimport cython
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, strlen
 from libc.stdint cimport int16_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -22,6 +22,9 @@ import os
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     void* PyUnicode_DATA(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    object PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
 
 from hpbx.errors import SipParseError
 
@@ -1974,54 +1977,218 @@ cdef bint _is_clen(str name):
     return _user_hdr_id(nb) == H_CONTENT_LENGTH
 
 
-cdef bytes _with_headers_and_body(list parts, headers, bytes body):
-    """The start line and fixed headers in ``parts``, then ``headers`` (a given Content-Length
-    is dropped), then the Content-Length of ``body`` and the body: the tail of both builders."""
-    for name, value in headers:
-        if _is_clen(name):
-            continue
-        _check_line(name, "header name")
-        _check_line(value, "header value")
-        parts.append(f"{name}: {value}\r\n")
-    parts.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return _enc("".join(parts)) + body
+# ---------------------------------------------------------------- serialization
+# Messages are written into one growing C buffer and become bytes once: a response costs one
+# allocation for its octets instead of a list of pieces and a join.
+cdef struct Out:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _out_init(Out* o, Py_ssize_t cap) except -1:
+    o.p = <char*>PyMem_Malloc(cap)
+    if o.p == NULL:
+        raise MemoryError()
+    o.n = 0
+    o.cap = cap
+    return 0
+
+
+cdef int _put(Out* o, const char* s, Py_ssize_t n) except -1:
+    cdef Py_ssize_t cap
+    cdef char* p
+    if o.n + n > o.cap:
+        cap = o.cap * 2
+        while cap < o.n + n:
+            cap *= 2
+        p = <char*>PyMem_Realloc(o.p, cap)
+        if p == NULL:
+            raise MemoryError()
+        o.p = p
+        o.cap = cap
+    memcpy(o.p + o.n, s, <size_t>n)
+    o.n += n
+    return 0
+
+
+cdef inline int _put_c(Out* o, const char* s) except -1:
+    return _put(o, s, <Py_ssize_t>strlen(s))
+
+
+cdef int _put_bytes(Out* o, bytes v) except -1:
+    return _put(o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+
+
+cdef int _put_str(Out* o, str v) except -1:
+    """UTF-8 (surrogateescape: octets the parser kept undecoded go back as they came)."""
+    if PyUnicode_IS_ASCII(v):
+        return _put(o, <const char*>PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v))
+    return _put_bytes(o, _enc(v))
+
+
+cdef int _put_line(Out* o, str v, str what) except -1:
+    """A value that must stay on its line (header injection is refused)."""
+    _check_line(v, what)
+    return _put_str(o, v)
+
+
+cdef int _put_int(Out* o, long v) except -1:
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef bint neg = v < 0
+    cdef unsigned long u = <unsigned long>(-v if neg else v)
+    while True:
+        i -= 1
+        tmp[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if neg:
+        i -= 1
+        tmp[i] = 45
+    return _put(o, tmp + i, 24 - i)
+
+
+cdef int _put_value(Out* o, const unsigned char* b, Py_ssize_t a, Py_ssize_t z) except -1:
+    """Octets a..z of a header value as a copied header carries them: folds become one SP (a
+    bare CR is refused, as when the value is read)."""
+    if z > a and memchr(b + a, 13, <size_t>(z - a)) != NULL:
+        return _put_str(o, _dec_unfold(b, a, z - a))
+    return _put(o, <const char*>(b + a), z - a)
+
+
+cdef bint _ifind(const unsigned char* b, Py_ssize_t a, Py_ssize_t z, const char* lower, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(a, z - n + 1):
+        if _ieq(b + i, lower, n):
+            return True
+    return False
+
+
+cdef int _put_top_via(Out* o, const unsigned char* b, Py_ssize_t a, Py_ssize_t z, str host,
+                      int port) except -1:
+    """set_via_received on the top via-parm. The shape nearly every client sends (one bare
+    ;rport at the end, no received) is written straight from the octets."""
+    if (z - a > 6 and _ieq(b + z - 6, ";rport", 6) and not _ifind(b, a, z - 6, "rport", 5)
+            and not _ifind(b, a, z, "received", 8) and memchr(b + a, 13, <size_t>(z - a)) == NULL):
+        _put(o, <const char*>(b + a), z - a)
+        _put_c(o, "=")
+        _put_int(o, port)
+        _put_c(o, ";received=")
+        return _put_line(o, host, "received")
+    return _put_line(o, set_via_received(_dec_unfold(b, a, z - a), host, port), "Via")
+
+
+cdef bytes _finish(Out* o, headers, bytes body):
+    """``headers`` (a given Content-Length is dropped), Content-Length, the body; the bytes."""
+    try:
+        for name, value in headers:
+            if _is_clen(name):
+                continue
+            _put_line(o, name, "header name")
+            _put_c(o, ": ")
+            _put_line(o, value, "header value")
+            _put_c(o, "\r\n")
+        _put_c(o, "Content-Length: ")
+        _put_int(o, PyBytes_GET_SIZE(body))
+        _put_c(o, "\r\n\r\n")
+        _put_bytes(o, body)
+        return PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        PyMem_Free(o.p)
+        o.p = NULL
 
 
 def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
     """A request; Content-Length is added (any given one is replaced)."""
-    _check_line(method, "method")
-    _check_line(ruri, "Request-URI")
-    parts = [f"{method} {ruri} SIP/2.0\r\n"]
-    return _with_headers_and_body(parts, headers, body)
+    cdef Out o
+    _out_init(&o, 512 + PyBytes_GET_SIZE(body))
+    try:
+        _put_line(&o, method, "method")
+        _put_c(&o, " ")
+        _put_line(&o, ruri, "Request-URI")
+        _put_c(&o, " SIP/2.0\r\n")
+    except BaseException:
+        PyMem_Free(o.p)
+        raise
+    return _finish(&o, headers, body)
 
 
 def build_response(SipMessage request, int status, reason=None, *, to_tag=None, headers=(),
-                   bytes body=b"", top_via=None) -> bytes:
-    """A response to ``request``: every Via (``top_via`` replaces the first value, see
-    set_via_received), From, To (+;tag=to_tag when it has none), Call-ID, CSeq, then
-    ``headers``, then Content-Length."""
+                   bytes body=b"", top_via=None, source=None) -> bytes:
+    """A response to ``request``: every Via (``top_via`` replaces the first value; with
+    ``source=(host, port)`` the first value gets received/rport as set_via_received makes
+    them), From, To (+;tag=to_tag when it has none), Call-ID, CSeq, then ``headers``, then
+    Content-Length. The copied headers are the request's own octets."""
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(request._buf)
+    cdef HdrEntry* h
+    cdef Py_ssize_t s, e, k, a, z
+    cdef int i
+    cdef bint first = True
+    cdef Out o
     if reason is None:
         reason = REASONS.get(status, "Unknown")
-    _check_line(reason, "reason")
-    parts = [f"SIP/2.0 {status} {reason}\r\n"]
-    vias = request.header_values("Via")
-    if top_via is not None:
-        _check_line(top_via, "Via")
-        if vias:
-            vias[0] = top_via
-        else:
-            vias = [top_via]
-    for v in vias:
-        parts.append(f"Via: {v}\r\n")
-    parts.append(f"From: {request.header('From')}\r\n")
-    to = request.header("To")
-    if to_tag is not None and request.to_tag is None:
-        _check_line(to_tag, "to_tag")
-        to = f"{to};tag={to_tag}"
-    parts.append(f"To: {to}\r\n")
-    parts.append(f"Call-ID: {request.call_id}\r\n")
-    parts.append(f"CSeq: {request.cseq} {request.cseq_method}\r\n")
-    return _with_headers_and_body(parts, headers, body)
+    _out_init(&o, 512 + PyBytes_GET_SIZE(body))
+    try:
+        _put_c(&o, "SIP/2.0 ")
+        _put_int(&o, status)
+        _put_c(&o, " ")
+        _put_line(&o, reason, "reason")
+        _put_c(&o, "\r\n")
+        if top_via is not None:
+            _put_c(&o, "Via: ")
+            _put_line(&o, top_via, "Via")
+            _put_c(&o, "\r\n")
+        for i in range(request._nhdrs):
+            h = &request._hdrs[i]
+            if h.id != H_VIA:
+                continue
+            s = h.val_off
+            e = s + h.val_len
+            while s <= e:
+                k = _next_comma(b, s, e)
+                if k < 0:
+                    raise SipParseError("invalid Via header: unterminated quoted string", 400)
+                a = _skip_lws(b, s, k)
+                z = _rtrim(b, a, k)
+                s = k + 1
+                if z <= a:
+                    continue
+                if first:
+                    first = False
+                    if top_via is not None:
+                        continue
+                    if source is not None:
+                        _put_c(&o, "Via: ")
+                        _put_top_via(&o, b, a, z, source[0], source[1])
+                        _put_c(&o, "\r\n")
+                        continue
+                _put_c(&o, "Via: ")
+                _put_value(&o, b, a, z)
+                _put_c(&o, "\r\n")
+        _put_c(&o, "From: ")
+        i = request._find(H_FROM)
+        if i >= 0:
+            _put_value(&o, b, request._hdrs[i].val_off, request._hdrs[i].val_off + request._hdrs[i].val_len)
+        _put_c(&o, "\r\nTo: ")
+        i = request._find(H_TO)
+        if i >= 0:
+            _put_value(&o, b, request._hdrs[i].val_off, request._hdrs[i].val_off + request._hdrs[i].val_len)
+        if to_tag is not None and request._ttag_l < 0:
+            _put_c(&o, ";tag=")
+            _put_line(&o, to_tag, "to_tag")
+        _put_c(&o, "\r\nCall-ID: ")
+        _put(&o, <const char*>(b + request._cid_o), request._cid_l)
+        _put_c(&o, "\r\nCSeq: ")
+        _put_int(&o, request.cseq)
+        _put_c(&o, " ")
+        _put(&o, <const char*>(b + request._cseqm_o), request._cseqm_l)
+        _put_c(&o, "\r\n")
+    except BaseException:
+        PyMem_Free(o.p)
+        raise
+    return _finish(&o, headers, body)
 
 
 def set_via_received(str raw_via_value, str received, int rport) -> str:
@@ -2057,16 +2224,54 @@ def set_via_received(str raw_via_value, str received, int rport) -> str:
     return ";".join(out)
 
 
+# Tags, branches and Call-IDs are cryptographically random (RFC 3261 19.3): os.urandom, but
+# read 4 KiB at a time, since one getrandom call per response cost more than the rest of
+# building it. A forked child starts with a fresh pool, never with its parent's octets.
+cdef enum:
+    RAND_POOL = 4096
+cdef bytes _pool = b""
+cdef Py_ssize_t _pool_pos = 0
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+cdef void _pool_reset() noexcept:
+    global _pool, _pool_pos
+    _pool = b""
+    _pool_pos = 0
+
+
+cdef str _rand_hex(Py_ssize_t n):
+    """2n lower-case hex digits from n random octets."""
+    global _pool, _pool_pos
+    cdef const unsigned char* p
+    cdef char* out
+    cdef Py_ssize_t i
+    if _pool_pos + n > PyBytes_GET_SIZE(_pool):
+        _pool = os.urandom(RAND_POOL)
+        _pool_pos = 0
+    p = <const unsigned char*>PyBytes_AS_STRING(_pool) + _pool_pos
+    _pool_pos += n
+    r = PyUnicode_New(2 * n, 127)
+    out = <char*>PyUnicode_DATA(r)
+    for i in range(n):
+        out[2 * i] = _HEX[p[i] >> 4]
+        out[2 * i + 1] = _HEX[p[i] & 15]
+    return <str>r
+
+
+os.register_at_fork(after_in_child=lambda: _pool_reset())
+
+
 def new_branch() -> str:
-    return MAGIC_COOKIE + os.urandom(10).hex()
+    return MAGIC_COOKIE + _rand_hex(10)
 
 
 def new_tag() -> str:
-    return os.urandom(6).hex()
+    return _rand_hex(6)
 
 
 def new_call_id(str host="") -> str:
-    cid = os.urandom(12).hex()
+    cid = _rand_hex(12)
     return f"{cid}@{host}" if host else cid
 
 

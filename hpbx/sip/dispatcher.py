@@ -15,7 +15,7 @@ import logging
 from hpbx._fast import sipmsg
 from hpbx.errors import SipParseError
 from hpbx.sip.transaction import (
-    REASONS, State, build_response, reply_address, server_key, via_with_received,
+    REASONS, State, build_response, reply_address, server_key,
 )
 
 log = logging.getLogger("hpbx.sip.dispatcher")
@@ -165,7 +165,7 @@ class Dispatcher:
             vias = b",".join(found[b"via"]).decode("utf-8", "replace").split(",")
             reason = _printable(exc.reason) or REASONS.get(exc.status, "Bad Request")
             lines = [f"SIP/2.0 {exc.status} {reason}",
-                     "Via: " + via_with_received(vias[0].strip(), addr[0], addr[1])]
+                     "Via: " + sipmsg.set_via_received(vias[0].strip(), addr[0], addr[1])]
             lines += ["Via: " + v.strip() for v in vias[1:]]
             # copy what exists; a request missing From/To/Call-ID still learns why it failed
             for name, label in ((b"from", "From"), (b"to", "To"), (b"call-id", "Call-ID"), (b"cseq", "CSeq")):

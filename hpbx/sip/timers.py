@@ -45,6 +45,9 @@ class TimerWheel:
         """Entries still in buckets (cancelled ones included until their bucket fires)."""
         return sum(len(b) for b in self._buckets.values())
 
+    def now(self) -> float:
+        return self._loop.time()
+
     def call_later(self, delay: float, callback, *args) -> Timer:
         # ceil: a timer never fires before its delay has passed
         tick = math.ceil((self._loop.time() + delay) / self._res)

@@ -17,6 +17,7 @@ API used by the registrar and the B2BUA:
 """
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 from dataclasses import dataclass
@@ -49,52 +50,12 @@ class Target:
     conn_id: int = 0
 
 
-def via_with_received(via: str, host: str, port: int) -> str:
-    """RFC 3581: the top Via with ;received= set and ;rport filled when the client asked."""
-    if via.endswith(";rport") and "received" not in via:
-        # the shape nearly every client sends: no need to take the parameters apart
-        return f"{via[:-6]};received={host};rport={port}"
-    parts = via.split(";")
-    out = [parts[0].rstrip()]
-    rport = False
-    for part in parts[1:]:
-        name = part.split("=", 1)[0].strip().lower()
-        if name == "received":
-            continue
-        if name == "rport":
-            rport = True
-            continue
-        out.append(part.strip())
-    out.append("received=" + host)
-    if rport:
-        out.append(f"rport={port}")
-    return ";".join(out)
-
-
 def build_response(msg, status: int, reason: str | None, source_addr, to_tag: str | None = None,
                    headers=(), body: bytes = b"") -> bytes:
-    """A response to ``msg``: Vias (top one with received/rport), From, To(+tag), Call-ID, CSeq."""
-    vias = msg.header_values("Via")
-    lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}"]
-    if vias:
-        lines.append("Via: " + via_with_received(vias[0], source_addr[0], source_addr[1]))
-        for via in vias[1:]:
-            lines.append("Via: " + via)
-    lines.append("From: " + (msg.header("From") or ""))
-    to = msg.header("To") or ""
-    if to_tag and msg.to_tag is None and status != 100:
-        to = f"{to};tag={to_tag}"
-    lines.append("To: " + to)
-    lines.append("Call-ID: " + msg.call_id)
-    lines.append(f"CSeq: {msg.cseq} {msg.cseq_method}")
-    for name, value in headers:
-        lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append("")
-    lines.append("")
-    # surrogateescape: undecodable octets the parser kept are echoed back byte for byte
-    data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-    return data + body if body else data
+    """A response to ``msg``: Vias (the top one with received/rport for ``source_addr``), From,
+    To (+tag, never on a 100), Call-ID, CSeq, ``headers``, Content-Length and ``body``."""
+    return sipmsg.build_response(msg, status, reason or None, to_tag=(to_tag or None) if status != 100 else None,
+                                 headers=headers, body=body, source=source_addr)
 
 
 def build_request(method: str, ruri: str, headers, body: bytes = b"") -> bytes:
@@ -209,7 +170,7 @@ class ServerTransaction(_Timed):
             if self.channel.reliable:
                 self._terminate()
             else:
-                self.timers.append(layer.wheel.call_later(layer.t1 * 64, self._terminate))
+                layer.timer_j(self)
         return data
 
     def send(self, data: bytes) -> None:
@@ -398,6 +359,11 @@ class TransactionLayer:
         self.set_timers(t1, t2, t4)
         self.server: dict[tuple, ServerTransaction] = {}
         self.client: dict[tuple, ClientTransaction] = {}
+        # timer J of completed non-INVITE server transactions: every one has the same
+        # duration, so they end in the order they started, from one queue and one timer
+        # instead of a timer each (a registrar keeps 64*T1 * REGISTER rate of them)
+        self._timer_j: collections.deque = collections.deque()
+        self._timer_j_handle = None
 
     def set_timers(self, t1: float, t2: float, t4: float) -> None:
         self.t1 = t1
@@ -405,6 +371,29 @@ class TransactionLayer:
         self.t4 = t4
 
     # ---- server side
+    def timer_j(self, tx: ServerTransaction) -> None:
+        self._timer_j.append((self.wheel.now() + self.t1 * 64, tx))
+        if self._timer_j_handle is None:
+            self._timer_j_handle = self.wheel.call_later(self.t1 * 64, self._end_completed)
+
+    def _end_completed(self) -> None:
+        queue = self._timer_j
+        now = self.wheel.now()
+        while queue and queue[0][0] <= now:
+            tx = queue.popleft()[1]
+            if tx.state is State.COMPLETED:
+                tx._terminate()
+        # the next check when the oldest one is due (a shorter T1 after a reload is caught
+        # a little late, never early)
+        self._timer_j_handle = (self.wheel.call_later(max(queue[0][0] - now, 0.0), self._end_completed)
+                                if queue else None)
+
+    def close(self) -> None:
+        self._timer_j.clear()
+        if self._timer_j_handle is not None:
+            self._timer_j_handle.cancel()
+            self._timer_j_handle = None
+
     def match_request(self, msg, channel, addr) -> ServerTransaction | None:
         """Absorb a retransmission and return None, or create and return a new transaction.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import HpbxServer, have_sipp, run_sipp
+from harness import HpbxServer, have_sipp, header, run_sipp
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
@@ -123,7 +123,8 @@ def test_options_answered_200(server, tmp_path, transport):
     assert res.returncode == 0 and res.successful == 1, res.describe()
     ok = res.received("SIP/2.0 200")[0]
     assert re.search(r"(?im)^Allow:.*\bREGISTER\b", ok)
-    assert re.search(r"(?im)^Via:.*;received=127\.0\.0\.1;rport=\d+", ok), ok
+    top_via = header(ok, "Via")[0]
+    assert ";received=127.0.0.1" in top_via and re.search(r";rport=\d+", top_via), ok
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

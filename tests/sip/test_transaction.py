@@ -81,6 +81,26 @@ def test_invite_final_given_up_after_timer_h(server):
         assert 14 <= len(got) <= 20, len(got)
 
 
+def test_non_invite_retransmission_absorbed_until_timer_j(server):
+    with RawPhone(server.host, server.port) as phone:
+        ruri = f"sip:{server.host}:{server.port}"
+        text = phone.request("OPTIONS", ruri, branch="z9hG4bKopt-timer-j", cseq=5)
+        first = phone.recv_until(lambda m: m.startswith("SIP/2.0 200"), 1.0)
+        assert first is not None
+        started = time.monotonic()
+        # within 64*T1 the same request is a retransmission: the same response, byte for byte
+        # (the To tag a new transaction would draw shows it)
+        time.sleep(32 * T1)
+        phone.send(text)
+        again = phone.recv_until(lambda m: m.startswith("SIP/2.0 200"), 1.0)
+        assert again == first
+        # after timer J (64*T1 after the response) it starts a new transaction
+        time.sleep(max(0.0, 64 * T1 + 0.3 - (time.monotonic() - started)))
+        phone.send(text)
+        fresh = phone.recv_until(lambda m: m.startswith("SIP/2.0 200"), 1.0)
+        assert fresh is not None and header(fresh, "To") != header(first, "To")
+
+
 def test_cancel_without_invite_is_481(server):
     with RawPhone(server.host, server.port) as phone:
         phone.request("CANCEL", f"sip:someone@{server.host}:{server.port}", cseq=1)

@@ -10,7 +10,6 @@ import pytest
 
 from hpbx.sip.auth import Authenticator, Verdict, parse_digest
 from hpbx.sip.timers import TimerWheel
-from hpbx.sip.transaction import via_with_received
 
 
 def test_timer_wheel_fires_in_order_never_early_and_cancels():
@@ -117,13 +116,6 @@ def test_forged_nonce_is_challenged(auth):
 def test_stale_flag_in_challenge(auth):
     assert all("stale=true" in v for _, v in auth.challenge_headers(stale=True))
     assert not any("stale" in v for _, v in auth.challenge_headers())
-
-
-def test_via_received_and_rport():
-    assert via_with_received("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;rport", "192.0.2.1", 40000) == \
-        "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=192.0.2.1;rport=40000"
-    assert via_with_received("SIP/2.0/UDP h;branch=z9hG4bKa;received=1.1.1.1", "192.0.2.1", 5) == \
-        "SIP/2.0/UDP h;branch=z9hG4bKa;received=192.0.2.1"
 
 
 def test_nonce_counter_table_is_bounded(auth, monkeypatch):
