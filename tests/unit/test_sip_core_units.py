@@ -118,9 +118,8 @@ def test_stale_flag_in_challenge(auth):
     assert not any("stale" in v for _, v in auth.challenge_headers())
 
 
-def test_nonce_counter_table_is_bounded(auth, monkeypatch):
-    import hpbx.sip.auth as auth_mod
-    monkeypatch.setattr(auth_mod, "MAX_TRACKED_NONCES", 3)
+def test_nonce_counter_table_is_bounded(auth):
+    auth.max_tracked_nonces = 3
     auth.test_clock.now += 0.01
     first = auth.challenge_headers()[0][1]
     assert auth.check("REGISTER", answer(first, "ann", "ann-secret", nc=1))[0] is Verdict.OK
@@ -128,7 +127,7 @@ def test_nonce_counter_table_is_bounded(auth, monkeypatch):
         auth.test_clock.now += 0.01
         fresh = auth.challenge_headers()[0][1]
         assert auth.check("REGISTER", answer(fresh, "ann", "ann-secret"))[0] is Verdict.OK
-    assert len(auth._nc_now) + len(auth._nc_old) <= 6
+    assert auth.tracked_nonces <= 6
     # the first nonce's counter may be forgotten: it must not be usable again (stale instead)
     assert auth.check("REGISTER", answer(first, "ann", "ann-secret", nc=2))[0] is Verdict.STALE
 
