@@ -40,6 +40,7 @@ class Registrar:
         self.configure(settings)
         self.bindings: dict[str, list[Binding]] = {}
         self._batch: dict[tuple[str, str], Binding | None] = {}
+        self._refreshed: dict[tuple[str, str], Binding] = {}  # only expiry and Call-ID/CSeq moved
         self._replies: list = []
         self._flush_scheduled = False
         self._sweeper = None
@@ -64,7 +65,7 @@ class Registrar:
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._batch or self._replies:
+        if self._batch or self._refreshed or self._replies:
             self._flush()
 
     # ---- queries for the B2BUA and the admin layer
@@ -175,21 +176,23 @@ class Registrar:
         self._schedule_flush()
 
     def _apply(self, msg, tx, user, contacts, default, current, now):
+        min_expires, max_expires = self.min_expires, self.max_expires
         changes = []
         for contact in contacts:
             expires = contact.expires
             if expires is None:
                 expires = default
-            if 0 < expires < self.min_expires:
-                raise RegisterError(423, "Interval Too Brief",
-                                    [("Min-Expires", str(self.min_expires))])
-            expires = min(expires, self.max_expires)
-            changes.append((contact, expires))
+            if 0 < expires < min_expires:
+                raise RegisterError(423, "Interval Too Brief", [("Min-Expires", str(min_expires))])
+            changes.append((contact, expires if expires < max_expires else max_expires))
         current = list(current)
         username = user.username
-        source_host, source_port = tx.addr[0], tx.addr[1]
-        transport = tx.channel.kind
-        conn_id = tx.channel.id if tx.channel.reliable else 0
+        tenant = getattr(user, "tenant", None)
+        addr = tx.addr
+        source_host, source_port = addr[0], addr[1]
+        channel = tx.channel
+        transport = channel.kind
+        conn_id = channel.id if channel.reliable else 0
         user_agent = msg.header("User-Agent")
         path = msg.header("Path")
         call_id = msg.call_id
@@ -211,9 +214,27 @@ class Registrar:
                 if b.contact == uri:
                     existing = b
                     break
+            behind_nat = user_nat or nat.needs_nat(curi.host, curi.port, source_host, source_port,
+                                                   transport)
             if existing is not None:
                 if existing.call_id == call_id and existing.cseq is not None and cseq <= existing.cseq:
                     raise RegisterError(500, "Out of order REGISTER")
+                if (expires and existing.contact == uri and existing.source_port == source_port
+                        and existing.source_host == source_host and existing.transport == transport
+                        and existing.connection_id == conn_id and existing.instance_id == instance
+                        and existing.reg_id == reg_id_int and existing.q == contact.q
+                        and existing.user_agent == user_agent and existing.path == path
+                        and existing.behind_nat == behind_nat and existing.tenant == tenant):
+                    # a refresh: the same device at the same address; only the expiry and the
+                    # registration's Call-ID/CSeq move, and only those are written
+                    existing.expires_at = now + expires
+                    existing.registered_at = now
+                    existing.call_id = call_id
+                    existing.cseq = cseq
+                    existing.online = True
+                    existing.last_seen = now
+                    self._refreshed[(username, uri)] = existing
+                    continue
                 current.remove(existing)
                 if existing.contact != uri:
                     self._queue((username, existing.contact), None)
@@ -221,10 +242,8 @@ class Registrar:
                 if existing is not None:
                     self._queue((username, existing.contact), None)
                 continue
-            behind_nat = user_nat or nat.needs_nat(curi.host, curi.port, source_host, source_port,
-                                                   transport)
             binding = Binding(
-                username=username, contact=uri, tenant=getattr(user, "tenant", None),
+                username=username, contact=uri, tenant=tenant,
                 instance_id=instance, reg_id=reg_id_int,
                 q=contact.q, expires_at=now + expires, registered_at=now,
                 source_host=source_host, source_port=source_port, transport=transport,
@@ -263,14 +282,18 @@ class Registrar:
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._batch = self._batch, {}
+        refreshed, self._refreshed = self._refreshed, {}
         replies, self._replies = self._replies, []
-        if batch:
+        if batch or refreshed:
             upserts = [b for b in batch.values() if b is not None]
             deletes = [k for k, b in batch.items() if b is None]
+            # a refreshed binding that was also replaced or removed in this batch is written
+            # whole (or deleted) above
+            refreshes = [b for k, b in refreshed.items() if k not in batch]
             try:
-                self.store.write_batch(upserts, deletes)
+                self.store.write_batch(upserts, deletes, refreshes)
             except Exception:
-                log.exception("registrations: commit of %d changes failed", len(batch))
+                log.exception("registrations: commit of %d changes failed", len(batch) + len(refreshes))
                 for tx, _ in replies:
                     tx.respond(500, "Registration Not Stored")
                 return

@@ -43,6 +43,9 @@ COLUMNS = ("username", "contact", "tenant", "instance_id", "reg_id", "q",
 _UPSERT = (f"INSERT OR REPLACE INTO registrations ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(COLUMNS))})")
 _DELETE = "DELETE FROM registrations WHERE username = ? AND contact = ?"
+# a refresh moves only these: the narrow update costs half of a whole-row replace
+_REFRESH = ("UPDATE registrations SET expires_at = ?, registered_at = ?, call_id = ?, cseq = ? "
+            "WHERE username = ? AND contact = ?")
 
 
 @dataclass(slots=True)
@@ -108,7 +111,10 @@ class RegistrationStore:
             out.append(Binding(*values, last_seen=now))
         return out
 
-    def write_batch(self, upserts: list[Binding], deletes: list[tuple[str, str]]) -> None:
+    def write_batch(self, upserts: list[Binding], deletes: list[tuple[str, str]],
+                    refreshes: list[Binding] = ()) -> None:
+        """One transaction: whole rows for ``upserts``, the expiry and Call-ID/CSeq for
+        ``refreshes`` (bindings whose other columns are unchanged), and ``deletes``."""
         db = self.db
         db.execute("BEGIN")
         try:
@@ -116,6 +122,9 @@ class RegistrationStore:
                 db.executemany(_DELETE, deletes)
             if upserts:
                 db.executemany(_UPSERT, [b.row() for b in upserts])
+            if refreshes:
+                db.executemany(_REFRESH, [(b.expires_at, b.registered_at, b.call_id, b.cseq,
+                                           b.username, b.contact) for b in refreshes])
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import HpbxServer, have_sipp, header, run_sipp
+from harness import HpbxServer, free_port, have_sipp, header, run_sipp
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
@@ -81,6 +81,26 @@ def test_reregister_refreshes_one_binding(server, tmp_path, transport):
     assert rows, server.bindings()
     ok = res.received("SIP/2.0 200")[0]
     assert any(re.search(r"expires=(19\d|200)\b", c) for c in contacts_of(ok) if contact in c), ok
+
+
+def test_refresh_from_the_same_device_is_stored(server, tmp_path):
+    # the same contact from the same address: the row is updated in place (expiry, Call-ID,
+    # CSeq), and what is stored is what the 200 said
+    port = free_port(both=False)
+    stored = []
+    for expires in (100, 3000):
+        res = run_sipp(SCEN / "register_auth.xml", server.sip_target, tmp_path,
+                       inf=[("alice", "alice-pw", "alice-refresh", expires)], local_port=port)
+        assert res.returncode == 0 and res.successful == 1, res.describe()
+        rows = [b for b in user_bindings(server, "alice") if b["contact"].startswith("sip:alice-refresh@")]
+        assert len(rows) == 1, rows
+        stored.append(rows[0])
+    first, second = stored
+    assert second["expires_at"] - second["registered_at"] == pytest.approx(3000, abs=1)
+    assert second["registered_at"] >= first["registered_at"]
+    assert second["call_id"] != first["call_id"] and second["source_port"] == port
+    ok = res.received("SIP/2.0 200")[0]
+    assert any(re.search(r"expires=(299\d|3000)\b", c) for c in contacts_of(ok) if "alice-refresh" in c), ok
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
