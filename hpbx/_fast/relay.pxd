@@ -7,6 +7,7 @@ cdef extern from "relay_engine.h" nogil:
         int nworkers
         int rcvbuf
         int nice
+        int uring
         int port_min
 
 
@@ -17,6 +18,7 @@ cdef class Relay:
     cdef readonly bint strict_latching
     cdef readonly double silence
     cdef readonly int nice
+    cdef readonly str io  # "uring" or "epoll": the packet loop the workers run
     cdef bint _started
     cdef bint _closing  # close() is freeing the C relay: every command refuses
 

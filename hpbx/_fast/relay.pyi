@@ -13,6 +13,7 @@ class Relay:
     workers: int  # worker threads (0 at construction = one per usable core)
     strict_latching: bool
     nice: int
+    io: Literal["uring", "epoll"]  # the packet loop the workers run
     silence: float  # seconds a latched source must be silent before another is accepted
     closed: bool
     def __init__(
@@ -25,6 +26,7 @@ class Relay:
         silence: float = 2.0,
         rcvbuf: int = 0,
         nice: int = 0,  # worker threads' nice value; < 0 needs CAP_SYS_NICE
+        io: Literal["auto", "uring", "epoll"] = "auto",  # auto: io_uring where the kernel allows it
     ) -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...  # joins the threads, closes every socket

@@ -46,7 +46,7 @@ cdef extern from "relay_engine.h" nogil:
         int64_t last_rtcp_ns
 
     rl_relay *rl_new(const char *address, int port_min, int port_max, int nworkers, int strict,
-                     int64_t silence_ns)
+                     int64_t silence_ns, int io_mode)
     int rl_start(rl_relay *r)
     void rl_free(rl_relay *r)
     int rl_allocate(rl_relay *r, uint64_t *out)
@@ -65,6 +65,9 @@ cdef extern from "relay_engine.h" nogil:
 
 LEG_A = 0
 LEG_B = 1
+
+# how the workers move packets: "auto" = io_uring where the kernel allows it, else epoll
+_IO_MODES = {"auto": 0, "epoll": 1, "uring": 2}
 
 _PEER_ERRORS = {
     -1: "is not a numeric IP address",
@@ -119,7 +122,10 @@ cdef class Relay:
     from the SDP address of each leg; otherwise a leg latches onto the first source and takes a
     new one only after ``relatch()`` or when the old source was silent for ``silence`` seconds.
     ``nice`` < 0 lets the workers preempt other work on their CPU (lower latency under load;
-    needs CAP_SYS_NICE). ``last_packet`` times in stats are ``time.monotonic()`` seconds.
+    needs CAP_SYS_NICE). ``io`` picks the packet loop: "uring" (multishot receives and batched
+    sends, one syscall per wakeup; Linux 6.1+), "epoll" (recvmmsg/sendto per ready socket), or
+    "auto" (io_uring when the kernel allows it); the ``io`` attribute then says which runs.
+    ``last_packet`` times in stats are ``time.monotonic()`` seconds.
     """
     # Lifecycle safety: every command runs entirely under the GIL (none releases it between
     # ``_live()`` and its C call), and only ``close`` releases the GIL, after marking the relay
@@ -131,7 +137,8 @@ cdef class Relay:
         self._closing = False
 
     def __init__(self, str address, int port_min, int port_max, int workers=0,
-                 bint strict_latching=False, double silence=2.0, int rcvbuf=0, int nice=0):
+                 bint strict_latching=False, double silence=2.0, int rcvbuf=0, int nice=0,
+                 str io="auto"):
         if not (1 <= port_min <= port_max <= 65535):
             raise RelayError(f"port range {port_min}-{port_max} is not within 1-65535")
         if workers < 0 or workers > 256:
@@ -140,12 +147,18 @@ cdef class Relay:
             raise RelayError("silence must be >= 0 seconds")
         if not -20 <= nice <= 19:
             raise RelayError(f"nice must be -20..19, not {nice}")
+        if io not in _IO_MODES:
+            raise RelayError(f"io must be one of {', '.join(_IO_MODES)}, not {io!r}")
         if workers == 0:
             workers = max(1, len(os.sched_getaffinity(0)))
         b = address.encode("ascii", "replace")
-        self._r = rl_new(b, port_min, port_max, workers, strict_latching, <int64_t>(silence * 1e9))
+        self._r = rl_new(b, port_min, port_max, workers, strict_latching, <int64_t>(silence * 1e9),
+                         _IO_MODES[io])
         if self._r == NULL:
-            raise RelayError(f"cannot create relay on {address!r}: {os.strerror(_errno())}")
+            why = os.strerror(_errno())
+            if io == "uring":
+                raise RelayError(f"cannot create an io_uring relay on {address!r}: {why}")
+            raise RelayError(f"cannot create relay on {address!r}: {why}")
         if self._r.nsess < 1:
             rl_free(self._r)
             self._r = NULL
@@ -153,6 +166,7 @@ cdef class Relay:
         self._r.rcvbuf = rcvbuf
         self._r.nice = nice
         self.nice = nice
+        self.io = "uring" if self._r.uring else "epoll"
         self.address = address
         self.port_min = port_min
         self.port_max = port_max

@@ -1,8 +1,10 @@
 /*
  * relay_engine.h: the C core of hpbx._fast.relay (hand-written; included by relay.pyx).
  *
- * Worker threads own the packets: each has an epoll set over the sockets of its sessions and
- * moves datagrams with recvmmsg/sendmmsg, keeping per-stream counters in plain structs. Python
+ * Worker threads own the packets: each runs an io_uring loop over the sockets of its sessions
+ * (relay_uring.h: multishot receives, sends batched into the next wait) or, where io_uring is
+ * unavailable, an epoll set with recvmmsg/sendmmsg, keeping per-stream counters in plain
+ * structs. Both loops share rl_route (latching, statistics, where a datagram goes). Python
  * only issues commands (allocate, set peer, relatch, hold, delete, stats) through the rl_*
  * functions below, which take the owning worker's mutex. A worker holds its mutex while it
  * handles one epoll batch, so a command waits at most one batch and never sees half an update.
@@ -88,6 +90,7 @@ typedef struct {
 	int in_use;
 	int hold;
 	int worker;
+	uint8_t armed;      /* io_uring: sockets (bit leg*2+k) with a multishot receive in the kernel */
 	int64_t created_ns;
 	rl_leg leg[2];
 } rl_session;
@@ -108,6 +111,7 @@ typedef struct {
 	uint8_t (*bufs)[RL_MAXPKT];
 	struct rl_scratch *scratch; /* allocated with the relay, so a thread cannot fail to start */
 	struct epoll_event *evs;
+	struct rl_uring *u;         /* the io_uring loop's state; NULL with epoll */
 } rl_worker;
 
 typedef struct rl_relay {
@@ -128,6 +132,7 @@ typedef struct rl_relay {
 	int64_t silence_ns;
 	int rcvbuf;
 	int nice;                  /* worker nice value; 0 = inherit */
+	int uring;                 /* the workers run the io_uring loop (else epoll) */
 } rl_relay;
 
 /* A flat copy of one leg's state for Python. */
@@ -337,6 +342,45 @@ static inline int rl_accept(rl_relay *r, rl_leg *l, int k, const rl_sa *src, int
 	return 1;
 }
 
+/*
+ * One received datagram of leg li, slot k (0 RTP, 1 RTCP): latching, counters, statistics.
+ * Returns 1 with the socket and address it leaves through, or 0 when it is dropped (len 0 =
+ * empty or oversize). Shared by the epoll and the io_uring loops.
+ */
+static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_sa *src, const uint8_t *p,
+			   size_t len, int64_t now, int *out_fd, const rl_sa **out_to)
+{
+	rl_leg *l = &s->leg[li], *o = &s->leg[li ^ 1];
+	if (len == 0) {
+		l->st.dropped_bad++;
+		return 0;
+	}
+	if (!rl_accept(r, l, k, src, now)) {
+		l->st.dropped_source++;
+		return 0;
+	}
+	/* RFC 5761: on a muxed port, RTCP packet types 192-223 = second byte 64-95 masked */
+	int rtcp = k == 1 || (len >= 2 && (p[1] & 0x7f) >= 64 && (p[1] & 0x7f) <= 95);
+	int dk = (rtcp && !o->rtcp_mux) ? 1 : 0;
+	if (!o->peer[dk].sa.sa_family) {
+		l->st.dropped_nopeer++;
+		return 0;
+	}
+	if (rtcp) {
+		l->st.rtcp_packets++;
+		l->st.rtcp_bytes += len;
+		l->st.last_rtcp_ns = now;
+	} else {
+		l->st.packets++;
+		l->st.bytes += len;
+		l->st.last_ns = now;
+		rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+	}
+	*out_fd = o->fd[dk];
+	*out_to = &o->peer[dk];
+	return 1;
+}
+
 /* ------------------------------------------------------------------ worker */
 
 /*
@@ -422,7 +466,7 @@ static void rl_flush(rl_scratch *x)
  */
 static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, int li, int k, uint64_t tag)
 {
-	rl_leg *l = &s->leg[li], *o = &s->leg[li ^ 1];
+	rl_leg *l = &s->leg[li];
 	int fd = l->fd[k];
 	(void)w;
 	for (int round = 0; round < RL_ROUNDS; round++) {
@@ -439,44 +483,24 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 		int64_t now = rl_now();
 		for (int i = base; i < base + n; i++) {
 			size_t len = x->in[i].msg_len;
-			const uint8_t *p = x->iov[i].iov_base;
-			if (len == 0 || (x->in[i].msg_hdr.msg_flags & MSG_TRUNC)) {
-				l->st.dropped_bad++;
+			const rl_sa *to;
+			int ofd;
+			if (x->in[i].msg_hdr.msg_flags & MSG_TRUNC)
+				len = 0; /* oversize: counted as bad */
+			if (!rl_route(r, s, li, k, &x->src[i], x->iov[i].iov_base, len, now, &ofd, &to))
 				continue;
-			}
-			if (!rl_accept(r, l, k, &x->src[i], now)) {
-				l->st.dropped_source++;
-				continue;
-			}
-			/* RFC 5761: on a muxed port, RTCP packet types 192-223 = second byte 64-95 masked */
-			int rtcp = k == 1 || (len >= 2 && (p[1] & 0x7f) >= 64 && (p[1] & 0x7f) <= 95);
-			int dk = (rtcp && !o->rtcp_mux) ? 1 : 0;
-			if (!o->peer[dk].sa.sa_family) {
-				l->st.dropped_nopeer++;
-				continue;
-			}
-			if (rtcp) {
-				l->st.rtcp_packets++;
-				l->st.rtcp_bytes += len;
-				l->st.last_rtcp_ns = now;
-			} else {
-				l->st.packets++;
-				l->st.bytes += len;
-				l->st.last_ns = now;
-				rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
-			}
 			/* the peer is referenced, not copied: the session cannot go away before the send
 			 * phase (the worker holds its mutex), and a newer latch is the better target */
 			struct msghdr *h = &x->out[x->nout].msg_hdr;
 			x->iov[i].iov_len = len;
 			h->msg_iov = &x->iov[i];
 			h->msg_iovlen = 1;
-			h->msg_name = &o->peer[dk];
-			h->msg_namelen = rl_sa_len(&o->peer[dk]);
+			h->msg_name = (void *)to;
+			h->msg_namelen = rl_sa_len(to);
 			h->msg_control = NULL;
 			h->msg_controllen = 0;
 			h->msg_flags = 0;
-			x->out_fd[x->nout] = o->fd[dk];
+			x->out_fd[x->nout] = ofd;
 			x->out_st[x->nout] = &l->st;
 			x->nout++;
 		}
@@ -487,16 +511,11 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 	epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev);
 }
 
-static void *rl_worker_main(void *arg)
+static void rl_close_leg(rl_leg *l);
+#include "relay_uring.h"
+
+static void rl_epoll_loop(rl_relay *r, rl_worker *w)
 {
-	rl_worker *w = arg;
-	rl_relay *r = w->r;
-	int tid = (int)syscall(SYS_gettid);
-	/* a relay that wakes late waits for whatever runs on its CPU: under load the worker
-	 * should preempt bulk work, as media relays are usually configured to */
-	if (r->nice && setpriority(PRIO_PROCESS, (id_t)tid, r->nice) < 0)
-		atomic_store(&w->start_err, errno ? errno : EPERM);
-	atomic_store(&w->tid, tid);
 	rl_scratch *x = w->scratch;
 	struct epoll_event *evs = w->evs;
 	rl_scratch_init(x, w->bufs);
@@ -524,6 +543,27 @@ static void *rl_worker_main(void *arg)
 		rl_flush(x);
 		pthread_mutex_unlock(&w->mu);
 	}
+}
+
+static void *rl_worker_main(void *arg)
+{
+	rl_worker *w = arg;
+	rl_relay *r = w->r;
+	int tid = (int)syscall(SYS_gettid);
+	/* a relay that wakes late waits for whatever runs on its CPU: under load the worker
+	 * should preempt bulk work, as media relays are usually configured to */
+	if (r->nice && setpriority(PRIO_PROCESS, (id_t)tid, r->nice) < 0)
+		atomic_store(&w->start_err, errno ? errno : EPERM);
+	/* a ring is single-issuer: enabling it here makes this thread its submitter */
+	if (r->uring && rlu_register(w->u->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+		atomic_store(&w->start_err, errno ? errno : EINVAL);
+	atomic_store(&w->tid, tid);
+	if (atomic_load(&w->start_err))
+		return NULL; /* rl_start reports it and stops the relay */
+	if (r->uring)
+		rlu_loop(r, w);
+	else
+		rl_epoll_loop(r, w);
 	return NULL;
 }
 
@@ -532,8 +572,9 @@ static void *rl_worker_main(void *arg)
 static void rl_free(rl_relay *r);
 
 /* Returns NULL with errno set on failure. */
+/* io_mode: 0 = io_uring where the kernel allows it, else epoll; 1 = epoll; 2 = io_uring or fail */
 static rl_relay *rl_new(const char *address, int port_min, int port_max, int nworkers, int strict,
-			int64_t silence_ns)
+			int64_t silence_ns, int io_mode)
 {
 	rl_relay *r = calloc(1, sizeof *r);
 	if (!r)
@@ -579,14 +620,39 @@ static rl_relay *rl_new(const char *address, int port_min, int port_max, int nwo
 		w->wakefd = -1;
 		pthread_mutex_init(&w->mu, NULL);
 	}
+	r->uring = io_mode != 1;
+	for (int i = 0; i < nworkers && r->uring; i++) {
+		r->w[i].u = rlu_new(r->nsess);
+		if (!r->w[i].u) {
+			int e = errno;
+			for (int j = 0; j < i; j++) {
+				rlu_free(r->w[j].u);
+				r->w[j].u = NULL;
+			}
+			r->uring = 0;
+			if (io_mode == 2) {
+				rl_free(r);
+				errno = e;
+				return NULL;
+			}
+		}
+	}
 	for (int i = 0; i < nworkers; i++) {
 		rl_worker *w = &r->w[i];
+		w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (w->wakefd < 0) {
+			int e = errno;
+			rl_free(r);
+			errno = e;
+			return NULL;
+		}
+		if (r->uring)
+			continue;
 		w->bufs = calloc(RL_PEND, RL_MAXPKT);
 		w->scratch = calloc(1, sizeof *w->scratch);
 		w->evs = calloc(RL_EVENTS, sizeof *w->evs);
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
-		w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		if (!w->bufs || !w->scratch || !w->evs || w->epfd < 0 || w->wakefd < 0) {
+		if (!w->bufs || !w->scratch || !w->evs || w->epfd < 0) {
 			int e = errno;
 			rl_free(r);
 			errno = e ? e : ENOMEM;
@@ -692,6 +758,7 @@ static void rl_free(rl_relay *r)
 			free(w->bufs);
 			free(w->scratch);
 			free(w->evs);
+			rlu_free(w->u);
 			pthread_mutex_destroy(&w->mu);
 		}
 	}
@@ -836,11 +903,15 @@ static int rl_allocate(rl_relay *r, uint64_t *out)
 		for (int k = 0; k < 2; k++) {
 			if (r->rcvbuf > 0)
 				setsockopt(s->leg[i].fd[k], SOL_SOCKET, SO_RCVBUF, &r->rcvbuf, sizeof r->rcvbuf);
+			if (r->uring)
+				continue;
 			struct epoll_event ev = {.events = EPOLLIN | EPOLLET};
 			ev.data.u64 = ((uint64_t)gen << 32) | ((uint64_t)slot << 2) | ((uint64_t)i << 1) | (uint64_t)k;
 			epoll_ctl(w->epfd, EPOLL_CTL_ADD, s->leg[i].fd[k], &ev);
 		}
 	}
+	if (r->uring)
+		rlu_queue_arm(r, w, s);
 	*out = rl_handle_of(r, s);
 	pthread_mutex_unlock(&w->mu);
 	return 0;
@@ -877,15 +948,19 @@ static int rl_delete(rl_relay *r, uint64_t h)
 	if (!s)
 		return ENOENT;
 	rl_worker *w = &r->w[s->worker];
-	int pairs[2];
-	for (int i = 0; i < 2; i++) {
-		for (int k = 0; k < 2; k++)
-			epoll_ctl(w->epfd, EPOLL_CTL_DEL, s->leg[i].fd[k], NULL);
-		rl_close_leg(&s->leg[i]);
-		pairs[i] = s->leg[i].pair;
-	}
+	int pairs[2] = {s->leg[0].pair, s->leg[1].pair};
+	uint64_t tag = ((uint64_t)s->gen << 32) | ((uint64_t)(s - r->sess) << 2);
 	s->in_use = 0;
 	s->gen++;
+	if (r->uring) {
+		rlu_delete(r, w, s, tag); /* may wait for the worker, releasing the mutex meanwhile */
+	} else {
+		for (int i = 0; i < 2; i++) {
+			for (int k = 0; k < 2; k++)
+				epoll_ctl(w->epfd, EPOLL_CTL_DEL, s->leg[i].fd[k], NULL);
+			rl_close_leg(&s->leg[i]);
+		}
+	}
 	int slot = (int)(s - r->sess);
 	pthread_mutex_unlock(&w->mu);
 	pthread_mutex_lock(&r->mu);

@@ -14,6 +14,26 @@ LO = "127.0.0.1"
 PORT_MIN, PORT_MAX = 41000, 41199
 
 
+def _uring_usable():
+    try:
+        Relay(LO, PORT_MIN, PORT_MAX, workers=1, io="uring").close()
+        return ""
+    except RelayError as e:
+        return str(e)
+
+
+_NO_URING = _uring_usable()
+
+
+@pytest.fixture(params=["uring", "epoll"])
+def io(request):
+    """Both packet loops run every behaviour test; io_uring is skipped (with the kernel's
+    reason) where it cannot be set up, e.g. under a seccomp filter that blocks it."""
+    if request.param == "uring" and _NO_URING:
+        pytest.skip(f"io_uring unusable here: {_NO_URING}")
+    return request.param
+
+
 def rtp(seq, ts, ssrc=0x1234, pt=0, payload=b"\xff" * 160, marker=0):
     return struct.pack("!BBHII", 0x80, (marker << 7) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
 
@@ -88,8 +108,8 @@ def peers():
 
 
 @pytest.fixture
-def relay():
-    r = Relay(LO, PORT_MIN, PORT_MAX, workers=2, silence=2.0)
+def relay(io):
+    r = Relay(LO, PORT_MIN, PORT_MAX, workers=2, silence=2.0, io=io)
     r.start()
     total = r.total_pairs()
     yield r
@@ -196,9 +216,9 @@ def test_second_source_is_ignored_until_relatch(relay, peers):
     assert st["peer"] == attacker.addr and st["relatched"] == 0  # relatch by command, not silence
 
 
-def test_new_source_accepted_after_the_old_one_fell_silent(peers):
+def test_new_source_accepted_after_the_old_one_fell_silent(peers, io):
     a, b, moved = peers(), peers(), peers()
-    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.6) as r:
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.6, io=io) as r:
         h, pa, pb = call(r, a, b)
         a.rtp.sendto(rtp(1, 160), (LO, pa))
         recv(b.rtp)
@@ -212,9 +232,9 @@ def test_new_source_accepted_after_the_old_one_fell_silent(peers):
         r.delete(h)
 
 
-def test_strict_latching_accepts_only_the_sdp_address(peers):
+def test_strict_latching_accepts_only_the_sdp_address(peers, io):
     a, b, other = peers(), peers(), peers()
-    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, strict_latching=True, silence=0.0) as r:
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, strict_latching=True, silence=0.0, io=io) as r:
         h = r.allocate()
         pa, pb = r.ports(h)
         r.set_peer(h, "b", *b.addr, rtcp_port=b.rtcp_port)
@@ -359,8 +379,8 @@ def test_unknown_and_deleted_sessions_are_refused(relay):
         relay.relatch(relay.allocate(), "c")
 
 
-def test_delete_frees_ports_and_pool_runs_out_cleanly():
-    with Relay(LO, 41300, 41311, workers=1) as r:  # 6 pairs = 3 sessions
+def test_delete_frees_ports_and_pool_runs_out_cleanly(io):
+    with Relay(LO, 41300, 41311, workers=1, io=io) as r:  # 6 pairs = 3 sessions
         assert r.total_pairs() == 6
         hs = [r.allocate() for _ in range(3)]
         assert r.free_pairs() == 0
@@ -397,8 +417,8 @@ def test_ports_held_by_another_program_are_skipped():
         squatter.close()
 
 
-def test_close_joins_threads_and_closes_sockets(peers):
-    r = Relay(LO, PORT_MIN, PORT_MAX, workers=3)
+def test_close_joins_threads_and_closes_sockets(peers, io):
+    r = Relay(LO, PORT_MIN, PORT_MAX, workers=3, io=io)
     r.start()
     tids = r.thread_ids()
     assert len(tids) == 3
@@ -426,7 +446,7 @@ def test_bad_construction_is_refused():
         Relay("not-an-ip", 41500, 41599)
 
 
-def test_ipv6_relay_both_ways():
+def test_ipv6_relay_both_ways(io):
     try:
         a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         a.bind(("::1", 0))
@@ -437,7 +457,7 @@ def test_ipv6_relay_both_ways():
     a.settimeout(1.0)
     b.settimeout(1.0)
     try:
-        with Relay("::1", 41900, 41919, workers=1) as r:
+        with Relay("::1", 41900, 41919, workers=1, io=io) as r:
             h = r.allocate()
             pa, pb = r.ports(h)
             r.set_peer(h, "a", "::1", a.getsockname()[1])
@@ -457,12 +477,12 @@ def test_ipv6_relay_both_ways():
         b.close()
 
 
-def test_a_burst_is_relayed_completely(peers):
+def test_a_burst_is_relayed_completely(peers, io):
     # more datagrams than one wakeup reads (RL_ROUNDS x RL_BATCH = 128): the edge-triggered
     # socket must be re-armed, or the rest would wait for the next packet
     a, b = peers(), peers()
     b.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, rcvbuf=4 << 20) as r:
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=1, rcvbuf=4 << 20, io=io) as r:
         h, pa, pb = call(r, a, b)
         n = 600
         for i in range(n):
@@ -474,6 +494,67 @@ def test_a_burst_is_relayed_completely(peers):
         st = r.stats(h)["a"]
         assert st["packets"] == n and st["lost"] == 0
         r.delete(h)
+
+
+def test_a_queue_larger_than_the_receive_buffers_is_relayed_completely(peers, io):
+    # 1500 datagrams wait in the socket before the workers start: io_uring's multishot receive
+    # runs out of its 1024 ring buffers on the first read and must be re-armed once sends
+    # have given buffers back; epoll must report the data already queued when it is added
+    a, b = peers(), peers()
+    b.rtp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    r = Relay(LO, PORT_MIN, PORT_MAX, workers=1, rcvbuf=4 << 20, io=io)
+    try:
+        h, pa, pb = call(r, a, b)
+        n = 1500
+        for i in range(n):
+            a.rtp.sendto(rtp(i, i * 160), (LO, pa))
+        r.start()
+        seqs = []
+        while len(seqs) < n:
+            data, src = recv(b.rtp, 2.0)
+            assert src == (LO, pb)
+            seqs.append(struct.unpack("!H", data[2:4])[0])
+        assert seqs == list(range(n))  # complete and in order
+        st = r.stats(h)["a"]
+        assert st["packets"] == n and st["lost"] == 0 and st["send_errors"] == 0
+        r.delete(h)
+    finally:
+        r.close()
+
+
+def test_delete_under_traffic_frees_the_ports_at_once(io):
+    # with io_uring the kernel holds each socket in a receive until the worker cancels it:
+    # delete must wait for that, or the port would still be bound when it returns
+    with Relay(LO, 41300, 41311, workers=2, io=io) as r:
+        sessions = _drive(r, 3)
+        for seq in range(20):
+            for _, a, b, pa, pb in sessions:
+                a.sendto(rtp(seq, seq * 160), (LO, pa))
+                b.sendto(rtp(seq, seq * 160), (LO, pb))
+        assert wait_for(lambda: all(r.stats(h)["a"]["packets"] > 0 for h, *_ in sessions))
+        for h, a, b, pa, pb in sessions:
+            for seq in range(20, 30):
+                a.sendto(rtp(seq, seq * 160), (LO, pa))  # still arriving during the delete
+            r.delete(h)
+            for p in (pa, pa + 1, pb, pb + 1):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((LO, p))
+                s.close()
+            a.close()
+            b.close()
+        assert r.free_pairs() == r.total_pairs()
+        assert len({r.allocate() for _ in range(3)}) == 3  # the pool serves them again
+
+
+def test_io_mode_choice():
+    with pytest.raises(RelayError, match="io must be one of auto, epoll, uring"):
+        Relay(LO, PORT_MIN, PORT_MAX, io="poll")
+    r = Relay(LO, PORT_MIN, PORT_MAX, io="epoll")
+    assert r.io == "epoll"
+    r.close()
+    r = Relay(LO, PORT_MIN, PORT_MAX)
+    assert r.io == ("epoll" if _NO_URING else "uring")  # auto prefers io_uring
+    r.close()
 
 
 def test_worker_priority():
@@ -512,7 +593,7 @@ def _drive(relay, n_sessions):
     return out
 
 
-def test_close_while_traffic_flows_and_other_threads_issue_commands():
+def test_close_while_traffic_flows_and_other_threads_issue_commands(io):
     """Regression: close racing the workers and commands from other threads (SIGTERM segfault).
 
     Each cycle closes a relay while media flows through live sessions and two threads keep
@@ -523,7 +604,7 @@ def test_close_while_traffic_flows_and_other_threads_issue_commands():
     import threading
 
     for cycle in range(12):
-        r = Relay(LO, PORT_MIN, PORT_MAX, workers=2)
+        r = Relay(LO, PORT_MIN, PORT_MAX, workers=2, io=io)
         r.start()
         tids = r.thread_ids()
         sessions = _drive(r, 6)
@@ -594,9 +675,9 @@ def test_close_while_traffic_flows_and_other_threads_issue_commands():
             getattr(r, method)(*args)
 
 
-def test_workers_block_signals():
+def test_workers_block_signals(io):
     """SIGTERM must reach a Python thread, never interrupt a packet loop."""
-    with Relay(LO, PORT_MIN, PORT_MAX, workers=2) as r:
+    with Relay(LO, PORT_MIN, PORT_MAX, workers=2, io=io) as r:
         for tid in r.thread_ids():
             with open(f"/proc/self/task/{tid}/status") as f:
                 blocked = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
