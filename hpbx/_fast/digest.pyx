@@ -23,6 +23,7 @@ import os
 
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
+    str PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     bint PyUnicode_IS_COMPACT_ASCII(object o)
     void* PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
@@ -454,6 +455,13 @@ cdef inline str _decode(const char* p, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(p, n, "surrogateescape")
 
 
+cdef inline str _ascii_str(const char* p, Py_ssize_t n):
+    """A str of ``n`` bytes known to be ASCII (a slice of an ASCII str): one copy, no decoding."""
+    cdef str out = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(out), p, n)
+    return out
+
+
 cdef bytes _to_utf8(object s):
     if not isinstance(s, str):
         raise TypeError(f"expected str, got {type(s).__name__}")
@@ -472,6 +480,7 @@ def parse_digest(value):
     cdef int f
     if not isinstance(value, str):
         return None
+    cdef bint ascii = PyUnicode_IS_COMPACT_ASCII(value)
     keep = _utf8_view(<str>value, &p, &n)
     if n > _STACK_SCRATCH:
         scratch = <char*>malloc(n)
@@ -492,7 +501,10 @@ def parse_digest(value):
                 name = PyUnicode_DecodeASCII(lname, params[i].name_len, NULL)
             else:
                 name = PyUnicode_DecodeASCII(params[i].name, params[i].name_len, NULL).lower()
-            result[name] = _decode(params[i].val, params[i].val_len)
+            if ascii:
+                result[name] = _ascii_str(params[i].val, params[i].val_len)
+            else:
+                result[name] = _decode(params[i].val, params[i].val_len)
         return result
     finally:
         if scratch != stack_scratch:
@@ -780,7 +792,10 @@ cdef class DigestAuth:
                     fld[f] = &params[i]   # a repeated parameter: the last one counts
             username = None
             if fld[_F_USERNAME] != NULL:
-                username = _decode(fld[_F_USERNAME].val, fld[_F_USERNAME].val_len)
+                if PyUnicode_IS_COMPACT_ASCII(authorization):
+                    username = _ascii_str(fld[_F_USERNAME].val, fld[_F_USERNAME].val_len)
+                else:
+                    username = _decode(fld[_F_USERNAME].val, fld[_F_USERNAME].val_len)
             if (fld[_F_USERNAME] == NULL or fld[_F_USERNAME].val_len == 0
                     or fld[_F_NONCE] == NULL or fld[_F_NONCE].val_len == 0
                     or fld[_F_RESPONSE] == NULL or fld[_F_RESPONSE].val_len == 0

@@ -135,7 +135,7 @@ def user(name, password):
 
 @pytest.fixture
 def auth():
-    users = {"ann": user("ann", "ann-secret"), 'q"uote': user('q"uote', "pw")}
+    users = {"ann": user("ann", "ann-secret"), 'q"uote': user('q"uote', "pw"), "jörg": user("jörg", "pö")}
     clock = Clock()
     a = Authenticator(users.get, "pbx.example", nonce_ttl=30, clock=clock)
     a.test_clock = clock
@@ -176,10 +176,12 @@ def test_algorithm_defaults_to_md5_and_response_hex_in_any_case(auth):
     assert auth.check("REGISTER", credentials(nonce, nc="00000002", upper=True))[0] is Verdict.OK
 
 
-def test_invite_and_escaped_username(auth):
+def test_invite_escaped_and_utf8_usernames(auth):
     nonce = nonce_of(auth)
     verdict, found, username = auth.check("INVITE", credentials(nonce, 'q"uote', "pw", method="INVITE"))
     assert verdict is Verdict.OK and username == 'q"uote'
+    verdict, found, username = auth.check("REGISTER", credentials(nonce, "jörg", "pö", nc="00000002"))
+    assert verdict is Verdict.OK and username == "jörg" and found is auth.test_users["jörg"]
     # the method is part of HA2: REGISTER credentials do not authorize an INVITE
     assert auth.check("INVITE", credentials(nonce, nc="00000002"))[0] is Verdict.FORBIDDEN
 
