@@ -593,6 +593,7 @@ cdef class DigestAuth:
     cdef double _nc_rotated
     cdef double _valid_since
     cdef dict _ha1_md5, _ha1_sha256     # username -> (password, HA1 hex bytes)
+    cdef bytes _decoy_ha1               # 64 random hex digits: the HA1 of an unknown user
 
     def __init__(self, lookup, str realm, nonce_ttl, algorithms=ALGORITHMS, clock=None,
                  verdicts=(OK, CHALLENGE, STALE, FORBIDDEN), Py_ssize_t max_tracked_nonces=200_000):
@@ -606,6 +607,7 @@ cdef class DigestAuth:
         key = os.urandom(16)
         self._k0 = int.from_bytes(key[:8], "little")
         self._k1 = int.from_bytes(key[8:], "little")
+        self._decoy_ha1 = os.urandom(32).hex().encode("ascii")
         self._counter = 0
         self._nc_now = {}
         self._nc_old = {}
@@ -845,7 +847,7 @@ cdef class DigestAuth:
         cdef int hexlen
         cdef const char* mp
         cdef Py_ssize_t mn
-        cdef bytes known_ha1, ub
+        cdef bytes known_ha1
         cdef Param* v
         cdef bint password_ok = False
         hd_hash_init(&ctx, alg)
@@ -855,15 +857,11 @@ cdef class DigestAuth:
             memcpy(ha1, PyBytes_AS_STRING(known_ha1), hexlen)
             password_ok = True
         else:
-            # unknown user (or one without a password): the same answer as a wrong password,
-            # after the same work
-            ub = _to_utf8(username)
-            hd_hash_update(&ctx, PyBytes_AS_STRING(ub), PyBytes_GET_SIZE(ub))
-            hd_hash_update(&ctx, b":", 1)
-            hd_hash_update(&ctx, PyBytes_AS_STRING(self._realm_b), PyBytes_GET_SIZE(self._realm_b))
-            hd_hash_update(&ctx, b":", 1)
-            hexlen = hd_hash_hex(&ctx, ha1)
-            hd_hash_init(&ctx, alg)
+            # unknown user (or one without a password): the same answer as a wrong password
+            # after the same work as a known user's (whose HA1 is cached): HA2 and the response
+            # over a per-process random HA1 that no client can know
+            hexlen = 32 if alg == _MD5 else 64
+            memcpy(ha1, PyBytes_AS_STRING(self._decoy_ha1), hexlen)
         keep = _utf8_view(method, &mp, &mn)
         hd_hash_update(&ctx, mp, mn)
         hd_hash_update(&ctx, b":", 1)
