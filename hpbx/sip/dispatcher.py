@@ -164,8 +164,13 @@ class Dispatcher:
         try:
             vias = b",".join(found[b"via"]).decode("utf-8", "replace").split(",")
             reason = _printable(exc.reason) or REASONS.get(exc.status, "Bad Request")
-            lines = [f"SIP/2.0 {exc.status} {reason}",
-                     "Via: " + sipmsg.set_via_received(vias[0].strip(), addr[0], addr[1])]
+            try:
+                top = sipmsg.set_via_received(vias[0].strip(), addr[0], addr[1])
+            except SipParseError:
+                # a Via the parser cannot read (often the reason for the 400): still say where
+                # the request came from
+                top = f"{vias[0].strip()};received={addr[0]}"
+            lines = [f"SIP/2.0 {exc.status} {reason}", "Via: " + top]
             lines += ["Via: " + v.strip() for v in vias[1:]]
             # copy what exists; a request missing From/To/Call-ID still learns why it failed
             for name, label in ((b"from", "From"), (b"to", "To"), (b"call-id", "Call-ID"), (b"cseq", "CSeq")):

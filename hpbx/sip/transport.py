@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 
-from hpbx._fast import sipmsg
+from hpbx._fast import sipmsg, udpio
 from hpbx.errors import SipParseError
 
 log = logging.getLogger("hpbx.sip.transport")
@@ -24,45 +24,120 @@ PONG = b"\r\n"
 UDP_RCVBUF = 4 << 20
 
 
-class UdpChannel(asyncio.DatagramProtocol):
+class UdpChannel:
+    """One UDP listener. Datagrams are read in batches (recvmmsg) when the socket is readable,
+    and what is sent during a loop iteration leaves in one sendmmsg at its end."""
+
     kind = "udp"
     reliable = False
+    # batches read per wakeup at most, so that timers and stream connections get their turn
+    MAX_BATCHES = 8
 
     def __init__(self, hub: "TransportHub", listener):
         self.hub = hub
         self.listener = listener
-        self.transport = None
+        self.sock: socket.socket | None = None
+        self.io: udpio.DatagramIO | None = None
         self.local_host = listener.host
         self.local_port = listener.port
         self.id = 0
+        self._flush_due = False  # a flush is scheduled, or the read loop will flush
+        self._writer = False
 
-    def connection_made(self, transport):
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
+    def open(self) -> None:
+        family = socket.AF_INET6 if self.listener.family_v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_RCVBUF)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, UDP_RCVBUF)
+                except OSError:
+                    pass
+            sock.bind((self.listener.host, self.listener.port))
+            sock.setblocking(False)
         except OSError:
-            pass
-        self.local_port = transport.get_extra_info("sockname")[1]
+            sock.close()
+            raise
+        self.sock = sock
+        self.local_port = sock.getsockname()[1]
+        self.io = udpio.DatagramIO(sock.fileno(), family)
+        self.hub.loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data, addr):
-        if len(data) <= 4 and not data.strip(b"\r\n"):
-            # RFC 5626 keepalive over UDP is STUN, but phones send CRLFCRLF too: answer CRLF
-            if data == PING:
-                self.transport.sendto(PONG, addr)
-            return
-        self.hub.sink(data, self, addr)
-
-    def error_received(self, exc):
-        # ICMP unreachable for an earlier datagram: nothing to do, the transaction times out
-        log.debug("udp %s: %s", self.listener, exc)
+    def _readable(self) -> None:
+        io = self.io
+        sink = self.hub.sink
+        self._flush_due = True  # sends made while reading leave with the flush below
+        try:
+            for _ in range(self.MAX_BATCHES):
+                try:
+                    batch = io.recv()
+                except OSError as exc:
+                    log.debug("udp %s: %s", self.listener, exc)
+                    break
+                for data, addr in batch:
+                    if len(data) <= 4 and not data.strip(b"\r\n"):
+                        # RFC 5626 keepalive over UDP is STUN, but phones send CRLFCRLF too:
+                        # answer CRLF
+                        if data == PING:
+                            self.send(PONG, addr)
+                        continue
+                    try:
+                        sink(data, self, addr)
+                    except Exception:  # one bad datagram must not cost the rest of the batch
+                        log.exception("udp %s: datagram from %s not handled", self.listener, addr)
+                if len(batch) < udpio.BATCH:
+                    break
+        finally:
+            self._flush()
 
     def send(self, data: bytes, addr) -> None:
+        io = self.io
+        if io is None:
+            return
         try:
-            self.transport.sendto(data, addr)
-        except OSError as exc:  # unroutable Via host etc.
-            log.debug("udp send to %s failed: %s", addr, exc)
+            waiting = io.queue(data, addr)
+        except ValueError:
+            # a host name (a trunk configured by name): the socket resolves it
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as exc:
+                log.debug("udp send to %s failed: %s", addr, exc)
+            return
+        if waiting >= udpio.BATCH:
+            self._flush()
+        elif not self._flush_due:
+            self._flush_due = True
+            self.hub.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        io = self.io
+        if io is None:
+            return
+        left = io.flush()
+        if left and not self._writer:
+            # the socket buffer is full: the rest goes when it drains
+            self.hub.loop.add_writer(self.sock.fileno(), self._flush)
+            self._writer = True
+        elif not left and self._writer:
+            self.hub.loop.remove_writer(self.sock.fileno())
+            self._writer = False
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        fd = self.sock.fileno()
+        self.hub.loop.remove_reader(fd)
+        if self._writer:
+            self.hub.loop.remove_writer(fd)
+            self._writer = False
+        try:
+            self.io.flush()
+        except OSError:
+            pass
+        self.io = None
+        self.sock.close()
+        self.sock = None
 
     def __repr__(self):
         return f"<udp {self.local_host}:{self.local_port}>"
@@ -154,9 +229,8 @@ class TransportHub:
         for listener in sip.listen:
             family = socket.AF_INET6 if listener.family_v6 else socket.AF_INET
             if listener.transport == "udp":
-                _, channel = await self.loop.create_datagram_endpoint(
-                    lambda lst=listener: UdpChannel(self, lst),
-                    local_addr=(listener.host, listener.port), family=family)
+                channel = UdpChannel(self, listener)
+                channel.open()
                 self.udp.append(channel)
             else:
                 ctx = None
@@ -253,8 +327,7 @@ class TransportHub:
 
     def close(self) -> None:
         for channel in self.udp:
-            if channel.transport is not None:
-                channel.transport.close()
+            channel.close()
         for server in self.servers:
             server.close()
         for conn in list(self.connections.values()):

@@ -1,0 +1,180 @@
+/* Batched datagram I/O for the SIP UDP transport: recvmmsg and sendmmsg over one non-blocking
+ * socket. Plain C with no Python; udpio.pyx turns the batches into bytes and address tuples.
+ *
+ * A receive batch owns UDPIO_BATCH buffers of UDPIO_MAX octets (the largest UDP payload), so a
+ * datagram is never truncated. A send batch only points at the caller's buffers (the Python
+ * bytes objects are kept alive by udpio.pyx until the batch has gone).
+ */
+#ifndef HPBX_UDPIO_CORE_H
+#define HPBX_UDPIO_CORE_H
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define UDPIO_BATCH 64
+#define UDPIO_MAX 65536
+
+typedef struct {
+    struct mmsghdr msgs[UDPIO_BATCH];
+    struct iovec iov[UDPIO_BATCH];
+    struct sockaddr_storage addrs[UDPIO_BATCH];
+    char *bufs; /* UDPIO_BATCH * UDPIO_MAX */
+} udpio_rx;
+
+typedef struct {
+    struct mmsghdr msgs[UDPIO_BATCH];
+    struct iovec iov[UDPIO_BATCH];
+    struct sockaddr_storage addrs[UDPIO_BATCH];
+    int n;
+} udpio_tx;
+
+static udpio_rx *udpio_rx_new(void)
+{
+    udpio_rx *r = calloc(1, sizeof(udpio_rx));
+    if (r == NULL)
+        return NULL;
+    r->bufs = malloc((size_t)UDPIO_BATCH * UDPIO_MAX);
+    if (r->bufs == NULL) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void udpio_rx_free(udpio_rx *r)
+{
+    if (r != NULL) {
+        free(r->bufs);
+        free(r);
+    }
+}
+
+/* Up to UDPIO_BATCH datagrams: their count, 0 when none is waiting, -errno on an error. */
+static int udpio_recv(int fd, udpio_rx *r)
+{
+    int i, n;
+    for (i = 0; i < UDPIO_BATCH; i++) {
+        r->iov[i].iov_base = r->bufs + (size_t)i * UDPIO_MAX;
+        r->iov[i].iov_len = UDPIO_MAX;
+        memset(&r->msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+        r->msgs[i].msg_hdr.msg_iov = &r->iov[i];
+        r->msgs[i].msg_hdr.msg_iovlen = 1;
+        r->msgs[i].msg_hdr.msg_name = &r->addrs[i];
+        r->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+    }
+    do {
+        n = recvmmsg(fd, r->msgs, UDPIO_BATCH, MSG_DONTWAIT, NULL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    return n;
+}
+
+/* The text form and port of a received address; 0 on success. */
+static int udpio_addr(const struct sockaddr_storage *sa, char *host, size_t hostlen, int *port,
+                      unsigned int *flowinfo, unsigned int *scope_id)
+{
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, (socklen_t)hostlen) == NULL)
+            return -1;
+        *port = ntohs(a->sin_port);
+        *flowinfo = 0;
+        *scope_id = 0;
+        return 0;
+    }
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, (socklen_t)hostlen) == NULL)
+            return -1;
+        *port = ntohs(a->sin6_port);
+        *flowinfo = ntohl(a->sin6_flowinfo);
+        *scope_id = a->sin6_scope_id;
+        return 0;
+    }
+    return -1;
+}
+
+/* The socket address of a literal host for a socket of `family` (an IPv4 host on an IPv6
+ * socket becomes a v4-mapped address): 0, or -1 when the host is no literal address. */
+static int udpio_sockaddr(int family, const char *host, int port, unsigned int scope_id,
+                          struct sockaddr_storage *sa, socklen_t *salen)
+{
+    memset(sa, 0, sizeof(*sa));
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)sa;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((unsigned short)port);
+        a->sin6_scope_id = scope_id;
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
+            struct in_addr v4;
+            if (inet_pton(AF_INET, host, &v4) != 1)
+                return -1;
+            a->sin6_addr.s6_addr[10] = 0xff;
+            a->sin6_addr.s6_addr[11] = 0xff;
+            memcpy(&a->sin6_addr.s6_addr[12], &v4, 4);
+        }
+        *salen = sizeof(struct sockaddr_in6);
+        return 0;
+    }
+    {
+        struct sockaddr_in *a = (struct sockaddr_in *)sa;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((unsigned short)port);
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+            return -1;
+        *salen = sizeof(struct sockaddr_in);
+        return 0;
+    }
+}
+
+/* Queue one datagram (the batch must have room). */
+static void udpio_tx_add(udpio_tx *t, const char *data, size_t len,
+                         const struct sockaddr_storage *sa, socklen_t salen)
+{
+    memcpy(&t->addrs[t->n], sa, salen);
+    t->iov[t->n].iov_base = (void *)data;
+    t->iov[t->n].iov_len = len;
+    memset(&t->msgs[t->n].msg_hdr, 0, sizeof(struct msghdr));
+    t->msgs[t->n].msg_hdr.msg_iov = &t->iov[t->n];
+    t->msgs[t->n].msg_hdr.msg_iovlen = 1;
+    t->msgs[t->n].msg_hdr.msg_name = &t->addrs[t->n];
+    t->msgs[t->n].msg_hdr.msg_namelen = salen;
+    t->n++;
+}
+
+static inline const char *udpio_rx_buf(udpio_rx *r, int i, size_t *len)
+{
+    *len = r->msgs[i].msg_len;
+    return (const char *)r->iov[i].iov_base;
+}
+
+static inline const struct sockaddr_storage *udpio_rx_sa(udpio_rx *r, int i)
+{
+    return &r->addrs[i];
+}
+
+static inline socklen_t udpio_rx_salen(udpio_rx *r, int i)
+{
+    return r->msgs[i].msg_hdr.msg_namelen;
+}
+
+/* Send queued datagrams from index `first`: how many went (>= 0), or -errno when the first
+ * of them failed. */
+static int udpio_send(int fd, udpio_tx *t, int first)
+{
+    int n;
+    if (first >= t->n)
+        return 0;
+    do {
+        n = sendmmsg(fd, &t->msgs[first], (unsigned int)(t->n - first), MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+#endif
