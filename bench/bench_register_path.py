@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from hpbx import settings as settings_mod  # noqa: E402
 from hpbx.sip.auth import Authenticator  # noqa: E402
 from hpbx.sip.dispatcher import Dispatcher  # noqa: E402
+from hpbx.sip import registrar as registrar_mod  # noqa: E402
 from hpbx.sip.registrar import Registrar  # noqa: E402
 from hpbx.sip.timers import TimerWheel  # noqa: E402
 from hpbx.sip.transaction import TransactionLayer  # noqa: E402
@@ -55,6 +56,7 @@ class Channel:
     kind = "udp"
     reliable = False
     id = 0
+    index = 0
     local_host = "127.0.0.1"
     local_port = 5060
 
@@ -68,6 +70,7 @@ class Channel:
 class Hub:
     def __init__(self, channel):
         self.channel = channel
+        self.udp = [channel]
 
     def channel_for(self, *a):
         return self.channel
@@ -98,6 +101,9 @@ async def measure(rounds: int = ROUNDS) -> float:
     wheel = TimerWheel(loop)
     auth = Authenticator(users.get, "hpbx", 300, ("MD5", "SHA-256"))
     registrar = Registrar(loop, wheel, store, auth, settings)
+    # one commit per batch fed here (the server commits at most every COMMIT_INTERVAL, which
+    # under load is a batch of about this size)
+    registrar_mod.COMMIT_INTERVAL = 0.0
     registrar.start()
     channel = Channel()
     layer = TransactionLayer(wheel, Hub(channel), 0.5, 4.0, 5.0)

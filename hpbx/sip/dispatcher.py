@@ -117,8 +117,8 @@ class Dispatcher:
         if msg.max_forwards == 0:
             tx.respond(483)
             return
-        scheme = msg.request_uri.scheme
-        if scheme not in URI_SCHEMES:
+        # the parser has checked the Request-URI's syntax; its scheme is what precedes ":"
+        if msg.ruri.partition(":")[0].lower() not in URI_SCHEMES:
             tx.respond(416)
             return
         if method != "CANCEL":

@@ -19,6 +19,8 @@ log = logging.getLogger("hpbx.sip.registrar")
 # expired bindings are looked for this often (lookups filter by expiry themselves, so a
 # binding is never used after it expired; the sweep only frees it and its row)
 SWEEP_SECS = 5.0
+# the shortest time between two commits of the bindings table (so the longest a 200 waits)
+COMMIT_INTERVAL = 0.002
 
 
 class RegisterError(Exception):
@@ -43,6 +45,7 @@ class Registrar:
         self._refreshed: dict[tuple[str, str], Binding] = {}  # only expiry and Call-ID/CSeq moved
         self._replies: list = []
         self._flush_scheduled = False
+        self._last_flush = float("-inf")
         self._sweeper = None
         self.stats = {"register_ok": 0, "register_401": 0, "register_403": 0, "register_err": 0}
 
@@ -158,7 +161,7 @@ class Registrar:
         if current is None:
             current = []
         if contacts:
-            if any(c.star for c in contacts):
+            if contacts[0].star or (len(contacts) > 1 and any(c.star for c in contacts)):
                 if len(contacts) != 1 or default != 0:
                     raise RegisterError(400, "Contact * needs Expires 0 and no other contact")
                 for b in current:
@@ -277,10 +280,17 @@ class Registrar:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            # at most one commit per COMMIT_INTERVAL: under load a commit (its WAL writes)
+            # then carries many registrations instead of the few of one loop iteration
+            due = self._last_flush + COMMIT_INTERVAL
+            if self.loop.time() >= due:
+                self.loop.call_soon(self._flush)
+            else:
+                self.loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._last_flush = self.loop.time()
         batch, self._batch = self._batch, {}
         refreshed, self._refreshed = self._refreshed, {}
         replies, self._replies = self._replies, []

@@ -170,7 +170,7 @@ class ServerTransaction(_Timed):
             if self.channel.reliable:
                 self._terminate()
             else:
-                layer.timer_j(self)
+                layer.complete(self, data)
         return data
 
     def send(self, data: bytes) -> None:
@@ -359,9 +359,12 @@ class TransactionLayer:
         self.set_timers(t1, t2, t4)
         self.server: dict[tuple, ServerTransaction] = {}
         self.client: dict[tuple, ClientTransaction] = {}
-        # timer J of completed non-INVITE server transactions: every one has the same
-        # duration, so they end in the order they started, from one queue and one timer
-        # instead of a timer each (a registrar keeps 64*T1 * REGISTER rate of them)
+        # Completed non-INVITE server transactions over UDP (timer J, 64*T1): only what answers
+        # a retransmission is kept: key -> (response, reply address, UDP channel index), plain
+        # values the collector stops tracking, since a registrar holds 64*T1 x REGISTER rate
+        # of them. All have the same duration, so they end in the order they completed, from
+        # one queue and one timer.
+        self.completed: dict[tuple, tuple[bytes, tuple, int]] = {}
         self._timer_j: collections.deque = collections.deque()
         self._timer_j_handle = None
 
@@ -371,18 +374,22 @@ class TransactionLayer:
         self.t4 = t4
 
     # ---- server side
-    def timer_j(self, tx: ServerTransaction) -> None:
-        self._timer_j.append((self.wheel.now() + self.t1 * 64, tx))
+    def complete(self, tx: ServerTransaction, data: bytes) -> None:
+        """Timer J starts: the transaction object goes, its response stays for 64*T1."""
+        key = tx.key
+        if self.server.get(key) is tx:
+            del self.server[key]
+        self.completed[key] = (data, tx.reply_addr, tx.channel.index)
+        self._timer_j.append((self.wheel.now() + self.t1 * 64, key))
         if self._timer_j_handle is None:
             self._timer_j_handle = self.wheel.call_later(self.t1 * 64, self._end_completed)
 
     def _end_completed(self) -> None:
         queue = self._timer_j
+        completed = self.completed
         now = self.wheel.now()
         while queue and queue[0][0] <= now:
-            tx = queue.popleft()[1]
-            if tx.state is State.COMPLETED:
-                tx._terminate()
+            completed.pop(queue.popleft()[1], None)
         # the next check when the oldest one is due (a shorter T1 after a reload is caught
         # a little late, never early)
         self._timer_j_handle = (self.wheel.call_later(max(queue[0][0] - now, 0.0), self._end_completed)
@@ -390,6 +397,7 @@ class TransactionLayer:
 
     def close(self) -> None:
         self._timer_j.clear()
+        self.completed.clear()
         if self._timer_j_handle is not None:
             self._timer_j_handle.cancel()
             self._timer_j_handle = None
@@ -406,6 +414,10 @@ class TransactionLayer:
             if msg.method == "ACK" and tx.state in (State.ACCEPTED, State.TERMINATED):
                 return None  # ACK for a 2xx: a transaction of its own (dialog layer)
             tx.retransmitted(msg)
+            return None
+        done = self.completed.get(key)
+        if done is not None:
+            self.transports.udp[done[2]].send(done[0], done[1])
             return None
         if msg.method == "ACK":
             return None
@@ -477,4 +489,5 @@ class TransactionLayer:
         return True
 
     def stats(self) -> dict:
-        return {"server_transactions": len(self.server), "client_transactions": len(self.client)}
+        return {"server_transactions": len(self.server), "client_transactions": len(self.client),
+                "completed_transactions": len(self.completed)}

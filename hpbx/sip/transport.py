@@ -41,6 +41,7 @@ class UdpChannel:
         self.local_host = listener.host
         self.local_port = listener.port
         self.id = 0
+        self.index = len(hub.udp)  # position in hub.udp (completed transactions name it)
         self._flush_due = False  # a flush is scheduled, or the read loop will flush
         self._writer = False
 
