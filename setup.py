@@ -27,7 +27,7 @@ if DEBUG:
 # Extensions that need extra native libraries or macros.
 EXTRA = {
     "relay": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
-    "udpio": {"define_macros": [("_GNU_SOURCE", "1")]},
+    "udpio": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
 }
 
 

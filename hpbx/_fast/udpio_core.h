@@ -10,13 +10,19 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define UDPIO_BATCH 64
+#define UDPIO_BATCH 64   /* datagrams per receive */
+#define UDPIO_TX 256     /* datagrams per send batch */
 #define UDPIO_MAX 65536
 
 typedef struct {
@@ -27,9 +33,9 @@ typedef struct {
 } udpio_rx;
 
 typedef struct {
-    struct mmsghdr msgs[UDPIO_BATCH];
-    struct iovec iov[UDPIO_BATCH];
-    struct sockaddr_storage addrs[UDPIO_BATCH];
+    struct mmsghdr msgs[UDPIO_TX];
+    struct iovec iov[UDPIO_TX];
+    struct sockaddr_storage addrs[UDPIO_TX];
     int n;
 } udpio_tx;
 
@@ -175,6 +181,125 @@ static int udpio_send(int fd, udpio_tx *t, int first)
         n = sendmmsg(fd, &t->msgs[first], (unsigned int)(t->n - first), MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     return n < 0 ? -errno : n;
+}
+
+/* ---- the sender thread
+ * The kernel's work for a datagram sent on loopback (and most of it on a NIC) is done in the
+ * sender's system call: a third of a busy registrar's CPU. A native thread makes those calls,
+ * so the Python thread only fills batches. One batch is handed over at a time; while the
+ * thread sends it, Python fills the next. When a batch is done and Python asked to be told
+ * (it had more waiting), the thread writes to `notify_fd` (an eventfd on Python's loop). */
+typedef struct {
+    int fd;
+    int notify_fd;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    udpio_tx *job;        /* the batch being sent, NULL when the thread is idle */
+    int stop;
+    int want_notify;
+    unsigned long errors; /* datagrams the kernel refused */
+} udpio_sender;
+
+static void udpio_send_all(int fd, udpio_tx *t, unsigned long *errors)
+{
+    int first = 0, n;
+    while (first < t->n) {
+        n = sendmmsg(fd, &t->msgs[first], (unsigned int)(t->n - first), MSG_DONTWAIT);
+        if (n > 0) {
+            first += n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == ENOBUFS)) {
+            /* the socket buffer is full: wait until it drains (this thread only) */
+            struct pollfd p = {fd, POLLOUT, 0};
+            poll(&p, 1, 100);
+            continue;
+        }
+        /* this datagram cannot go (no route, refused address): drop it, go on */
+        (*errors)++;
+        first++;
+    }
+}
+
+static void *udpio_sender_main(void *arg)
+{
+    udpio_sender *s = (udpio_sender *)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are Python's */
+    for (;;) {
+        udpio_tx *t;
+        int notify;
+        pthread_mutex_lock(&s->mu);
+        while (!s->stop && s->job == NULL)
+            pthread_cond_wait(&s->cv, &s->mu);
+        t = s->job;
+        pthread_mutex_unlock(&s->mu);
+        if (t == NULL)
+            break; /* stop, nothing left */
+        udpio_send_all(s->fd, t, &s->errors);
+        pthread_mutex_lock(&s->mu);
+        s->job = NULL;
+        notify = s->want_notify;
+        s->want_notify = 0;
+        pthread_mutex_unlock(&s->mu);
+        if (notify) {
+            uint64_t one = 1;
+            ssize_t w = write(s->notify_fd, &one, sizeof(one));
+            (void)w;
+        }
+    }
+    return NULL;
+}
+
+static int udpio_sender_start(udpio_sender *s, int fd, int notify_fd)
+{
+    memset(s, 0, sizeof(*s));
+    s->fd = fd;
+    s->notify_fd = notify_fd;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    return pthread_create(&s->thread, NULL, udpio_sender_main, s);
+}
+
+/* Hand `t` over when the thread is idle: 1 if taken, 0 if busy (then it notifies when done). */
+static int udpio_sender_offer(udpio_sender *s, udpio_tx *t)
+{
+    int taken = 0;
+    pthread_mutex_lock(&s->mu);
+    if (s->job == NULL && !s->stop) {
+        s->job = t;
+        taken = 1;
+        pthread_cond_signal(&s->cv);
+    } else {
+        s->want_notify = 1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return taken;
+}
+
+static int udpio_sender_busy(udpio_sender *s)
+{
+    int busy;
+    pthread_mutex_lock(&s->mu);
+    busy = s->job != NULL;
+    pthread_mutex_unlock(&s->mu);
+    return busy;
+}
+
+/* Stop after the batch in hand (it is sent), and join. */
+static void udpio_sender_stop(udpio_sender *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
 }
 
 #endif

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
 import ssl
 
@@ -25,8 +26,9 @@ UDP_RCVBUF = 4 << 20
 
 
 class UdpChannel:
-    """One UDP listener. Datagrams are read in batches (recvmmsg) when the socket is readable,
-    and what is sent during a loop iteration leaves in one sendmmsg at its end."""
+    """One UDP listener. Datagrams are read in batches (recvmmsg) when the socket is readable;
+    what is sent during a loop iteration is handed at its end, as one batch, to a native
+    sender thread (sendmmsg), so the kernel's share of sending is not on the event loop."""
 
     kind = "udp"
     reliable = False
@@ -44,6 +46,7 @@ class UdpChannel:
         self.index = len(hub.udp)  # position in hub.udp (completed transactions name it)
         self._flush_due = False  # a flush is scheduled, or the read loop will flush
         self._writer = False
+        self._notify = -1  # eventfd: the sender thread finished a batch while more waited
 
     def open(self) -> None:
         family = socket.AF_INET6 if self.listener.family_v6 else socket.AF_INET
@@ -62,7 +65,17 @@ class UdpChannel:
         self.sock = sock
         self.local_port = sock.getsockname()[1]
         self.io = udpio.DatagramIO(sock.fileno(), family)
-        self.hub.loop.add_reader(sock.fileno(), self._readable)
+        loop = self.hub.loop
+        try:
+            self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.io.start_sender(self._notify)
+            loop.add_reader(self._notify, self._sent)
+        except OSError as exc:  # no thread: the loop sends itself
+            log.warning("udp %s: sending from the event loop (%s)", self.listener, exc)
+            if self._notify >= 0:
+                os.close(self._notify)
+                self._notify = -1
+        loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         io = self.io
@@ -104,11 +117,18 @@ class UdpChannel:
             except OSError as exc:
                 log.debug("udp send to %s failed: %s", addr, exc)
             return
-        if waiting >= udpio.BATCH:
+        if waiting >= udpio.SEND_BATCH:
             self._flush()
         elif not self._flush_due:
             self._flush_due = True
             self.hub.loop.call_soon(self._flush)
+
+    def _sent(self) -> None:
+        try:
+            os.eventfd_read(self._notify)
+        except BlockingIOError:
+            pass
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -116,6 +136,8 @@ class UdpChannel:
         if io is None:
             return
         left = io.flush()
+        if io.threaded:
+            return  # what is left goes when the thread reports its batch done (_sent)
         if left and not self._writer:
             # the socket buffer is full: the rest goes when it drains
             self.hub.loop.add_writer(self.sock.fileno(), self._flush)
@@ -127,16 +149,22 @@ class UdpChannel:
     def close(self) -> None:
         if self.sock is None:
             return
+        loop = self.hub.loop
         fd = self.sock.fileno()
-        self.hub.loop.remove_reader(fd)
+        loop.remove_reader(fd)
         if self._writer:
-            self.hub.loop.remove_writer(fd)
+            loop.remove_writer(fd)
             self._writer = False
+        io, self.io = self.io, None
         try:
-            self.io.flush()
+            io.stop_sender()  # what the thread holds is sent before it ends
+            io.flush()
         except OSError:
             pass
-        self.io = None
+        if self._notify >= 0:
+            loop.remove_reader(self._notify)
+            os.close(self._notify)
+            self._notify = -1
         self.sock.close()
         self.sock = None
 

@@ -107,3 +107,41 @@ def test_ipv6_addresses_and_v4_mapped_peers():
     finally:
         server.close()
         peer.close()
+
+
+def test_sender_thread_sends_every_batch_in_order_and_notifies():
+    import os
+    import select
+    server, peer = bound(), bound()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        io = udpio.DatagramIO(server.fileno(), socket.AF_INET)
+        io.queue(b"before", peer.getsockname())  # queued before the thread: sent first
+        io.start_sender(efd)
+        assert io.threaded
+        total = 5 * udpio.SEND_BATCH + 7
+        sent = 0
+        deadline = time.monotonic() + 5
+        while sent < total and time.monotonic() < deadline:
+            for _ in range(min(100, total - sent)):
+                io.queue(b"n%d" % sent, peer.getsockname())
+                sent += 1
+            if io.flush():
+                # the thread is busy with the previous batch: it says when it is done
+                assert select.select([efd], [], [], 2.0)[0], "no notification from the sender"
+                os.eventfd_read(efd)
+        while io.flush() and time.monotonic() < deadline:
+            select.select([efd], [], [], 0.5)
+        rp = udpio.DatagramIO(peer.fileno(), socket.AF_INET)
+        got = [d for d, _ in recv_all(rp, total + 1, timeout=5)]
+        assert got == [b"before"] + [b"n%d" % i for i in range(total)]
+        io.queue(b"last", peer.getsockname())
+        io.stop_sender()  # later sends go from the caller again
+        assert not io.threaded and io.flush() == 0
+        assert [d for d, _ in recv_all(rp, 1)] == [b"last"]
+        assert io.send_errors == 0 and io.dropped == 0
+    finally:
+        os.close(efd)
+        server.close()
+        peer.close()
