@@ -105,29 +105,19 @@ class Dispatcher:
             if handler is not None:
                 handler(msg, channel, addr)
             return
+        refusal = self._refusal(msg, method)
+        if (refusal is None and method == "REGISTER" and not msg.has_header("Authorization")
+                and layer.server.get(server_key(msg)) is None):
+            # RFC 3261 §8.2.7: the challenge of an unauthenticated request is answered
+            # statelessly; no transaction is kept for it (a retransmission is challenged again)
+            self.registrar.challenge(msg, channel, addr)
+            return
         tx = layer.match_request(msg, channel, addr)
         if tx is None:
             return  # a retransmission, absorbed
-        if not msg.call_id or not msg.has_header("From") or not msg.has_header("To"):
-            # RFC 3261 §8.1.1: every request carries these; without them no dialog can be matched
-            missing = [name for name, ok in (("Call-ID", msg.call_id), ("From", msg.has_header("From")),
-                                             ("To", msg.has_header("To"))) if not ok]
-            tx.respond(400, f"Missing {', '.join(missing)} header")
+        if refusal is not None:
+            tx.respond(*refusal)
             return
-        if msg.max_forwards == 0:
-            tx.respond(483)
-            return
-        # the parser has checked the Request-URI's syntax; its scheme is what precedes ":"
-        if msg.ruri.partition(":")[0].lower() not in URI_SCHEMES:
-            tx.respond(416)
-            return
-        if method != "CANCEL":
-            required = msg.header_values("Require")
-            if required:
-                unsupported = [tag.strip() for tag in required if tag.strip().lower() not in SUPPORTED]
-                if unsupported:
-                    tx.respond(420, None, [("Unsupported", ", ".join(unsupported))])
-                    return
         if method == "REGISTER":
             self.registrar.handle(tx)
         elif method == "OPTIONS":
@@ -142,6 +132,28 @@ class Dispatcher:
                 handler(tx)
             else:
                 tx.respond(405, None, [("Allow", self.allow())])
+
+    @staticmethod
+    def _refusal(msg, method: str):
+        """(status, reason, headers) when the request is refused before its method is looked
+        at (RFC 3261 §8.2: missing headers, Max-Forwards, URI scheme, Require), else None."""
+        if not msg.call_id or not msg.has_header("From") or not msg.has_header("To"):
+            # RFC 3261 §8.1.1: every request carries these; without them no dialog can be matched
+            missing = [name for name, ok in (("Call-ID", msg.call_id), ("From", msg.has_header("From")),
+                                             ("To", msg.has_header("To"))) if not ok]
+            return 400, f"Missing {', '.join(missing)} header", ()
+        if msg.max_forwards == 0:
+            return 483, None, ()
+        # the parser has checked the Request-URI's syntax; its scheme is what precedes ":"
+        if msg.ruri.partition(":")[0].lower() not in URI_SCHEMES:
+            return 416, None, ()
+        if method != "CANCEL":
+            required = msg.header_values("Require")
+            if required:
+                unsupported = [tag.strip() for tag in required if tag.strip().lower() not in SUPPORTED]
+                if unsupported:
+                    return 420, None, [("Unsupported", ", ".join(unsupported))]
+        return None
 
     def _cancel(self, tx) -> None:
         invite = self.transactions.find_invite(tx.msg)

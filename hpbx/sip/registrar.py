@@ -6,12 +6,13 @@ this loop iteration has been committed: a binding acknowledged with 200 survives
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
 from hpbx.sip import nat
 from hpbx.sip.auth import Verdict
-from hpbx.sip.transaction import Target
+from hpbx.sip.transaction import Target, build_response, reply_address
 from hpbx.store.registrations import Binding
 
 log = logging.getLogger("hpbx.sip.registrar")
@@ -121,6 +122,22 @@ class Registrar:
             log.info("%s: user deleted, bindings removed", name)
 
     # ---- REGISTER
+    def challenge(self, msg, channel, addr) -> None:
+        """A REGISTER without credentials, answered statelessly (RFC 3261 §8.2.7): 401, or
+        400 for a To that is no SIP URI. The To tag is derived from the request, so that a
+        retransmission gets the same one."""
+        to = msg.to_addr
+        if to.uri.scheme not in ("sip", "sips"):
+            status, reason, headers = 400, "To must be a SIP or SIPS URI", ()
+            self.stats["register_err"] += 1
+        else:
+            status, reason, headers = 401, None, self.auth.challenge_headers()
+            self.stats["register_401"] += 1
+        tag = hashlib.blake2s(f"{msg.via_branch}|{msg.call_id}|{msg.from_tag}".encode(
+            "utf-8", "surrogateescape"), digest_size=6).hexdigest()
+        channel.send(build_response(msg, status, reason, addr, tag, headers),
+                     reply_address(msg, channel, addr))
+
     def handle(self, tx) -> None:
         msg = tx.msg
         try:

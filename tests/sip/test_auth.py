@@ -98,8 +98,17 @@ def test_non_sip_aor_is_400(server, phone):
     assert reply.startswith("SIP/2.0 400"), reply
 
 
-def test_retransmitted_register_gets_the_same_challenge(server, phone):
+def test_challenge_is_stateless_and_a_retransmission_is_challenged_again(server, phone):
+    # RFC 3261 §8.2.7: the 401 keeps no transaction; a retransmitted REGISTER gets a 401 with
+    # the same To tag (derived from the request) and a fresh nonce, and either nonce works
+    ruri = f"sip:{server.host}:{server.port}"
     first = register(phone, server, "dora", branch="z9hG4bKsame-branch-1", cseq=7)
     again = register(phone, server, "dora", branch="z9hG4bKsame-branch-1", cseq=7)
-    assert first.startswith("SIP/2.0 401")
-    assert again == first  # absorbed by the transaction: same nonce, same To tag
+    other = register(phone, server, "dora", branch="z9hG4bKother-branch-1", cseq=7)
+    assert first.startswith("SIP/2.0 401") and again.startswith("SIP/2.0 401")
+    assert header(again, "To") == header(first, "To") != header(other, "To")
+    assert challenge_for(again, "MD5") != challenge_for(first, "MD5")
+    for n, reply in enumerate((first, again)):
+        auth = digest_authorization(challenge_for(reply, "MD5"), "dora", "dora-pw", "REGISTER", ruri)
+        ok = register(phone, server, "dora", [f"Authorization: {auth}"], cseq=8 + n)
+        assert ok.startswith("SIP/2.0 200"), ok
