@@ -289,8 +289,14 @@ static void rlu_arm_recv(rl_uring *u, rl_session *s, uint64_t tag, int li, int k
 {
 	int fd = s->leg[li].fd[k];
 	struct io_uring_sqe *sqe;
-	if (fd < 0 || !(sqe = rlu_sqe(u)))
+	if (fd < 0)
 		return;
+	if (!(sqe = rlu_sqe(u))) {
+		/* no room even after a flush: try again with the next round's commands */
+		if (u->narm < u->arm_cap)
+			u->arm[u->narm++] = tag;
+		return;
+	}
 	sqe->opcode = IORING_OP_RECVMSG;
 	sqe->fd = fd;
 	sqe->addr = (uint64_t)(uintptr_t)&u->rmsg;
@@ -417,7 +423,11 @@ static void rlu_on_recv(rl_relay *r, rl_uring *u, struct io_uring_cqe *c, int cl
 			const rl_sa *to;
 			int ofd;
 			struct io_uring_sqe *sqe;
-			if (rl_route(r, s, li, k, &src, payload, len, rl_now(), &ofd, &to) && (sqe = rlu_sqe(u))) {
+			if (!rl_route(r, s, li, k, &src, payload, len, rl_now(), &ofd, &to)) {
+				/* dropped: counted by rl_route */
+			} else if (!(sqe = rlu_sqe(u))) {
+				s->leg[li].st.send_errors++; /* the ring refused even a flush: drop */
+			} else {
 				rlu_out *o = &u->out[bid];
 				o->to = *to;
 				o->tag = ud;
