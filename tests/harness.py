@@ -155,7 +155,9 @@ class HpbxServer:
 
     def start(self, timeout: float = 30.0) -> "HpbxServer":
         self._log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        # a native crash leaves its Python stack in the log (the two unexplained segfaults of
+        # the first session left only exit code -11)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **(self.env or {}))
         self.proc = subprocess.Popen(
             self.wrap + [sys.executable, "-m", "hpbx", "serve", "--config", str(self.config)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
