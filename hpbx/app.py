@@ -154,14 +154,14 @@ class Server:
     # ---- what the admin layer reads
     def list_registrations(self, tenant: str | None, user: str | None):
         now = time.time()
-        for b in self.registrar.list(user):
-            if tenant is not None and b["tenant"] != tenant:
+        for b in self.registrar.iter_bindings(user):
+            if tenant is not None and b.tenant != tenant:
                 continue
-            yield {"user": b["username"], "tenant": b["tenant"], "contact": b["contact"],
-                   "source": f"{b['source_host']}:{b['source_port']}", "transport": b["transport"],
-                   "user_agent": b["user_agent"], "behind_nat": b["behind_nat"],
-                   "online": b["online"], "expires_at": b["expires_at"],
-                   "expires_in": max(0, int(b["expires_at"] - now))}
+            yield {"user": b.username, "tenant": b.tenant, "contact": b.contact,
+                   "source": f"{b.source_host}:{b.source_port}", "transport": b.transport,
+                   "user_agent": b.user_agent, "behind_nat": b.behind_nat,
+                   "online": b.online, "expires_at": b.expires_at,
+                   "expires_in": max(0, int(b.expires_at - now))}
 
     def sip_stats(self) -> dict:
         return {**self.dispatcher.stats, **self.transactions.stats(),

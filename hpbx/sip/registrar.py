@@ -88,17 +88,15 @@ class Registrar:
             return Target(binding.transport, binding.source_host, binding.source_port)
         return Target(binding.transport, host, port or 5060)
 
-    def list(self, username: str | None = None) -> list[dict]:
+    def iter_bindings(self, username: str | None = None):
+        """Live bindings (of one user, or of all users ordered by user name), lazily: a page
+        of an admin listing costs the sort of the user names, not a dict per binding."""
         now = self.clock()
-        users = [username] if username is not None else sorted(self.bindings)
-        out = []
-        for name in users:
+        names = (username,) if username is not None else sorted(self.bindings)
+        for name in names:
             for b in self.bindings.get(name, ()):
                 if b.expires_at > now:
-                    d = b.as_dict()
-                    d["expires_in"] = int(b.expires_at - now)
-                    out.append(d)
-        return out
+                    yield b
 
     def count(self) -> int:
         return sum(len(v) for v in self.bindings.values())
