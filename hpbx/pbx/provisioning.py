@@ -22,6 +22,7 @@ import tomli_w
 from hpbx.errors import NotFoundError, ValidationError
 from hpbx.pbx import router
 from hpbx.pbx.directory import Directory
+from hpbx.pbx.snapshot import SharedDict
 from hpbx.pbx.model import (
     Announcement, Cdr, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects, Trunk, User,
     check_references, number_keys, references_to, slots_from_list,
@@ -72,8 +73,9 @@ class Provisioning:
 
     # -- plumbing
 
-    def subscribe(self, listener: Callable[[Directory], None]) -> None:
-        """``listener(directory)`` runs after every swap (e.g. to drop stale registrations)."""
+    def subscribe(self, listener: Callable[[Directory, set], None]) -> None:
+        """``listener(directory, removed_usernames)`` runs after every swap (e.g. to drop the
+        registrations of deleted users)."""
         self._listeners.append(listener)
 
     def _load(self) -> list[TenantObjects]:
@@ -118,8 +120,16 @@ class Provisioning:
         with self.store.transaction() as tx:
             write(tx)
         self.directory = self.directory.replace_tenant(old, new, users)
+        if old is None:
+            removed: set = set()
+        elif new is None:
+            removed = set(old.users.keys())
+        elif isinstance(old.users, SharedDict):
+            removed = old.users.missing_from(new.users)
+        else:
+            removed = {name for name in old.users if name not in new.users}
         for listener in self._listeners:
-            listener(self.directory)
+            listener(self.directory, removed)
 
     @staticmethod
     def _tenant_field(data: Any) -> str:

@@ -94,6 +94,18 @@ class SharedDict:
     def items(self) -> "_View":
         return _View(self._shards, dict.items, self._len)
 
+    def missing_from(self, other: Any) -> set:
+        """Keys of this mapping that ``other`` lacks. Against a copy of this one only the
+        shards either side has written are compared, so a change of one key costs 1/SHARDS of
+        the keys, not all of them."""
+        if not isinstance(other, SharedDict):
+            return {k for k in self if k not in other}
+        out: set = set()
+        for mine, theirs in zip(self._shards, other._shards):
+            if mine is not theirs:
+                out.update(k for k in mine if k not in theirs)
+        return out
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SharedDict):
             other = dict(other.items())

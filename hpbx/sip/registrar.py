@@ -111,9 +111,11 @@ class Registrar:
             self._queue((binding.username, binding.contact), None)
             self._schedule_flush()
 
-    def drop_unknown(self, directory) -> None:
-        """After a provisioning change: bindings of users that no longer exist go."""
-        gone = [name for name in self.bindings if directory.auth_user(name) is None]
+    def drop_unknown(self, directory, removed=None) -> None:
+        """After a provisioning change: bindings of users that no longer exist go. ``removed``
+        names the users the change deleted (None: look at every user with a binding)."""
+        names = self.bindings if removed is None else [n for n in removed if n in self.bindings]
+        gone = [name for name in names if directory.auth_user(name) is None]
         for name in gone:
             for binding in list(self.bindings.get(name, ())):
                 self.remove(binding)

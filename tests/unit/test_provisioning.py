@@ -302,3 +302,55 @@ def test_provision_if_empty_imports_demo_once(prov):
     plan = route_inbound(d, "+41441234501", NOW)
     assert [(r.duration, [t.value for t in r.targets]) for r in plan.rows] == [
         (10, ["carol"]), (20, ["carol", "dave"])]
+
+
+def test_listeners_learn_which_users_a_change_removed(prov):
+    seen = []
+    prov.subscribe(lambda directory, removed: seen.append(set(removed)))
+    prov.tenant_create({"name": "acme"})
+    for i in range(200):  # enough users to fill every shard of the users mapping
+        prov.user_create({"tenant": "acme", "username": f"u{i:03d}", "sip_password": "secret1",
+                          "internal_number": str(100 + i)})
+    assert all(s == set() for s in seen)
+    seen.clear()
+    prov.user_delete("u042")
+    prov.user_update("u043", {"sip_password": "changed1"})
+    assert seen[0] == {"u042"} and all(s == set() for s in seen[1:])
+    seen.clear()
+    prov.tenant_delete("acme")
+    assert seen == [{f"u{i:03d}" for i in range(200) if i != 42}]
+
+
+def test_registrar_drops_the_bindings_of_deleted_users_only(prov, tmp_path):
+    import asyncio
+
+    from hpbx import settings as settings_mod
+    from hpbx.sip.registrar import Registrar
+    from hpbx.sip.timers import TimerWheel
+    from hpbx.store.registrations import Binding, RegistrationStore
+
+    prov.tenant_create({"name": "acme"})
+    for name, number in (("anna", "100"), ("ben", "101")):
+        prov.user_create({"tenant": "acme", "username": name, "sip_password": "secret1",
+                          "internal_number": number})
+    store = RegistrationStore(tmp_path / "reg.sqlite3")
+    far = 4_000_000_000.0
+    store.write_batch([Binding(u, f"sip:{u}@10.0.0.1", "acme", None, None, None, far, 1.0,
+                               "10.0.0.1", 5060, "udp", 0, None, None, "cid", 1, False)
+                       for u in ("anna", "ben")], [])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        wheel = TimerWheel(loop)
+        reg = Registrar(loop, wheel, store, None, settings_mod.from_dict({}))
+        reg.start()
+        prov.subscribe(reg.drop_unknown)
+        prov.user_delete("anna")
+        await asyncio.sleep(0.05)  # the removal is committed with the next batch
+        reg.stop()
+        wheel.close()
+        return sorted(reg.bindings)
+
+    assert asyncio.run(main()) == ["ben"]
+    assert [r[0] for r in store.all()] == ["ben"]
+    store.close()
