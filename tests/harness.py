@@ -11,6 +11,7 @@ and SIPp runs with a scenario and an -inf CSV whose statistics and messages are 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,6 +27,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
+
+
+# Ports a test holds on to for minutes (a trunk's address written into a tenant) come from below
+# the kernel's ephemeral range (32768-60999 by default), where no socket bound to port 0 and no
+# outgoing connection can take them meanwhile; each process starts at its own offset.
+_RESERVED = list(range(30000, 32700))
+random.Random(os.getpid()).shuffle(_RESERVED)
+
+
+def reserved_port(host: str = "127.0.0.1") -> int:
+    """A UDP port below the ephemeral range, free now, and not handed out twice here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while _RESERVED:
+        port = _RESERVED.pop()
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            udp.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            udp.close()
+    raise RuntimeError("no reserved port left")
 
 
 def free_port(both: bool = True, host: str = "127.0.0.1") -> int:

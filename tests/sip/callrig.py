@@ -120,7 +120,8 @@ class CallRig:
         self.host = host
         self.tenant_path = self.dir / "tenant.toml"
         self.tenant_path.write_text(tenant_toml)
-        base = rtp_ports or (32000 + (os.getpid() % 50) * 200, 32000 + (os.getpid() % 50) * 200 + 99)
+        # below the ephemeral range (see harness.reserved_port), and per process
+        base = rtp_ports or (10000 + (os.getpid() % 100) * 200, 10000 + (os.getpid() % 100) * 200 + 99)
         self.rtp_ports = base
         self.server = HpbxServer(self.dir, log_level=log_level, host=host, wrap=wrap)
         config = write_config(self.dir, self.server.port, host=host, provision=(self.tenant_path,),

@@ -9,14 +9,14 @@ import re
 
 import pytest
 
-from harness import free_port, have_sipp, header
+from harness import have_sipp, header, reserved_port
 from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
-CARRIER = free_port(both=False)
-GATEWAY = free_port(both=False)
+CARRIER = reserved_port()
+GATEWAY = reserved_port()
 
 TENANT = (
     '[tenant]\nname = "acme"\ntrunk = "gateway"\n'

@@ -13,15 +13,15 @@ from datetime import datetime
 
 import pytest
 
-from harness import free_port, have_sipp, header
+from harness import free_port, have_sipp, header, reserved_port
 from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
-CARRIER = free_port(both=False)
-GATEWAY = free_port(both=False)
-CARRIER2 = free_port(both=False)
+CARRIER = reserved_port()
+GATEWAY = reserved_port()
+CARRIER2 = reserved_port()
 REASON = 'SIP;cause=200;text="Call completed elsewhere"'
 USERS = {  # username: (internal number, displayed number, flags)
     "p1": ("211", "0442220001", {}), "p2": ("212", "", {}),

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from harness import free_port, have_sipp, header
+from harness import have_sipp, header, reserved_port
 from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
-CARRIER = free_port(both=False)
+CARRIER = reserved_port()
 USERS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
 
 TENANT = ('[tenant]\nname = "media"\n' + trunk("carrier", CARRIER) + "".join(map(user, USERS))
