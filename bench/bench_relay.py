@@ -2,7 +2,8 @@
 
 For every stream count N (unidirectional streams, N/2 calls) and every relay kind:
   1. start the relay fresh: hpbx in a child process (``bench_relay.py serve``, a Relay with the
-     default one worker per core), rtpengine userspace (``--table=-1``, ng control over UDP on
+     default one worker per core and its default packet loop, io_uring where the kernel allows
+     it; kind ``hpbx-epoll`` runs the epoll loop instead, for comparison), rtpengine userspace (``--table=-1``, ng control over UDP on
      loopback), or nothing (direct: the two ends send straight to each other);
   2. allocate N/2 calls whose two ends are the generator's sockets A and B;
   3. run ``bench/rtp/rtpgen.c`` (built with cc into bench/out/): N streams of 172-byte RTP at
@@ -19,7 +20,7 @@ fails on time.
     HPBX_BENCH_QUICK=1 ...                                     # 2 short steps
 
 Env: RELAY_STREAMS ("100 500 1000 2000 3000"), RELAY_SECS (8, warm-up 2 s included),
-RELAY_KINDS ("direct hpbx rtpengine"), RELAY_WORKERS (0 = one per core), RELAY_OUT,
+RELAY_KINDS ("direct hpbx rtpengine"; "hpbx-epoll" adds hpbx's epoll loop), RELAY_WORKERS (0 = one per core), RELAY_OUT,
 RELAY_REPEAT (1; ratios then use the medians of the repetitions), RELAY_NICE (0; a nice
 value given to both relays, e.g. -5: a relay that may preempt the generator answers sooner),
 RELAY_QUIET_WAIT (30: seconds to wait for a quiet box before each point), RELAY_NOISE (10) and
@@ -192,9 +193,9 @@ class Direct:
 class Hpbx:
     """The compiled relay in a child process of its own, so its CPU is measured alone."""
 
-    name = "hpbx"
-
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, io: str = "auto"):
+        self.name = "hpbx" if io == "auto" else f"hpbx-{io}"
+        self.io = io
         self.workers = workers
         self.proc = None
         self.pid = None
@@ -202,7 +203,7 @@ class Hpbx:
 
     def start(self, calls: int) -> list[tuple[str, int]]:
         argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--calls", str(calls),
-                "--workers", str(self.workers), "--nice", str(NICE)]
+                "--workers", str(self.workers), "--nice", str(NICE), "--io", self.io]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=ROOT)
         self.pid = self.proc.pid
@@ -352,7 +353,7 @@ def run_point(gen: Path, relay, streams: int, secs: float, warmup: float, quiet_
             res["relay_cpu_pct"] = round(100 * (cb - ca) / CLK / dt, 1)
             if res["relay_cpu_pct"] > 0:
                 res["pps_per_cpu_s"] = round(res["rx_pps"] / (res["relay_cpu_pct"] / 100))
-    if relay.name == "hpbx" and relay.final:
+    if relay.name.startswith("hpbx") and relay.final:
         res["relay_counted"] = relay.final.get("packets", 0)
     res["clean"] = (res["offered_pps"] >= 0.99 * streams * 50 and res["loss_pct"] < 0.1
                     and res["p99_us"] < 10000)
@@ -430,6 +431,7 @@ def bench(streams: list[int], secs: float, kinds: list[str], workers: int, repea
             tries = []
             for attempt in range(1, retries + 2):
                 relay = {"direct": Direct, "hpbx": lambda: Hpbx(workers),
+                         "hpbx-epoll": lambda: Hpbx(workers, "epoll"),
                          "rtpengine": lambda: RtpEngine(secs)}[kind]()
                 r = run_point(gen, relay, n, secs, warmup, quiet_wait)
                 r["attempt"] = attempt
@@ -474,11 +476,12 @@ def serve(argv: list[str]) -> int:
     ap.add_argument("--calls", type=int, required=True)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--io", default="auto")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from hpbx._fast.relay import Relay
 
-    relay = Relay(IP, *HPBX_PORTS, workers=a.workers, nice=a.nice)
+    relay = Relay(IP, *HPBX_PORTS, workers=a.workers, nice=a.nice, io=a.io)
     relay.start()
     handles = []
     for _ in range(a.calls):
@@ -488,7 +491,7 @@ def serve(argv: list[str]) -> int:
         pa, pb = relay.ports(h)
         handles.append(h)
         print(f"A {pa}\nB {pb}")
-    print(f"ready {os.getpid()} threads {' '.join(map(str, relay.thread_ids()))}", flush=True)
+    print(f"ready {os.getpid()} io {relay.io} threads {' '.join(map(str, relay.thread_ids()))}", flush=True)
     sys.stdin.read()  # the bench closes stdin when the point is over
     total = {"packets": 0, "lost": 0, "dropped_source": 0, "send_errors": 0}
     for h in handles:
@@ -515,7 +518,7 @@ except ImportError:  # run as a script without pytest installed
 @_bound
 def test_relay_bench():
     results = bench(*settings_from_env())
-    hpbx = [r for r in results if r["relay"] == "hpbx"]
+    hpbx = [r for r in results if r["relay"].startswith("hpbx")]
     # the bench checks that media really went through the relay, never how fast
     assert all(r["received"] > 0 for r in hpbx)
 
