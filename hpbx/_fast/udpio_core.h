@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -228,8 +229,13 @@ static void *udpio_sender_main(void *arg)
 {
     udpio_sender *s = (udpio_sender *)arg;
     sigset_t all;
+    struct sched_param none = {0};
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are Python's */
+    /* SCHED_BATCH: waking this thread for a batch must not preempt the event loop that woke
+     * it (a freshly woken thread otherwise takes the waker's CPU at once); it runs on the
+     * other core, or when the loop waits */
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
     for (;;) {
         udpio_tx *t;
         int notify;
