@@ -2080,24 +2080,21 @@ cdef int _put_top_via(Out* o, const unsigned char* b, Py_ssize_t a, Py_ssize_t z
     return _put_line(o, set_via_received(_dec_unfold(b, a, z - a), host, port), "Via")
 
 
-cdef bytes _finish(Out* o, headers, bytes body):
-    """``headers`` (a given Content-Length is dropped), Content-Length, the body; the bytes."""
-    try:
-        for name, value in headers:
-            if _is_clen(name):
-                continue
-            _put_line(o, name, "header name")
-            _put_c(o, ": ")
-            _put_line(o, value, "header value")
-            _put_c(o, "\r\n")
-        _put_c(o, "Content-Length: ")
-        _put_int(o, PyBytes_GET_SIZE(body))
-        _put_c(o, "\r\n\r\n")
-        _put_bytes(o, body)
-        return PyBytes_FromStringAndSize(o.p, o.n)
-    finally:
-        PyMem_Free(o.p)
-        o.p = NULL
+cdef bytes _tail(Out* o, headers, bytes body):
+    """``headers`` (a given Content-Length is dropped), Content-Length, the body; the bytes.
+    The caller frees the buffer."""
+    for name, value in headers:
+        if _is_clen(name):
+            continue
+        _put_line(o, name, "header name")
+        _put_c(o, ": ")
+        _put_line(o, value, "header value")
+        _put_c(o, "\r\n")
+    _put_c(o, "Content-Length: ")
+    _put_int(o, PyBytes_GET_SIZE(body))
+    _put_c(o, "\r\n\r\n")
+    _put_bytes(o, body)
+    return PyBytes_FromStringAndSize(o.p, o.n)
 
 
 def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
@@ -2109,10 +2106,9 @@ def build_request(str method, str ruri, list headers, bytes body=b"") -> bytes:
         _put_c(&o, " ")
         _put_line(&o, ruri, "Request-URI")
         _put_c(&o, " SIP/2.0\r\n")
-    except BaseException:
+        return _tail(&o, headers, body)
+    finally:
         PyMem_Free(o.p)
-        raise
-    return _finish(&o, headers, body)
 
 
 def build_response(SipMessage request, int status, reason=None, *, to_tag=None, headers=(),
@@ -2185,10 +2181,9 @@ def build_response(SipMessage request, int status, reason=None, *, to_tag=None, 
         _put_c(&o, " ")
         _put(&o, <const char*>(b + request._cseqm_o), request._cseqm_l)
         _put_c(&o, "\r\n")
-    except BaseException:
+        return _tail(&o, headers, body)
+    finally:
         PyMem_Free(o.p)
-        raise
-    return _finish(&o, headers, body)
 
 
 def set_via_received(str raw_via_value, str received, int rport) -> str:

@@ -51,7 +51,6 @@ cdef extern from "udpio_core.h" nogil:
     int udpio_send(int fd, udpio_tx* t, int first)
     int udpio_sender_start(udpio_sender* s, int fd, int notify_fd)
     int udpio_sender_offer(udpio_sender* s, udpio_tx* t)
-    int udpio_sender_busy(udpio_sender* s)
     void udpio_sender_stop(udpio_sender* s)
 
 from libc.stdlib cimport calloc, free
@@ -252,8 +251,3 @@ cdef class DatagramIO:
     def pending(self) -> int:
         """Datagrams queued and not yet handed to the kernel (or to the sender thread)."""
         return self.tx.n - self.first + len(self.waiting)
-
-    @property
-    def sending(self) -> bool:
-        """Does the sender thread hold a batch right now?"""
-        return self.threaded and udpio_sender_busy(&self.sender) != 0

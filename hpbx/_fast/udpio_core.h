@@ -287,15 +287,6 @@ static int udpio_sender_offer(udpio_sender *s, udpio_tx *t)
     return taken;
 }
 
-static int udpio_sender_busy(udpio_sender *s)
-{
-    int busy;
-    pthread_mutex_lock(&s->mu);
-    busy = s->job != NULL;
-    pthread_mutex_unlock(&s->mu);
-    return busy;
-}
-
 /* Stop after the batch in hand (it is sent), and join. */
 static void udpio_sender_stop(udpio_sender *s)
 {

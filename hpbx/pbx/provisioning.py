@@ -22,7 +22,6 @@ import tomli_w
 from hpbx.errors import NotFoundError, ValidationError
 from hpbx.pbx import router
 from hpbx.pbx.directory import Directory
-from hpbx.pbx.snapshot import SharedDict
 from hpbx.pbx.model import (
     Announcement, Cdr, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects, Trunk, User,
     check_references, number_keys, references_to, slots_from_list,
@@ -120,14 +119,7 @@ class Provisioning:
         with self.store.transaction() as tx:
             write(tx)
         self.directory = self.directory.replace_tenant(old, new, users)
-        if old is None:
-            removed: set = set()
-        elif new is None:
-            removed = set(old.users.keys())
-        elif isinstance(old.users, SharedDict):
-            removed = old.users.missing_from(new.users)
-        else:
-            removed = {name for name in old.users if name not in new.users}
+        removed = set() if old is None else old.users.missing_from({} if new is None else new.users)
         for listener in self._listeners:
             listener(self.directory, removed)
 

@@ -106,8 +106,7 @@ class Dispatcher:
                 handler(msg, channel, addr)
             return
         refusal = self._refusal(msg, method)
-        if (refusal is None and method == "REGISTER" and not msg.has_header("Authorization")
-                and layer.server.get(server_key(msg)) is None):
+        if refusal is None and method == "REGISTER" and not msg.has_header("Authorization"):
             # RFC 3261 §8.2.7: the challenge of an unauthenticated request is answered
             # statelessly; no transaction is kept for it (a retransmission is challenged again)
             self.registrar.challenge(msg, channel, addr)

@@ -1,8 +1,9 @@
 """The registrar (RFC 3261 §10, RFC 5626 instance-id/reg-id) with digest authentication.
 
 Bindings live in memory (username -> list of Binding) and in the registrations table. A
-REGISTER changes memory at once, queues its rows, and its 200 leaves only after the batch of
-this loop iteration has been committed: a binding acknowledged with 200 survives kill -9.
+REGISTER changes memory at once, queues its rows, and its 200 leaves only after the batch it
+is in has been committed (at most one commit per COMMIT_INTERVAL): a binding acknowledged with
+200 survives kill -9.
 """
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ log = logging.getLogger("hpbx.sip.registrar")
 SWEEP_SECS = 5.0
 # the shortest time between two commits of the bindings table (so the longest a 200 waits)
 COMMIT_INTERVAL = 0.002
+
+
+TO_NOT_SIP = "To must be a SIP or SIPS URI"
+
+
+def _to_is_sip(msg) -> bool:
+    """Is the address of record (the To URI) one a SIP registrar binds (RFC 3261 §10.3)?"""
+    return msg.to_addr.uri.scheme in ("sip", "sips")
 
 
 class RegisterError(Exception):
@@ -126,9 +135,8 @@ class Registrar:
         """A REGISTER without credentials, answered statelessly (RFC 3261 §8.2.7): 401, or
         400 for a To that is no SIP URI. The To tag is derived from the request, so that a
         retransmission gets the same one."""
-        to = msg.to_addr
-        if to.uri.scheme not in ("sip", "sips"):
-            status, reason, headers = 400, "To must be a SIP or SIPS URI", ()
+        if not _to_is_sip(msg):
+            status, reason, headers = 400, TO_NOT_SIP, ()
             self.stats["register_err"] += 1
         else:
             status, reason, headers = 401, None, self.auth.challenge_headers()
@@ -148,8 +156,8 @@ class Registrar:
 
     def _register(self, tx, msg) -> None:
         to = msg.to_addr
-        if to.uri.scheme not in ("sip", "sips"):
-            raise RegisterError(400, "To must be a SIP or SIPS URI")
+        if not _to_is_sip(msg):
+            raise RegisterError(400, TO_NOT_SIP)
         verdict, user, _ = self.auth.check("REGISTER", msg.header("Authorization"))
         if verdict is not Verdict.OK:
             if verdict is Verdict.FORBIDDEN:
