@@ -20,12 +20,23 @@ $(STAMP): pyproject.toml setup.py
 build: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace -j 2
 
-# Debian packages the tests drive (SIPp, iptables); installed when running as root.
+# Debian packages the tests drive, one line per concern (append to your own line).
+# Installed when running as root and any of them is missing.
+DEB_PKGS := sip-tester iptables iproute2
+DEB_PKGS += # media engine
+DEB_PKGS += # media services (prompts, music on hold)
+DEB_PKGS += # real phones (interop)
+DEB_PKGS += # security
+DEB_PKGS += # web face
+DEB_PKGS += # scale (databases)
+
 system-deps:
-	@if ! command -v sipp >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then \
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q sip-tester iptables iproute2; \
-	  else echo "sipp/iptables missing and not root: the SIPp and NAT tests will skip"; fi; \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "missing Debian packages and not root: $$missing (their tests will skip)"; fi; \
 	fi
 
 run: build
