@@ -15,7 +15,7 @@ from __future__ import annotations
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import tomli_w
 
@@ -27,6 +27,9 @@ from hpbx.pbx.model import (
     check_references, number_keys, references_to, slots_from_list,
 )
 from hpbx.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from hpbx.store.postgres import PostgresStore
 
 _EXPORT_SECTIONS = ("trunks", "users", "groups", "announcements", "numbers", "switches")
 
@@ -64,7 +67,7 @@ def _merge(current: dict, changes: Any, keys: Iterable[str]) -> dict:
 class Provisioning:
     """The domain service over one ``Store``; ``directory`` is the current snapshot."""
 
-    def __init__(self, store: Store, clock: Callable[[], datetime] = _now):
+    def __init__(self, store: "Store | PostgresStore", clock: Callable[[], datetime] = _now):
         self.store = store
         self.clock = clock
         self._listeners: list[Callable[[Directory], None]] = []
@@ -78,7 +81,10 @@ class Provisioning:
         self._listeners.append(listener)
 
     def _load(self) -> list[TenantObjects]:
-        docs = self.store.load()
+        return self._build(self.store.load())
+
+    @staticmethod
+    def _build(docs: dict[str, list[dict]]) -> list[TenantObjects]:
         tenants: dict[str, TenantObjects] = {}
         for d in docs["tenant"]:
             tenants[d["name"]] = TenantObjects(Tenant.from_dict(d))
@@ -91,6 +97,23 @@ class Provisioning:
                 obj = cls.from_dict(d)
                 getattr(tenants[obj.tenant], attr)[getattr(obj, key)] = obj
         return list(tenants.values())
+
+    def reload_tenant(self, name: str) -> None:
+        """Another node committed a change to this tenant (a store that shares its database,
+        e.g. PostgreSQL): read the tenant again and swap it in, as a local change would."""
+        built = self._build(self.store.load_tenant(name))
+        old = self.directory.objects(name)
+        new = built[0] if built else None
+        self.directory = self.directory.replace_tenant(old, new)
+        removed = set() if old is None else old.users.missing_from({} if new is None else new.users)
+        for listener in self._listeners:
+            listener(self.directory, removed)
+
+    def reload_all(self) -> None:
+        """Read every tenant again (after changes may have been missed)."""
+        self.directory = Directory.build(self._load())
+        for listener in self._listeners:
+            listener(self.directory, None)
 
     def _objs(self, tenant: str, field: str | None = None) -> TenantObjects:
         objs = self.directory.objects(tenant) if isinstance(tenant, str) else None
