@@ -23,7 +23,7 @@ from hpbx.sip.registrar import Registrar
 from hpbx.sip.timers import TimerWheel
 from hpbx.sip.transaction import TransactionLayer
 from hpbx.sip.transport import TransportHub
-from hpbx.store.registrations import RegistrationStore
+from hpbx.store import backend
 
 log = logging.getLogger("hpbx")
 
@@ -56,9 +56,11 @@ class Server:
     # ---- wiring
     def _open_store(self) -> None:
         from hpbx.pbx.provisioning import Provisioning
-        from hpbx.store.sqlite import Store
 
-        self.store = Store(self.settings.store.path)
+        try:
+            self.store = backend.open_store(self.settings.store)
+        except HpbxError as exc:
+            raise ConfigError(f"{self.settings.path}: store: {exc}") from None
         self._stop_order.append(self.store.close)
         self.provisioning = Provisioning(self.store)
         if self.store.is_empty() and self.settings.provision:
@@ -83,13 +85,26 @@ class Server:
         settings = self.settings
         sip = settings.sip
         self._open_store()
-        self.reg_store = RegistrationStore(settings.store.path)
-        self._stop_order.append(self.reg_store.close)
+        if hasattr(self.store, "listener"):
+            # a store shared with other nodes: a tenant another node changed is read again
+            listener = self.store.listener(self.provisioning.reload_tenant,
+                                           self.provisioning.reload_all)
+            listener.start(loop)
+            self._stop_order.append(listener.stop)
+        self.reg_store = backend.open_registrations(settings.store)
+        self.clustered = bool(settings.store.redis)
+        if self.clustered:
+            await self._open_shared_registrations(loop)
+        else:
+            self._stop_order.append(self.reg_store.close)
         self.wheel = TimerWheel(loop)
         self._stop_order.append(self.wheel.close)
         self.auth = Authenticator(lambda name: self.provisioning.directory.auth_user(name),
                                   self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.registrar = Registrar(loop, self.wheel, self.reg_store, self.auth, settings)
+        if self.clustered:
+            self.registrar.node = self.reg_store.node
+            self._stop_order.append(self.registrar.drain)
         restored = self.registrar.start()
         self.provisioning.subscribe(self.registrar.drop_unknown)
         self._stop_order.append(self.registrar.stop)
@@ -108,9 +123,38 @@ class Server:
         self.keepalive.start()
         self._stop_order.append(self.keepalive.stop)
         self._start_calls(loop)
+        if self.clustered:
+            await self._start_ownership()
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
+
+    # ---- several nodes: shared registrations, provisioning changes, call ownership
+    async def _open_shared_registrations(self, loop) -> None:
+        """Redis: subscribed before it is read, so no other node's change is missed; the
+        registrar (made next) gets them from then on."""
+        def on_change(puts, deletes) -> None:
+            self.registrar.apply_remote(puts, deletes)
+
+        def on_resync(loaded) -> None:
+            self.registrar.replace_all(loaded)
+
+        try:
+            await self.reg_store.open(time.time(), on_change, on_resync)
+        except HpbxError as exc:
+            await self.reg_store.aclose()
+            raise ConfigError(f"{self.settings.path}: store.redis: {exc}") from None
+        self._stop_order.append(self.reg_store.aclose)
+
+    async def _start_ownership(self) -> None:
+        from hpbx.cluster.ownership import CallOwnership
+
+        self.ownership = CallOwnership(self.settings.store.redis, self.reg_store.node,
+                                       self.provisioning.cdr_add)
+        await self.ownership.start()
+        self.calls.owners = self.ownership
+        # stopped after the call service has ended its calls (reverse order)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.ownership.stop)
 
     def _start_calls(self, loop) -> None:
         """The media relay and the B2BUA (INVITE, ACK, BYE, UPDATE, INFO via the dispatcher)."""
@@ -147,6 +191,9 @@ class Server:
         ctx.stats_sources["calls"] = self.calls.counters
         ctx.stats_sources["sip"] = self.sip_stats
         ctx.stats_sources["registrar"] = self.registrar_stats
+        if self.clustered:
+            ctx.stats_sources["cluster"] = lambda: {
+                "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats}
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)
