@@ -449,6 +449,8 @@ class Call:
             svc.active[user] = svc.active.get(user, 0) + 1
         svc.legs[self.id] = (self, "a")
         svc.legs[leg.call_id] = (self, leg)
+        if svc.owners is not None:
+            svc.owners.changed(self)
         if data is not None and not self.a_tx.channel.reliable:
             self.a_ok = data
             self.a_ok_interval = svc.transactions.t1

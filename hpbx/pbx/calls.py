@@ -57,6 +57,7 @@ class CallService:
         self._trunks_directory = None
         self._cdrs: list[dict] = []
         self._cdr_timer = None
+        self.owners = None  # cluster: the call ownership (started / changed / ended)
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
 
@@ -152,6 +153,8 @@ class CallService:
         call = Call(self, tx, plan, caller, caller_user, trunk)
         self.calls[call.id] = call
         self.stats["calls_started"] += 1
+        if self.owners is not None:
+            self.owners.started(call)
         call.guarded(call.start)
 
     # ------------------------------------------------------------------ in dialog
@@ -179,6 +182,8 @@ class CallService:
     # ------------------------------------------------------------------ registry
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if self.owners is not None:
+            self.owners.ended(call)
         if call.answer_iso:
             self.stats["calls_answered"] += 1
         else:
