@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hpbx import settings as settings_mod
@@ -125,6 +126,7 @@ class Server:
         self._start_calls(loop)
         if self.clustered:
             await self._start_ownership()
+        self._start_retention()
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
@@ -155,6 +157,24 @@ class Server:
         self.calls.owners = self.ownership
         # stopped after the call service has ended its calls (reverse order)
         self._stop_order.insert(self._stop_order.index(self.calls.close), self.ownership.stop)
+
+    def _start_retention(self) -> None:
+        """CDRs older than ``[store] cdr_retention_days`` go, checked at start and hourly."""
+        def purge() -> None:
+            days = self.settings.store.cdr_retention_days
+            if days:
+                cut = datetime.now(timezone.utc) - timedelta(days=days)
+                try:
+                    gone = self.provisioning.cdr_purge(cut.isoformat())["deleted"]
+                except Exception:
+                    log.exception("CDR retention: purge failed")
+                else:
+                    if gone:
+                        log.info("CDR retention: %d records older than %d days deleted", gone, days)
+            self._retention = self.wheel.call_later(3600, purge)
+
+        purge()
+        self._stop_order.append(lambda: self._retention.cancel())
 
     def _start_calls(self, loop) -> None:
         """The media relay and the B2BUA (INVITE, ACK, BYE, UPDATE, INFO via the dispatcher)."""

@@ -84,6 +84,7 @@ class StoreSettings:
     # "unix:///run/redis.sock" or "redis://127.0.0.1:6379/0"; else in the SQLite file at ``path``
     redis: str = ""
     node: str = ""  # this node's name in a cluster (unique per node); "" = the host name
+    cdr_retention_days: int = 0  # CDRs of calls older than this are deleted hourly; 0 = kept
 
 
 STORE_BACKENDS = ("sqlite", "postgres")
@@ -292,7 +293,8 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     r = _Reader(path, "store", data.get("store"))
     store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"),
                           backend=r.get("backend", str, "sqlite"), dsn=r.get("dsn", str, ""),
-                          redis=r.get("redis", str, ""), node=r.get("node", str, ""))
+                          redis=r.get("redis", str, ""), node=r.get("node", str, ""),
+                          cdr_retention_days=r.int_in("cdr_retention_days", 0, 0, 100_000))
     if not store.path:
         raise r.fail("path", "must not be empty")
     if store.backend not in STORE_BACKENDS:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import tomli_w
 
 from hpbx.errors import NotFoundError, ValidationError
-from hpbx.pbx import router
+from hpbx.pbx import cdr_export, router
 from hpbx.pbx.directory import Directory
 from hpbx.pbx.model import (
     Announcement, Cdr, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects, Trunk, User,
@@ -469,6 +469,28 @@ class Provisioning:
                 except ValueError:
                     raise ValidationError(key, f"{value!r} is not an ISO 8601 timestamp with offset") from None
         return self.store.cdr_list(tenant, bounds.get("since", ""), bounds.get("until", ""), limit, offset)
+
+    def cdr_export(self, tenant: str | None = None, since: str = "", until: str = "",
+                   format: str = "csv", limit: int = 100_000) -> dict:
+        """CDRs as text (``cdr_export.FORMATS``), oldest first, at most ``limit`` of them."""
+        if format not in cdr_export.FORMATS:
+            raise ValidationError("format", f"must be one of {', '.join(cdr_export.FORMATS)}")
+        rows: list[dict] = []
+        while len(rows) < limit:
+            page = self.cdr_list(tenant, since, until, min(10_000, limit - len(rows)), len(rows))
+            rows += page
+            if not page:
+                break
+        rows.reverse()
+        return {"format": format, "rows": len(rows), "text": cdr_export.render(rows, format)}
+
+    def cdr_purge(self, before: str) -> dict:
+        """Retention: drop the records of calls that started before ``before``."""
+        try:
+            cut = _utc(before)
+        except (TypeError, ValueError):
+            raise ValidationError("before", f"{before!r} is not an ISO 8601 timestamp with offset") from None
+        return {"before": cut, "deleted": self.store.cdr_purge(cut)}
 
     # -- tenant as TOML
 

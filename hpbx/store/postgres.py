@@ -215,6 +215,10 @@ class PostgresStore:
         rows = self.connection.execute(sql, (*params, limit, offset)).fetchall()
         return [orjson.loads(doc) for (doc,) in rows]
 
+    def cdr_purge(self, before: str) -> int:
+        with self.connection.transaction():
+            return self.connection.execute("DELETE FROM cdrs WHERE start < %s", (before,)).rowcount
+
     def listener(self, on_tenant: Callable[[str], None], on_resync: Callable[[], None]) -> "Listener":
         return Listener(self.dsn, self.node, on_tenant, on_resync)
 

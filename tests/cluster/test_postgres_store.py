@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 
 import test_provisioning as base  # noqa: E402
+import test_cdr_export as export  # noqa: E402
 
 from hpbx.pbx.provisioning import Provisioning  # noqa: E402
 from hpbx.store.postgres import CHANNEL, SCHEMA_VERSION, PostgresStore  # noqa: E402
@@ -24,6 +25,9 @@ for _name in ("test_crud_round_trip_and_directory_swap", "test_username_unique_s
               "test_provision_if_empty_imports_demo_once",
               "test_listeners_learn_which_users_a_change_removed"):
     globals()[_name] = getattr(base, _name)
+for _name in ("test_csv_oldest_first_with_fixed_columns_and_quoting",
+              "test_jsonl_filtered_by_tenant_and_time", "test_purge_keeps_what_started_at_or_after_the_cut"):
+    globals()[_name] = getattr(export, _name)
 
 
 @pytest.fixture

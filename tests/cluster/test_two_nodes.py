@@ -74,6 +74,9 @@ def test_call_arriving_at_b_rings_the_phone_registered_through_a(nodes):
     assert len(cdr) == 1 and cdr[0]["answered_by"] == "anna" and cdr[0]["end_reason"] == "caller hung up", cdr
     b.assert_idle()
     assert a.call_stats()["calls"]["calls_started"] == 0  # node A never saw the call
+    # the CDR any node writes is exported by every node (one PostgreSQL)
+    exported = a.admin("cdr.export", format="jsonl")
+    assert call_id in exported["text"] and exported["rows"] >= 1
 
 
 def test_in_dialog_bye_from_the_phone_reaches_the_node_holding_the_call(nodes):
