@@ -151,10 +151,17 @@ class Server:
     async def _start_ownership(self) -> None:
         from hpbx.cluster.ownership import CallOwnership
 
+        from hpbx.sip.edge import EdgeRelay
+
         self.ownership = CallOwnership(self.settings.store.redis, self.reg_store.node,
-                                       self.provisioning.cdr_add)
+                                       self.provisioning.cdr_add,
+                                       self.transports.local_address("udp", ""))
         await self.ownership.start()
         self.calls.owners = self.ownership
+        # phones whose flow another node holds are reached through that node, and the
+        # requests other nodes send through us to our flows are relayed
+        self.registrar.peers = self.ownership.peers
+        self.dispatcher.edge = EdgeRelay(self.transports, self.ownership.peer_hosts.__contains__)
         # stopped after the call service has ended its calls (reverse order)
         self._stop_order.insert(self._stop_order.index(self.calls.close), self.ownership.stop)
 
@@ -213,7 +220,8 @@ class Server:
         ctx.stats_sources["registrar"] = self.registrar_stats
         if self.clustered:
             ctx.stats_sources["cluster"] = lambda: {
-                "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats}
+                "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats,
+                **self.dispatcher.edge.stats}
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)

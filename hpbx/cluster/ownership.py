@@ -1,7 +1,9 @@
 """Live call ownership and node failure, in Redis.
 
 Every node keeps ``hpbx:node:<name>`` alive (a key with a ``ttl`` refreshed every
-``beat`` s) and is a member of the set ``hpbx:nodes``. Its live calls are the hash
+``beat`` s, holding the node's SIP address) and is a member of the set ``hpbx:nodes``; each
+beat also reads the other nodes' addresses (``peers``: where the hop to a flow held by another
+node goes, ``hpbx.sip.edge``). Its live calls are the hash
 ``hpbx:calls:<name>``: call id -> the call's CDR as it stands (written when the call starts and
 when it is answered, removed when it ends; changes are sent every ``FLUSH_SECS`` in one
 pipeline, so a call shorter than that costs nothing).
@@ -36,9 +38,13 @@ def _iso() -> str:
 
 
 class CallOwnership:
-    def __init__(self, url: str, node: str, write_cdr, beat: float = 1.0, ttl: float = 3.0):
+    def __init__(self, url: str, node: str, write_cdr, sip_address: tuple[str, int] = ("", 0),
+                 beat: float = 1.0, ttl: float = 3.0):
         """``write_cdr(doc)`` stores one CDR (the provisioning service's ``cdr_add``)."""
         self.node = node
+        self.sip_address = sip_address
+        self.peers: dict[str, tuple[str, int]] = {}  # other live nodes -> SIP address, in place
+        self.peer_hosts: set[str] = set()
         self.redis = connect(url)
         self.write_cdr = write_cdr
         self.beat = beat
@@ -57,10 +63,28 @@ class CallOwnership:
         await self._take_over(self.node, "restarted")
         await self._alive()
         await self.redis.sadd(NODES, self.node)
+        await self._read_peers()
         self._beat_task = asyncio.get_running_loop().create_task(self._beating())
 
     async def _alive(self) -> None:
-        await self.redis.set(f"hpbx:node:{self.node}", _iso(), px=int(self.ttl * 1000))
+        await self.redis.set(f"hpbx:node:{self.node}",
+                             orjson.dumps({"sip": self.sip_address, "beat": _iso()}),
+                             px=int(self.ttl * 1000))
+
+    async def _read_peers(self) -> None:
+        names = sorted(n.decode() for n in await self.redis.smembers(NODES) if n.decode() != self.node)
+        values = await self.redis.mget([f"hpbx:node:{n}" for n in names]) if names else []
+        found = {}
+        for name, raw in zip(names, values):
+            if raw is not None:
+                host, port = orjson.loads(raw)["sip"]
+                found[name] = (host, port)
+        if found != self.peers:
+            self.peers.clear()
+            self.peers.update(found)
+            self.peer_hosts.clear()
+            self.peer_hosts.update(h for h, _ in found.values())
+            log.info("cluster peers: %s", ", ".join(f"{n}={h}:{p}" for n, (h, p) in found.items()) or "none")
 
     # ---- what the call service reports
     def started(self, call) -> None:
@@ -110,6 +134,7 @@ class CallOwnership:
             try:
                 await self._alive()
                 await self._look_for_dead()
+                await self._read_peers()
             except (RedisError, OSError) as exc:
                 log.warning("cluster heartbeat: %s", exc)
 
@@ -145,7 +170,7 @@ class CallOwnership:
         return len(calls)
 
     def counters(self) -> dict:
-        return {**self.stats, "calls_owned": len(self._written)}
+        return {**self.stats, "calls_owned": len(self._written), "peers": len(self.peers)}
 
     async def stop(self) -> None:
         if self._beat_task is not None:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 
-from hpbx.sip import nat
+from hpbx.sip import edge, nat
 from hpbx.sip.auth import Verdict
 from hpbx.sip.transaction import Target, build_response, reply_address
 from hpbx.store.registrations import Binding
@@ -63,6 +63,7 @@ class Registrar:
         self._last_flush = float("-inf")
         self._writing = None  # the task storing an asynchronous store's batch
         self.node = ""
+        self.peers: dict[str, tuple[str, int]] = {}  # cluster: node -> its SIP address (UDP)
         self._sweeper = None
         self.stats = {"register_ok": 0, "register_401": 0, "register_403": 0, "register_err": 0}
 
@@ -101,16 +102,27 @@ class Registrar:
         now = self.clock()
         return [b for b in self.bindings.get(username, ()) if b.expires_at > now]
 
-    @staticmethod
-    def target(binding: Binding) -> Target:
-        """Where requests to this binding go: the NAT's address (and connection) when needed."""
+    def target(self, binding: Binding) -> Target:
+        """Where requests to this binding go: the NAT's address (and connection) when needed;
+        the node holding its flow when that is another node (see ``relay_route``)."""
         if binding.behind_nat or binding.transport != "udp":
+            if binding.node != self.node and binding.node in self.peers:
+                host, port = self.peers[binding.node]
+                return Target("udp", host, port)
             return Target(binding.transport, binding.source_host, binding.source_port,
                           binding.connection_id)
         host, port = nat.contact_hostport(binding.contact)
         if not host or not nat.is_ip(host):
             return Target(binding.transport, binding.source_host, binding.source_port)
         return Target(binding.transport, host, port or 5060)
+
+    def relay_route(self, binding: Binding) -> str | None:
+        """The Route that has the flow's node relay a request to this binding (``edge``), or
+        None when this node reaches it itself."""
+        if binding.node == self.node or not (binding.behind_nat or binding.transport != "udp"):
+            return None
+        peer = self.peers.get(binding.node)
+        return None if peer is None else edge.flow_route(peer[0], peer[1], binding)
 
     def iter_bindings(self, username: str | None = None):
         """Live bindings (of one user, or of all users ordered by user name), lazily: a page

@@ -21,9 +21,10 @@ CARRIER = reserved_port()
 TENANT = (
     '[tenant]\nname = "acme"\n'
     + trunk("carrier-a", CARRIER, host=A_HOST) + trunk("carrier-b", CARRIER, host=B_HOST)
-    + user("anna", "201") + user("beat", "202")
+    + user("anna", "201") + user("beat", "202") + user("nina", "203", flags=("behind_nat",))
     + number("0441110000", (30, ["user:anna"]))
     + number("0441110001", (30, ["user:beat"]))
+    + number("0441110002", (30, ["user:nina"]))
 )
 
 
@@ -97,6 +98,49 @@ def test_in_dialog_bye_from_the_phone_reaches_the_node_holding_the_call(nodes):
     b.assert_idle()
 
 
+def test_phone_behind_nat_is_reached_through_the_node_holding_its_flow(nodes):
+    """nina is behind NAT (flag): only the address her REGISTER came from, on node A, reaches
+    her. A call arriving at B goes to her through A (A's Via on top of B's, from A's
+    address); the 200 goes back through A; the ACK and the caller's BYE take the same hop."""
+    a, b = nodes
+    assert wait_for(lambda: a.admin("stats.get", layer="cluster")["cluster"]["peers"] == 1, 3)
+    phone = a.phone("nina", "call_uas.xml", pause_ms=200)
+    assert wait_for(lambda: registered_on(b, "nina"), timeout=1.0)
+    before = a.admin("stats.get", layer="cluster")["cluster"]["edge_requests"]
+    res = b.call("call_uac.xml", "0441110002", port=CARRIER, pause_ms=300)
+    got = phone.finish()
+    assert res.returncode == 0 and res.successful == 1, res.describe() + b.server.log() + a.server.log()
+    assert got.successful == 1, got.describe()
+    invite = got.received("INVITE")[0]
+    vias = header(invite, "Via")
+    assert len(vias) == 2, vias
+    assert vias[0].startswith(f"SIP/2.0/UDP {A_HOST}:{a.server.port};branch=z9hG4bK-edge-"), vias
+    assert vias[1].startswith(f"SIP/2.0/UDP {B_HOST}:{b.server.port};"), vias
+    assert not [r for r in header(invite, "Route") if "hpbx-flow" in r], "A pops its own Route"
+    bye = got.received("BYE")[0]
+    assert header(bye, "Via")[0].startswith(f"SIP/2.0/UDP {A_HOST}:"), bye
+    # INVITE, ACK and BYE relayed by A
+    assert a.admin("stats.get", layer="cluster")["cluster"]["edge_requests"] - before >= 3
+    b.assert_idle()
+    assert a.call_stats()["calls"]["calls_started"] == 0
+
+
+def test_flow_route_from_a_stranger_is_not_relayed(nodes):
+    """Only the cluster's nodes may use a node as a hop: anyone else's request naming a flow
+    is handled as if the Route were not there (here: an OPTIONS answered by A itself)."""
+    a, b = nodes
+    from harness import RawPhone
+    before = a.admin("stats.get", layer="cluster")["cluster"]
+    with RawPhone(a.server.host, a.server.port, host="127.0.0.3") as raw:
+        raw.request("OPTIONS", f"sip:x@127.0.0.9:5999",
+                    [f"Route: <sip:{A_HOST}:{a.server.port};lr;hpbx-flow=udp~127.0.0.9~5999~0>"])
+        answer = raw.recv_until(lambda m: m.startswith("SIP/2.0"), 2)
+    assert answer and answer.startswith("SIP/2.0 200"), answer
+    after = a.admin("stats.get", layer="cluster")["cluster"]
+    assert after["edge_refused"] == before["edge_refused"] + 1
+    assert after["edge_requests"] == before["edge_requests"]
+
+
 def test_admin_change_on_a_is_live_on_b_within_a_second(nodes):
     a, b = nodes
     t0 = time.monotonic()
@@ -107,7 +151,7 @@ def test_admin_change_on_a_is_live_on_b_within_a_second(nodes):
     assert changed, f"not on B after {elapsed:.3f} s"
     print(f"admin change made on A live on B after {elapsed * 1000:.0f} ms")
     # a new user created on B can register through A at once (within the second)
-    b.admin("user.create", tenant="acme", username="cleo", sip_password="cleo-pw", internal_number="203")
+    b.admin("user.create", tenant="acme", username="cleo", sip_password="cleo-pw", internal_number="204")
     assert wait_for(lambda: any(u["username"] == "cleo" for u in a.admin("user.list", tenant="acme")),
                     timeout=1.0, step=0.01)
     a.register("cleo", "cleo-pw", reserved_port(A_HOST))
