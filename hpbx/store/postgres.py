@@ -120,14 +120,40 @@ class PostgresStore:
         self.node = node
         self.path = dsn  # what logs and ``config.reload`` compare
         try:
-            self.connection = psycopg.connect(dsn, autocommit=True)
+            self._connection = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
             raise HpbxError(f"PostgreSQL {dsn!r}: {exc}".strip()) from None
         self._migrate()
 
+    @property
+    def connection(self) -> psycopg.Connection:
+        """The connection, opened again when PostgreSQL dropped it (a restart, a failover): a
+        call made while it was down fails, the next one after it is back works. A transaction
+        whose COMMIT was lost with the connection is reported as failed, never retried."""
+        conn = self._connection
+        if conn.broken or conn.closed:
+            log.warning("PostgreSQL connection lost; connecting again")
+            try:
+                conn = self._connection = psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.Error as exc:
+                raise HpbxError(f"PostgreSQL {self.dsn!r}: {exc}".strip()) from None
+        return conn
+
+    def _live(self) -> psycopg.Connection:
+        """The connection, checked with a round trip first: a connection PostgreSQL closed
+        (restart, failover) is only seen as broken once used, and a write must not be the
+        statement that finds out."""
+        conn = self.connection
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            conn = self.connection
+        return conn
+
     def _migrate(self) -> None:
-        with self.connection.transaction():
-            cur = self.connection.cursor()
+        conn = self.connection
+        with conn.transaction():
+            cur = conn.cursor()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             cur.execute("CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, "
                         "applied_at TEXT NOT NULL)")
@@ -148,8 +174,9 @@ class PostgresStore:
     def transaction(self) -> Iterator[Transaction]:
         """All writes inside commit together (with their notifications); any exception rolls
         every one of them back."""
-        with self.connection.transaction():
-            tx = Transaction(self.connection.cursor())
+        conn = self._live()
+        with conn.transaction():
+            tx = Transaction(conn.cursor())
             yield tx
             for tenant in sorted(tx.tenants):
                 tx.execute("SELECT pg_notify(%s, %s)",
@@ -157,22 +184,24 @@ class PostgresStore:
 
     def load(self) -> dict[str, list[dict]]:
         out = {}
-        with self.connection.transaction():  # one snapshot for every table
-            self.connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn = self._live()
+        with conn.transaction():  # one snapshot for every table
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for kind in LOAD_ORDER:
                 table, keys, _ = KINDS[kind]
-                rows = self.connection.execute(f"SELECT doc FROM {table} ORDER BY {', '.join(keys)}")
+                rows = conn.execute(f"SELECT doc FROM {table} ORDER BY {', '.join(keys)}")
                 out[kind] = [orjson.loads(doc) for (doc,) in rows]
         return out
 
     def load_tenant(self, name: str) -> dict[str, list[dict]]:
         """The documents of one tenant, by kind (an empty ``tenant`` list: it is gone)."""
         out = {}
-        with self.connection.transaction():
-            self.connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn = self._live()
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for kind in LOAD_ORDER:
                 table, keys, _ = KINDS[kind]
-                rows = self.connection.execute(
+                rows = conn.execute(
                     f"SELECT doc FROM {table} WHERE {_tenant_column(table)} = %s "
                     f"ORDER BY {', '.join(keys)}", (name,))
                 out[kind] = [orjson.loads(doc) for (doc,) in rows]
@@ -188,11 +217,12 @@ class PostgresStore:
     # -- call records
 
     def cdr_add(self, doc: dict) -> int:
-        with self.connection.transaction():
-            cdr_id = self.connection.execute(
+        conn = self._live()
+        with conn.transaction():
+            cdr_id = conn.execute(
                 "INSERT INTO cdrs (tenant, call_id, start, doc) VALUES (%s, %s, %s, '{}') RETURNING id",
                 (doc["tenant"], doc.get("call_id", ""), doc.get("start", ""))).fetchone()[0]
-            self.connection.execute("UPDATE cdrs SET doc = %s WHERE id = %s",
+            conn.execute("UPDATE cdrs SET doc = %s WHERE id = %s",
                                     (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
         return cdr_id
 
@@ -216,14 +246,15 @@ class PostgresStore:
         return [orjson.loads(doc) for (doc,) in rows]
 
     def cdr_purge(self, before: str) -> int:
-        with self.connection.transaction():
-            return self.connection.execute("DELETE FROM cdrs WHERE start < %s", (before,)).rowcount
+        conn = self._live()
+        with conn.transaction():
+            return conn.execute("DELETE FROM cdrs WHERE start < %s", (before,)).rowcount
 
     def listener(self, on_tenant: Callable[[str], None], on_resync: Callable[[], None]) -> "Listener":
         return Listener(self.dsn, self.node, on_tenant, on_resync)
 
     def close(self) -> None:
-        self.connection.close()
+        self._connection.close()
 
 
 class Listener:

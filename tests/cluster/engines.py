@@ -69,6 +69,11 @@ class Postgres:
                   self.user, "hpbx")
         return self
 
+    def restart(self) -> None:
+        """A fast restart: every client connection is dropped."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast",
+                  "-w", "-t", "30", "restart")
+
     def psql(self, sql: str) -> str:
         out = subprocess.run(self.as_user + [str(self.bin / "psql"), "-h", str(self.sock), "-p",
                                              str(self.port), "-U", self.user, "-d", "hpbx", "-At",

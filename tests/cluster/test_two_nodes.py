@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import psycopg
 import pytest
 
 from harness import have_sipp, header, reserved_port
@@ -160,3 +161,18 @@ def test_admin_change_on_a_is_live_on_b_within_a_second(nodes):
     assert wait_for(lambda: not registered_on(b, "cleo") and
                     not any(u["username"] == "cleo" for u in b.admin("user.list", tenant="acme")),
                     timeout=1.0, step=0.01)
+
+
+def test_postgres_restart_nodes_reconnect_and_catch_up(nodes, postgres):
+    """PostgreSQL restarts under both nodes: the next admin change on A is stored (A connects
+    again), and B's listener reconnects and reads every tenant again, so the change is live
+    on B too."""
+    a, b = nodes
+    postgres.restart()
+    a.admin("user.update", username="beat", details={"first_name": "After"})
+    assert wait_for(lambda: b.admin("user.get", username="beat")["details"].get("first_name") == "After",
+                    timeout=5.0, step=0.05), b.server.log()
+    assert b.admin("stats.get", layer="cluster")["cluster"]  # B is still a cluster node
+    with psycopg.connect(postgres.dsn) as db:
+        doc = db.execute("SELECT doc FROM users WHERE username = 'beat'").fetchone()[0]
+    assert '"After"' in doc
