@@ -18,17 +18,20 @@ pytestmark = [pytest.mark.sipp, pytest.mark.cluster,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
 A_HOST, B_HOST = "127.0.0.1", "127.0.0.2"
-CARRIER = reserved_port()
+CARRIER, CARRIER2 = reserved_port(), reserved_port()
 LOAD_USERS = [f"l{i:03d}" for i in range(150)]
 
 TENANT = (
     '[tenant]\nname = "acme"\n'
     + trunk("carrier-a", CARRIER, host=A_HOST) + trunk("carrier-b", CARRIER, host=B_HOST)
-    + user("anna", "201")
+    + trunk("carrier2-a", CARRIER2, host=A_HOST)
+    + user("anna", "201") + user("rita", "202")
     + "".join(user(u) for u in LOAD_USERS)
     + number("0441110000", (30, ["user:anna"]))
+    + number("0441110003", (60, ["user:rita"]))
 )
 BIG_USERS = 300
+CALLS = 5
 BIG = '[tenant]\nname = "big"\n' + "".join(user(f"big{i:03d}") for i in range(BIG_USERS))
 
 
@@ -52,14 +55,29 @@ def test_kill_a_during_load(tmp_path, postgres, redis_server):
     b = Node(tmp_path / "b", TENANT, name="b", host=B_HOST, dsn=postgres.dsn, redis_url=redis_server.url)
     b.start()
     try:
-        # an answered call held by A (the phone registered through A)
-        phone = a.phone("anna", "call_uas.xml", pause_ms=100, timeout=60)
+        # CALLS answered calls held by A (the phone registered through A) and one still ringing
+        port = reserved_port(A_HOST)
+        a.register("anna", "anna-pw", port)
+        phone = a.sipp("call_uas.xml", port=port, calls=CALLS, pause_ms=100, timeout=60, name="anna")
+        ringer = a.phone("rita", "call_uas_ring.xml", timeout=60)
         caller = a.sipp("call_uac.xml", port=CARRIER, service="0441110000", pause_ms=60_000,
-                        timeout=70, name="caller")
-        answered = wait_for(lambda: [c for c in a.admin("call.list") if c["state"] == "answered"], 5)
-        assert answered, a.server.log()
-        call_id = answered[0]["call_id"]
-        assert wait_for(lambda: (v := redis.hget("hpbx:calls:a", call_id)) and orjson.loads(v)["answer"], 2)
+                        calls=CALLS, rate=20, timeout=70, name="caller")
+
+        def all_answered():
+            ids = [c["call_id"] for c in a.admin("call.list") if c["state"] == "answered"]
+            return ids if len(ids) == CALLS else []
+        answered = wait_for(all_answered, 5)
+        assert len(answered) == CALLS, a.server.log()
+        ring_caller = a.sipp("call_uac.xml", port=CARRIER2, service="0441110003",
+                             timeout=70, name="ring-caller")
+        ringing = wait_for(lambda: [c["call_id"] for c in a.admin("call.list") if c["state"] == "ringing"], 5)
+        assert len(ringing) == 1, a.admin("call.list")
+
+        def owned():
+            calls = {k.decode(): orjson.loads(v) for k, v in redis.hgetall("hpbx:calls:a").items()}
+            return (set(calls) == set(answered) | set(ringing)
+                    and all(calls[c]["answer"] for c in answered))
+        assert wait_for(owned, 2), redis.hgetall("hpbx:calls:a")
 
         # an admin change acknowledged by A right before the kill
         a.admin("user.update", username="anna", details={"first_name": "Kept"})
@@ -73,6 +91,7 @@ def test_kill_a_during_load(tmp_path, postgres, redis_server):
         inflight = send_without_waiting(str(a.dir / "hpbx.sock"), "tenant.import", {"toml": BIG})
         time.sleep(0.05)
         a.server.kill()
+        killed_at = time.monotonic()
         inflight.close()
         result = load.wait()
         acked = {to_user(m) for m in result.received("SIP/2.0 200")}
@@ -92,15 +111,27 @@ def test_kill_a_during_load(tmp_path, postgres, redis_server):
         if big:
             assert wait_for(lambda: len(b.admin("user.list", tenant="big")) == BIG_USERS, 1.0)
 
-        # A's call ends with its CDR, written by B once A's heartbeat has expired
-        cdr = wait_for(lambda: [c for c in b.cdrs(wait=0) if c["call_id"] == call_id], timeout=10, step=0.2)
-        assert cdr, b.server.log()
-        assert cdr[0]["end_reason"] == "node a failed" and cdr[0]["answered_by"] == "anna", cdr
-        assert cdr[0]["answer"] and cdr[0]["end"] >= cdr[0]["answer"]
+        # A's calls end with their CDRs, written by B once A's heartbeat has expired: one per
+        # call, the answered ones with their answer time
+        def written():
+            return {c["call_id"]: c for c in b.cdrs(wait=0) if c["call_id"] in set(answered) | set(ringing)}
+        def all_written():
+            w = written()
+            return w if len(w) == CALLS + 1 else {}
+        cdrs = wait_for(all_written, timeout=10, step=0.2)
+        assert len(cdrs) == CALLS + 1, (written(), b.server.log())
+        print(f"CDRs of A's {CALLS + 1} calls written by B within {time.monotonic() - killed_at:.1f} s of the kill")
+        for cid in answered:
+            c = cdrs[cid]
+            assert c["end_reason"] == "node a failed" and c["answered_by"] == "anna", c
+            assert c["answer"] and c["end"] >= c["answer"] >= c["start"]
+        r = cdrs[ringing[0]]
+        assert r["end_reason"] == "node a failed" and not r["answer"] and r["targets_tried"] == ["user:rita"], r
+        assert len(b.cdrs(wait=0)) == CALLS + 1  # nothing written twice
         assert redis.hlen("hpbx:calls:a") == 0
         assert b.admin("stats.get", layer="cluster")["cluster"]["nodes_taken_over"] == 1
-        caller.kill()
-        phone.kill()
+        for p in (caller, phone, ringer, ring_caller):
+            p.kill()
 
         # the phones re-register to B and keep working: every REGISTER answered, the bindings
         # now held by B, and a call arriving at B reaches a phone that re-registered
