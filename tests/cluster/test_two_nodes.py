@@ -11,7 +11,7 @@ import pytest
 
 from harness import have_sipp, header, reserved_port
 from callrig import number, trunk, user
-from nodes import Node, wait_for
+from nodes import Node, TcpPhone, wait_for
 
 pytestmark = [pytest.mark.sipp, pytest.mark.cluster,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
@@ -26,6 +26,7 @@ TENANT = (
     + number("0441110000", (30, ["user:anna"]))
     + number("0441110001", (30, ["user:beat"]))
     + number("0441110002", (30, ["user:nina"]))
+    + user("tess", "205") + number("0441110005", (30, ["user:tess"]))
 )
 
 
@@ -124,6 +125,31 @@ def test_phone_behind_nat_is_reached_through_the_node_holding_its_flow(nodes):
     assert a.admin("stats.get", layer="cluster")["cluster"]["edge_requests"] - before >= 3
     b.assert_idle()
     assert a.call_stats()["calls"]["calls_started"] == 0
+
+
+def test_phone_on_a_tcp_connection_to_a_is_reached_from_b_over_that_connection(nodes):
+    """tess keeps one TCP connection to A (her only way in). B's INVITE goes to A, which
+    sends it down that connection; her 200 and BYE answer come back through A to B."""
+    from concurrent.futures import ThreadPoolExecutor
+    a, b = nodes
+    assert wait_for(lambda: a.admin("stats.get", layer="cluster")["cluster"]["peers"] == 1, 3)
+    phone = TcpPhone((A_HOST, a.server.port), "tess", "tess-pw", A_HOST)
+    try:
+        assert phone.register().startswith("SIP/2.0 200")
+        seen = wait_for(lambda: registered_on(b, "tess"), timeout=1.0)
+        assert seen and seen[0]["transport"] == "tcp", seen
+        with ThreadPoolExecutor(1) as pool:
+            answering = pool.submit(phone.answer_call)
+            res = b.call("call_uac.xml", "0441110005", port=CARRIER, pause_ms=300)
+            invite, bye = answering.result(20)
+        assert res.successful == 1, res.describe() + b.server.log() + a.server.log()
+        vias = header(invite, "Via")
+        assert vias[0].startswith(f"SIP/2.0/TCP {A_HOST}:{a.server.port};branch=z9hG4bK-edge-"), vias
+        assert vias[1].startswith(f"SIP/2.0/UDP {B_HOST}:"), vias
+        assert header(bye, "Via")[0].startswith(f"SIP/2.0/TCP {A_HOST}:"), bye
+        b.assert_idle()
+    finally:
+        phone.close()
 
 
 def test_flow_route_from_a_stranger_is_not_relayed(nodes):
