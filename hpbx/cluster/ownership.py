@@ -148,6 +148,8 @@ class CallOwnership:
                 continue  # another node is on it
             log.warning("node %s is gone (no heartbeat for %.0f s): ending its calls", node, self.ttl)
             ended = await self._take_over(node, "failed")
+            if await self.redis.hlen(self._calls_key(node)):
+                continue  # a CDR could not be written: tried again once the lock has expired
             await self.redis.srem(NODES, node)
             self.stats["nodes_taken_over"] += 1
             log.info("node %s: %d calls ended with CDRs", node, ended)

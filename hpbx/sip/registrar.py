@@ -106,9 +106,12 @@ class Registrar:
         """Where requests to this binding go: the NAT's address (and connection) when needed;
         the node holding its flow when that is another node (see ``relay_route``)."""
         if binding.behind_nat or binding.transport != "udp":
-            if binding.node != self.node and binding.node in self.peers:
-                host, port = self.peers[binding.node]
-                return Target("udp", host, port)
+            if binding.node != self.node:
+                peer = self.peers.get(binding.node)
+                if peer is not None:
+                    return Target("udp", peer[0], peer[1])
+                # that node is gone: its connection ids mean nothing here
+                return Target(binding.transport, binding.source_host, binding.source_port)
             return Target(binding.transport, binding.source_host, binding.source_port,
                           binding.connection_id)
         host, port = nat.contact_hostport(binding.contact)

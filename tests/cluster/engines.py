@@ -1,7 +1,7 @@
 """The shared engines of a cluster test, started by the test itself: a PostgreSQL 15 cluster
 (initdb + pg_ctl in a temp dir, as the ``postgres`` user since PostgreSQL refuses root,
 listening only on a Unix socket in that dir) and a Redis server (Unix socket only, AOF with
-fsync always). No system service, no TCP port to collide on."""
+fsync always unless asked otherwise). No system service, no TCP port to collide on."""
 from __future__ import annotations
 
 import glob
@@ -97,7 +97,8 @@ class Postgres:
 class Redis:
     """``with Redis(tmp) as r:`` -> ``r.url`` (unix://...)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, appendfsync: str = "always"):
+        self.appendfsync = appendfsync
         if not os.path.exists(REDIS_SERVER):
             pytest.skip("redis-server is not installed (Debian package redis-server)")
         self.dir = Path(directory)
@@ -112,7 +113,7 @@ class Redis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", self.appendfsync,
              "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
