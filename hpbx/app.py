@@ -150,7 +150,6 @@ class Server:
 
     async def _start_ownership(self) -> None:
         from hpbx.cluster.ownership import CallOwnership
-
         from hpbx.sip.edge import EdgeRelay
 
         self.ownership = CallOwnership(self.settings.store.redis, self.reg_store.node,
