@@ -50,7 +50,9 @@ class SipSettings:
     keepalive_interval: int = 25
     keepalive_grace: int = 120
     user_agent: str = "hpbx"
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")  # offered in this order (RFC 8760)
+    # enabled (accepted) digest algorithms; what a 401/407 offers depends on the user
+    # (flags.sha256_digest: SHA-256 first, then MD5; else MD5 alone), see hpbx.sip.auth
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
 
 
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")

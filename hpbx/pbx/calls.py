@@ -122,8 +122,9 @@ class CallService:
                 return
             if verdict is not Verdict.OK:
                 self.stats["invite_407"] += 1
-                tx.respond(407, None, self.auth.challenge_headers("Proxy-Authenticate",
-                                                                  stale=verdict is Verdict.STALE))
+                tx.respond(407, None, self.auth.challenge_for(msg.from_addr.uri.user,
+                                                              "Proxy-Authenticate",
+                                                              stale=verdict is Verdict.STALE))
                 return
             caller_user = user
             plan = router.route_internal(directory, user, dialled, now)

@@ -310,6 +310,9 @@ class UserFlags:
     push_missed: bool = False
     parallel_softphone_sessions: bool = False
     no_tls: bool = False
+    # the user's phones answer SHA-256 digest challenges (RFC 8760): theirs offer SHA-256 first;
+    # others get MD5 alone, since phones such as baresip 1.0 give up on a 401 with two challenges
+    sha256_digest: bool = False
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "UserFlags":
