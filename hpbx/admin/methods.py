@@ -345,7 +345,12 @@ _add_crud(
     (Param("name", "str", required=True, help="tenant name (a-z, 0-9, _.-)"),),
     (Param("domain", "str", help="SIP domain of the tenant"),
      Param("timezone", "str", help="IANA time zone of the dial plans (default Europe/Zurich)"),
-     Param("trunk", "str", help="name of the trunk used for external numbers")),
+     Param("trunk", "str", help="name of the trunk used for external numbers"),
+     Param("default_number", "str",
+           help="public number presented to the network for users with no displayed number"),
+     Param("caller_id_fallback", "str", choices=("default_number", "withheld"),
+           help="caller ID of users with no displayed number: the default number, or withheld "
+                "(anonymous, P-Asserted-Identity + Privacy: id)")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",

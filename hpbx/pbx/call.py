@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor
+from hpbx.pbx import anchor, callerid
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
@@ -252,11 +252,20 @@ class Call:
         extra = []
         caller_user = self.caller_user
         if leg.ring.kind == "external":
-            if caller_user is not None and plan.kind == "external":
-                # the user's own outgoing call: the displayed number is the caller ID
-                number = caller_user.displayed_number or caller_user.internal_number or caller_user.username
-                return "", number, [("P-Asserted-Identity",
-                                     f"<sip:{number}@{self._trunk_domain(leg)}>")]
+            if caller_user is not None:
+                # a user's call (own, or diverted by a plan): never the internal number
+                ident = callerid.network_identity(
+                    self.service.provisioning.directory.tenant(caller_user.tenant), caller_user)
+                if plan.kind != "external":
+                    extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
+                                               ";reason=unconditional;counter=1"))
+                if ident.asserted:
+                    extra.append(("P-Asserted-Identity",
+                                  f"<sip:{ident.asserted}@{self._trunk_domain(leg)}>"))
+                if ident.withheld:
+                    extra.append(("Privacy", "id"))
+                    return callerid.ANONYMOUS_FROM[0], ident.from_user, extra
+                return "", ident.from_user, extra
             # a diversion from a public number's plan: the original caller and who diverted
             number = self.caller or "anonymous"
             extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
@@ -288,7 +297,8 @@ class Call:
         transport = "" if target.kind == "udp" else f";transport={target.kind}"
         contact = f"<sip:hpbx@{_uri_host(host)}:{port}{transport}>"
         if leg.ring.kind == "external":
-            from_host = self._trunk_domain(leg)
+            from_host = (callerid.ANONYMOUS_FROM[2] if ("Privacy", "id") in extra
+                         else self._trunk_domain(leg))
             to_uri = f"<sip:{leg.ring.value}@{_uri_host(leg.ring.trunk.host)}>"
         else:
             from_host = _uri_host(host)

@@ -37,6 +37,7 @@ ROW_DURATION_MAX = 600
 TARGET_KINDS = ("user", "group", "external", "link")
 TRANSPORTS = ("udp", "tcp", "tls")
 DIVERSION_POLICIES = ("displayed", "original_caller", "dialled")
+CALLER_ID_FALLBACKS = ("default_number", "withheld")
 ANNOUNCEMENT_KINDS = ("announcement", "music")
 MAX_LINK_HOPS = 5
 
@@ -241,6 +242,11 @@ class Tenant:
     domain: str = ""
     timezone: str = "Europe/Zurich"
     trunk: str = ""  # name of the tenant's trunk for external numbers; "" = none
+    # caller ID towards the network of a user with no displayed number (never an internal one):
+    # "default_number" presents ``default_number`` (withheld while it is ""), "withheld" sends
+    # From anonymous with P-Asserted-Identity (the default number) and Privacy: id (RFC 3325)
+    default_number: str = ""  # one of the tenant's public numbers; "" = none
+    caller_id_fallback: str = "default_number"
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -252,17 +258,24 @@ class Tenant:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise r.fail("timezone", f"{tz!r} is not a known time zone") from None
+        default_number = r.text("default_number")
+        if default_number:
+            check_public_number(default_number, r.name("default_number"))
         obj = cls(name=name, domain=r.text("domain", "", _HOST_RE, "domain"), timezone=tz,
-                  trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"))
+                  trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"), default_number=default_number,
+                  caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
+                                              "default_number"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
-        d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk}
+        d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
+             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
-_TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": ""}
+_TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
+                    "caller_id_fallback": "default_number"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -892,6 +905,9 @@ def check_references(obj: object, objs: TenantObjects) -> None:
     if isinstance(obj, Tenant):
         if obj.trunk and obj.trunk not in objs.trunks:
             raise ValidationError("trunk", f"trunk {obj.trunk!r} does not exist in tenant {obj.name!r}")
+        if obj.default_number and obj.default_number not in objs.numbers:
+            raise ValidationError("default_number",
+                                  f"{obj.default_number} is not one of the tenant's public numbers")
     elif isinstance(obj, User):
         if obj.internal_number:
             owner = objs.internal_owner(obj.internal_number, skip=obj)
@@ -942,6 +958,8 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
     if kind == "number":
         found += [f"user {u.username} (displayed number)" for u in objs.users.values()
                   if u.displayed_number == key]
+        if objs.tenant.default_number == key:
+            found.append(f"tenant {objs.tenant.name} (default number)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found
