@@ -141,7 +141,7 @@ class Call:
             except HpbxError as exc:
                 self._reject(488, None, f"unusable media address: {exc}")
                 return
-            self.b_offer = anchor.rewrite(body, self.media.address, self.media.port_b)
+            self.b_offer = anchor.rewrite(body, self.media.address, self.media.port_b)  # IPv4 callees
         rows = []
         for row in self.plan.rows:
             keys = []
@@ -317,6 +317,8 @@ class Call:
         if auth is not None:
             headers.append(auth)
         body = self.b_offer if self.b_offer else self.a_msg.body
+        if self.b_offer and self.media.address6 and ":" in target.host:
+            body = anchor.rewrite(self.a_msg.body, self.media.address6, self.media.port_b)
         if body:
             headers.append(("Content-Type", "application/sdp"))
         if leg.dialog is None:
@@ -424,7 +426,7 @@ class Call:
         except HpbxError as exc:
             log.info("[%s] callee SDP not usable for the relay: %s", self.id, exc)
             return b""
-        return anchor.rewrite(body, self.media.address, self.media.port_a)
+        return anchor.rewrite(body, self.media.address_for(self.a_target.host), self.media.port_a)
 
     def _provisional(self, leg: BLeg, status: int) -> None:
         msg = leg.last
@@ -515,7 +517,7 @@ class Call:
         except HpbxError as exc:
             log.info("[%s] late offer not anchored: %s", self.id, exc)
             return body
-        return anchor.rewrite(body, self.media.address, self.media.port_a)
+        return anchor.rewrite(body, self.media.address_for(self.a_target.host), self.media.port_a)
 
     def _cancel_leg(self, leg: BLeg, reason: str) -> None:
         leg.cancel_reason = reason
@@ -604,7 +606,8 @@ class Call:
             log.info("[%s] re-offer SDP not usable: %s", self.id, exc)
             return body
         port = self.media.port_b if towards_b else self.media.port_a
-        return anchor.rewrite(body, self.media.address, port)
+        facing = self.winner.target.host if towards_b and self.winner else self.a_target.host
+        return anchor.rewrite(body, self.media.address_for(facing), port)
 
     def _forwarded_response(self, stx, side, other: Dialog, cseq: int, status: int, resp) -> None:
         if status < 200:
