@@ -212,6 +212,14 @@ class Baresip:
             if ev.get("type") == "REGISTER_FAIL" and kind == "REGISTER_OK":
                 raise ClientError(f"baresip {self.username}: REGISTER_FAIL {ev}\n{self.output()}")
 
+    def drain(self) -> list[dict]:
+        """Every event so far (also those no wait_event asked for)."""
+        while True:
+            try:
+                self.seen.append(self.events.get_nowait())
+            except queue.Empty:
+                return self.seen
+
     def received_wavs(self) -> list[Path]:
         return sorted(self.rec.glob("*-dec.wav"))
 
@@ -234,6 +242,157 @@ class Baresip:
             self.proc.wait()
         self.sock.close()
         self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Linphone:
+    """One linphone-daemon (Debian linphone-cli) with one account, driven over its unix socket
+    (one client connection for its whole life: the daemon takes one at a time). Its audio to
+    the peer is a tone file played into the call (``incall-player-start``); what it receives is
+    seen in its RTP statistics (``call-stats``), since it has no recorder."""
+
+    def __init__(self, directory: Path, username: str, password: str, server: str, *,
+                 sip_port: int, transport: str = "udp", tone: float = 660.0,
+                 auto_answer: bool = True, host: str = "127.0.0.1"):
+        if LINPHONE_DAEMON is None:
+            import pytest
+            pytest.skip("linphone-daemon is not installed (Debian package linphone-cli)")
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
+        self.username = username
+        self.server = server
+        self.transport = transport
+        self.tone_file = tone_wav(self.dir / "tone.wav", tone)
+        self.pipe = f"hpbx-lin-{os.getpid()}-{sip_port}"
+        self.sock_path = Path("/tmp") / self.pipe
+        (self.dir / "rc").write_text("\n".join([
+            "[sip]", "ipv6=0", "sip_port=-1", "sip_tcp_port=-1", "sip_tls_port=-1",
+            f"bind_address={host}", "verify_server_certs=0", "verify_server_cn=0",
+            "[rtp]", f"audio_rtp_port={sip_port + 2}",
+            "[net]", f"bind_address={host}",
+            "[sound]", "echocancellation=0", "", ]))
+        env = dict(os.environ, HOME=str(self.dir))
+        args = [LINPHONE_DAEMON, "--pipe", self.pipe, "--config", str(self.dir / "rc"),
+                "--log", str(self.dir / "linphone.log"), "--disable-stats-events"]
+        if auto_answer:
+            args.append("--auto-answer")
+        self.out = open(self.dir / "daemon.out", "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.out,
+                                     stderr=subprocess.STDOUT, cwd=self.dir, env=env)
+        self.sock = self._connect()
+        self.events: list[dict] = []
+        self.command(f"port sip {sip_port} {transport}")
+        hostpart = server
+        tp = "" if transport == "udp" else f";transport={transport}"
+        self.command(f"register sip:{username}@{hostpart} sip:{hostpart}{tp} {password}")
+
+    def _connect(self) -> socket.socket:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ClientError(f"linphone-daemon exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(self.sock_path))
+                return s
+            except OSError:
+                s.close()
+                time.sleep(0.1)
+        raise ClientError("linphone-daemon socket did not open:\n" + self.output())
+
+    def output(self) -> str:
+        try:
+            return (self.dir / "linphone.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def command(self, line: str, timeout: float = 5.0) -> dict:
+        """Send one command; its answer as a dict of ``Key: value`` lines (``Status`` first)."""
+        self.sock.sendall(line.encode() + b"\n")
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(0.25 if b"Status:" in buf else max(0.05, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                if b"Status:" in buf:
+                    break
+                continue
+            if not data:
+                break
+            buf += data
+        text = buf.decode(errors="replace")
+        out: dict = {"_text": text}
+        for row in text.splitlines():
+            key, sep, value = row.partition(":")
+            if sep and key.strip() not in out:
+                out[key.strip()] = value.strip()
+        if "Status" not in out:
+            raise ClientError(f"linphone: no answer to {line!r}\n{self.output()}")
+        return out
+
+    def ok(self, line: str) -> dict:
+        ans = self.command(line)
+        if ans["Status"] != "Ok":
+            raise ClientError(f"linphone: {line!r} -> {ans['_text']}")
+        return ans
+
+    def poll(self, predicate, what: str, timeout: float = 10.0, command: str = "") -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            ans = self.command(command) if command else None
+            if ans is not None and predicate(ans):
+                return ans
+            if not command:
+                ev = self.command("pop-event")
+                if ev.get("Size", "0") != "0" or "Event-type" in ev:
+                    self.events.append(ev)
+                    if predicate(ev):
+                        return ev
+                    continue
+            if time.monotonic() > deadline:
+                raise ClientError(f"linphone {self.username}: no {what} within {timeout}s "
+                                  f"(last: {ans and ans['_text']}; events: "
+                                  f"{[e.get('Event') for e in self.events]})\n{self.output()}")
+            time.sleep(0.1)
+
+    def wait_registered(self, timeout: float = 10.0) -> dict:
+        return self.poll(lambda a: "LinphoneRegistrationOk" in a["_text"], "registration", timeout,
+                         command="register-status ALL")
+
+    def wait_call_state(self, state: str, timeout: float = 10.0) -> dict:
+        return self.poll(lambda a: state in a["_text"], state, timeout, command="call-status")
+
+    def download_kbps(self) -> float:
+        """The audio RTP rate it received, as its last bandwidth report logged it (kbit/s)."""
+        import re
+        log = (self.dir / "linphone.log").read_text(errors="replace")
+        rates = re.findall(r"\(audio\).*?RTP : \[d=([0-9.]+),", log)
+        return float(rates[-1]) if rates else 0.0
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"quit\n")
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+        self.out.close()
+        try:
+            self.sock_path.unlink()
+        except OSError:
+            pass
 
     def __enter__(self):
         return self
