@@ -363,7 +363,11 @@ _add_crud(
            choices=("displayed", "original_caller", "dialled")),
      Param("cti_password", "str", help="password of the CTI clients"),
      Param("details", "object", help="first_name, name, company, mobile, nickname, email"),
-     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true}")),
+     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true, \"dnd\": true}"),
+     Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
+     Param("forward", "object",
+           help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
+                "each an internal or external number, \"\" = off")),
     (Param("tenant", "str", help="only this tenant"),),
     ("username", "tenant", "internal_number", "displayed_number", "details"))
 _add_crud(

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor, callerid
+from hpbx.pbx import anchor, callerid, router
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
@@ -96,6 +96,7 @@ class Call:
         self.winner: BLeg | None = None
         self.rings = {}
         self.targets_tried: list[str] = []
+        self.failures: dict[str, int] = {}  # user target key -> final status (forwarding rules)
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
@@ -214,17 +215,24 @@ class Call:
         now = self.now()
         if key not in self.targets_tried:
             self.targets_tried.append(key)
+        if ring.when and not router.forward_applies(ring.when, self.failures):
+            self.run(self.fork.target_failed(key, 480, now))  # a forwarding rule that did not fire
+            return
         if ring.kind == "user":
             user = ring.user
             name = user.username
-            if user.flags.busy_on_active_call and svc.active.get(name, 0) > 0:
+            busy = user.flags.dnd or (user.max_calls and svc.active.get(name, 0) >= user.max_calls)
+            if busy or (user.flags.busy_on_active_call and svc.active.get(name, 0) > 0):
+                self.failures[key] = 486
                 self.run(self.fork.target_failed(key, 486, now))
                 return
             if user.flags.busy_while_ringing and svc.ringing.get(name, 0) > 0:
+                self.failures[key] = 486
                 self.run(self.fork.target_failed(key, 486, now))
                 return
             bindings = [b for b in svc.registrar.lookup(name) if b.online][:svc.max_devices]
             if not bindings:
+                self.failures[key] = 480
                 self.run(self.fork.target_failed(key, 480, now))
                 return
             legs = [BLeg(self, ring, b, svc.registrar.target(b), b.contact) for b in bindings]
@@ -256,7 +264,11 @@ class Call:
                 # a user's call (own, or diverted by a plan): never the internal number
                 ident = callerid.network_identity(
                     self.service.provisioning.directory.tenant(caller_user.tenant), caller_user)
-                if plan.kind != "external":
+                if leg.ring.reason:
+                    if leg.ring.diverted_by:
+                        extra.append(("Diversion", f"<sip:{leg.ring.diverted_by}@{self._trunk_domain(leg)}>"
+                                                   f";reason={leg.ring.reason};counter=1"))
+                elif plan.kind != "external":
                     extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
                                                ";reason=unconditional;counter=1"))
                 if ident.asserted:
@@ -272,6 +284,9 @@ class Call:
                                        ";reason=unconditional;counter=1"))
             extra.append(("P-Asserted-Identity", f"<sip:{number}@{self._trunk_domain(leg)}>"))
             return "", number, extra
+        if leg.ring.reason:  # a forwarding rule's target user: who diverted and why
+            extra.append(("Diversion", f"<sip:{leg.ring.diverted_by}@{_uri_host(leg.target.host)}>"
+                                       f";reason={leg.ring.reason};counter=1"))
         if caller_user is not None:
             u = caller_user
             if u.flags.show_internal_number_internally and u.internal_number:
@@ -361,6 +376,8 @@ class Call:
             return
         if status in (401, 407) and self._retry_with_auth(leg, status, msg):
             return
+        if leg.user and status != 487:
+            self.failures[leg.ring.key] = status
         leg.last = msg
         self._leg_done(leg)
         if self.state == RINGING:

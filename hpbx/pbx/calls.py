@@ -20,8 +20,8 @@ import ipaddress
 import logging
 from datetime import datetime, timezone
 
-from hpbx.errors import HpbxError
-from hpbx.pbx import router
+from hpbx.errors import HpbxError, ValidationError
+from hpbx.pbx import router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -127,6 +127,10 @@ class CallService:
                                                               stale=verdict is Verdict.STALE))
                 return
             caller_user = user
+            code = starcodes.parse(dialled)
+            if code is not None:
+                self._star_code(tx, user, code)
+                return
             plan = router.route_internal(directory, user, dialled, now)
             caller = user.internal_number or user.username
         if plan.kind == "external":
@@ -154,6 +158,18 @@ class CallService:
         self.calls[call.id] = call
         self.stats["calls_started"] += 1
         call.guarded(call.start)
+
+    def _star_code(self, tx, user, code) -> None:
+        """Apply a star code to the caller's own settings; the final response says the result
+        (603: nothing is to be connected, and the phone should not retry elsewhere)."""
+        try:
+            self.provisioning.user_update(user.username, code.changes)
+        except ValidationError as exc:
+            self.stats["calls_rejected"] += 1
+            tx.respond(484, f"{code.code}: {exc}"[:100])
+            return
+        log.info("[%s] %s dialled %s: %s", tx.msg.call_id, user.username, code.code, code.result)
+        tx.respond(603, code.result)
 
     # ------------------------------------------------------------------ in dialog
     def on_in_dialog(self, tx) -> None:

@@ -326,6 +326,7 @@ class UserFlags:
     # the user's phones answer SHA-256 digest challenges (RFC 8760): theirs offer SHA-256 first;
     # others get MD5 alone, since phones such as baresip 1.0 give up on a 401 with two challenges
     sha256_digest: bool = False
+    dnd: bool = False  # do not disturb: calls to the user fail with 486 (star codes *78/*79)
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "UserFlags":
@@ -339,6 +340,46 @@ class UserFlags:
                 if not compact or getattr(self, f.name)}
 
 
+FORWARD_KINDS = ("unconditional", "busy", "no_answer", "unavailable")
+
+
+def check_forward_target(value: str, name: str) -> None:
+    """An internal number (2-6 digits) or an external number (0... or +...)."""
+    if not re.fullmatch(r"\+?[0-9]{2,20}", value):
+        raise ValidationError(name, f"{value!r} is not an internal or external number")
+
+
+@dataclass(frozen=True, slots=True)
+class UserForwarding:
+    """Forwarding rules (FEATURES 13.3) for calls addressed to the user directly (internal
+    calls), not for dial-plan rows. Each target is an internal or an external number; "" = off."""
+
+    unconditional: str = ""
+    busy: str = ""
+    no_answer: str = ""
+    no_answer_after: int = 20  # seconds the user rings before ``no_answer`` takes over
+    unavailable: str = ""  # no device registered
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "UserForwarding":
+        r = _Reader(data, path)
+        values = {}
+        for kind in FORWARD_KINDS:
+            values[kind] = r.text(kind)
+            if values[kind]:
+                check_forward_target(values[kind], r.name(kind))
+        obj = cls(**values, no_answer_after=r.integer("no_answer_after", 20, 1, 600))
+        r.finish()
+        return obj
+
+    def to_dict(self, compact: bool = False) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not compact:
+            return d
+        default = UserForwarding()
+        return {k: v for k, v in d.items() if v != getattr(default, k)}
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     tenant: str
@@ -350,6 +391,8 @@ class User:
     cti_password: str = ""
     details: UserDetails = field(default_factory=UserDetails)
     flags: UserFlags = field(default_factory=UserFlags)
+    max_calls: int = 0  # "signal busy if more than N calls" (FEATURES 15.2); 0 = call waiting
+    forward: UserForwarding = field(default_factory=UserForwarding)
 
     @property
     def id(self) -> str:
@@ -377,6 +420,8 @@ class User:
             cti_password=r.text("cti_password", "", max_len=128),
             details=UserDetails.from_dict(r.get("details", Mapping, {}), r.name("details")),
             flags=UserFlags.from_dict(r.get("flags", Mapping, {}), r.name("flags")),
+            max_calls=r.integer("max_calls", 0, 0, 100),
+            forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
         )
         r.finish()
         return obj
@@ -386,7 +431,8 @@ class User:
              "internal_number": self.internal_number, "displayed_number": self.displayed_number,
              "displayed_number_diversion": self.displayed_number_diversion,
              "cti_password": self.cti_password, "details": self.details.to_dict(),
-             "flags": self.flags.to_dict(compact)}
+             "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
+             "forward": self.forward.to_dict(compact)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -398,11 +444,13 @@ class User:
                 d.pop("details", None)
             if not d.get("flags"):
                 d.pop("flags", None)
+            if not d.get("forward"):
+                d.pop("forward", None)
         return d
 
 
 _USER_DEFAULTS = {"internal_number": "", "displayed_number": "", "displayed_number_diversion": "displayed",
-                  "cti_password": ""}
+                  "cti_password": "", "max_calls": 0}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,177 @@
+"""Call features end to end with real phones (issue 18): DND (star codes and admin), busy
+handling ("signal busy if more than N calls", call waiting otherwise), forwarding rules
+(unconditional, busy, no answer after N s, unavailable; to a user or an external number with
+Diversion), set by star code or admin. baresip phones make and take the calls; SIPp is the trunk
+where what the network receives is asserted."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from clients import Baresip
+from harness import HpbxServer, have_sipp, header, reserved_port, wait_bound, write_config
+from callrig import SCEN, CallRig, trunk, user
+
+GATEWAY = reserved_port()
+NAMES = {  # username: internal number
+    "ann": "501", "ben": "502", "cid": "503", "dan": "504", "eve": "505", "fay": "506",
+    "gus": "507", "hal": "508", "ivy": "509", "jon": "510", "kim": "511", "lou": "512",
+}
+TENANT = ('[tenant]\nname = "feat"\ntrunk = "gateway"\ndefault_number = "0445550000"\n'
+          + trunk("gateway", GATEWAY)
+          + "".join(user(n, i) for n, i in NAMES.items())
+          + '\n[[numbers]]\nnumber = "0445550000"\n')
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    r = CallRig(tmp_path_factory.mktemp("feat"), TENANT)
+    r.start()
+    yield r
+    r.stop()
+
+
+def phone(rig, tmp_path, name, answermode="auto", tone=440):
+    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_port(),
+                answermode=answermode, tone=tone)
+    p.wait_event("REGISTER_OK")
+    return p
+
+
+def dial(p, number, rig):
+    p.command("dial", f"sip:{number}@{rig.target}")
+
+
+def closed_reason(p, timeout=10.0) -> str:
+    return p.wait_event("CALL_CLOSED", timeout=timeout).get("param", "")
+
+
+def hangup(p) -> None:
+    p.command("hangup")
+    closed_reason(p)
+
+
+def never(p, kind, wait=1.0) -> bool:
+    time.sleep(wait)
+    return not [e for e in p.drain() if e.get("type") == kind and not e.get("_used")]
+
+
+def user_get(rig, name):
+    return rig.admin("user.get", username=name)
+
+
+# ---------------------------------------------------------------- DND
+def test_dnd_by_star_code_and_admin(rig, tmp_path):
+    with phone(rig, tmp_path, "ann", answermode="manual") as ann, phone(rig, tmp_path, "ben") as ben:
+        dial(ann, "*78", rig)
+        assert "603 Do Not Disturb On" in closed_reason(ann)
+        assert user_get(rig, "ann")["flags"]["dnd"] is True
+        dial(ben, NAMES["ann"], rig)
+        assert "486" in closed_reason(ben)
+        assert never(ann, "CALL_INCOMING")
+        dial(ann, "*79", rig)
+        assert "603 Do Not Disturb Off" in closed_reason(ann)
+        assert user_get(rig, "ann")["flags"]["dnd"] is False
+        dial(ben, NAMES["ann"], rig)
+        ann.wait_event("CALL_INCOMING")
+        hangup(ben)
+        closed_reason(ann)
+        rig.admin("user.update", username="ann", flags={"dnd": True})  # the admin way
+        dial(ben, NAMES["ann"], rig)
+        assert "486" in closed_reason(ben)
+        rig.admin("user.update", username="ann", flags={"dnd": False})
+
+
+# ---------------------------------------------------------------- busy handling
+def test_busy_beyond_max_calls_and_call_waiting_otherwise(rig, tmp_path):
+    rig.admin("user.update", username="cid", max_calls=1)
+    with phone(rig, tmp_path, "cid", answermode="manual") as cid, \
+            phone(rig, tmp_path, "dan") as dan, phone(rig, tmp_path, "eve") as eve:
+        dial(dan, NAMES["cid"], rig)
+        cid.wait_event("CALL_INCOMING")
+        cid.command("accept")
+        dan.wait_event("CALL_ESTABLISHED")
+        dial(eve, NAMES["cid"], rig)  # one call already: busy
+        assert "486" in closed_reason(eve)
+        assert never(cid, "CALL_INCOMING")
+        rig.admin("user.update", username="cid", max_calls=0)  # call waiting
+        dial(eve, NAMES["cid"], rig)
+        cid.wait_event("CALL_INCOMING")
+        hangup(eve)
+        hangup(dan)
+    rig.wait_idle()
+
+
+# ---------------------------------------------------------------- forwarding
+def test_unconditional_forward_by_star_code_to_a_user(rig, tmp_path):
+    with phone(rig, tmp_path, "fay", answermode="manual") as fay, phone(rig, tmp_path, "gus") as gus, \
+            phone(rig, tmp_path, "hal", tone=1000) as hal:
+        dial(fay, f"*72{NAMES['hal']}", rig)
+        assert f"603 Forward unconditional To {NAMES['hal']}" in closed_reason(fay)
+        assert user_get(rig, "fay")["forward"]["unconditional"] == NAMES["hal"]
+        dial(gus, NAMES["fay"], rig)
+        hal.wait_event("CALL_ESTABLISHED")
+        gus.wait_event("CALL_ESTABLISHED")
+        assert never(fay, "CALL_INCOMING", 0.5)
+        hangup(gus)
+        closed_reason(hal)
+        dial(fay, "*73", rig)
+        assert "603 Forward unconditional Off" in closed_reason(fay)
+        dial(gus, NAMES["fay"], rig)
+        fay.wait_event("CALL_INCOMING")
+        hangup(gus)
+    rig.wait_idle()
+
+
+def test_no_answer_forward_after_n_seconds(rig, tmp_path):
+    rig.admin("user.update", username="ivy", forward={"no_answer": NAMES["jon"], "no_answer_after": 2})
+    with phone(rig, tmp_path, "ivy", answermode="manual") as ivy, phone(rig, tmp_path, "kim") as kim, \
+            phone(rig, tmp_path, "jon") as jon:
+        dial(kim, NAMES["ivy"], rig)
+        t0 = time.monotonic()
+        ivy.wait_event("CALL_INCOMING")
+        jon.wait_event("CALL_ESTABLISHED", timeout=10)
+        took = time.monotonic() - t0
+        assert 1.5 <= took <= 6, took
+        assert "CALL_CLOSED" in [e["type"] for e in ivy.drain()] or closed_reason(ivy)
+        hangup(kim)
+    rig.admin("user.update", username="ivy", forward={"no_answer": ""})
+    rig.wait_idle()
+
+
+def test_unavailable_forward_to_a_user(rig, tmp_path):
+    rig.admin("user.update", username="lou", forward={"unavailable": NAMES["jon"]})  # lou: no phone
+    with phone(rig, tmp_path, "kim") as kim, phone(rig, tmp_path, "jon") as jon:
+        dial(kim, NAMES["lou"], rig)
+        jon.wait_event("CALL_ESTABLISHED")
+        hangup(kim)
+    rig.admin("user.update", username="lou", forward={"unavailable": ""})
+    rig.wait_idle()
+
+
+@pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")
+def test_busy_forward_to_an_external_number_carries_diversion(rig, tmp_path):
+    """ann is on DND (busy) and forwards on busy to 0791112233: the trunk (SIPp) gets the call
+    with Diversion naming the tenant's public number (never an internal one), reason user-busy,
+    and the caller's network identity."""
+    rig.admin("user.update", username="ann", flags={"dnd": True}, forward={"busy": "0791112233"})
+    gw = rig.sipp("call_uas.xml", port=GATEWAY, pause_ms=500, name="gateway")
+    assert wait_bound(GATEWAY)
+    try:
+        with phone(rig, tmp_path, "ben") as ben:
+            dial(ben, NAMES["ann"], rig)
+            ben.wait_event("CALL_ESTABLISHED")
+            hangup(ben)
+        g = gw.finish()
+        assert g.successful == 1, g.describe() + rig.server.log()
+        invite = g.received("INVITE")[0]
+        assert invite.startswith("INVITE sip:0791112233@"), invite
+        assert header(invite, "Diversion") == [
+            "<sip:0445550000@127.0.0.1>;reason=user-busy;counter=1"], invite
+        assert re.match(r"<sip:0445550000@", header(invite, "From")[0]), invite
+        assert "501" not in "".join(header(invite, "Diversion") + header(invite, "From"))
+    finally:
+        rig.admin("user.update", username="ann", flags={"dnd": False}, forward={"busy": ""})
+    rig.wait_idle()
