@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor, callerid, router
+from hpbx.pbx import anchor, callerid, router, transfer
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
@@ -31,7 +31,7 @@ from hpbx.sip.transaction import REASONS, Target
 log = logging.getLogger("hpbx.pbx.call")
 
 RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER"
 
 
 def iso_now() -> str:
@@ -97,6 +97,7 @@ class Call:
         self.rings = {}
         self.targets_tried: list[str] = []
         self.failures: dict[str, int] = {}  # user target key -> final status (forwarding rules)
+        self.transfer = None  # a blind transfer under way (hpbx.pbx.transfer)
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
@@ -304,7 +305,7 @@ class Call:
             return leg.target.host
         return _uri_host(trunk.from_domain or trunk.host)
 
-    def _send_invite(self, leg: BLeg, auth: tuple[str, str] | None = None) -> None:
+    def _send_invite(self, leg: BLeg, auth: tuple[str, str] | None = None, on_response=None) -> None:
         svc = self.service
         target = leg.target
         host, port = svc.transports.local_address(target.kind, target.host)
@@ -343,8 +344,9 @@ class Call:
             leg.dialog.local_cseq = leg.cseq
         leg.headers = headers
         leg.tx = svc.transactions.send_request(
-            "INVITE", leg.ruri, headers, target,
-            lambda tx, status, msg, leg=leg: self.guarded(self._b_response, leg, tx, status, msg), body)
+            "INVITE", leg.ruri, headers, target, on_response or (
+                lambda tx, status, msg, leg=leg: self.guarded(self._b_response, leg, tx, status, msg)),
+            body)
 
     # ------------------------------------------------------------------ branch responses
     def _b_response(self, leg: BLeg, tx, status: int, msg) -> None:
@@ -583,6 +585,9 @@ class Call:
             tx.respond(500, "CSeq Out of Order")
             return
         other = self.winner.dialog if side == "a" else self.a_dialog
+        if method == "REFER":
+            transfer.handle_refer(self, side, tx)
+            return
         if method == "BYE":
             tx.respond(200)
             self._send_bye(other, None)

@@ -69,7 +69,7 @@ class CallService:
         handlers = dispatcher.request_handlers
         handlers["INVITE"] = self.on_invite
         handlers["ACK"] = self.on_ack
-        for method in ("BYE", "UPDATE", "INFO"):
+        for method in ("BYE", "UPDATE", "INFO", "REFER"):
             handlers[method] = self.on_in_dialog
 
     # ------------------------------------------------------------------ who is calling

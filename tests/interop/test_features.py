@@ -6,6 +6,7 @@ where what the network receives is asserted."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import time
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from clients import Baresip
 from harness import HpbxServer, have_sipp, header, reserved_port, wait_bound, write_config
 from callrig import SCEN, CallRig, trunk, user
+from test_default_config import wait_heard
 
 GATEWAY = reserved_port()
 NAMES = {  # username: internal number
@@ -174,4 +176,65 @@ def test_busy_forward_to_an_external_number_carries_diversion(rig, tmp_path):
         assert "501" not in "".join(header(invite, "Diversion") + header(invite, "From"))
     finally:
         rig.admin("user.update", username="ann", flags={"dnd": False}, forward={"busy": ""})
+    rig.wait_idle()
+
+
+# ---------------------------------------------------------------- blind transfer
+def test_blind_transfer_by_the_callee_connects_caller_and_target(rig, tmp_path):
+    """kim calls gus; gus transfers (REFER) to hal: kim and hal hear each other, gus is
+    released (hpbx's final NOTIFY said 200, then its BYE), the CDR ends with hal as the
+    answering party after gus."""
+    with phone(rig, tmp_path, "kim", tone=660) as kim, phone(rig, tmp_path, "gus", tone=440) as gus, \
+            phone(rig, tmp_path, "hal", tone=1000) as hal:
+        dial(kim, NAMES["gus"], rig)
+        kim.wait_event("CALL_ESTABLISHED")
+        gus.wait_event("CALL_ESTABLISHED")
+        assert abs(wait_heard(kim, 440) - 440) <= 20
+        gus.command("transfer", f"sip:{NAMES['hal']}@{rig.target}")
+        hal.wait_event("CALL_ESTABLISHED")
+        closed_reason(gus)
+        assert abs(wait_heard(kim, 1000) - 1000) <= 20, kim.received_wavs()
+        assert abs(wait_heard(hal, 660) - 660) <= 20, hal.received_wavs()
+        assert not [e for e in kim.drain() if e.get("type") == "CALL_CLOSED"]
+        hangup(kim)
+        closed_reason(hal)
+    rig.wait_idle()
+    cdr = rig.cdrs(count=1)[-1]
+    assert cdr["answered_by"] == "hal" and cdr["targets_tried"] == ["user:gus", "user:hal"], cdr
+
+
+@pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")
+def test_transfer_progress_is_notified_with_sipfrag(rig, tmp_path):
+    """SIPp as the transferor asserts what it gets: 202, NOTIFY Event: refer with sipfrag
+    "SIP/2.0 100 Trying" (active), then "SIP/2.0 200 OK" (terminated) once the target answered,
+    then hpbx's BYE; the caller (baresip) stays in the call, now with the target."""
+    scen = Path(__file__).parent / "scenarios" / "uas_refer.xml"
+    with phone(rig, tmp_path, "kim", tone=660) as kim, phone(rig, tmp_path, "hal", tone=1000) as hal:
+        sipp = rig.phone("eve", str(scen), extra=["-key", "refer_to", NAMES["hal"]])
+        dial(kim, NAMES["eve"], rig)
+        kim.wait_event("CALL_ESTABLISHED")
+        hal.wait_event("CALL_ESTABLISHED", timeout=15)
+        res = sipp.finish()
+        assert res.successful == 1, res.describe() + rig.server.log()
+        final = res.received("NOTIFY")[-1]
+        assert header(final, "Content-Type") == ["message/sipfrag;version=2.0"], final
+        assert abs(wait_heard(kim, 1000) - 1000) <= 20
+        hangup(kim)
+        closed_reason(hal)
+    rig.wait_idle()
+
+
+def test_bad_refers_are_refused(rig, tmp_path):
+    """An unparseable Refer-To is 400, a target that is no number of the tenant 404, and the
+    call stays as it was."""
+    scen = Path(__file__).parent / "scenarios" / "uas_refer_bad.xml"
+    with phone(rig, tmp_path, "kim") as kim:
+        sipp = rig.phone("eve", str(scen))
+        dial(kim, NAMES["eve"], rig)
+        kim.wait_event("CALL_ESTABLISHED")
+        res = sipp.finish()
+        assert res.successful == 1, res.describe() + rig.server.log()
+        assert [m.split("\n")[0].strip() for m in res.received("SIP/2.0 4")] == [
+            "SIP/2.0 400 Refer-To is not a SIP URI", "SIP/2.0 404 999999 is not an internal number"]
+        closed_reason(kim)  # the SIPp callee hung up at the end: the call was never broken
     rig.wait_idle()
