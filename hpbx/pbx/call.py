@@ -471,6 +471,11 @@ class Call:
             # in its ACK, which the callee's ACK must carry — so that ACK waits for the caller's
             body = self._anchor_late_offer(msg.body)
             self.b_ack_pending = True
+        self._answer_caller(leg, body)
+
+    def _answer_caller(self, leg: BLeg, body: bytes) -> None:
+        """The caller's 200 for the winning leg (also a pickup's, hpbx.pbx.pickup)."""
+        svc = self.service
         headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))

@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, ValidationError
-from hpbx.pbx import router, starcodes
+from hpbx.pbx import pickup, router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -130,6 +130,10 @@ class CallService:
             code = starcodes.parse(dialled)
             if code is not None:
                 self._star_code(tx, user, code)
+                return
+            wanted = starcodes.pickup(dialled)
+            if wanted is not None:
+                pickup.handle(self, tx, user, *wanted)
                 return
             plan = router.route_internal(directory, user, dialled, now)
             caller = user.internal_number or user.username

@@ -343,6 +343,15 @@ class UserFlags:
 FORWARD_KINDS = ("unconditional", "busy", "no_answer", "unavailable")
 
 
+def _usernames(r: "_Reader", key: str) -> tuple[str, ...]:
+    names = r.get(key, list, [])
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValidationError(f"{r.name(key)}[{i}]", "must be a username")
+        check_username(name, f"{r.name(key)}[{i}]")
+    return tuple(dict.fromkeys(names))
+
+
 def check_forward_target(value: str, name: str) -> None:
     """An internal number (2-6 digits) or an external number (0... or +...)."""
     if not re.fullmatch(r"\+?[0-9]{2,20}", value):
@@ -393,6 +402,7 @@ class User:
     flags: UserFlags = field(default_factory=UserFlags)
     max_calls: int = 0  # "signal busy if more than N calls" (FEATURES 15.2); 0 = call waiting
     forward: UserForwarding = field(default_factory=UserForwarding)
+    pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
 
     @property
     def id(self) -> str:
@@ -422,6 +432,7 @@ class User:
             flags=UserFlags.from_dict(r.get("flags", Mapping, {}), r.name("flags")),
             max_calls=r.integer("max_calls", 0, 0, 100),
             forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
+            pickup=_usernames(r, "pickup"),
         )
         r.finish()
         return obj
@@ -432,7 +443,7 @@ class User:
              "displayed_number_diversion": self.displayed_number_diversion,
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
-             "forward": self.forward.to_dict(compact)}
+             "forward": self.forward.to_dict(compact), "pickup": list(self.pickup)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -446,6 +457,8 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
+            if not d.get("pickup"):
+                d.pop("pickup", None)
         return d
 
 
@@ -964,6 +977,9 @@ def check_references(obj: object, objs: TenantObjects) -> None:
         if obj.displayed_number and obj.displayed_number not in objs.numbers:
             raise ValidationError("displayed_number",
                                   f"{obj.displayed_number} is not one of the tenant's public numbers")
+        for i, name in enumerate(obj.pickup):
+            if name not in objs.users:
+                raise ValidationError(f"pickup[{i}]", f"user {name!r} does not exist in tenant {obj.tenant!r}")
     elif isinstance(obj, Group):
         if obj.internal_number:
             owner = objs.internal_owner(obj.internal_number, skip=obj)
@@ -1003,6 +1019,7 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
             found.append(f"switch {s.name}")
     if kind == "user":
         found += [f"group {g.name}" for g in objs.groups.values() if key in g.members]
+        found += [f"user {u.username} (pickup)" for u in objs.users.values() if key in u.pickup]
     if kind == "number":
         found += [f"user {u.username} (displayed number)" for u in objs.users.values()
                   if u.displayed_number == key]

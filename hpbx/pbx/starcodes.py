@@ -8,9 +8,12 @@ own, after common PBX practice:
     *90<number>    forward on busy to           *91            off
     *92<number>    forward on no answer to      *93            off
     *94<number>    forward when unavailable to  *95            off
+    **<internal>   pick up the call ringing that user (directed pickup)
+    *8             pick up the longest-ringing call of the users one may pick up (group)
 
 A <number> is an internal or external number. ``parse`` gives the change to apply to the
-user's settings (a ``user.update``), or None for a string that is none of these codes.
+user's settings (a ``user.update``), or None for a string that is none of these codes;
+``pickup`` tells a pickup code (``hpbx.pbx.pickup``).
 """
 from __future__ import annotations
 
@@ -40,4 +43,13 @@ def parse(dialled: str) -> StarCode | None:
         kind = _FORWARD[prefix]
         return StarCode(prefix, {"forward": {kind: number}},
                         f"Forward {kind.replace('_', ' ')} To {number}")
+    return None
+
+
+def pickup(dialled: str) -> tuple[str, str] | None:
+    """("directed", internal number) for **<number>, ("group", "") for *8, else None."""
+    if dialled == "*8":
+        return ("group", "")
+    if dialled.startswith("**") and dialled[2:].isdigit():
+        return ("directed", dialled[2:])
     return None

@@ -238,3 +238,33 @@ def test_bad_refers_are_refused(rig, tmp_path):
             "SIP/2.0 400 Refer-To is not a SIP URI", "SIP/2.0 404 999999 is not an internal number"]
         closed_reason(kim)  # the SIPp callee hung up at the end: the call was never broken
     rig.wait_idle()
+
+
+# ---------------------------------------------------------------- pickup
+def test_directed_and_group_pickup_by_star_code(rig, tmp_path):
+    """fay rings (manual answer) for kim's call; jon, allowed to pick up fay's calls, dials
+    **506: kim and jon are connected and hear each other, fay's phone stops ringing. Group pickup
+    *8 does the same for the longest-ringing call; gus without permission gets 403."""
+    rig.admin("user.update", username="jon", pickup=["fay"])
+    with phone(rig, tmp_path, "fay", answermode="manual") as fay, \
+            phone(rig, tmp_path, "kim", tone=660) as kim, phone(rig, tmp_path, "jon", tone=1000) as jon, \
+            phone(rig, tmp_path, "gus") as gus:
+        for code in (f"**{NAMES['fay']}", "*8"):
+            dial(kim, NAMES["fay"], rig)
+            fay.wait_event("CALL_INCOMING")
+            dial(gus, code, rig)
+            assert "403" in closed_reason(gus)
+            dial(jon, code, rig)
+            jon.wait_event("CALL_ESTABLISHED")
+            kim.wait_event("CALL_ESTABLISHED")
+            closed_reason(fay)
+            assert abs(wait_heard(kim, 1000) - 1000) <= 20, code
+            assert abs(wait_heard(jon, 660) - 660) <= 20, code
+            hangup(kim)
+            closed_reason(jon)
+            rig.wait_idle()
+            cdr = rig.cdrs(count=1)[-1]
+            assert cdr["answered_by"] == "jon" and cdr["targets_tried"][-1] == "pickup:jon", cdr
+        dial(jon, "*8", rig)  # nothing ringing
+        assert "480" in closed_reason(jon)
+    rig.admin("user.update", username="jon", pickup=[])

@@ -56,3 +56,10 @@ def test_star_codes():
     assert starcodes.parse("*95").changes == {"forward": {"unavailable": ""}}
     for other in ("*200", "*201", "*72", "101", "*7"):
         assert starcodes.parse(other) is None, other
+
+
+def test_pickup_codes():
+    assert starcodes.pickup("**101") == ("directed", "101")
+    assert starcodes.pickup("*8") == ("group", "")
+    for other in ("**", "**1a", "*81", "*78"):
+        assert starcodes.pickup(other) is None, other
