@@ -366,6 +366,7 @@ _add_crud(
      Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true, \"dnd\": true}"),
      Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
      Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
+     Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
                 "each an internal or external number, \"\" = off")),

@@ -254,6 +254,7 @@ class Call:
                 svc.ringing[leg.user] = svc.ringing.get(leg.user, 0) + 1
             svc.legs[leg.call_id] = (self, leg)
             self._send_invite(leg)
+        svc.dialog_changed(self)
 
     def _identity(self, leg: BLeg) -> tuple[str, str, list]:
         """(From display, From user, extra headers) presented on one branch."""
@@ -490,6 +491,7 @@ class Call:
             self.a_ok_interval = svc.transactions.t1
             self.a_ok_since = self.now()
             self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
+        svc.dialog_changed(self)
         log.info("[%s] answered by %s", self.id, leg.label)
 
     def _users_in_call(self) -> list[str]:

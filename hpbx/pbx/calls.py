@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, ValidationError
-from hpbx.pbx import pickup, router, starcodes
+from hpbx.pbx import blf, pickup, router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -59,6 +59,7 @@ class CallService:
         self._cdr_timer = None
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
+        self.blf = blf.DialogEvents(self)
 
     def configure(self, settings) -> None:
         self.max_devices = settings.sip.max_devices
@@ -71,6 +72,7 @@ class CallService:
         handlers["ACK"] = self.on_ack
         for method in ("BYE", "UPDATE", "INFO", "REFER"):
             handlers[method] = self.on_in_dialog
+        handlers["SUBSCRIBE"] = self.blf.on_subscribe
 
     # ------------------------------------------------------------------ who is calling
     def trunk_for(self, host: str, port: int):
@@ -198,8 +200,13 @@ class CallService:
             found[0].guarded(found[0].on_ack, msg)
 
     # ------------------------------------------------------------------ registry
+    def dialog_changed(self, call: Call) -> None:
+        """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
+        self.blf.changed(call)
+
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        self.blf.changed(call, ended=True)
         if call.answer_iso:
             self.stats["calls_answered"] += 1
         else:
@@ -224,10 +231,12 @@ class CallService:
     def close(self) -> None:
         for call in list(self.calls.values()):
             call.hangup("server stopping")
+        self.blf.close()
         self.flush_cdrs()
 
     def counters(self) -> dict:
-        out = {**self.stats, "calls_active": len(self.calls)}
+        out = {**self.stats, "calls_active": len(self.calls),
+               "blf_subscriptions": len(self.blf.by_dialog), "blf_notify_sent": self.blf.stats["notify_sent"]}
         if self.media is not None:
             out.update(media_sessions=len(self.media), media_pairs_used=self.media.used_pairs(),
                        media_pairs_free=self.media.free_pairs())

@@ -403,6 +403,7 @@ class User:
     max_calls: int = 0  # "signal busy if more than N calls" (FEATURES 15.2); 0 = call waiting
     forward: UserForwarding = field(default_factory=UserForwarding)
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
+    supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
 
     @property
     def id(self) -> str:
@@ -433,6 +434,7 @@ class User:
             max_calls=r.integer("max_calls", 0, 0, 100),
             forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
             pickup=_usernames(r, "pickup"),
+            supervise=_usernames(r, "supervise"),
         )
         r.finish()
         return obj
@@ -443,7 +445,8 @@ class User:
              "displayed_number_diversion": self.displayed_number_diversion,
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
-             "forward": self.forward.to_dict(compact), "pickup": list(self.pickup)}
+             "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
+             "supervise": list(self.supervise)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -457,8 +460,9 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            if not d.get("pickup"):
-                d.pop("pickup", None)
+            for key in ("pickup", "supervise"):
+                if not d.get(key):
+                    d.pop(key, None)
         return d
 
 
@@ -977,9 +981,10 @@ def check_references(obj: object, objs: TenantObjects) -> None:
         if obj.displayed_number and obj.displayed_number not in objs.numbers:
             raise ValidationError("displayed_number",
                                   f"{obj.displayed_number} is not one of the tenant's public numbers")
-        for i, name in enumerate(obj.pickup):
-            if name not in objs.users:
-                raise ValidationError(f"pickup[{i}]", f"user {name!r} does not exist in tenant {obj.tenant!r}")
+        for key in ("pickup", "supervise"):
+            for i, name in enumerate(getattr(obj, key)):
+                if name not in objs.users:
+                    raise ValidationError(f"{key}[{i}]", f"user {name!r} does not exist in tenant {obj.tenant!r}")
     elif isinstance(obj, Group):
         if obj.internal_number:
             owner = objs.internal_owner(obj.internal_number, skip=obj)
@@ -1020,6 +1025,7 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
     if kind == "user":
         found += [f"group {g.name}" for g in objs.groups.values() if key in g.members]
         found += [f"user {u.username} (pickup)" for u in objs.users.values() if key in u.pickup]
+        found += [f"user {u.username} (supervise)" for u in objs.users.values() if key in u.supervise]
     if kind == "number":
         found += [f"user {u.username} (displayed number)" for u in objs.users.values()
                   if u.displayed_number == key]

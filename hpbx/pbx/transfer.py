@@ -127,6 +127,7 @@ class BlindTransfer:
         call._send_bye(old.dialog, None)
         svc.legs.pop(old.call_id, None)
         call.targets_tried.append(leg.ring.key)
+        svc.dialog_changed(call)
         log.info("[%s] transferred by %s to %s", call.id, old.label, leg.label)
 
 
