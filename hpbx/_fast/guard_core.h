@@ -24,7 +24,7 @@
 #define GUARD_PROBE 16
 #define GUARD_MAX_AGENTS 32
 #define GUARD_AGENT_LEN 48
-#define GUARD_MAX_TRUSTED 64
+#define GUARD_MAX_TRUSTED 1024
 #define GUARD_EVENTS 1024
 
 /* why a source is banned */

@@ -57,6 +57,7 @@ class CallService:
         self._trunks_directory = None
         self._cdrs: list[dict] = []
         self._cdr_timer = None
+        self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
 
@@ -115,7 +116,9 @@ class CallService:
                                    dialled=dialled)
             caller = msg.from_addr.uri.user or "anonymous"
         else:
-            verdict, user, _ = self.auth.check("INVITE", msg.header("Proxy-Authorization"))
+            verdict, user, name = self.auth.check("INVITE", msg.header("Proxy-Authorization"))
+            if self.security is not None:
+                verdict = self.security.judge(verdict, name, tx.addr, tx.channel.kind, "INVITE")
             if verdict is Verdict.FORBIDDEN:
                 self.stats["calls_rejected"] += 1
                 tx.respond(403, "Forbidden")

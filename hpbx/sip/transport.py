@@ -65,6 +65,8 @@ class UdpChannel:
         self.sock = sock
         self.local_port = sock.getsockname()[1]
         self.io = udpio.DatagramIO(sock.fileno(), family)
+        if self.hub.guard is not None:
+            self.io.guard = self.hub.guard  # banned sources are dropped inside recv()
         loop = self.hub.loop
         try:
             self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -193,6 +195,11 @@ class StreamConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
+        guard = self.hub.guard
+        if guard is not None and not guard.allowed(self.peer[0]):
+            self.closed = True  # a banned source: no answer, not even a FIN
+            transport.abort()
+            return
         self.last_rx = self.hub.loop.time()
         self.hub._add_connection(self)
         for data in self.pending:
@@ -208,7 +215,11 @@ class StreamConnection(asyncio.Protocol):
             self.close()
             return
         sink = self.hub.sink
+        guard = self.hub.guard
         for msg in messages:
+            if guard is not None and not guard.check(self.peer[0], msg):
+                self.close()  # banned now (flood, scanner): the rest goes unread
+                return
             if msg == PING:
                 self.transport.write(PONG)
             elif msg == PONG:
@@ -252,6 +263,8 @@ class TransportHub:
         self._tls_server_ctx: ssl.SSLContext | None = None
         self._tls_client_ctx: ssl.SSLContext | None = None
         self.stream_listeners: list[tuple[str, str, int]] = []  # (kind, host, bound port)
+        # hpbx._fast.guard.Guard: asked for every message and accepted connection (bans)
+        self.guard = None
 
     async def start(self) -> None:
         sip = self.settings.sip

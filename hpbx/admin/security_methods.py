@@ -1,0 +1,83 @@
+"""Admin methods of the security layer (``ban.*``, ``toll.*``), added to the one method table.
+
+They reach the running server's ``BanService`` (and toll policy) through the context; a bad
+address or network is -32602 naming the field.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hpbx.admin.context import AdminContext
+from hpbx.admin.methods import PAGE, Param, _add, _need, _page
+from hpbx.admin.protocol import NOT_FOUND, RpcError, invalid_params
+
+
+def _security(ctx: AdminContext):
+    return _need(ctx, "security", "security")
+
+
+def ban_list(ctx: AdminContext, p: dict) -> list:
+    return _page(_security(ctx).ban_list(), p)
+
+
+def ban_add(ctx: AdminContext, p: dict) -> dict:
+    try:
+        return _security(ctx).ban_add(p["host"], p.get("secs"))
+    except ValueError as exc:
+        raise invalid_params("host", str(exc)) from None
+
+
+def ban_remove(ctx: AdminContext, p: dict) -> dict:
+    try:
+        was = _security(ctx).ban_remove(p["host"])
+    except ValueError as exc:
+        raise invalid_params("host", str(exc)) from None
+    if not was:
+        raise RpcError(NOT_FOUND, f"{p['host']} is not banned", {"kind": "ban", "key": p["host"]})
+    return {"host": p["host"], "removed": True}
+
+
+def ban_counters(ctx: AdminContext, p: dict) -> list:
+    return _page(_security(ctx).counters(), p)
+
+
+def ban_trusted(ctx: AdminContext, p: dict) -> list:
+    return _security(ctx).trusted_list()
+
+
+def ban_trust(ctx: AdminContext, p: dict) -> dict:
+    try:
+        return _security(ctx).trust(p["network"], p.get("note", ""))
+    except ValueError as exc:
+        raise invalid_params("network", str(exc)) from None
+
+
+def ban_untrust(ctx: AdminContext, p: dict) -> dict:
+    try:
+        found = _security(ctx).untrust(p["network"])
+    except ValueError as exc:
+        raise invalid_params("network", str(exc)) from None
+    if not found:
+        raise RpcError(NOT_FOUND, f"{p['network']} is not an operator-trusted network",
+                       {"kind": "trusted", "key": p["network"]})
+    return {"network": p["network"], "removed": True}
+
+
+HOST = Param("host", "str", required=True, help="source IP address (IPv4 or IPv6)")
+NETWORK = Param("network", "str", required=True, help="network (10.0.0.0/8, 2001:db8::/32) or address")
+
+_add("ban.list", ban_list, "Sources banned now (silently dropped): reason, seconds left, packets dropped.",
+     *PAGE, columns=("host", "reason", "expires_in", "dropped"))
+_add("ban.add", ban_add, "Ban a source address (its packets are dropped unanswered until the ban ends).",
+     HOST, Param("secs", "int", help="length of the ban in seconds ([security] ban_secs if absent)",
+                 min=1, max=86400 * 365))
+_add("ban.remove", ban_remove, "Lift the ban of a source address and reset its failure counters.", HOST)
+_add("ban.counters", ban_counters,
+     "Digest failure counters in their current window (per source, source and user, user) "
+     "and blocked (source, user) pairs.", *PAGE, columns=("kind", "key", "count"))
+_add("ban.trusted", ban_trusted,
+     "Networks never counted nor banned: from the settings, added by the operator, trunks.",
+     columns=("network", "source", "note"))
+_add("ban.trust", ban_trust, "Trust a network (stored; never counted nor banned).",
+     NETWORK, Param("note", "str", help="why (shown by ban.trusted)"))
+_add("ban.untrust", ban_untrust, "Remove a network the operator trusted.", NETWORK)
