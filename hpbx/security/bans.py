@@ -180,8 +180,9 @@ class BanService:
 
     def drain(self) -> None:
         """Log the bans the receive path made, and store what changed."""
+        secs = self.guard.ban_secs
         for host, reason, until in self.guard.events():
-            self._banned(host, reason, until)
+            self._banned(host, reason, until, secs)
         if self.store is None:
             self._bans_made.clear()
             self._unbans.clear()
@@ -213,11 +214,10 @@ class BanService:
                 rows.append(("blocked", f"{host} {user}", 0, until))
         return rows
 
-    def _banned(self, host: str, reason: str, until: float) -> None:
-        now = self.clock()
+    def _banned(self, host: str, reason: str, until: float, secs: float) -> None:
         log.warning("SECURITY event=banned src=%s reason=%s secs=%d until=%s", host, reason,
-                    max(0, round(until - now)), _iso(until))
-        self._bans_made.append((host, reason, until, now))
+                    round(secs), _iso(until))
+        self._bans_made.append((host, reason, until, until - secs))
 
     # ---- digest results (registrar and B2BUA)
     def judge(self, verdict, username, addr, transport: str, method: str):
@@ -283,7 +283,7 @@ class BanService:
         if not self.guard.ban(host, secs, reason, now):
             return False
         self._source.items.pop(host, None)
-        self._banned(host, reason, now + secs)
+        self._banned(host, reason, now + secs, secs)
         return True
 
     # ---- what the admin layer calls
@@ -308,6 +308,7 @@ class BanService:
             del self._blocked[key]
         for key in [k for k in self._pair.items if k[0] == host]:
             del self._pair.items[key]
+        self._bans_made = [b for b in self._bans_made if b[0] != host]  # not stored after all
         self._unbans.append(host)
         self._dirty = True
         if was:
