@@ -17,6 +17,7 @@ from pathlib import Path
 from hpbx import settings as settings_mod
 from hpbx.errors import ConfigError, HpbxError
 from hpbx.security.bans import BanService
+from hpbx.security.toll import TollPolicy
 from hpbx.sip.auth import Authenticator
 from hpbx.sip.dispatcher import Dispatcher
 from hpbx.sip.nat import KeepaliveService
@@ -152,6 +153,8 @@ class Server:
         self.media.on_timeout = self.calls.media_timeout
         self.calls.install(self.dispatcher)
         self.calls.security = self.security
+        self.toll = TollPolicy(self.settings, self.ban_store)
+        self.calls.toll = self.toll
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 
@@ -177,6 +180,8 @@ class Server:
         ctx.stats_sources["registrar"] = self.registrar_stats
         ctx.stats_sources["security"] = self.security.counts
         ctx.security = self.security
+        ctx.stats_sources["toll"] = self.toll.counts
+        ctx.toll = self.toll
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)
@@ -215,6 +220,7 @@ class Server:
         self.registrar.configure(new)
         self.keepalive.configure(new)
         self.security.configure(new)
+        self.toll.configure(new)
         self.calls.configure(new)
         if self.admin is not None:
             self.admin.configure(new)

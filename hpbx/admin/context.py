@@ -32,5 +32,7 @@ class AdminContext:
     reload_config: Callable[[], dict | Awaitable[dict]] | None = None
     # hpbx.security.bans.BanService: ban_list/ban_add/ban_remove, trusted networks, counters
     security: Any = None
+    # hpbx.security.toll.TollPolicy: get/set/reset a tenant's toll-fraud limits
+    toll: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

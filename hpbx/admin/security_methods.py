@@ -10,6 +10,7 @@ from typing import Any
 from hpbx.admin.context import AdminContext
 from hpbx.admin.methods import PAGE, Param, _add, _need, _page
 from hpbx.admin.protocol import NOT_FOUND, RpcError, invalid_params
+from hpbx.security.config import TOLL_KEYS
 
 
 def _security(ctx: AdminContext):
@@ -81,3 +82,56 @@ _add("ban.trusted", ban_trusted,
 _add("ban.trust", ban_trust, "Trust a network (stored; never counted nor banned).",
      NETWORK, Param("note", "str", help="why (shown by ban.trusted)"))
 _add("ban.untrust", ban_untrust, "Remove a network the operator trusted.", NETWORK)
+
+
+# -- toll-fraud limits ---------------------------------------------------------------------
+
+def _tenant(ctx: AdminContext, name: str) -> str:
+    prov = _need(ctx, "provisioning", "provisioning")
+    if name not in {t.name for t in prov.directory.tenants()}:
+        raise RpcError(NOT_FOUND, f"tenant {name!r} not found", {"kind": "tenant", "key": name})
+    return name
+
+
+def toll_get(ctx: AdminContext, p: dict) -> dict:
+    return _need(ctx, "toll", "toll limits").get(_tenant(ctx, p["tenant"]))
+
+
+def toll_set(ctx: AdminContext, p: dict) -> dict:
+    toll = _need(ctx, "toll", "toll limits")
+    tenant = _tenant(ctx, p.pop("tenant"))
+    if not p:
+        raise invalid_params("params", f"give at least one of {', '.join(TOLL_KEYS)}")
+    for key in ("allow_prefixes", "deny_prefixes"):
+        for v in p.get(key, ()):
+            if not isinstance(v, str) or not v or not (v.isdigit() or v[0] == "+" and v[1:].isdigit()):
+                raise invalid_params(key, f"entries must be digit strings, optionally starting with +, got {v!r}")
+    return toll.set(tenant, p)
+
+
+def toll_reset(ctx: AdminContext, p: dict) -> dict:
+    toll = _need(ctx, "toll", "toll limits")
+    tenant = _tenant(ctx, p["tenant"])
+    return {"tenant": tenant, "reset": toll.reset(tenant), **toll.get(tenant)}
+
+
+_TOLL_HELP = {
+    "max_outbound_per_user": "concurrent trunk calls of one user (0: no limit)",
+    "max_outbound_per_tenant": "concurrent trunk calls of the tenant (0: no limit)",
+    "calls_per_hour_user": "trunk call attempts of one user in any 60 minutes (0: no limit)",
+    "calls_per_hour_tenant": "trunk call attempts of the tenant in any 60 minutes (0: no limit)",
+    "allow_international": "numbers outside the home country",
+    "allow_premium": "premium and high-risk ranges ([security.toll] premium_prefixes)",
+    "allow_prefixes": "normalised prefixes always allowed, e.g. [\"+49\"]",
+    "deny_prefixes": "normalised prefixes always refused",
+}
+_TOLL_PARAMS = tuple(
+    Param(name, {int: "int", bool: "bool", tuple: "array"}[kind], help=_TOLL_HELP[name],
+          **({"min": 0, "max": 1_000_000} if kind is int else {}))
+    for name, kind in TOLL_KEYS.items())
+TENANT = Param("tenant", "str", required=True, help="tenant name")
+
+_add("toll.get", toll_get, "A tenant's toll-fraud limits in force, its overrides, and live counts.", TENANT)
+_add("toll.set", toll_set, "Override toll-fraud limits of a tenant (stored; wins over the settings file).",
+     TENANT, *_TOLL_PARAMS)
+_add("toll.reset", toll_reset, "Drop a tenant's overrides: the settings file's limits apply again.", TENANT)

@@ -1,5 +1,6 @@
-"""Bans, failure counters and operator-trusted networks, in the same SQLite file as the
-provisioning store, so that a restart (or kill -9) keeps an attacker banned."""
+"""Bans, failure counters, operator-trusted networks and toll-limit overrides, in the same
+SQLite file as the provisioning store, so that a restart (or kill -9) keeps an attacker banned
+and a tenant's limits as the operator set them."""
 from __future__ import annotations
 
 import sqlite3
@@ -18,6 +19,10 @@ CREATE TABLE IF NOT EXISTS security_counters (
     count INTEGER NOT NULL,
     since REAL NOT NULL,      -- window start (for blocked: until)
     PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS toll_limits (
+    tenant TEXT PRIMARY KEY,
+    doc    TEXT NOT NULL          -- JSON: the limits set over admin (toll.set)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trusted_networks (
     network TEXT PRIMARY KEY,
@@ -75,6 +80,15 @@ class BanStore:
     def delete_trusted(self, network: str) -> bool:
         return self.db.execute("DELETE FROM trusted_networks WHERE network = ?",
                                (network,)).rowcount > 0
+
+    def toll_overrides(self) -> list[tuple[str, str]]:
+        return self.db.execute("SELECT tenant, doc FROM toll_limits").fetchall()
+
+    def set_toll_override(self, tenant: str, doc: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO toll_limits (tenant, doc) VALUES (?, ?)", (tenant, doc))
+
+    def delete_toll_override(self, tenant: str) -> bool:
+        return self.db.execute("DELETE FROM toll_limits WHERE tenant = ?", (tenant,)).rowcount > 0
 
     def close(self) -> None:
         self.db.close()
