@@ -182,6 +182,7 @@ class Server:
         ctx.security = self.security
         ctx.stats_sources["toll"] = self.toll.counts
         ctx.toll = self.toll
+        ctx.reload_tls = self.reload_tls
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)
@@ -211,6 +212,9 @@ class Server:
         new = settings_mod.load(self.settings.path)
         old = self.settings
         changed = []
+        # certificates first: a broken file refuses the whole reload (the old ones stay)
+        if self.transports.reload_tls(new):
+            changed.append("tls")
         if new.sip.listen != old.sip.listen:
             log.warning("reload: sip.listen changed; the listeners change at the next restart")
         if new.store.path != old.store.path:
@@ -236,6 +240,13 @@ class Server:
         log.info("settings reloaded from %s (changed: %s); %d bindings kept", new.path,
                  ", ".join(changed) or "nothing", self.registrar.count())
         return {"changed": changed, "bindings": self.registrar.count()}
+
+    def reload_tls(self) -> dict:
+        """Read the certificate files again (same settings): new TLS connections get them,
+        established ones keep theirs. ConfigError (old certificates kept) for a broken file."""
+        done = self.transports.reload_tls(self.settings)
+        log.info("tls: certificates %s", "reloaded" if done else "not used (no tls: listener)")
+        return {"reloaded": done}
 
     def request_stop(self) -> None:
         if self._stopped is not None:

@@ -110,6 +110,8 @@ def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host:
             return str(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(toml_value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     text = ["[sip]"] + [f"{k} = {toml_value(v)}" for k, v in sip.items()]

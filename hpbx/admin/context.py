@@ -34,5 +34,7 @@ class AdminContext:
     security: Any = None
     # hpbx.security.toll.TollPolicy: get/set/reset a tenant's toll-fraud limits
     toll: Any = None
+    # () -> {"reloaded": bool}: read the TLS certificate files again; raises ConfigError
+    reload_tls: Callable[[], dict] | None = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

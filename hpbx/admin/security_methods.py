@@ -135,3 +135,12 @@ _add("toll.get", toll_get, "A tenant's toll-fraud limits in force, its overrides
 _add("toll.set", toll_set, "Override toll-fraud limits of a tenant (stored; wins over the settings file).",
      TENANT, *_TOLL_PARAMS)
 _add("toll.reset", toll_reset, "Drop a tenant's overrides: the settings file's limits apply again.", TENANT)
+
+
+def tls_reload(ctx: AdminContext, p: dict) -> dict:
+    return _need(ctx, "reload_tls", "tls reload")()
+
+
+_add("tls.reload", tls_reload,
+     "Read the TLS certificate and key files again: new connections get them, established ones "
+     "keep theirs; a broken file is refused (-32003) and the old certificate stays.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 SCANNER_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "vaxsipuseragent", "pplsip",
                   "sundayddr", "iwar", "sip-scan")
@@ -51,6 +52,20 @@ class TollSettings:
         return self.defaults
 
 
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+# TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are all fine as they are)
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCert:
+    """A certificate served to clients that ask for ``domain`` (SNI)."""
+
+    domain: str
+    cert: str
+    key: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class SecuritySettings:
     enabled: bool = True
@@ -66,6 +81,11 @@ class SecuritySettings:
     scanner_agents: tuple[str, ...] = SCANNER_AGENTS
     trusted: tuple[str, ...] = ()    # networks never counted nor banned (trunks, operators)
     table_size: int = 65536          # sources tracked at once
+    tls_min_version: str = "TLSv1.2"
+    tls_ciphers: str = TLS_CIPHERS
+    tls_verify_peers: bool = True    # our TLS connections (to trunks) check the certificate
+    tls_ca_file: str = ""            # "" = the system's CAs
+    tls_certs: tuple[TlsCert, ...] = ()  # per-domain certificates (SNI)
     toll: TollSettings = field(default_factory=TollSettings)
 
 
@@ -108,6 +128,22 @@ def from_dict(reader, path: str, table) -> SecuritySettings:
     if len(trusted) > 512:
         raise r.fail("trusted", "at most 512 networks")
     toll_table = r.get("toll", dict, {})
+    version = r.get("tls_min_version", str, "TLSv1.2")
+    if version not in TLS_VERSIONS:
+        raise r.fail("tls_min_version", f"must be one of {', '.join(TLS_VERSIONS)}, got {version!r}")
+    ca_file = r.get("tls_ca_file", str, "")
+    if ca_file and not Path(ca_file).is_file():
+        raise r.fail("tls_ca_file", f"file not found: {ca_file}")
+    certs = []
+    for i, item in enumerate(r.get("tls_certs", list, [])):
+        if not isinstance(item, dict) or set(item) - {"domain", "cert", "key"} or \
+                not all(isinstance(item.get(k, ""), str) for k in ("domain", "cert", "key")) or \
+                not item.get("domain") or not item.get("cert"):
+            raise r.fail("tls_certs", f"entry {i}: needs domain and cert (and optionally key) strings")
+        for k in ("cert", "key"):
+            if item.get(k) and not Path(item[k]).is_file():
+                raise r.fail("tls_certs", f"entry {i}: {k} file not found: {item[k]}")
+        certs.append(TlsCert(item["domain"].lower(), item["cert"], item.get("key", "")))
     sec = SecuritySettings(
         enabled=r.get("enabled", bool, True),
         flood_window=r.int_in("flood_window", 2, 1, 3600),
@@ -122,6 +158,11 @@ def from_dict(reader, path: str, table) -> SecuritySettings:
         scanner_agents=tuple(a.lower() for a in agents),
         trusted=tuple(trusted),
         table_size=r.int_in("table_size", 65536, 64, 1 << 24),
+        tls_min_version=version,
+        tls_ciphers=r.get("tls_ciphers", str, TLS_CIPHERS),
+        tls_verify_peers=r.get("tls_verify_peers", bool, True),
+        tls_ca_file=ca_file,
+        tls_certs=tuple(certs),
     )
     r.finish()
     t = reader(path, "security.toll", toll_table)
