@@ -81,3 +81,13 @@ def test_toll_get_set_reset(sec):
         assert TollPolicy(ctx.settings, store).limits("acme").max_outbound_per_user == 4
         reset = c.call("toll.reset", {"tenant": "acme"})
         assert reset["reset"] and reset["limits"]["max_outbound_per_user"] == 2
+
+
+def test_tls_reload_needs_a_running_transport(sec):
+    st, ctx, _ = sec
+    with st.client() as c:
+        assert error_of(lambda: c.call("tls.reload"))[0] == -32002  # no transports in this context
+    calls = []
+    ctx.reload_tls = lambda: calls.append(1) or {"reloaded": True}
+    with st.client() as c:
+        assert c.call("tls.reload") == {"reloaded": True} and calls == [1]

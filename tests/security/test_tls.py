@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from certs import make_ca, make_leaf  # noqa: E402
-from harness import HpbxServer  # noqa: E402
+from harness import HpbxServer, header  # noqa: E402
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
@@ -149,6 +149,93 @@ def test_reload_under_an_open_connection(server, pki):
         asker.join(5)
         conn.close()
         shutil.copy(pki["a"][0], server.cert)
+    # every connection of this test is gone from the server's table once closed
+    deadline = time.monotonic() + 5
+    while admin(server, "stats.get", layer="sip")["sip"]["connections"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert admin(server, "stats.get", layer="sip")["sip"]["connections"] == 0
     assert len(answers) >= 5 and set(answers) == {"SIP/2.0 200 OK"}, answers
     # the connection opened before both reloads still had certificate A
     print(f"open connection: {len(answers)} OPTIONS, all 200, across two reloads")
+
+
+class TlsTrunk:
+    """A TLS gateway that records what arrives after a completed handshake."""
+
+    def __init__(self, cert, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(cert), str(key))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.handshake_errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                continue
+            try:
+                raw.settimeout(3)
+                with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                    self.received.append(tls.recv(65535))
+            except (ssl.SSLError, OSError) as exc:
+                self.handshake_errors.append(str(exc))
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_our_connections_to_a_tls_trunk_check_its_certificate(tmp_path, pki):
+    from harness import RawPhone, digest_authorization
+    good = TlsTrunk(*pki["a"])  # signed by the CA the server trusts, for 127.0.0.1
+    rogue_ca = make_ca(tmp_path / "rogue", "rogue CA")
+    bad = TlsTrunk(*make_leaf(tmp_path / "rogue", rogue_ca, "rogue", "IP:127.0.0.1"))
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        '[tenant]\nname = "good"\ntrunk = "gw"\n'
+        f'[[trunks]]\nname = "gw"\nhost = "127.0.0.1"\nport = {good.port}\ntransport = "tls"\n'
+        '[[users]]\nusername = "g1"\nsip_password = "g1-secret"\n')
+    tenants2 = tmp_path / "tenants2.toml"
+    tenants2.write_text(
+        '[tenant]\nname = "bad"\ntrunk = "gw"\n'
+        f'[[trunks]]\nname = "gw"\nhost = "127.0.0.1"\nport = {bad.port}\ntransport = "tls"\n'
+        '[[users]]\nusername = "b1"\nsip_password = "b1-secret"\n')
+    srv = HpbxServer(tmp_path / "srv", security={"flood_threshold": 0, "auth_failures": 0,
+                                                 "tls_ca_file": str(pki["ca"][0])},
+                     sip_extra={"tls_cert": str(pki["a"][0]), "tls_key": str(pki["a"][1])},
+                     transports=("udp", "tls"))
+    text = srv.config.read_text().replace("files = []", f'files = ["{tenants}", "{tenants2}"]')
+    srv.config.write_text(text)
+    try:
+        with srv:
+            for username in ("g1", "b1"):
+                ruri = f"sip:0791110001@127.0.0.1:{srv.port}"
+                with RawPhone(srv.host, srv.port) as phone:
+                    phone.request("INVITE", ruri, from_user=username)
+                    challenge = phone.recv_until(lambda m: m.startswith("SIP/2.0 407"), 3)
+                    auth = digest_authorization(header(challenge, "Proxy-Authenticate")[0], username,
+                                                f"{username}-secret", "INVITE", ruri)
+                    phone.call_id += "x"
+                    phone.request("INVITE", ruri, [f"Proxy-Authorization: {auth}"], from_user=username)
+                    deadline = time.monotonic() + 5
+                    trunk = good if username == "g1" else bad
+                    while time.monotonic() < deadline and not (trunk.received or trunk.handshake_errors):
+                        time.sleep(0.05)
+            time.sleep(0.3)
+            log = srv.log()
+    finally:
+        good.close()
+        bad.close()
+    assert good.received and good.received[0].startswith(b"INVITE sip:0791110001@127.0.0.1"), good.received
+    assert bad.received == [] and bad.handshake_errors, (bad.received, bad.handshake_errors)
+    assert "certificate verify failed" in log, log[-2000:]
