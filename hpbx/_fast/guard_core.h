@@ -90,6 +90,13 @@ static inline double guard_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static inline double guard_now_precise(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static inline uint64_t guard_rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
 
 /* SipHash-1-3 over the 16 octets of an address: keyed, so a flood cannot choose colliding
