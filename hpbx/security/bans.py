@@ -226,11 +226,12 @@ class BanService:
         host = addr[0]
         now = self.clock()
         if username is not None and self._blocked:
-            until = self._blocked.get((host, username))
+            key = (host, _clean(username))
+            until = self._blocked.get(key)
             if until is not None:
                 if until > now:
                     return Verdict.FORBIDDEN
-                del self._blocked[(host, username)]
+                del self._blocked[key]
         if verdict is Verdict.FORBIDDEN:
             self.auth_failed(host, addr[1], transport, method, username, now)
         elif verdict is Verdict.OK:
@@ -251,28 +252,34 @@ class BanService:
         now = self.clock() if now is None else now
         user = _clean(username)
         self.stats["auth_failures"] += 1
+        if not sec.enabled or self.guard.trusted(host):
+            # trusted sources (trunks, the operator's own) are logged, never counted
+            log.warning('SECURITY event=auth_failed src=%s port=%s transport=%s method=%s '
+                        'user="%s" count=0', host, port, transport, method, user)
+            return
         self._dirty = True
         n_source = self._source.bump(host, now)
         n_pair = self._pair.bump((host, user), now)
         n_user = self._user.bump(user, now)
         log.warning('SECURITY event=auth_failed src=%s port=%s transport=%s method=%s user="%s" '
                     'count=%d', host, port, transport, method, user, n_source)
-        if not sec.enabled or self.guard.trusted(host):
-            return
         limit = sec.auth_failures
-        if sec.user_failures and n_user > sec.user_failures:
-            self._ban(host, "user")
-            self.stats["bans_user"] += 1
-        elif limit and self.guard.is_good(host, now):
-            if n_source >= limit * sec.good_factor:
+        over_user = bool(sec.user_failures) and n_user > sec.user_failures
+        if self.guard.is_good(host, now):
+            # phones of this source authenticate: ban it only at good_factor times the limit,
+            # else keep only the failing (source, user) pair out
+            if limit and n_source >= limit * sec.good_factor:
                 self._ban(host, "auth")
                 self.stats["bans_auth"] += 1
-            elif n_pair >= limit:
+            elif (limit and n_pair >= limit) or over_user:
                 self._blocked[(host, user)] = now + sec.ban_secs
                 self._pair.items.pop((host, user), None)
                 self.stats["pairs_blocked"] += 1
                 log.warning('SECURITY event=pair_blocked src=%s user="%s" secs=%d', host, user,
                             sec.ban_secs)
+        elif over_user:
+            self._ban(host, "user")
+            self.stats["bans_user"] += 1
         elif limit and n_source >= limit:
             self._ban(host, "auth")
             self.stats["bans_auth"] += 1
