@@ -241,26 +241,27 @@ def step_up(work: Path, users) -> dict:
     if not (ANCHORS / "bench_sip.sh").exists():
         print("  anchor driver not found: no step-up figures")
         return {}
-    out = {}
-    for mode in ("on", "off"):
-        srv = HpbxServer(work / f"step-{mode}", users=users, log_level="warning",
+    out = {"on": [], "off": []}
+    for i, mode in enumerate(("on", "off", "on", "off")):  # alternated: the box's load drifts
+        srv = HpbxServer(work / f"step-{i}", users=users, log_level="warning",
                          sip_extra={"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000, "min_expires": 60},
                          security=ON if mode == "on" else OFF)
         srv.start(timeout=180)
         try:
             env = dict(os.environ, TESTS="register", AUTH="1", NUSERS=str(NUSERS),
                        USER_FIRST=str(USER_FIRST), PW_PREFIX="pw", RATES=STEP_RATES, STEP_SECS="6",
-                       REFINE="2", REPEAT="1", SERVER_PID=str(srv.proc.pid), OUT=str(work / f"out-{mode}"))
+                       REFINE="2", REPEAT="1", SERVER_PID=str(srv.proc.pid), OUT=str(work / f"out-{i}"))
             proc = subprocess.run(["bash", str(ANCHORS / "bench_sip.sh"), srv.sip_target], env=env,
                                   capture_output=True, text=True, timeout=900)
             found = re.findall(r"register_max_rps=(\d+)", proc.stdout + proc.stderr)
-            out[mode] = int(found[-1]) if found else 0
+            out[mode].append(int(found[-1]) if found else 0)
         finally:
             srv.stop(timeout=60)
-        print(f"  step-up engine {mode}: highest clean REGISTER rate {out[mode]}/s")
-    if out.get("off"):
-        print(f"register_max_rps_on={out['on']} register_max_rps_off={out['off']} "
-              f"ratio={out['on'] / out['off']:.2f}")
+        print(f"  step-up engine {mode}: highest clean REGISTER rate {out[mode][-1]}/s")
+    on, off = max(out["on"]), max(out["off"])
+    if off:
+        print(f"register_max_rps_on={on} register_max_rps_off={off} ratio={on / off:.2f} "
+              f"(best of two each)")
     return out
 
 
