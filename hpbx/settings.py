@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hpbx.errors import ConfigError
+from hpbx.security import config as security_config
+from hpbx.security.config import SecuritySettings
 
 TRANSPORTS = ("udp", "tcp", "tls")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -97,6 +99,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     log_level: str = "info"
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
 
@@ -201,7 +204,7 @@ def load(path: str | Path) -> Settings:
 
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
-    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision"}
+    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -313,5 +316,7 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         raise r.fail("files", "must be a list of paths")
     r.finish()
 
+    security = security_config.from_dict(_Reader, path, data.get("security"))
+
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
-                    log_level=level, provision=tuple(files))
+                    log_level=level, provision=tuple(files), security=security)

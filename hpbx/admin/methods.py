@@ -492,3 +492,5 @@ _add("tenant.import", tenant_import,
      "Create a tenant and everything it owns from TOML (as written by tenant.export), in one change.",
      Param("toml", "str", required=True, help="the TOML text"),
      Param("replace", "bool", help="replace an existing tenant of that name (in the same change)"))
+
+from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)

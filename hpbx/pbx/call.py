@@ -242,6 +242,11 @@ class Call:
             if trunk is None:
                 self.run(self.fork.target_failed(key, 480, now))
                 return
+            toll = svc.toll
+            if toll is not None and toll.admit(self.id, self.tenant, getattr(self.caller_user, "username", None),
+                                               ring.value, (self.a_target.host, self.a_target.port)) is not None:
+                self.run(self.fork.target_failed(key, 403, now))
+                return
             target = Target(trunk.transport, trunk.host, trunk.port)
             ruri = f"sip:{ring.value}@{_uri_host(trunk.host)}:{trunk.port}"
             legs = [BLeg(self, ring, None, target, ruri)]

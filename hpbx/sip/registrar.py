@@ -57,6 +57,7 @@ class Registrar:
         self._flush_scheduled = False
         self._last_flush = float("-inf")
         self._sweeper = None
+        self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
         self.stats = {"register_ok": 0, "register_401": 0, "register_403": 0, "register_err": 0}
 
     def configure(self, settings) -> None:
@@ -158,7 +159,9 @@ class Registrar:
         to = msg.to_addr
         if not _to_is_sip(msg):
             raise RegisterError(400, TO_NOT_SIP)
-        verdict, user, _ = self.auth.check("REGISTER", msg.header("Authorization"))
+        verdict, user, name = self.auth.check("REGISTER", msg.header("Authorization"))
+        if self.security is not None:
+            verdict = self.security.judge(verdict, name, tx.addr, tx.channel.kind, "REGISTER")
         if verdict is not Verdict.OK:
             if verdict is Verdict.FORBIDDEN:
                 self.stats["register_403"] += 1
