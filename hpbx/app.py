@@ -17,6 +17,8 @@ from pathlib import Path
 
 from hpbx import settings as settings_mod
 from hpbx.errors import ConfigError, HpbxError
+from hpbx.security.bans import BanService
+from hpbx.security.toll import TollPolicy
 from hpbx.sip.auth import Authenticator
 from hpbx.sip.dispatcher import Dispatcher
 from hpbx.sip.nat import KeepaliveService
@@ -25,6 +27,7 @@ from hpbx.sip.timers import TimerWheel
 from hpbx.sip.transaction import TransactionLayer
 from hpbx.sip.transport import TransportHub
 from hpbx.store import backend
+from hpbx.store.bans import BanStore
 
 log = logging.getLogger("hpbx")
 
@@ -110,8 +113,10 @@ class Server:
         self.provisioning.subscribe(self.registrar.drop_unknown)
         self._stop_order.append(self.registrar.stop)
         log.info("registrations restored from the store: %d", restored)
+        self._start_security()
         # the sink is set below: the dispatcher needs the transaction layer, which needs the hub
         self.transports = TransportHub(loop, settings, None)
+        self.transports.guard = self.security.guard
         self.transactions = TransactionLayer(self.wheel, self.transports, sip.t1_ms / 1000,
                                              sip.t2_ms / 1000, sip.t4_ms / 1000, sip.user_agent)
         self._stop_order.append(self.transactions.close)
@@ -181,6 +186,28 @@ class Server:
 
         purge()
         self._stop_order.append(lambda: self._retention.cancel())
+    def _start_security(self) -> None:
+        """Bans (restored from the store), fed by the digest results of registrar and B2BUA.
+        Sources of restored bindings count as good (an office behind one NAT re-registering
+        after a restart is not taken for a flood); trunks' addresses are trusted."""
+        self.ban_store = BanStore(self.settings.store.path)
+        self._stop_order.append(self.ban_store.close)
+        self.security = BanService(self.settings, self.ban_store, self.wheel)
+        self.security.start()
+        self._stop_order.append(self.security.stop)
+        self.registrar.security = self.security
+        good = self.settings.security.good_secs
+        if good:
+            until = time.time() + good
+            for b in self.registrar.iter_bindings():
+                self.security.guard.mark_good(b.source_host, until)
+        self._trust_trunks(self.provisioning.directory)
+        self.provisioning.subscribe(lambda directory, removed=None: self._trust_trunks(directory))
+
+    def _trust_trunks(self, directory) -> None:
+        hosts = [trunk.host for tenant in directory.tenants()
+                 for trunk in directory.objects(tenant.name).trunks.values()]
+        self.security.set_trunks(hosts)
 
     def _start_calls(self, loop) -> None:
         """The media relay and the B2BUA (INVITE, ACK, BYE, UPDATE, INFO via the dispatcher)."""
@@ -194,6 +221,9 @@ class Server:
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
         self.calls.install(self.dispatcher)
+        self.calls.security = self.security
+        self.toll = TollPolicy(self.settings, self.ban_store)
+        self.calls.toll = self.toll
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 
@@ -221,6 +251,11 @@ class Server:
             ctx.stats_sources["cluster"] = lambda: {
                 "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats,
                 **self.dispatcher.edge.stats}
+        ctx.stats_sources["security"] = self.security.counts
+        ctx.security = self.security
+        ctx.stats_sources["toll"] = self.toll.counts
+        ctx.toll = self.toll
+        ctx.reload_tls = self.reload_tls
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)
@@ -250,6 +285,9 @@ class Server:
         new = settings_mod.load(self.settings.path)
         old = self.settings
         changed = []
+        # certificates first: a broken file refuses the whole reload (the old ones stay)
+        if self.transports.reload_tls(new):
+            changed.append("tls")
         if new.sip.listen != old.sip.listen:
             log.warning("reload: sip.listen changed; the listeners change at the next restart")
         if new.store.path != old.store.path:
@@ -258,6 +296,8 @@ class Server:
         self.transactions.set_timers(sip.t1_ms / 1000, sip.t2_ms / 1000, sip.t4_ms / 1000)
         self.registrar.configure(new)
         self.keepalive.configure(new)
+        self.security.configure(new)
+        self.toll.configure(new)
         self.calls.configure(new)
         if self.admin is not None:
             self.admin.configure(new)
@@ -265,7 +305,7 @@ class Server:
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new
         logging.getLogger().setLevel(new.log_level.upper())
-        for section in ("sip", "rtp", "admin", "store", "smtp"):
+        for section in ("sip", "rtp", "admin", "store", "smtp", "security"):
             if getattr(new, section) != getattr(old, section):
                 changed.append(section)
         if new.log_level != old.log_level:
@@ -273,6 +313,13 @@ class Server:
         log.info("settings reloaded from %s (changed: %s); %d bindings kept", new.path,
                  ", ".join(changed) or "nothing", self.registrar.count())
         return {"changed": changed, "bindings": self.registrar.count()}
+
+    def reload_tls(self) -> dict:
+        """Read the certificate files again (same settings): new TLS connections get them,
+        established ones keep theirs. ConfigError (old certificates kept) for a broken file."""
+        done = self.transports.reload_tls(self.settings)
+        log.info("tls: certificates %s", "reloaded" if done else "not used (no tls: listener)")
+        return {"reloaded": done}
 
     def request_stop(self) -> None:
         if self._stopped is not None:

@@ -65,6 +65,7 @@ class Registrar:
         self.node = ""
         self.peers: dict[str, tuple[str, int]] = {}  # cluster: node -> its SIP address (UDP)
         self._sweeper = None
+        self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
         self.stats = {"register_ok": 0, "register_401": 0, "register_403": 0, "register_err": 0}
 
     def configure(self, settings) -> None:
@@ -169,7 +170,7 @@ class Registrar:
             status, reason, headers = 400, TO_NOT_SIP, ()
             self.stats["register_err"] += 1
         else:
-            status, reason, headers = 401, None, self.auth.challenge_headers()
+            status, reason, headers = 401, None, self.auth.challenge_for(msg.to_addr.uri.user)
             self.stats["register_401"] += 1
         tag = hashlib.blake2s(f"{msg.via_branch}|{msg.call_id}|{msg.from_tag}".encode(
             "utf-8", "surrogateescape"), digest_size=6).hexdigest()
@@ -188,7 +189,9 @@ class Registrar:
         to = msg.to_addr
         if not _to_is_sip(msg):
             raise RegisterError(400, TO_NOT_SIP)
-        verdict, user, _ = self.auth.check("REGISTER", msg.header("Authorization"))
+        verdict, user, name = self.auth.check("REGISTER", msg.header("Authorization"))
+        if self.security is not None:
+            verdict = self.security.judge(verdict, name, tx.addr, tx.channel.kind, "REGISTER")
         if verdict is not Verdict.OK:
             if verdict is Verdict.FORBIDDEN:
                 self.stats["register_403"] += 1
@@ -196,7 +199,8 @@ class Registrar:
                 tx.respond(403, "Forbidden")
             else:
                 self.stats["register_401"] += 1
-                tx.respond(401, None, self.auth.challenge_headers(stale=verdict is Verdict.STALE))
+                tx.respond(401, None, self.auth.challenge_for(to.uri.user,
+                                                              stale=verdict is Verdict.STALE))
             return
         if user.username != to.uri.user:
             raise RegisterError(403, "Forbidden auth ID")
