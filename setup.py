@@ -26,7 +26,7 @@ if DEBUG:
 
 # Extensions that need extra native libraries or macros.
 EXTRA = {
-    "relay": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
+    "relay": {"libraries": ["pthread", "m"], "define_macros": [("_GNU_SOURCE", "1")]},
     "udpio": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
 }
 
