@@ -234,6 +234,7 @@ typedef struct me_ep {
 	uint32_t done_ssrc[4], done_ts[4];
 	uint8_t done_i;
 	me_dtmf_det *ib;            /* in-band detector, when asked */
+	int64_t ib_ns;              /* last audio fed to it */
 	me_rec *rec;
 	me_room *room;
 	me_member *mem;
@@ -1102,6 +1103,7 @@ static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t le
 		me_decode(codec, pay, pcm, plen);
 		if (ep->ib) {
 			me_ib_ctx c = {r, ep, now};
+			ep->ib_ns = now;
 			me_dtmf_feed(ep->ib, pcm, plen, me_ib_started, me_ib_ended, &c);
 		}
 		if (ep->mem && ep->room) {
@@ -1169,6 +1171,14 @@ static void me_tick(rl_relay *r, rl_worker *w)
 		nx = ep->next;
 		if (ep->ev_pending && now - ep->ev_last_ns > ME_EVENT_TIMEOUT_NS)
 			me_rfc_emit(r, ep, now);
+		if (ep->ib && ep->ib->in_digit >= 0 && now - ep->ib_ns > 100000000LL) {
+			/* the audio stopped inside a digit (the sender went quiet): it ended */
+			int code = ep->ib->in_digit;
+			ep->ib->in_digit = -1;
+			ep->ib->last_hit = -1;
+			me_digit_end(r, ep, me_char_event(me_dtmf_chars[code]), ME_SRC_INBAND,
+				     (uint32_t)(ep->ib->blocks * ME_DTMF_N / 8), now);
+		}
 		if (ep->rec)
 			me_rec_tick(r, ep, now);
 		if (ep->next_tick > mw->tick)
@@ -1387,7 +1397,7 @@ static void me_room_detach(rl_relay *r, me_ep *ep);
 static void me_ep_free(rl_relay *r, rl_worker *w, me_ep *ep, int hangup)
 {
 	me_worker *mw = w->mw;
-	if (ep->rec)
+	if (ep->rec && me_rec_drain(r, ep, 1, rl_now())) /* what is held is written first */
 		me_rec_stop(r, ep, hangup ? ME_REC_HANGUP : ME_REC_STOPPED, 0);
 	if (ep->pl.list) {
 		if (hangup) {

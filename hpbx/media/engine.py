@@ -56,6 +56,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ TONES: dict[str, list[tuple[tuple[float, ...], int]]] = {
 _TONE_AMPLITUDE = 22776 * 10 ** (-13 / 20)  # 0 dBm0 = 22776 (G.711 overload at +3.14 dBm0)
 _EVENT_BACKLOG = 64  # events per call kept for next_event
 _MAX_RECORD_MS = 3 * 3600 * 1000
+_ENDED_KEEP = 30.0  # seconds a deleted call's last events stay readable
 
 
 def tone_pcm(segments: Iterable[tuple[tuple[float, ...], int]]) -> bytes:
@@ -169,7 +171,10 @@ class MediaEngine:
         self._prompts: dict[str, Prompt] = {}
         self._tones = {name: Prompt(tone_pcm(segs)) for name, segs in TONES.items()}
         self._endpoints: dict[tuple[str, str], dict[str, Any]] = {}
-        self._recordings: dict[int, str] = {}
+        self._recordings: dict[int, tuple[str, str, str]] = {}  # id -> key, leg, path
+        # deleted calls whose events can still be taken: until this monotonic time (inf while a
+        # recording of theirs is still being finished)
+        self._ended: dict[str, float] = {}
         self._backlog: dict[str, deque[MediaEvent]] = {}
         self._waiters: dict[str, list[tuple[frozenset[str] | None, asyncio.Future]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -229,6 +234,8 @@ class MediaEngine:
                     fut.cancel()
         self._waiters.clear()
         self._backlog.clear()
+        self._recordings.clear()
+        self._ended.clear()
 
     def __enter__(self) -> MediaEngine:
         self.start()
@@ -320,14 +327,28 @@ class MediaEngine:
         self.relay.delete(ms.handle)
         for lg in LEGS:
             self._endpoints.pop((key, lg), None)
-        # events of the end (record_done "hangup") still name this call: drained first
+        if any(k == key for k, _, _ in self._recordings.values()):
+            # its record_done ("hangup") comes once the file is complete: keep the call's
+            # events readable until then, and a while after
+            self._ended[key] = float("inf")
         self.drain_events()
         self._by_handle.pop(ms.handle, None)
+        if key not in self._ended:
+            self._forget_events(key)
+        self._purge_ended()
+        return final
+
+    def _purge_ended(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, until in self._ended.items() if until < now]:
+            self._forget_events(key)
+
+    def _forget_events(self, key: str) -> None:
+        self._ended.pop(key, None)
         self._backlog.pop(key, None)
         for _, fut in self._waiters.pop(key, []):
             if not fut.done():
                 fut.cancel()
-        return final
 
     def list(self) -> list[dict[str, Any]]:
         """One summary per call, for ``call.list``."""
@@ -533,7 +554,7 @@ class MediaEngine:
             os.close(fd)
             raise
         rid = self.media.record(ms.handle, leg, fd, max_ms, silence_ms, mask, gate)
-        self._recordings[rid] = path
+        self._recordings[rid] = (key, leg, path)
         return rid
 
     def stop_record(self, key: str, leg: str) -> None:
@@ -601,20 +622,28 @@ class MediaEngine:
         while True:
             batch = self.media.events()
             for kind, handle, li, t, digit, source, value, rid, reason in batch:
+                if kind == "record_done":
+                    rec = self._recordings.pop(rid, None)
+                    if rec is None:
+                        continue
+                    key, leg, path = rec
+                    self._deliver(MediaEvent(kind, key, leg, {"path": path, "ms": value,
+                                                              "reason": RECORD_REASONS[reason],
+                                                              "digit": digit}, t))
+                    if key in self._ended and not any(k == key for k, _, _ in self._recordings.values()):
+                        if self._backlog.get(key):
+                            self._ended[key] = time.monotonic() + _ENDED_KEEP
+                        else:
+                            self._forget_events(key)  # a waiter took it already
+                    continue
                 key = self._by_handle.get(handle)
                 if key is None:
-                    if kind == "record_done":
-                        self._recordings.pop(rid, None)
                     continue
-                leg = LEGS[li]
                 if kind == "digit":
                     data = {"digit": digit, "source": ("rfc4733", "inband")[source], "duration_ms": value}
-                elif kind in ("play_done", "tone_done"):
-                    data = {"reason": PLAY_REASONS[reason]}
                 else:
-                    data = {"path": self._recordings.pop(rid, ""), "ms": value,
-                            "reason": RECORD_REASONS[reason], "digit": digit}
-                self._deliver(MediaEvent(kind, key, leg, data, t))
+                    data = {"reason": PLAY_REASONS[reason]}
+                self._deliver(MediaEvent(kind, key, LEGS[li], data, t))
             if len(batch) < 256:
                 return
 
@@ -642,14 +671,18 @@ class MediaEngine:
                          timeout: float | None = None) -> MediaEvent | None:
         """The call's next event of ``kinds`` (all kinds if None), waiting at most ``timeout``
         seconds (None: no limit); None on timeout. Events nobody asked for yet are kept (64 per
-        call), so ``play(...)`` then ``await next_event(key, "play_done")`` cannot miss it."""
-        self.get(key)
+        call), so ``play(...)`` then ``await next_event(key, "play_done")`` cannot miss it.
+        After ``delete`` a call's record_done still comes (reason "hangup")."""
+        if key not in self._ended:
+            self.get(key)
         want = frozenset([kinds] if isinstance(kinds, str) else kinds) if kinds is not None else None
         q = self._backlog.get(key)
         if q:
             for ev in q:
                 if want is None or ev.kind in want:
                     q.remove(ev)
+                    if not q and self._ended.get(key, float("inf")) != float("inf"):
+                        self._forget_events(key)  # the ended call's last event was taken
                     return ev
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, []).append((want, fut))

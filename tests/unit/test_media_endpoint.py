@@ -65,7 +65,7 @@ class Events:
 def engine(io):
     # nice -10 as a media server is run: this 2-core box is shared, and a worker at normal
     # priority waits behind whatever else runs when its 10 ms tick comes
-    e = MediaEngine(LO, 42000, 42199, workers=2, io=io, media_timeout=60, nice=-10)
+    e = MediaEngine(LO, 42000, 42999, workers=2, io=io, media_timeout=60, nice=-10)
     e.start()
     yield e
     e.close()
@@ -391,3 +391,455 @@ def test_bad_input_names_the_field(engine, peer):
     # the engine still works after all that
     assert engine.prompt_ms("p") == 10
     assert os.path.exists("/nonexistent") is False
+
+
+# ------------------------------------------------------------------ record
+
+
+REC_FREQS = (400.0, 700.0, 1000.0, 1300.0, 1600.0)
+
+
+def _rec_stream(n, lost=(), swaps=(), ts_jump_after=None, jump=0, codec="PCMA"):
+    """n packets, packet i carries 20 ms of REC_FREQS[i % 5]; returns (packets in send order,
+    expected samples, expected per-slot frequency or None for silence)."""
+    pkts, slots, ts = [], [], 90000
+    for i in range(n):
+        f = REC_FREQS[i % len(REC_FREQS)]
+        pay = encode(codec, sine(f, 20, 6000))
+        if i not in lost:
+            pkts.append(rtp_packet(500 + i, ts, 0x5EC, pay, pt=8 if codec == "PCMA" else 0))
+        slots.append((ts, f if i not in lost else None))
+        ts += 160
+        if ts_jump_after is not None and i == ts_jump_after:
+            slots.append((ts, None))  # a pause of ``jump`` samples (DTX)
+            ts += jump
+    for a in swaps:
+        pkts[a], pkts[a + 1] = pkts[a + 1], pkts[a]
+    return pkts, ts - 90000, slots
+
+
+def wait_rx(engine, key, n, leg="a", timeout=3.0):
+    """Until the relay has taken n packets on the leg (a UDP send returns before that)."""
+    deadline = time.monotonic() + timeout
+    while engine.stats(key)[leg]["packets"] < n and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert engine.stats(key)[leg]["packets"] >= n
+
+
+def _wait_record(ev, n=1, timeout=5):
+    ev.wait(lambda g: len(ev.kinds("record_done")) >= n, timeout=timeout)
+    done = ev.kinds("record_done")
+    assert len(done) >= n, ev.got
+    return done[n - 1]
+
+
+def test_record_reorders_and_fills_loss_exactly(engine, peer, tmp_path):
+    port = call(engine, peer)
+    ev = Events(engine)
+    path = str(tmp_path / "msg.wav")
+    engine.record("c1", "a", path, max_ms=60000)
+    pkts, total, slots = _rec_stream(60, lost={10, 30, 31}, swaps=(5, 20, 41), ts_jump_after=45, jump=800)
+    send_paced(peer, port, pkts)
+    wait_rx(engine, "c1", len(pkts))
+    engine.stop_record("c1", "a")
+    done = _wait_record(ev)
+    assert done.data["reason"] == "stopped" and done.data["path"] == path
+    rate, x = read_wav(path)
+    assert rate == 8000
+    assert len(x) == total == 60 * 160 + 800  # the WAV is exactly the elapsed RTP time
+    assert done.data["ms"] == total // 8
+    for ts, f in slots:
+        off = ts - 90000
+        seg = x[off:off + 160] if f is not None else x[off:off + (800 if off == 46 * 160 else 160)]
+        if f is None:
+            assert np.abs(seg).max() == 0, off  # loss and pauses are silence, at their length
+        else:
+            assert dominant(seg, REC_FREQS) == f, off
+
+
+def test_record_stops_at_max_exactly(engine, peer, tmp_path):
+    port = call(engine, peer)
+    ev = Events(engine)
+    path = str(tmp_path / "max.wav")
+    engine.record("c1", "a", path, max_ms=500)
+    pkts, _, _ = _rec_stream(40)
+    send_paced(peer, port, pkts)
+    done = _wait_record(ev)
+    assert done.data["reason"] == "max" and done.data["ms"] == 500
+    assert len(read_wav(path)[1]) == 4000
+
+
+def test_record_stops_on_silence(engine, peer, tmp_path):
+    port = call(engine, peer)
+    ev = Events(engine)
+    path = str(tmp_path / "sil.wav")
+    engine.record("c1", "a", path, max_ms=20000, silence_ms=400)
+    talk, _, _ = _rec_stream(20)
+    quiet = [rtp_packet(520 + i, 90000 + 3200 + 160 * i, 0x5EC, encode("PCMA", np.zeros(160)))
+             for i in range(40)]
+    send_paced(peer, port, talk + quiet)
+    done = _wait_record(ev)
+    assert done.data["reason"] == "silence"
+    assert done.data["ms"] == 400 + 400  # 20 packets of tone, then 400 ms of silence
+
+
+def test_record_silence_when_nothing_arrives(engine, peer, tmp_path):
+    call(engine, peer)
+    ev = Events(engine)
+    path = str(tmp_path / "none.wav")
+    engine.record("c1", "a", path, max_ms=20000, silence_ms=500)
+    done = _wait_record(ev, timeout=3)
+    assert done.data["reason"] == "silence" and 500 <= done.data["ms"] <= 800
+    assert np.abs(read_wav(path)[1]).max() == 0
+
+
+@needs_pcaps
+def test_record_stops_on_digit_and_hangup(engine, peer, tmp_path):
+    port = call(engine, peer)
+    ev = Events(engine)
+    path = str(tmp_path / "d.wav")
+    engine.record("c1", "a", path, max_ms=20000, stop_digits="#")
+    pkts, _, _ = _rec_stream(10)
+    send_paced(peer, port, pkts)
+    send_paced(peer, port, _pcap_digit("pound"), interval=0.004)
+    done = _wait_record(ev)
+    assert done.data["reason"] == "digit" and done.data["digit"] == "#"
+    assert done.data["ms"] >= 200
+    wait_rx(engine, "c1", 20)
+    # a second recording ends with the call
+    path2 = str(tmp_path / "h.wav")
+    engine.record("c1", "a", path2, max_ms=20000)
+    base = engine.stats("c1")["a"]["packets"]
+    send_paced(peer, port, [rtp_packet(900 + i, 500000 + 160 * i, 0x5EC, encode("PCMA", sine(700, 20)))
+                            for i in range(10)])
+    wait_rx(engine, "c1", base + 10)
+    engine.delete("c1")
+    done2 = _wait_record(ev, 2)  # the file is finished after the call is gone: still reported
+    assert done2.data["reason"] == "hangup" and done2.data["path"] == path2 and done2.key == "c1"
+    assert len(read_wav(path2)[1]) == 1600
+
+
+def test_record_done_after_hangup_reaches_next_event(engine, peer, tmp_path):
+    async def flow():
+        engine.attach_loop()
+        call(engine, peer)
+        path = str(tmp_path / "vm.wav")
+        engine.record("c1", "a", path, max_ms=10000)
+        engine.delete("c1")
+        ev = await engine.next_event("c1", "record_done", timeout=3)
+        assert ev is not None and ev.data["reason"] == "hangup" and ev.data["path"] == path
+        with pytest.raises(NotFoundError):
+            await engine.next_event("c1", timeout=0.1)  # now the call is gone entirely
+        engine.detach_loop()
+
+    asyncio.run(flow())
+
+
+def test_record_with_beep(engine, peer, tmp_path):
+    port = call(engine, peer)
+    ev = Events(engine)
+    path = str(tmp_path / "b.wav")
+    engine.record("c1", "a", path, max_ms=20000, beep=True)
+    beep = peer.recv(12, timeout=2)  # 250 ms of 1 kHz
+    assert len(beep) == 12 and beep[0].marker
+    assert all(dominant(decode("PCMA", p.payload), (425.0, 1000.0)) == 1000.0 for p in beep)
+    ev.wait(lambda g: ev.kinds("tone_done"))
+    time.sleep(0.05)  # past the beep's gate: from here what arrives is recorded
+    pkts, total, _ = _rec_stream(10)
+    send_paced(peer, port, pkts)
+    wait_rx(engine, "c1", len(pkts))
+    engine.stop_record("c1", "a")
+    done = _wait_record(ev)
+    assert done.data["ms"] == total // 8
+
+
+# ------------------------------------------------------------------ in-band DTMF
+
+
+def _send_audio(engine, peer, port, pcm, codec="PCMA", chunk=160, paced=False, key="c1"):
+    """Send PCM as RTP; unpaced streams are sent as fast as the relay takes them (waiting on
+    its packet counter, never on a sleep)."""
+    pt = 8 if codec == "PCMA" else 0
+    base = engine.stats(key)["a"]["packets"]
+    pkts = []
+    for i in range(0, len(pcm) - chunk + 1, chunk):
+        pkts.append(rtp_packet(i // chunk, i, 0x1B, encode(codec, pcm[i:i + chunk]), pt=pt))
+    if paced:
+        send_paced(peer, port, pkts)
+        return
+    for i in range(0, len(pkts), 64):  # 64 datagrams fit the relay socket's buffer
+        for p in pkts[i:i + 64]:
+            peer.send(p, port)
+        want = base + min(i + 64, len(pkts))
+        seen, still = -1, time.monotonic()
+        while True:
+            n = engine.stats(key)["a"]["packets"]
+            if n >= want:
+                break
+            if n != seen:
+                seen, still = n, time.monotonic()
+            elif time.monotonic() - still > 0.2:
+                base -= want - n  # lost on the way (a full socket buffer): go on
+                break
+            time.sleep(0.001)
+
+
+@pytest.mark.parametrize("codec", ["PCMA", "PCMU"])
+def test_inband_dtmf_heard_once_per_digit(engine, peer, codec):
+    port = call(engine, peer, codec=codec, pt=8 if codec == "PCMA" else 0, dtmf_pt=None, inband=True)
+    ev = Events(engine)
+    digits = "1234567890*#ABCD"
+    _send_audio(engine, peer, port, dtmf_pcm(digits, 80, 80), codec=codec, paced=True)
+    ev.wait(lambda g: len(ev.kinds("digit")) >= len(digits))
+    ev.wait(lambda g: False, timeout=0.2)
+    got = ev.kinds("digit")
+    assert "".join(d.data["digit"] for d in got) == digits
+    assert all(d.data["source"] == "inband" and 60 <= d.data["duration_ms"] <= 100 for d in got)
+
+
+def test_inband_level_and_twist_limits(engine, peer):
+    port = call(engine, peer, dtmf_pt=None, inband=True)
+    ev = Events(engine)
+
+    def dual(d, lo_amp, hi_amp, ms=100):
+        lo, hi = {"5": (770, 1336), "9": (852, 1477), "3": (697, 1477), "7": (852, 1209)}[d]
+        return np.concatenate([np.zeros(640), sine(lo, ms, lo_amp) + sine(hi, ms, hi_amp), np.zeros(640)])
+
+    quiet = 22776 * 10 ** (-36 / 20)  # -36 dBm0 per tone: below the -30 dBm0 floor
+    ok_low = 22776 * 10 ** (-25 / 20)
+    pcm = np.concatenate([
+        dual("5", quiet, quiet),                # too quiet: no digit
+        dual("9", ok_low, ok_low),              # -25 dBm0: heard
+        dual("3", 8000, 8000 * 10 ** (-12 / 20)),  # high group 12 dB down: twist, no digit
+        dual("7", 5000, 5000 * 10 ** (3 / 20)),    # high group 3 dB up: within limits, heard
+    ])
+    _send_audio(engine, peer, port, pcm, paced=True)
+    ev.wait(lambda g: len(ev.kinds("digit")) >= 2)
+    ev.wait(lambda g: False, timeout=0.2)
+    assert [d.data["digit"] for d in ev.kinds("digit")] == ["9", "7"]
+
+
+PROMPT_CORPUS = sorted(glob.glob("/usr/share/asterisk/sounds/en_US_f_Allison/**/*.wav", recursive=True)
+                       + glob.glob("/usr/share/asterisk/moh*/**/*.wav", recursive=True))
+
+
+@pytest.mark.skipif(not PROMPT_CORPUS, reason="asterisk-core-sounds-en-wav / asterisk-moh-opsound-wav not installed")
+def test_speech_and_music_give_no_false_digit(engine, peer):
+    port = call(engine, peer, dtmf_pt=None, inband=True)
+    ev = Events(engine)
+    total = 0
+    for f in PROMPT_CORPUS:
+        rate, x = read_wav(f)
+        if rate != 8000:
+            continue
+        total += len(x)
+        _send_audio(engine, peer, port, x, chunk=480)
+    # a real digit after all that is still heard (the detector was listening)
+    _send_audio(engine, peer, port, dtmf_pcm("5"), chunk=480)
+    ev.wait(lambda g: ev.kinds("digit"))
+    assert total > 8000 * 600  # at least 10 minutes of speech and music
+    assert [d.data["digit"] for d in ev.kinds("digit")] == ["5"], [d.data for d in ev.kinds("digit")]
+
+
+# ------------------------------------------------------------------ sending digits and tones
+
+
+def test_send_dtmf_rfc4733_packets(engine, peer):
+    call(engine, peer, dtmf_pt=101)
+    engine.send_dtmf("c1", "a", "1#", duration_ms=100)
+    pkts = peer.recv(30, timeout=2, idle=0.3)
+    ev_pkts = [p for p in pkts if p.pt == 101]
+    assert len(ev_pkts) == len(pkts)
+    by_ts = {}
+    for p in ev_pkts:
+        by_ts.setdefault(p.ts, []).append(p)
+    assert len(by_ts) == 2  # one RTP timestamp per digit
+    for (ts, ps), digit in zip(sorted(by_ts.items()), (1, 11)):
+        assert ps[0].marker == 1 and all(not p.marker for p in ps[1:])
+        events = [p.payload[0] for p in ps]
+        assert events == [digit] * len(ps)
+        ends = [p for p in ps if p.payload[1] & 0x80]
+        assert len(ends) == 3  # the end is sent three times
+        assert all(int.from_bytes(p.payload[2:4], "big") == 800 for p in ends)  # 100 ms
+        durs = [int.from_bytes(p.payload[2:4], "big") for p in ps if not p.payload[1] & 0x80]
+        assert durs == sorted(durs) and durs[0] == 160
+        assert all(p.payload[1] & 0x3F == 10 for p in ps)  # -10 dBm0
+    assert all((b.seq - a.seq) & 0xFFFF == 1 for a, b in zip(ev_pkts, ev_pkts[1:]))
+
+
+def test_send_dtmf_is_heard_by_an_endpoint(engine, peer):
+    """Two endpoints back to back: what one sends (RFC 4733, then in-band) the other hears."""
+    ms = engine.allocate("c1")
+    ev = Events(engine)
+    engine.set_peer("c1", "a", LO, ms.port_b)
+    engine.set_peer("c1", "b", LO, ms.port_a)
+    engine.terminate("c1", "a", dtmf_pt=101)
+    engine.terminate("c1", "b", dtmf_pt=101)
+    engine.send_dtmf("c1", "a", "159*")
+    ev.wait(lambda g: len(ev.kinds("digit")) >= 4)
+    assert [(d.leg, d.data["digit"], d.data["source"]) for d in ev.kinds("digit")] == [
+        ("b", c, "rfc4733") for c in "159*"]
+    engine.terminate("c1", "a", dtmf_pt=None)
+    engine.terminate("c1", "b", dtmf_pt=None, inband=True)
+    engine.send_dtmf("c1", "a", "0#", duration_ms=120)
+    ev.wait(lambda g: len(ev.kinds("digit")) >= 6)
+    assert [(d.data["digit"], d.data["source"]) for d in ev.kinds("digit")[4:]] == [
+        ("0", "inband"), ("#", "inband")]
+
+
+def test_tones(engine, peer):
+    call(engine, peer)
+    ev = Events(engine)
+    engine.tone("c1", "a", "ringback")
+    pkts = peer.recv(70, timeout=3)
+    level = [power(decode("PCMA", p.payload), 425.0) for p in pkts]
+    on = [lv > 1e5 for lv in level]
+    assert on[:50] == [True] * 50 and on[50:70] == [False] * 20  # 1 s on, then the 4 s off
+    assert all(p.marker == 0 for p in pkts[1:])  # one talk spurt: the cadence is continuous
+    engine.tone("c1", "a", "busy")
+    ev.wait(lambda g: ev.kinds("tone_done"))
+    assert ev.kinds("tone_done")[0].data["reason"] == "stopped"
+    peer.drain()
+    pkts = peer.recv(100, timeout=3)
+    on = [power(decode("PCMA", p.payload), 425.0) > 1e5 for p in pkts]
+    changes = sum(1 for a, b in zip(on, on[1:]) if a != b)
+    assert 3 <= changes <= 5 and 40 <= sum(on) <= 60  # 0.5 s on / 0.5 s off
+    engine.tone("c1", "a", "beep", loop=False)
+    ev.wait(lambda g: len(ev.kinds("tone_done")) >= 3)
+    assert ev.kinds("tone_done")[-1].data["reason"] == "end"
+
+
+# ------------------------------------------------------------------ rooms
+
+
+def test_room_members_hear_the_others_not_themselves(engine):
+    freqs = {"m1": 500.0, "m2": 1100.0, "m3": 1700.0}
+    codecs = {"m1": "PCMA", "m2": "PCMU", "m3": "PCMA"}
+    peers = {k: Peer() for k in freqs}
+    try:
+        room = engine.room_create()
+        ports = {}
+        for k, p in peers.items():
+            ms = engine.allocate(k)
+            engine.set_peer(k, "a", LO, p.port)
+            engine.terminate(k, "a", codec=codecs[k])
+            engine.room_join(room, k, "a")
+            ports[k] = ms.port_a
+        assert engine.media_stats()["room_members"] == 3
+
+        def talk(n, muted=()):
+            t0 = time.monotonic()
+            for i in range(n):
+                for k, p in peers.items():
+                    pcm = sine(freqs[k], 20, 6000, phase=2 * np.pi * freqs[k] * i * 0.02)
+                    pt = 8 if codecs[k] == "PCMA" else 0
+                    p.send(rtp_packet(i, i * 160, hash(k) & 0xFFFF, encode(codecs[k], pcm), pt=pt), ports[k])
+                d = t0 + (i + 1) * 0.02 - time.monotonic()
+                if d > 0:
+                    time.sleep(d)
+
+        def heard(k, n):
+            """The middle n frames of what k heard while the others talked (the room sends
+            silence frames before and after)."""
+            pkts = p_all = peers[k].recv(None, timeout=1.5, idle=0.15)
+            assert all(q.pt == (8 if codecs[k] == "PCMA" else 0) for q in p_all)
+            loud = [q for q in pkts if np.abs(decode(codecs[k], q.payload)).max() > 1000]
+            assert len(loud) >= n + 10, (k, len(loud), len(pkts))
+            mid = len(loud) // 2
+            return np.concatenate([decode(codecs[k], q.payload) for q in loud[mid - n // 2:mid + n // 2]])
+
+        talk(75)
+        for k, p in peers.items():
+            x = heard(k, 24)
+            own = power(x, freqs[k])
+            for other, f in freqs.items():
+                if other != k:
+                    assert power(x, f) > 100 * own, (k, other)  # > 20 dB above its own voice
+                    assert power(x, f) > 1e5
+        engine.room_mute("m2", "a", True)
+        for p in peers.values():
+            p.drain()
+        talk(40)
+        x = heard("m1", 14)
+        assert power(x, 1700.0) > 1e5 and power(x, 1100.0) < power(x, 1700.0) / 100
+        engine.room_leave("m3", "a")
+        assert engine.media_stats()["room_members"] == 2
+        engine.room_delete(room)
+        assert engine.media_stats()["rooms"] == 0
+        with pytest.raises(NotFoundError):
+            engine.room_delete(room)
+    finally:
+        for p in peers.values():
+            p.close()
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+def _rss_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_flood_and_garbage_stay_bounded(engine, peer):
+    """A telephone-event flood, garbage and huge packets on a terminated leg: the relay keeps
+    relaying another session, the event queue stays bounded, memory does not grow."""
+    port = call(engine, peer, dtmf_pt=101, inband=True)
+    engine.record("c1", "a", "/dev/null", max_ms=3600 * 1000)
+    ev = Events(engine)
+    ms2 = engine.allocate("c2")
+    x, y = Peer(), Peer()
+    try:
+        engine.set_peer("c2", "a", LO, x.port)
+        engine.set_peer("c2", "b", LO, y.port)
+        rng = np.random.default_rng(7)
+        rss0 = None
+        relayed = 0
+        for rnd in range(10):
+            for i in range(1000):
+                k = rnd * 1000 + i
+                peer.send(rtp_packet(k, k * 7, 0xF100D, bytes([k % 16, 0x80 | 10, 0, 160]), pt=101), port)
+                if i % 10 == 0:
+                    peer.send(rng.bytes(int(rng.integers(1, 1400))), port)  # garbage
+                    peer.send(bytes([0x90, 8, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF]), port)  # bad ext
+                    peer.send(rtp_packet(k, k * 2000, 0xB16, bytes(2000), pt=8), port)  # huge ptime
+            x.send(rtp_packet(rnd, rnd * 160, 0xC2, b"\xd5" * 160), ms2.port_a)
+            got = y.recv(1, timeout=1)
+            relayed += len(got)
+            ev.wait(lambda g: False, timeout=0.05)
+            if rnd == 2:
+                rss0 = _rss_kb()
+        assert relayed == 10  # the other session was relayed throughout
+        assert _rss_kb() - rss0 < 8 * 1024
+        digits = ev.kinds("digit")
+        # a human cannot dial 10,000 digits in a second: the flood is cut to one per 30 ms
+        assert 0 < len(digits) < 2000
+        st = engine.stats("c1")
+        assert st["a"]["packets"] > 5000  # some overflowed the socket buffer, as they may
+    finally:
+        x.close()
+        y.close()
+
+
+def test_many_endpoints_share_one_prompt(engine):
+    """1,000 players of one prompt: it is held once, each player is small, all are served."""
+    engine.add_prompt("moh", pcm_bytes(sine(440, 2000)))
+    sink = Peer()
+    try:
+        rss0 = _rss_kb()
+        for i in range(100):
+            k = f"k{i}"
+            engine.allocate(k)
+            engine.set_peer(k, "a", LO, sink.port)
+            engine.terminate(k, "a")
+            engine.play(k, "a", ["moh"], loop=True, start_ms=i * 20)
+        assert engine.media_stats()["players"] == 100
+        got = sink.recv(1000, timeout=3)
+        assert len(got) == 1000
+        assert len({p.ssrc for p in got}) == 100
+        assert _rss_kb() - rss0 < 100 * 4  # < 4 KB per player beside the sessions
+    finally:
+        sink.close()
