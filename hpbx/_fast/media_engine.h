@@ -40,7 +40,7 @@
 #define ME_OUT_SLOTS 4096       /* io_uring sends in flight per worker */
 #define ME_EVQ 4096             /* events waiting for Python */
 #define ME_JH 256               /* send-lateness histogram: 0.1 ms buckets */
-#define ME_REC_SLOTS 16         /* reorder buffer of a recorder */
+#define ME_REC_SLOTS 8          /* reorder buffer of a recorder (packets) */
 #define ME_REC_HOLD 4           /* packets held waiting for a missing one */
 #define ME_REC_MAXPAY 480       /* larger payloads are decoded in pieces of this */
 #define ME_REC_BUF 8000         /* samples per writer buffer (1 s) */
