@@ -25,7 +25,7 @@ one player and one recorder (RSS of the child before and after 1,000 of them).
     .venv/bin/python bench/bench_media.py
 
 Env: MEDIA_PLAYERS ("500 1000 2000"), MEDIA_SECS (10: the window, after setup and 2 s), MEDIA_KINDS
-("hpbx rtpengine"), MEDIA_NICE (0: nice value of both servers), HPBX_BENCH_QUICK=1 (200 and
+("hpbx rtpengine"; "hpbx-epoll" adds hpbx's epoll loop), MEDIA_NICE (0: nice value of both servers), HPBX_BENCH_QUICK=1 (200 and
 1000 players, 6 s).
 """
 from __future__ import annotations
@@ -93,15 +93,15 @@ def sdp(port: int, sess: int) -> str:
 
 # ------------------------------------------------------------------ servers under test
 class HpbxPlayers:
-    name = "hpbx"
-
-    def __init__(self):
+    def __init__(self, io: str = "auto"):
+        self.name = "hpbx" if io == "auto" else f"hpbx-{io}"
+        self.io = io
         self.proc = None
         self.pid = None
 
     def start(self, n: int) -> None:
         argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--players", str(n),
-                "--nice", str(NICE)]
+                "--nice", str(NICE), "--io", self.io]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.pid = self.proc.pid
         line = self.proc.stdout.readline()
@@ -275,6 +275,8 @@ def extras(gen: Path, secs: float) -> list[str]:
 def bench(players: list[int], secs: float, kinds: list[str]) -> list[dict]:
     sink = build_sink()
     gen = build_generator()
+    if any(k not in ("hpbx", "hpbx-epoll", "rtpengine") for k in kinds):
+        raise SystemExit("MEDIA_KINDS: hpbx, hpbx-epoll, rtpengine")
     if "rtpengine" in kinds and not shutil.which("rtpengine"):
         print("rtpengine not installed: its anchor figures are skipped")
         kinds = [k for k in kinds if k != "rtpengine"]
@@ -286,14 +288,16 @@ def bench(players: list[int], secs: float, kinds: list[str]) -> list[dict]:
     results = []
     for n in players:
         for kind in kinds:
-            server = HpbxPlayers() if kind == "hpbx" else RtpEnginePlayers(secs)
+            server = (RtpEnginePlayers(secs) if kind == "rtpengine"
+                      else HpbxPlayers("epoll" if kind == "hpbx-epoll" else "auto"))
             try:
                 r = run_point(sink, server, n, secs)
             except Exception as e:  # one failing point must not hide the others' figures
                 print(f"{kind} {n}: failed: {e}", flush=True)
                 continue
             results.append(r)
-            extra = f"  engine p99 {r['engine_p99_ms']} ms, late ticks {r['engine_late_ticks']}" if kind == "hpbx" else ""
+            extra = (f"  engine p99 {r['engine_p99_ms']} ms, late ticks {r['engine_late_ticks']}"
+                     if kind.startswith("hpbx") else "")
             print(row(r) + extra, flush=True)
             time.sleep(1)
     print()
@@ -324,11 +328,11 @@ def settings_from_env() -> tuple[list[int], float, list[str]]:
 
 
 # ------------------------------------------------------------------ hpbx child processes
-def _engine(nice: int = 0):
+def _engine(nice: int = 0, io: str = "auto"):
     sys.path.insert(0, str(ROOT))
     from hpbx._fast.relay import MediaCore, Prompt, Relay
 
-    relay = Relay(IP, *HPBX_PORTS, nice=nice)
+    relay = Relay(IP, *HPBX_PORTS, nice=nice, io=io)
     relay.start()
     return relay, MediaCore(relay), Prompt
 
@@ -337,8 +341,9 @@ def serve(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="bench_media.py serve")
     ap.add_argument("--players", type=int, required=True)
     ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--io", default="auto")
     a = ap.parse_args(argv)
-    relay, media, Prompt = _engine(a.nice)
+    relay, media, Prompt = _engine(a.nice, a.io)
     prompt = Prompt(prompt_pcm())
     for i in range(a.players):
         h = relay.allocate()

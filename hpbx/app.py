@@ -147,6 +147,7 @@ class Server:
         ctx.stats_sources["calls"] = self.calls.counters
         ctx.stats_sources["sip"] = self.sip_stats
         ctx.stats_sources["registrar"] = self.registrar_stats
+        ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)
