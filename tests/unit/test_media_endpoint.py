@@ -843,3 +843,46 @@ def test_many_endpoints_share_one_prompt(engine):
         assert _rss_kb() - rss0 < 100 * 4  # < 4 KB per player beside the sessions
     finally:
         sink.close()
+
+
+def test_room_mixes_only_the_loudest_three(engine):
+    """Five talkers: a listener hears the three loudest others; quieter ones are left out."""
+    freqs = [400.0, 700.0, 1000.0, 1300.0, 1600.0]
+    amps = [8000, 6000, 4000, 1500, 1000]  # m3 and m4 are the quietest
+    keys = [f"r{i}" for i in range(5)]
+    listener = Peer()
+    talkers = [Peer() for _ in keys]
+    try:
+        room = engine.room_create()
+        ports = []
+        for k, p in zip(keys, talkers):
+            ms = engine.allocate(k)
+            engine.set_peer(k, "a", LO, p.port)
+            engine.terminate(k, "a")
+            engine.room_join(room, k, "a")
+            ports.append(ms.port_a)
+        ms = engine.allocate("ear")
+        engine.set_peer("ear", "a", LO, listener.port)
+        engine.terminate("ear", "a")
+        engine.room_join(room, "ear", "a")
+        t0 = time.monotonic()
+        for i in range(60):
+            for j, p in enumerate(talkers):
+                pcm = sine(freqs[j], 20, amps[j], phase=2 * np.pi * freqs[j] * i * 0.02)
+                p.send(rtp_packet(i, i * 160, 0x700 + j, encode("PCMA", pcm)), ports[j])
+            d = t0 + (i + 1) * 0.02 - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+        pkts = listener.recv(None, timeout=1.5, idle=0.15)
+        loud = [q for q in pkts if np.abs(decode("PCMA", q.payload)).max() > 1000]
+        assert len(loud) > 30
+        x = np.concatenate([decode("PCMA", q.payload) for q in loud[10:30]])
+        level = [power(x, f) for f in freqs]
+        for j in (0, 1, 2):
+            assert level[j] > 1e6, (j, level)
+        for j in (3, 4):
+            assert level[j] < level[2] / 1000, (j, level)  # not mixed at all
+    finally:
+        listener.close()
+        for p in talkers:
+            p.close()
