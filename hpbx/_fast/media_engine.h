@@ -7,11 +7,13 @@
  *   - A leg with an endpoint (rl_leg.ep) is terminated: what arrives on it is consumed here
  *     (RFC 4733 and in-band digits, recorder, room input) instead of being relayed, and what the
  *     endpoint produces leaves from the leg's port to its latched (or SDP) peer.
- *   - One media clock per worker: a timerfd with absolute 10 ms deadlines (10 ms so that ptime
- *     10, 20 and 30 all fall on ticks), polled by the worker's own loop (epoll item, or a
- *     multishot poll in the io_uring loop). Each tick serves every endpoint and room of the
- *     worker; with io_uring its packets go to the kernel in the one io_uring_enter that follows.
- *     A worker with no endpoint disarms its timer: no cost when nobody plays.
+ *   - One media clock per worker: a timerfd with absolute 2 ms deadlines, polled by the
+ *     worker's own loop (epoll item, or a multishot poll in the io_uring loop). An endpoint
+ *     sends every ptime (10/20/30 ms = 5/10/15 ticks) on a phase of its own, so a worker's
+ *     players are spread over the ticks of a ptime instead of all sending in one burst. Each
+ *     tick serves the endpoints due and the rooms of the worker; with io_uring its packets go
+ *     to the kernel in the one io_uring_enter that follows. A worker with no endpoint
+ *     disarms its timer: no cost when nobody plays.
  *   - Prompts (me_prompt) are encoded once to PCMA and PCMU, immutable and reference counted;
  *     players point into them. Playing = RTP header + memcpy.
  *   - Rooms (mixer) are owned by one worker, which mixes every 20 ms; members on other workers
@@ -34,7 +36,9 @@
 
 #include "media_codec.h"
 
-#define ME_TICK_NS 10000000LL
+#define ME_TICK_MS 2
+#define ME_TICK_NS (ME_TICK_MS * 1000000LL)
+#define ME_MIX_TICKS (20 / ME_TICK_MS) /* rooms mix every 20 ms */
 #define ME_MAX_SPF 240          /* 30 ms at 8 kHz */
 #define ME_PKT 272              /* 12 header + 240 payload, rounded */
 #define ME_OUT_SLOTS 4096       /* io_uring sends in flight per worker */
@@ -263,6 +267,7 @@ typedef struct me_worker {
 	int polled;                 /* io_uring: a poll on tfd is in the kernel */
 	uint64_t tick;
 	int64_t t0;
+	unsigned phase;             /* the next endpoint's slot phase (round robin) */
 	me_ep *eps;
 	int nep;
 	me_room *rooms;
@@ -943,7 +948,7 @@ static int me_dtmf_slot(me_ep *ep, uint8_t *b, int *len, int64_t now)
 next:
 	ep->dt_on = 0;
 	ep->dq_i++;
-	ep->dt_gap = (uint8_t)((60 + ep->ptks * 10 - 1) / (ep->ptks * 10)); /* >= 60 ms between digits */
+	ep->dt_gap = (uint8_t)((60 + ep->ptks * ME_TICK_MS - 1) / (ep->ptks * ME_TICK_MS)); /* >= 60 ms */
 	ep->spurt = 1;
 	return 1;
 }
@@ -1158,7 +1163,7 @@ static void me_tick(rl_relay *r, rl_worker *w)
 	int64_t now = rl_now();
 	/* rooms first: their frames are sent by the members' slots of this tick */
 	for (me_room *rm = mw->rooms; rm; rm = rm->next) {
-		uint64_t mixes = (mw->tick >> 1) - (prev >> 1);
+		uint64_t mixes = mw->tick / ME_MIX_TICKS - prev / ME_MIX_TICKS;
 		if (mixes > 2)
 			mixes = 2;
 		pthread_mutex_lock(&rm->mu);
@@ -1167,8 +1172,11 @@ static void me_tick(rl_relay *r, rl_worker *w)
 		pthread_mutex_unlock(&rm->mu);
 	}
 	uint64_t sent0 = mw->sent;
+	int house = mw->tick / 5 != prev / 5; /* timeouts are looked at every 10 ms */
 	for (me_ep *ep = mw->eps, *nx; ep; ep = nx) {
 		nx = ep->next;
+		if (!house)
+			goto slot;
 		if (ep->ev_pending && now - ep->ev_last_ns > ME_EVENT_TIMEOUT_NS)
 			me_rfc_emit(r, ep, now);
 		if (ep->ib && ep->ib->in_digit >= 0 && now - ep->ib_ns > 100000000LL) {
@@ -1181,6 +1189,7 @@ static void me_tick(rl_relay *r, rl_worker *w)
 		}
 		if (ep->rec)
 			me_rec_tick(r, ep, now);
+	slot:
 		if (ep->next_tick > mw->tick)
 			continue;
 		uint64_t behind = mw->tick - ep->next_tick;
@@ -1478,7 +1487,7 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 		t->rewrite = 1;
 		t->ns = now;
 		ep->spurt = 1;
-		ep->next_tick = mw->tick + 1;
+		ep->next_tick = mw->tick + 1 + (mw->phase++ % (unsigned)(ptime_ms / ME_TICK_MS));
 		ep->next = mw->eps;
 		if (mw->eps)
 			mw->eps->prev = ep;
@@ -1489,7 +1498,7 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 	ep->codec = (uint8_t)codec;
 	ep->pt = (uint8_t)pt;
 	ep->dtmf_pt = (int16_t)dtmf_pt;
-	ep->ptks = (uint8_t)(ptime_ms / 10);
+	ep->ptks = (uint8_t)(ptime_ms / ME_TICK_MS);
 	ep->spf = (uint16_t)(ptime_ms * 8);
 	if (inband && !ep->ib) {
 		ep->ib = malloc(sizeof *ep->ib);
@@ -1507,7 +1516,7 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 	int was = mw->armed;
 	me_worker_load(mw);
 	if (!was && mw->armed)
-		ep->next_tick = 1;
+		ep->next_tick = 1 + (ep->next_tick - 1) % ep->ptks; /* the clock restarted at 0 */
 	rl_unlock(r, s);
 	return 0;
 }
