@@ -15,8 +15,8 @@ For every player count N and both servers:
   4. the server process's CPU (utime + stime of all its threads, /proc/PID/stat) is sampled
      over the same steady window after the warm-up.
 
-Printed per point: packets/s received, server CPU %, players per CPU-second (N divided by the
-share of one core used), clean (no missed slot, deviation p99 < 2 ms), and at the end the
+Printed per point: packets/s received, server CPU %, players per CPU-second (streams delivered,
+i.e. packets/s / 50, divided by the share of one core used), clean (no missed slot, deviation p99 < 2 ms), and at the end the
 ratio hpbx/rtpengine. Then hpbx alone: the in-band DTMF detector's cost per stream-second
 (N terminated legs receiving 50 packets/s with and without the detector), and the memory of
 one player and one recorder (RSS of the child before and after 1,000 of them).
@@ -213,7 +213,8 @@ def run_point(sink: Path, server, n: int, secs: float) -> dict:
         r["cpu_pct"] = round(100 * cpu, 1)
         r["others_pct"] = round(100 * max(0.0, (a1 - a0) / (t1 - t0) - cpu), 1)
         r["pps"] = round(res["window_packets"] / secs)
-        r["players_per_cpu_s"] = round(n / cpu) if cpu > 0 else 0
+        # delivered streams (packets / 50), so a server that falls behind is not credited
+        r["players_per_cpu_s"] = round(r["pps"] / 50 / cpu) if cpu > 0 else 0
         r["clean"] = (res["streams"] >= n and res["missed_slots"] == 0 and res["dev_p99_ms"] < 2.0)
     finally:
         if sinkp.poll() is None:
