@@ -15,6 +15,7 @@
 
 #define ME_PCMA 0
 #define ME_PCMU 1
+#define ME_G722 2   /* only with spandsp (HPBX_G722): stateful, see me_g722_* */
 #define ME_SILENCE_PCMA 0xD5
 #define ME_SILENCE_PCMU 0xFF
 
@@ -128,6 +129,33 @@ static inline uint8_t me_silence_byte(int codec)
 {
 	return codec == ME_PCMA ? ME_SILENCE_PCMA : ME_SILENCE_PCMU;
 }
+
+/* ------------------------------------------------------------------ G.722 */
+
+/*
+ * G.722 at 64 kbit/s through spandsp, in its 8 kHz mode: one byte per 8 kHz sample, so a
+ * frame has the size and RTP clock of G.711 (RFC 3551: G.722's RTP clock is 8000). The
+ * codec is adaptive (ADPCM): every stream needs its own encoder or decoder state.
+ */
+#ifdef HPBX_G722
+#include <spandsp/telephony.h>
+#include <spandsp/g722.h>
+#define ME_NCODECS 3
+
+static inline g722_encode_state_t *me_g722_enc_new(void)
+{
+	return g722_encode_init(NULL, 64000, G722_SAMPLE_RATE_8000);
+}
+
+static inline g722_decode_state_t *me_g722_dec_new(void)
+{
+	return g722_decode_init(NULL, 64000, G722_SAMPLE_RATE_8000);
+}
+#else
+#define ME_NCODECS 2
+typedef struct g722_encode_state_s g722_encode_state_t;
+typedef struct g722_decode_state_s g722_decode_state_t;
+#endif
 
 /* ------------------------------------------------------------------ in-band DTMF */
 

@@ -78,22 +78,39 @@ static inline int me_char_event(char c)
 typedef struct me_prompt {
 	atomic_int refs;
 	uint32_t n;         /* samples (8 kHz) */
-	uint8_t *enc[2];    /* PCMA, PCMU: one byte per sample */
+	uint8_t *enc[3];    /* PCMA, PCMU, G.722: one byte per sample */
 } me_prompt;
+
+/* G.722's encoding runs 60 ms past the end (encoded silence), so a last partial frame of any
+ * ptime or start offset is completed from the codec's own stream instead of a fixed byte. */
+#define ME_G722_TAIL 480
 
 /* Encode 8 kHz s16 once. Returns NULL when out of memory. */
 static me_prompt *me_prompt_new(const int16_t *pcm, uint32_t n)
 {
 	me_codec_init();
-	me_prompt *p = malloc(sizeof *p + 2 * (size_t)n);
+	size_t g = ME_NCODECS > 2 ? (size_t)n + ME_G722_TAIL : 0;
+	me_prompt *p = malloc(sizeof *p + 2 * (size_t)n + g);
 	if (!p)
 		return NULL;
 	atomic_init(&p->refs, 1);
 	p->n = n;
 	p->enc[0] = (uint8_t *)(p + 1);
 	p->enc[1] = p->enc[0] + n;
+	p->enc[2] = g ? p->enc[1] + n : NULL;
 	me_encode(ME_PCMA, pcm, p->enc[0], (int)n);
 	me_encode(ME_PCMU, pcm, p->enc[1], (int)n);
+#ifdef HPBX_G722
+	g722_encode_state_t *e = me_g722_enc_new();
+	if (!e) {
+		free(p);
+		return NULL;
+	}
+	static const int16_t zero[ME_G722_TAIL];
+	g722_encode(e, p->enc[2], pcm, (int)n);
+	g722_encode(e, p->enc[2] + n, zero, ME_G722_TAIL);
+	g722_encode_free(e);
+#endif
 	return p;
 }
 
@@ -181,6 +198,7 @@ typedef struct me_rec {
 	uint8_t have_seq, held;
 	int16_t *buf;
 	int buf_n;
+	g722_decode_state_t *g722; /* the recorder's own G.722 decoder (it decodes in seq order) */
 	me_rslot slot[ME_REC_SLOTS];
 } me_rec;
 
@@ -198,6 +216,7 @@ typedef struct me_job {
 
 typedef struct me_member {
 	uint64_t handle;
+	g722_encode_state_t *g722; /* a G.722 member's own encoder */
 	uint8_t li, codec, muted, talking;
 	uint16_t in_n, out_n;
 	float energy;
@@ -237,6 +256,8 @@ typedef struct me_ep {
 	uint8_t ev_code, ev_pending;
 	uint32_t done_ssrc[4], done_ts[4];
 	uint8_t done_i;
+	g722_encode_state_t *g722e; /* G.722 endpoint: its encoder (in-band digits) */
+	g722_decode_state_t *g722d; /*   and decoder (digits, room) */
 	me_dtmf_det *ib;            /* in-band detector, when asked */
 	int64_t ib_ns;              /* last audio fed to it */
 	me_rec *rec;
@@ -272,7 +293,7 @@ typedef struct me_worker {
 	int nep;
 	me_room *rooms;
 	int nrooms;
-	uint64_t late_ticks, missed_slots, sent, send_errors, ticks;
+	uint64_t late_ticks, missed_slots, late_slots, sent, send_errors, ticks;
 	uint64_t jh[ME_JH];
 	me_out *out;                /* io_uring send slots */
 	int *out_free;
@@ -546,7 +567,17 @@ static int me_rec_play(rl_relay *r, me_ep *ep, me_rslot *sl, int64_t now)
 			return 0;
 	}
 	int16_t pcm[ME_REC_MAXPAY];
-	me_decode(sl->codec, sl->data, pcm, sl->len);
+#ifdef HPBX_G722
+	if (sl->codec == ME_G722) {
+		if (!rc->g722)
+			rc->g722 = me_g722_dec_new();
+		if (rc->g722)
+			g722_decode(rc->g722, pcm, sl->data, sl->len);
+		else
+			memset(pcm, 0, sizeof pcm);
+	} else
+#endif
+		me_decode(sl->codec, sl->data, pcm, sl->len);
 	rc->next_ts = sl->ts + sl->len;
 	rc->clock_ns = now;
 	return me_rec_write(r, ep, pcm, sl->len);
@@ -669,6 +700,10 @@ static void me_rec_stop(rl_relay *r, me_ep *ep, int reason, char digit)
 		me_job_push(m, j);
 	}
 	free(rc->buf);
+#ifdef HPBX_G722
+	if (rc->g722)
+		g722_decode_free(rc->g722);
+#endif
 	free(rc);
 }
 
@@ -747,15 +782,24 @@ static void me_room_mix(me_room *rm)
 			sum[j] += frame[talk[t]][j];
 	}
 	uint8_t shared[2][160];
-	int have_shared[2] = {0, 0};
+	int have_shared[2] = {0, 0}; /* PCMA, PCMU */
 	for (int i = 0; i < rm->n; i++) {
 		me_member *mb = rm->m[i];
 		uint8_t enc[160];
-		if (mb->talking) {
+		if (mb->talking || mb->codec == ME_G722) {
 			int16_t own[160];
 			for (int j = 0; j < 160; j++)
-				own[j] = me_sat(sum[j] - frame[i][j]);
-			me_encode(mb->codec, own, enc, 160);
+				own[j] = me_sat(sum[j] - (mb->talking ? frame[i][j] : 0));
+#ifdef HPBX_G722
+			if (mb->codec == ME_G722) {
+				/* adaptive: no frame can be shared, each G.722 member has its own encoder */
+				if (mb->g722)
+					g722_encode(mb->g722, enc, own, 160);
+				else
+					memset(enc, 0xFF, sizeof enc);
+			} else
+#endif
+				me_encode(mb->codec, own, enc, 160);
 			me_room_out(mb, enc, 160);
 			continue;
 		}
@@ -869,9 +913,13 @@ static int me_play_frame(rl_relay *r, me_ep *ep, uint8_t *pay, int *done)
 	me_prompt *p = pl->list->p[pl->item];
 	int marker = pl->off == 0;
 	uint32_t left = p->n - pl->off, k = left < ep->spf ? left : ep->spf;
+	if (ep->codec == ME_G722)
+		k = ep->spf; /* the G.722 encoding runs on into encoded silence (ME_G722_TAIL) */
 	memcpy(pay, p->enc[ep->codec] + pl->off, k);
 	if (k < ep->spf)
 		memset(pay + k, me_silence_byte(ep->codec), ep->spf - k);
+	if (k > left)
+		k = left;
 	pl->off += k;
 	*done = 0;
 	if (pl->off >= p->n) {
@@ -938,7 +986,15 @@ static int me_dtmf_slot(me_ep *ep, uint8_t *b, int *len, int64_t now)
 		ep->dt_ph[0] = fmodf(ep->dt_ph[0], 2.0f * (float)M_PI);
 		ep->dt_ph[1] = fmodf(ep->dt_ph[1], 2.0f * (float)M_PI);
 		uint8_t *p = me_hdr(ep, b, ep->dt_dur == 0, ep->pt, ep->ts, now);
-		me_encode(ep->codec, pcm, p, ep->spf);
+#ifdef HPBX_G722
+		if (ep->codec == ME_G722) {
+			if (!ep->g722e)
+				ep->g722e = me_g722_enc_new();
+			if (ep->g722e)
+				g722_encode(ep->g722e, p, pcm, ep->spf);
+		} else
+#endif
+			me_encode(ep->codec, pcm, p, ep->spf);
 		*len = 12 + ep->spf;
 		ep->dt_dur = (uint16_t)(ep->dt_dur + ep->spf);
 		if (ep->dt_dur >= ep->dt_target)
@@ -1099,13 +1155,26 @@ static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t le
 		return 1;
 	}
 	int codec = pt == ep->pt ? ep->codec : pt == 8 ? ME_PCMA : pt == 0 ? ME_PCMU : -1;
+#ifndef HPBX_G722
+	if (codec == ME_G722)
+		codec = -1;
+#endif
 	if (codec < 0)
 		return 1;
 	if (ep->rec)
 		me_rec_rx(r, ep, seq, ts, codec, pay, plen, now);
 	if (ep->ib || ep->mem) {
 		int16_t pcm[RL_MAXPKT];
-		me_decode(codec, pay, pcm, plen);
+#ifdef HPBX_G722
+		if (codec == ME_G722) {
+			if (!ep->g722d)
+				ep->g722d = me_g722_dec_new();
+			if (!ep->g722d)
+				return 1;
+			plen = g722_decode(ep->g722d, pcm, pay, plen);
+		} else
+#endif
+			me_decode(codec, pay, pcm, plen);
 		if (ep->ib) {
 			me_ib_ctx c = {r, ep, now};
 			ep->ib_ns = now;
@@ -1193,15 +1262,21 @@ static void me_tick(rl_relay *r, rl_worker *w)
 		if (ep->next_tick > mw->tick)
 			continue;
 		uint64_t behind = mw->tick - ep->next_tick;
-		if (behind >= ep->ptks) {
-			/* whole slots missed (the worker was late): skip them rather than burst */
-			uint64_t k = behind / ep->ptks;
+		if (behind >= 3u * ep->ptks) {
+			/* far behind (the worker was stalled): skip all but the last two slots */
+			uint64_t k = behind / ep->ptks - 2;
 			mw->missed_slots += k;
 			ep->next_tick += k * ep->ptks;
 			ep->ts += (uint32_t)(k * ep->spf);
 		}
-		me_ep_slot(r, w, ep, now);
-		ep->next_tick += ep->ptks;
+		/* a slot or two late: send them now (the receiver's jitter buffer takes a small
+		 * burst; a skipped slot would be audio lost) */
+		do {
+			if (ep->next_tick + ep->ptks <= mw->tick)
+				mw->late_slots++;
+			me_ep_slot(r, w, ep, now);
+			ep->next_tick += ep->ptks;
+		} while (ep->next_tick <= mw->tick && ep->s->leg[ep->li].ep == ep);
 	}
 	int64_t late = rl_now() - (mw->t0 + (int64_t)mw->tick * ME_TICK_NS);
 	int b = late <= 0 ? 0 : late / 100000 >= ME_JH ? ME_JH - 1 : (int)(late / 100000);
@@ -1349,8 +1424,13 @@ static void me_free(void *relay)
 		me_room *rm = m->rooms[i];
 		if (!rm)
 			continue;
-		for (int k = 0; k < rm->n; k++)
+		for (int k = 0; k < rm->n; k++) {
+#ifdef HPBX_G722
+			if (rm->m[k]->g722)
+				g722_encode_free(rm->m[k]->g722);
+#endif
 			free(rm->m[k]);
+		}
 		pthread_mutex_destroy(&rm->mu);
 		free(rm);
 	}
@@ -1429,6 +1509,12 @@ static void me_ep_free(rl_relay *r, rl_worker *w, me_ep *ep, int hangup)
 	me_worker_load(mw);
 	ep->s->leg[ep->li].ep = NULL;
 	free(ep->ib);
+#ifdef HPBX_G722
+	if (ep->g722e)
+		g722_encode_free(ep->g722e);
+	if (ep->g722d)
+		g722_decode_free(ep->g722d);
+#endif
 	free(ep);
 }
 
@@ -1511,6 +1597,10 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 	if (ep->mem) {
 		pthread_mutex_lock(&ep->room->mu);
 		ep->mem->codec = (uint8_t)codec;
+#ifdef HPBX_G722
+		if (codec == ME_G722 && !ep->mem->g722)
+			ep->mem->g722 = me_g722_enc_new();
+#endif
 		pthread_mutex_unlock(&ep->room->mu);
 	}
 	int was = mw->armed;
@@ -1707,6 +1797,10 @@ static void me_room_detach(rl_relay *r, me_ep *ep)
 			break;
 		}
 	pthread_mutex_unlock(&rm->mu);
+#ifdef HPBX_G722
+	if (ep->mem->g722)
+		g722_encode_free(ep->mem->g722);
+#endif
 	free(ep->mem);
 	ep->mem = NULL;
 	ep->room = NULL;
@@ -1749,6 +1843,10 @@ static int me_room_join(rl_relay *r, uint32_t id, uint64_t h, int li)
 	mb->handle = h;
 	mb->li = (uint8_t)li;
 	mb->codec = ep->codec;
+#ifdef HPBX_G722
+	if (mb->codec == ME_G722)
+		mb->g722 = me_g722_enc_new();
+#endif
 	rm->m[rm->n++] = mb;
 	pthread_mutex_unlock(&rm->mu);
 	ep->mem = mb;
@@ -1841,8 +1939,8 @@ static int me_room_delete(rl_relay *r, uint32_t id)
 
 typedef struct {
 	int64_t players, recorders, endpoints, rooms, room_members;
-	uint64_t late_ticks, missed_slots, sent, send_errors, ticks, events_dropped, write_drops,
-		write_errors;
+	uint64_t late_ticks, missed_slots, late_slots, sent, send_errors, ticks, events_dropped,
+		write_drops, write_errors;
 	double jitter_p50_ms, jitter_p99_ms, jitter_max_ms;
 } me_stats_t;
 
@@ -1868,6 +1966,7 @@ static void me_stats(rl_relay *r, me_stats_t *o)
 		}
 		o->late_ticks += mw->late_ticks;
 		o->missed_slots += mw->missed_slots;
+		o->late_slots += mw->late_slots;
 		o->sent += mw->sent;
 		o->send_errors += mw->send_errors;
 		o->ticks += mw->ticks;
@@ -1915,7 +2014,7 @@ static void me_stats_reset(rl_relay *r)
 		pthread_mutex_lock(&w->mu);
 		me_worker *mw = w->mw;
 		memset(mw->jh, 0, sizeof mw->jh);
-		mw->late_ticks = mw->missed_slots = mw->sent = mw->send_errors = mw->ticks = 0;
+		mw->late_ticks = mw->missed_slots = mw->late_slots = mw->sent = mw->send_errors = mw->ticks = 0;
 		pthread_mutex_unlock(&w->mu);
 	}
 }

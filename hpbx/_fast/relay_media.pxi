@@ -25,8 +25,8 @@ cdef extern from "relay_engine.h" nogil:
         char digit
     ctypedef struct me_stats_t:
         int64_t players, recorders, endpoints, rooms, room_members
-        uint64_t late_ticks, missed_slots, sent, send_errors, ticks, events_dropped, write_drops
-        uint64_t write_errors
+        uint64_t late_ticks, missed_slots, late_slots, sent, send_errors, ticks, events_dropped
+        uint64_t write_drops, write_errors
         double jitter_p50_ms, jitter_p99_ms, jitter_max_ms
 
     me_prompt *me_prompt_new(const int16_t *pcm, uint32_t n)
@@ -56,8 +56,10 @@ cdef extern from "relay_engine.h" nogil:
     void me_stats_reset(rl_relay *r)
     int ME_EV_DIGIT, ME_EV_PLAY_DONE, ME_EV_RECORD_DONE, ME_EV_TONE_DONE
     int ENODEV, ENOMEM, EMFILE, EBUSY, ENOSPC, ESRCH
+    int ME_NCODECS
 
-CODECS = {"PCMA": 0, "PCMU": 1}
+# G.722 when the build found spandsp (setup.py defines HPBX_G722)
+CODECS = {"PCMA": 0, "PCMU": 1, "G722": 2} if ME_NCODECS > 2 else {"PCMA": 0, "PCMU": 1}
 EVENT_KINDS = {1: "digit", 2: "play_done", 3: "record_done", 4: "tone_done"}
 PLAY_REASONS = ("end", "barge_in", "stopped")
 RECORD_REASONS = ("digit", "silence", "max", "stopped", "hangup", "error")
@@ -157,7 +159,7 @@ cdef class MediaCore:
                   int dtmf_pt=101, bint inband=False):
         cdef int li = _leg(leg)
         if codec not in CODECS:
-            raise RelayError(f"codec must be PCMA or PCMU, not {codec!r}")
+            raise RelayError(f"codec must be one of {', '.join(CODECS)}, not {codec!r}")
         if ptime_ms not in (10, 20, 30):
             raise RelayError(f"ptime must be 10, 20 or 30 ms, not {ptime_ms}")
         if not 0 <= pt <= 127 or not -1 <= dtmf_pt <= 127:
@@ -262,7 +264,7 @@ cdef class MediaCore:
         return {
             "players": s.players, "recorders": s.recorders, "endpoints": s.endpoints,
             "rooms": s.rooms, "room_members": s.room_members, "late_ticks": s.late_ticks,
-            "missed_slots": s.missed_slots, "packets_sent": s.sent, "send_errors": s.send_errors,
+            "missed_slots": s.missed_slots, "late_slots": s.late_slots, "packets_sent": s.sent, "send_errors": s.send_errors,
             "ticks": s.ticks, "events_dropped": s.events_dropped, "write_drops": s.write_drops,
             "write_errors": s.write_errors, "send_jitter_p50_ms": s.jitter_p50_ms,
             "send_jitter_p99_ms": s.jitter_p99_ms, "send_jitter_max_ms": s.jitter_max_ms,

@@ -17,6 +17,8 @@ Media endpoints (the relay's native workers do the work; Python never touches a 
                                                 the old audio finish it)
     engine.remove_prompt(name); engine.has_prompt(name) -> bool
     engine.terminate(key, leg, codec="PCMA", pt=8, ptime_ms=20, dtmf_pt=101, inband=False)
+                                                codec PCMA, PCMU or G722 (when built with
+                                                spandsp: CODECS lists them)
                                                 the leg ends at hpbx: what it receives is
                                                 consumed (digits, recorder, room); what hpbx
                                                 plays leaves from the leg's port. Again on a
@@ -64,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from hpbx._fast.relay import DIGITS, PLAY_REASONS, RECORD_REASONS, MediaCore, Prompt, Relay
+from hpbx._fast.relay import CODECS, DIGITS, PLAY_REASONS, RECORD_REASONS, MediaCore, Prompt, Relay
 from hpbx.errors import NotFoundError, RelayError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -454,10 +456,10 @@ class MediaEngine:
         """End ``leg`` at a media endpoint (see the module doc); again to change its settings."""
         ms = self.get(key)
         _check_leg(leg)
-        if codec not in ("PCMA", "PCMU"):
-            raise ValidationError("codec", f"must be PCMA or PCMU, not {codec!r}")
+        if codec not in CODECS:
+            raise ValidationError("codec", f"must be one of {', '.join(CODECS)}, not {codec!r}")
         if pt is None:
-            pt = 8 if codec == "PCMA" else 0
+            pt = {"PCMA": 8, "PCMU": 0, "G722": 9}[codec]
         if not isinstance(pt, int) or not 0 <= pt <= 127:
             raise ValidationError("pt", f"must be a payload type 0-127, not {pt!r}")
         if ptime_ms not in (10, 20, 30):

@@ -174,3 +174,37 @@ def send_paced(peer: Peer, port: int, packets: list[bytes], interval: float = 0.
         if d > 0:
             time.sleep(d)
         peer.send(p, port)
+
+
+class G722:
+    """spandsp's G.722 (64 kbit/s, 8 kHz mode: one byte per 8 kHz sample) through ctypes: the
+    reference library decodes what hpbx sent and encodes what the test sends."""
+
+    def __init__(self):
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("spandsp")
+        if not name:
+            raise OSError("libspandsp not found")
+        lib = ctypes.CDLL(name)
+        lib.g722_encode_init.restype = ctypes.c_void_p
+        lib.g722_decode_init.restype = ctypes.c_void_p
+        lib.g722_encode_init.argtypes = lib.g722_decode_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        lib.g722_encode.argtypes = lib.g722_decode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                                               ctypes.c_int]
+        self._ct = ctypes
+        self._lib = lib
+        self._enc = lib.g722_encode_init(None, 64000, 1)  # G722_SAMPLE_RATE_8000
+        self._dec = lib.g722_decode_init(None, 64000, 1)
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        x = np.ascontiguousarray(np.clip(pcm, -32768, 32767).astype(np.int16))
+        out = self._ct.create_string_buffer(len(x))
+        n = self._lib.g722_encode(self._enc, out, x.ctypes.data, len(x))
+        return out.raw[:n]
+
+    def decode(self, data: bytes) -> np.ndarray:
+        out = np.zeros(len(data) * 2, dtype=np.int16)
+        n = self._lib.g722_decode(self._dec, out.ctypes.data, data, len(data))
+        return out[:n].astype(np.float64)

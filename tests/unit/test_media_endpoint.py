@@ -133,11 +133,14 @@ def test_play_paced_without_bursts(engine, peer):
     # paced on the worker's absolute-deadline clock: no drift, no bursts. (p99 is reported by
     # bench_media: on this shared VM a vCPU is sometimes descheduled for several ms, even a
     # SCHED_FIFO thread, so a single 3 s stream cannot assert p99 without flaking.)
-    assert gaps.min() > 10.0, gaps.min()
+    # a worker stalled a whole ptime (a descheduled vCPU) sends the late slot at once rather
+    # than lose it: that and only that may look like a burst
+    late = engine.media_stats()["late_slots"]
+    assert (gaps < 10.0).sum() <= late, (gaps.min(), late)
     assert np.median(dev) < 0.5, np.median(dev)
     assert np.percentile(dev, 95) < 2.0, np.percentile(dev, 95)
-    total = pkts[-1].t - pkts[0].t
-    assert abs(total - 149 * 0.020) < 0.010  # the clock does not drift
+    slope = np.polyfit(np.arange(len(pkts)), [p.t for p in pkts], 1)[0]
+    assert abs(slope - 0.020) < 0.00005, slope  # the clock does not drift (a late packet may)
     stats = engine.media_stats()
     assert stats["packets_sent"] >= 150 and stats["send_jitter_p99_ms"] > 0
 
@@ -150,11 +153,14 @@ def test_play_ptime(engine, peer, ptime):
     n = 600 // ptime
     pkts = peer.recv(n, timeout=4)
     assert len(pkts) == n
-    assert all(len(p.payload) == ptime * 8 for p in pkts)
-    assert all(((b.ts - a.ts) & 0xFFFFFFFF) == ptime * 8 for a, b in zip(pkts, pkts[1:]))
+    assert [len(p.payload) for p in pkts] == [ptime * 8] * n
+    steps = [(b.ts - a.ts) & 0xFFFFFFFF for a, b in zip(pkts, pkts[1:])]
+    # a worker stalled 3 ptimes or more skips slots (the timestamps then jump); nothing else
+    odd = [st for st in steps if st != ptime * 8]
+    assert all(st % (ptime * 8) == 0 for st in odd) and len(odd) <= engine.media_stats()["missed_slots"], steps
     gaps = np.diff([p.t for p in pkts]) * 1000
     assert np.median(gaps) == pytest.approx(ptime, abs=1.0)
-    assert all(dominant(decode("PCMA", p.payload), (500.0, 1000.0, 2000.0)) == 1000.0 for p in pkts)
+    assert [dominant(decode("PCMA", p.payload), (500.0, 1000.0, 2000.0)) for p in pkts] == [1000.0] * n
 
 
 def test_loop_continues_identity_and_stop(engine, peer):
@@ -886,3 +892,79 @@ def test_room_mixes_only_the_loudest_three(engine):
         listener.close()
         for p in talkers:
             p.close()
+
+
+# ------------------------------------------------------------------ G.722
+
+
+def _g722():
+    from hpbx._fast.relay import CODECS
+    if "G722" not in CODECS:
+        pytest.skip("built without spandsp (Debian libspandsp-dev): no G.722")
+    from media_peer import G722
+    try:
+        return G722()
+    except OSError as e:
+        pytest.skip(str(e))
+
+
+def test_g722_play_on_the_wire(engine, peer):
+    ref = _g722()
+    call(engine, peer, codec="G722")
+    names = tone_prompts(engine)
+    engine.play("c1", "a", names)
+    pkts = peer.recv(45, timeout=5)
+    assert len(pkts) == 45 and all(p.pt == 9 and len(p.payload) == 160 for p in pkts)
+    assert all(((b.ts - a.ts) & 0xFFFFFFFF) == 160 for a, b in zip(pkts, pkts[1:]))  # RTP clock 8000
+    assert [i for i, p in enumerate(pkts) if p.marker] == [0, 15, 30]
+    heard = [dominant(ref.decode(p.payload), TONE_FREQS) for p in pkts]  # the reference decoder
+    assert heard == [500.0] * 15 + [1200.0] * 15 + [2000.0] * 15
+
+
+def test_g722_record_and_inband_digits(engine, peer, tmp_path):
+    ref = _g722()
+    port = call(engine, peer, codec="G722", dtmf_pt=None, inband=True)
+    ev = Events(engine)
+    path = str(tmp_path / "g.wav")
+    engine.record("c1", "a", path, max_ms=60000)
+    audio = np.concatenate([sine(f, 200, 6000) for f in REC_FREQS] + [dtmf_pcm("73#")])
+    enc = ref.encode(audio)
+    pkts = [rtp_packet(i, 160 * i, 0x722, enc[160 * i:160 * i + 160], pt=9) for i in range(len(enc) // 160)]
+    send_paced(peer, port, pkts)
+    wait_rx(engine, "c1", len(pkts))
+    engine.stop_record("c1", "a")
+    done = _wait_record(ev)
+    ev.wait(lambda g: len(ev.kinds("digit")) >= 3)
+    assert [d.data["digit"] for d in ev.kinds("digit")] == ["7", "3", "#"]
+    rate, x = read_wav(path)
+    assert len(x) == 160 * len(pkts) and done.data["ms"] == 20 * len(pkts)
+    for k, f in enumerate(REC_FREQS):  # 200 ms each, decoded by hpbx's G.722 decoder
+        seg = x[1600 * k + 160:1600 * (k + 1) - 160]
+        assert dominant(seg, REC_FREQS) == f
+
+
+def test_g722_member_in_a_room(engine):
+    ref = _g722()
+    a, g = Peer(), Peer()
+    try:
+        room = engine.room_create()
+        for k, p, codec in (("pa", a, "PCMA"), ("pg", g, "G722")):
+            engine.allocate(k)
+            engine.set_peer(k, "a", LO, p.port)
+            engine.terminate(k, "a", codec=codec)
+            engine.room_join(room, k, "a")
+        port_a = engine.get("pa").port_a
+        t0 = time.monotonic()
+        for i in range(50):
+            a.send(rtp_packet(i, 160 * i, 0xA, encode("PCMA", sine(900, 20, 6000, 2 * np.pi * 900 * i * 0.02))),
+                   port_a)
+            d = t0 + (i + 1) * 0.02 - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+        pkts = g.recv(None, timeout=1.5, idle=0.15)
+        assert pkts and all(p.pt == 9 for p in pkts)
+        x = np.concatenate([ref.decode(p.payload) for p in pkts])
+        assert power(x, 900.0) > 1e5  # the G.722 member hears the PCMA member
+    finally:
+        a.close()
+        g.close()
