@@ -23,7 +23,7 @@ build: $(STAMP)
 # Debian packages the tests drive, one line per concern (append to your own line).
 # Installed when running as root and any of them is missing.
 DEB_PKGS := sip-tester iptables iproute2
-DEB_PKGS += # media engine
+DEB_PKGS += asterisk-core-sounds-en-wav asterisk-moh-opsound-wav libspandsp-dev # media engine (prompt corpus, G.722)
 DEB_PKGS += # media services (prompts, music on hold)
 DEB_PKGS += baresip-core linphone-cli # real phones (interop)
 DEB_PKGS += sipvicious fail2ban # security

@@ -26,10 +26,15 @@ if DEBUG:
 
 # Extensions that need extra native libraries or macros.
 EXTRA = {
-    "relay": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
+    "relay": {"libraries": ["pthread", "m"], "define_macros": [("_GNU_SOURCE", "1")]},
     "udpio": {"libraries": ["pthread"], "define_macros": [("_GNU_SOURCE", "1")]},
 }
 
+
+# G.722 in the media engine comes from spandsp (Debian libspandsp-dev) when it is installed.
+if os.path.exists("/usr/include/spandsp/g722.h"):
+    EXTRA["relay"]["libraries"].append("spandsp")
+    EXTRA["relay"]["define_macros"].append(("HPBX_G722", "1"))
 
 # HPBX_ONLY=sipmsg,sdp limits a development build to some modules.
 ONLY = {n for n in os.environ.get("HPBX_ONLY", "").split(",") if n}

@@ -256,6 +256,7 @@ class Server:
         ctx.stats_sources["toll"] = self.toll.counts
         ctx.toll = self.toll
         ctx.reload_tls = self.reload_tls
+        ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)

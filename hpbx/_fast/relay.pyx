@@ -365,3 +365,7 @@ cdef extern from "errno.h":
 
 cdef int _errno():
     return errno
+
+
+# The media engine's command interface (media endpoints, prompts, rooms, events).
+include "relay_media.pxi"

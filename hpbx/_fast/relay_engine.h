@@ -38,6 +38,8 @@
 #define RL_ROUNDS 4          /* recvmmsg rounds per ready socket before serving the others */
 #define RL_WAKE UINT64_MAX   /* epoll tag of the worker's stop eventfd */
 
+#include "media_rtp.h"
+
 #define RL_SEQ_MOD (1u << 16)
 #define RL_MAX_DROPOUT 3000
 #define RL_MAX_MISORDER 100
@@ -83,6 +85,8 @@ typedef struct {
 	int rtcp_mux;       /* RTCP shares the RTP socket and address */
 	uint32_t clock_rate;
 	rl_stream st;
+	me_txid tx;         /* outgoing RTP identity (media_rtp.h) */
+	struct me_ep *ep;   /* non-NULL: the leg ends at a media endpoint (media_engine.h) */
 } rl_leg;
 
 typedef struct {
@@ -112,6 +116,7 @@ typedef struct {
 	struct rl_scratch *scratch; /* allocated with the relay, so a thread cannot fail to start */
 	struct epoll_event *evs;
 	struct rl_uring *u;         /* the io_uring loop's state; NULL with epoll */
+	struct me_worker *mw;       /* media clock and endpoints; NULL until media is used */
 } rl_worker;
 
 typedef struct rl_relay {
@@ -134,6 +139,7 @@ typedef struct rl_relay {
 	int rcvbuf;
 	int nice;                  /* worker nice value; 0 = inherit */
 	int uring;                 /* the workers run the io_uring loop (else epoll) */
+	struct me_state *media;    /* media engine (media_engine.h); NULL until first used */
 } rl_relay;
 
 /* A flat copy of one leg's state for Python. */
@@ -375,6 +381,18 @@ static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_s
 	}
 	/* RFC 5761: on a muxed port, RTCP packet types 192-223 = second byte 64-95 masked */
 	int rtcp = k == 1 || (len >= 2 && (p[1] & 0x7f) >= 64 && (p[1] & 0x7f) <= 95);
+	if (l->ep || o->ep) {
+		/* a media endpoint on either leg: nothing is relayed that way (media_engine.h) */
+		if (!rtcp) {
+			l->st.packets++;
+			l->st.bytes += len;
+			l->st.last_ns = now;
+			rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+			if (l->ep)
+				me_rx(r, s, li, p, len, now);
+		}
+		return 0;
+	}
 	int dk = (rtcp && !o->rtcp_mux) ? 1 : 0;
 	if (!o->peer[dk].sa.sa_family) {
 		l->st.dropped_nopeer++;
@@ -389,6 +407,7 @@ static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_s
 		l->st.bytes += len;
 		l->st.last_ns = now;
 		rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+		me_tx_relayed(&o->tx, (uint8_t *)p, len, now); /* the buffer is the worker's own */
 	}
 	*out_fd = o->fd[dk];
 	*out_to = &o->peer[dk];
@@ -526,6 +545,7 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 }
 
 static void rl_close_leg(rl_leg *l);
+static void me_tick(rl_relay *r, rl_worker *w);
 #include "relay_uring.h"
 
 static void rl_epoll_loop(rl_relay *r, rl_worker *w)
@@ -547,6 +567,10 @@ static void rl_epoll_loop(rl_relay *r, rl_worker *w)
 			uint64_t tag = evs[e].data.u64;
 			if (tag == RL_WAKE)
 				continue;
+			if (tag == RL_TICK) {
+				me_tick(r, w);
+				continue;
+			}
 			uint32_t gen = (uint32_t)(tag >> 32);
 			uint32_t slot = (uint32_t)tag >> 2;
 			rl_session *s = &r->sess[slot];
@@ -775,6 +799,7 @@ static void rl_free(rl_relay *r)
 		return;
 	if (r->w) {
 		rl_stop(r);
+		me_free(r);
 		for (int i = 0; i < r->nworkers; i++) {
 			rl_worker *w = &r->w[i];
 			if (w->epfd >= 0)
@@ -981,6 +1006,7 @@ static int rl_delete(rl_relay *r, uint64_t h)
 	if (!s)
 		return ENOENT;
 	rl_worker *w = &r->w[s->worker];
+	me_session_end(r, s); /* endpoints first: a recording ends as "hangup" */
 	int pairs[2] = {s->leg[0].pair, s->leg[1].pair};
 	uint64_t tag = ((uint64_t)s->gen << 32) | ((uint64_t)(s - r->sess) << 2);
 	s->in_use = 0;
@@ -1163,5 +1189,7 @@ static int rl_free_pairs(rl_relay *r)
 	pthread_mutex_unlock(&r->mu);
 	return n;
 }
+
+#include "media_engine.h"
 
 #endif

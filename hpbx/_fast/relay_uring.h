@@ -42,6 +42,12 @@
 #define RLU_KIND(ud) (((uint32_t)(ud)) >> 30)
 #define RLU_UD(kind, v) (((uint64_t)(kind) << 30) | (uint64_t)(v))
 
+/* media engine hooks (media_engine.h): sends with value >= RLU_NBUF, the clock's poll is
+ * RLU_WAKE with value 1 */
+static void me_uring_sent(rl_worker *w, unsigned slot, int res);
+static void me_uring_tick(rl_relay *r, rl_worker *w, struct io_uring_cqe *c, int closing);
+static void me_uring_poll(rl_relay *r, rl_worker *w, int closing);
+
 typedef struct {
 	struct msghdr mh;
 	struct iovec iov;
@@ -482,6 +488,10 @@ static int rlu_reap(rl_relay *r, rl_worker *w, rl_uring *u, int closing)
 				rlu_on_recv(r, u, c, closing);
 				break;
 			case RLU_SEND: {
+				if (((uint32_t)ud & 0x3fffffffu) >= RLU_NBUF) {
+					me_uring_sent(w, ((uint32_t)ud & 0x3fffffffu) - RLU_NBUF, c->res);
+					break;
+				}
 				unsigned bid = (unsigned)ud & (RLU_NBUF - 1);
 				u->outstanding--;
 				if (c->res < 0) {
@@ -494,6 +504,10 @@ static int rlu_reap(rl_relay *r, rl_worker *w, rl_uring *u, int closing)
 				break;
 			}
 			case RLU_WAKE: {
+				if (((uint32_t)ud & 0x3fffffffu) == 1) {
+					me_uring_tick(r, w, c, closing);
+					break;
+				}
 				uint64_t v;
 				if (read(w->wakefd, &v, sizeof v) < 0) {
 					/* EAGAIN: another wakeup already took the count */
@@ -537,6 +551,7 @@ static void rlu_loop(rl_relay *r, rl_worker *w)
 		rlu_reap(r, w, u, 0);
 		if (u->narm || u->ndead)
 			rlu_commands(r, u);
+		me_uring_poll(r, w, 0);
 		pthread_mutex_unlock(&w->mu);
 	}
 	/* stop: end every request, so that no socket stays held by the ring after the join */

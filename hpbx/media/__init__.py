@@ -1,4 +1,4 @@
-"""Media: the relay command set (engine), later players, recorders and conferences."""
-from hpbx.media.engine import MediaEngine, MediaSession
+"""Media: the relay command set and media endpoints (play, record, digits, tones, rooms)."""
+from hpbx.media.engine import TONES, MediaEngine, MediaEvent, MediaSession
 
-__all__ = ["MediaEngine", "MediaSession"]
+__all__ = ["TONES", "MediaEngine", "MediaEvent", "MediaSession"]
