@@ -4,8 +4,9 @@ A phone SUBSCRIBEs ``Event: dialog`` to a user (Request-URI: internal number or 
 its tenant). The subscriber authenticates (407 like an INVITE) and must have the user on its
 Supervisor list (``supervise``), else 403; another event package is 489. Each subscription is
 a dialog; its NOTIFYs carry the user's dialogs as ``application/dialog-info+xml`` (always
-``state="full"``, ``version`` counting up per subscription): ``early`` while a call rings the
-user (or the user's own call rings), ``confirmed`` once answered, ``terminated`` once after
+``state="full"``, ``version`` counting up per subscription): ``early`` once a phone of the user
+answered a call's INVITE with a tagged 1xx (or the user's own call got one), ``confirmed`` once
+answered, ``terminated`` once after
 it ended, with the call-id and tags of the user's leg (what a BLF pickup needs) and the other
 party's identity. A change is NOTIFYed in the same loop iteration it happens in.
 
@@ -215,7 +216,11 @@ class DialogEvents:
         if state is None:
             if winner is not None and call.state == ANSWERED:
                 state = "confirmed"
-            elif call.state == RINGING and any(leg.live for leg in legs):
+            elif call.state == RINGING:
+                # early: a phone answered 1xx with a tag (RFC 4235: before that, no dialog)
+                legs = [leg for leg in legs if leg.live and leg.dialog is not None and leg.dialog.remote_tag]
+                if not legs:
+                    return None
                 state = "early"
             else:
                 return None

@@ -63,3 +63,11 @@ def test_pickup_codes():
     assert starcodes.pickup("*8") == ("group", "")
     for other in ("**", "**1a", "*81", "*78"):
         assert starcodes.pickup(other) is None, other
+
+
+def test_replaces_header_parse():
+    from hpbx.pbx import replaces
+    assert replaces.parse("abc@h;to-tag=1;from-tag=2") == ("abc@h", {"1", "2"})
+    assert replaces.parse("abc ; from-tag=2 ; to-tag=1;early-only") == ("abc", {"1", "2"})
+    for bad in ("", "abc", "abc;to-tag=1", ";to-tag=1;from-tag=2"):
+        assert replaces.parse(bad) is None, bad
