@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hpbx.errors import ConfigError
+from hpbx.security import config as security_config
+from hpbx.security.config import SecuritySettings
 
 TRANSPORTS = ("udp", "tcp", "tls")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -80,6 +82,17 @@ class AdminSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     path: str = "var/hpbx.sqlite3"
+    # where provisioning and CDRs live: the embedded SQLite file at ``path``, or PostgreSQL
+    backend: str = "sqlite"
+    dsn: str = ""  # libpq connection string of the PostgreSQL database (backend "postgres")
+    # registrations (and the cluster's call ownership) in Redis when set, e.g.
+    # "unix:///run/redis.sock" or "redis://127.0.0.1:6379/0"; else in the SQLite file at ``path``
+    redis: str = ""
+    node: str = ""  # this node's name in a cluster (unique per node); "" = the host name
+    cdr_retention_days: int = 0  # CDRs of calls older than this are deleted hourly; 0 = kept
+
+
+STORE_BACKENDS = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     log_level: str = "info"
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
 
@@ -201,7 +215,7 @@ def load(path: str | Path) -> Settings:
 
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
-    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision"}
+    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -288,9 +302,18 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     r.finish()
 
     r = _Reader(path, "store", data.get("store"))
-    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"))
+    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"),
+                          backend=r.get("backend", str, "sqlite"), dsn=r.get("dsn", str, ""),
+                          redis=r.get("redis", str, ""), node=r.get("node", str, ""),
+                          cdr_retention_days=r.int_in("cdr_retention_days", 0, 0, 100_000))
     if not store.path:
         raise r.fail("path", "must not be empty")
+    if store.backend not in STORE_BACKENDS:
+        raise r.fail("backend", f"must be one of {', '.join(STORE_BACKENDS)}, got {store.backend!r}")
+    if store.backend == "postgres" and not store.dsn:
+        raise r.fail("dsn", 'is required with backend = "postgres"')
+    if store.redis and not store.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise r.fail("redis", f"must be a redis://, rediss:// or unix:// URL, got {store.redis!r}")
     r.finish()
 
     r = _Reader(path, "smtp", data.get("smtp"))
@@ -313,5 +336,7 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         raise r.fail("files", "must be a list of paths")
     r.finish()
 
+    security = security_config.from_dict(_Reader, path, data.get("security"))
+
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
-                    log_level=level, provision=tuple(files))
+                    log_level=level, provision=tuple(files), security=security)

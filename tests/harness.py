@@ -160,8 +160,14 @@ def write_users_toml(path: Path, users, tenant: str = "test", flags: dict | None
     return path
 
 
+# Tests of other features must not be banned for their load from loopback: the ban engine runs
+# (every datagram is looked up) but bans nothing. tests/security/ passes its own settings.
+SECURITY_FOR_TESTS = {"flood_threshold": 1_000_000, "auth_failures": 0, "user_failures": 0}
+
+
 def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host: str = "127.0.0.1",
-                 provision=(), sip_extra: dict | None = None, log_level: str = "info") -> Path:
+                 provision=(), sip_extra: dict | None = None, log_level: str = "info",
+                 security: dict | None = None) -> Path:
     hostpart = f"[{host}]" if ":" in host else host
     sip = {
         "listen": [f"{t}:{hostpart}:{port}" for t in transports],
@@ -177,9 +183,20 @@ def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host:
             return str(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(toml_value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     text = ["[sip]"] + [f"{k} = {toml_value(v)}" for k, v in sip.items()]
+    def table(name: str, values: dict) -> list[str]:
+        lines = ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()
+                                     if not isinstance(v, dict)]
+        for k, v in values.items():
+            if isinstance(v, dict):
+                lines += table(f"{name}.{k}", v)
+        return lines
+
+    text += table("security", SECURITY_FOR_TESTS if security is None else security)
     text += ["", "[store]", f"path = {toml_value(str(directory / 'hpbx.sqlite3'))}",
              "", "[admin]", f"socket = {toml_value(str(directory / 'hpbx.sock'))}",
              "", "[log]", f'level = "{log_level}"',
@@ -225,7 +242,8 @@ class HpbxServer:
 
     def __init__(self, directory: Path, *, users=(), flags=None, transports=("udp", "tcp"),
                  host: str = "127.0.0.1", sip_extra=None, port: int | None = None,
-                 log_level: str = "info", env=None, wrap: list[str] | None = None):
+                 log_level: str = "info", env=None, wrap: list[str] | None = None,
+                 security: dict | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -234,7 +252,8 @@ class HpbxServer:
         if users:
             provision = (write_users_toml(self.dir / "users.toml", users, flags=flags),)
         self.config = write_config(self.dir, self.port, transports=transports, host=host,
-                                   provision=provision, sip_extra=sip_extra, log_level=log_level)
+                                   provision=provision, sip_extra=sip_extra, log_level=log_level,
+                                   security=security)
         self.transports = transports
         self.env = env
         self.wrap = wrap or []

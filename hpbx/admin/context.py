@@ -30,5 +30,11 @@ class AdminContext:
     stats_sources: dict[str, Callable[[], dict]] = field(default_factory=dict)
     # () -> dict describing what changed; may be a coroutine function; raises ConfigError
     reload_config: Callable[[], dict | Awaitable[dict]] | None = None
+    # hpbx.security.bans.BanService: ban_list/ban_add/ban_remove, trusted networks, counters
+    security: Any = None
+    # hpbx.security.toll.TollPolicy: get/set/reset a tenant's toll-fraud limits
+    toll: Any = None
+    # () -> {"reloaded": bool}: read the TLS certificate files again; raises ConfigError
+    reload_tls: Callable[[], dict] | None = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

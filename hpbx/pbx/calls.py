@@ -57,6 +57,9 @@ class CallService:
         self._trunks_directory = None
         self._cdrs: list[dict] = []
         self._cdr_timer = None
+        self.owners = None  # cluster: the call ownership (started / changed / ended)
+        self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
+        self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
         self.blf = blf.DialogEvents(self)
@@ -117,7 +120,9 @@ class CallService:
                                    dialled=dialled)
             caller = msg.from_addr.uri.user or "anonymous"
         else:
-            verdict, user, _ = self.auth.check("INVITE", msg.header("Proxy-Authorization"))
+            verdict, user, name = self.auth.check("INVITE", msg.header("Proxy-Authorization"))
+            if self.security is not None:
+                verdict = self.security.judge(verdict, name, tx.addr, tx.channel.kind, "INVITE")
             if verdict is Verdict.FORBIDDEN:
                 self.stats["calls_rejected"] += 1
                 tx.respond(403, "Forbidden")
@@ -145,6 +150,11 @@ class CallService:
             caller = user.internal_number or user.username
         if plan.kind == "external":
             plan = _external_plan(plan)
+            refusal = self.toll.admit(msg.call_id, plan.tenant, caller_user.username if caller_user
+                                      else None, plan.external, tx.addr) if self.toll else None
+            if refusal is not None:
+                plan = router.Plan(kind="reject", tenant=plan.tenant, status=refusal.status,
+                                   reason=refusal.reason, dialled=dialled)
         if plan.kind == "reject" or plan.status:
             self.stats["calls_rejected"] += 1
             tx.respond(plan.status or 480, plan.reason[:100] or None)
@@ -167,6 +177,8 @@ class CallService:
         call = Call(self, tx, plan, caller, caller_user, trunk)
         self.calls[call.id] = call
         self.stats["calls_started"] += 1
+        if self.owners is not None:
+            self.owners.started(call)
         call.guarded(call.start)
 
     def _star_code(self, tx, user, code) -> None:
@@ -210,7 +222,11 @@ class CallService:
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if self.owners is not None:
+            self.owners.ended(call)
         self.blf.changed(call, ended=True)
+        if self.toll is not None:
+            self.toll.release(call.id)
         if call.answer_iso:
             self.stats["calls_answered"] += 1
         else:
