@@ -5,9 +5,9 @@ The caller's leg and its relay port stay as they are: hpbx calls the transfer ta
 relay's port facing the callee side (as the original callee was called), and when the target
 answers, that relay leg's peer becomes the target, the transferor gets a final NOTIFY (``SIP/2.0
 200 OK``) and a BYE, and the caller gets a re-INVITE with the target's SDP (same relay address
-and port; the target may have chosen another codec than the transferor). A target that cannot be reached
-leaves the call as it was, with the failure reported in the NOTIFY. The caller asking for a
-transfer is refused (501): its leg is the one hpbx cannot replace yet.
+and port; the target may have chosen another codec than the transferor). A target that cannot
+be reached leaves the call as it was, with the failure reported in the NOTIFY. The caller
+asking for a transfer is refused (501): its leg is the one hpbx cannot replace yet.
 """
 from __future__ import annotations
 
@@ -132,12 +132,10 @@ class BlindTransfer:
         svc.dialog_changed(call)
         log.info("[%s] transferred by %s to %s", call.id, old.label, leg.label)
 
-
     def _reoffer_caller(self, target_sdp: bytes) -> None:
         """A re-INVITE to the caller with the target's SDP (relay address and port unchanged):
-        its media now comes from another sender (new SSRC, sequence numbers and timestamps),
-        and a phone that keeps the old stream's jitter buffer drops every packet of the new
-        one as late (baresip 1.0 does) until an offer tells it the session changed."""
+        the target answered the caller's original offer and may have picked another codec
+        than the transferor did."""
         call = self.call
         dialog = call.a_dialog
         if dialog is None or call.media is None or not target_sdp:
