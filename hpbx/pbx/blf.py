@@ -26,7 +26,7 @@ from hpbx.sip.transaction import Target
 
 log = logging.getLogger("hpbx.pbx.blf")
 
-MIN_EXPIRES, MAX_EXPIRES, DEFAULT_EXPIRES = 60, 3600, 3600
+MAX_EXPIRES, DEFAULT_EXPIRES = 3600, 3600  # the shortest is [sip] min_expires (as for REGISTER)
 MAX_PER_USER = 50  # subscriptions one user may hold (a flood of SUBSCRIBEs stays bounded)
 
 
@@ -86,8 +86,9 @@ class DialogEvents:
         if expires is None:
             tx.respond(400, "Bad Expires header")
             return
-        if 0 < expires < MIN_EXPIRES:
-            tx.respond(423, "Interval Too Brief", [("Min-Expires", str(MIN_EXPIRES))])
+        shortest = self.svc.registrar.min_expires
+        if 0 < expires < shortest:
+            tx.respond(423, "Interval Too Brief", [("Min-Expires", str(shortest))])
             return
         mine = sum(1 for subs in self.by_watched.values() for s in subs if s.subscriber == user.username)
         if expires and mine >= MAX_PER_USER:
@@ -131,6 +132,9 @@ class DialogEvents:
         expires = self._expires(msg)
         if expires is None:
             tx.respond(400, "Bad Expires header")
+            return
+        if 0 < expires < self.svc.registrar.min_expires:
+            tx.respond(423, "Interval Too Brief", [("Min-Expires", str(self.svc.registrar.min_expires))])
             return
         tx.respond(200, None, [("Expires", str(expires))])
         if not expires:
