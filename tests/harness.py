@@ -90,12 +90,18 @@ def wait_bound(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> boo
 
 
 _SIPP_PORTS = _PortCycle(31200, 31799)
-_MEDIA_PORTS = _PortCycle(31800, 32699, width=4)  # SIPp -mp N binds N..N+3 (audio, video)
+_MEDIA_PORTS = _PortCycle(31800, 32299, width=4)  # SIPp -mp N binds N..N+3 (audio, video)
+_CLIENT_MEDIA = _PortCycle(32300, 32699, width=8)  # a real phone's RTP/RTCP ports (tests/interop)
 
 
 def sipp_port(host: str = "127.0.0.1") -> int:
     """A UDP port for a SIPp instance's SIP socket (below the ephemeral range, cycling)."""
     return _SIPP_PORTS.take(host)
+
+
+def client_media_ports(host: str = "127.0.0.1") -> int:
+    """The first of 8 free ports (below the ephemeral range) for a real phone's media."""
+    return _CLIENT_MEDIA.take(host)
 
 
 def sipp_media_port(host: str = "127.0.0.1") -> int:

@@ -4,8 +4,9 @@ A phone SUBSCRIBEs ``Event: dialog`` to a user (Request-URI: internal number or 
 its tenant). The subscriber authenticates (407 like an INVITE) and must have the user on its
 Supervisor list (``supervise``), else 403; another event package is 489. Each subscription is
 a dialog; its NOTIFYs carry the user's dialogs as ``application/dialog-info+xml`` (always
-``state="full"``, ``version`` counting up per subscription): ``early`` while a call rings the
-user (or the user's own call rings), ``confirmed`` once answered, ``terminated`` once after
+``state="full"``, ``version`` counting up per subscription): ``early`` once a phone of the user
+answered a call's INVITE with a tagged 1xx (or the user's own call got one), ``confirmed`` once
+answered, ``terminated`` once after
 it ended, with the call-id and tags of the user's leg (what a BLF pickup needs) and the other
 party's identity. A change is NOTIFYed in the same loop iteration it happens in.
 
@@ -25,7 +26,7 @@ from hpbx.sip.transaction import Target
 
 log = logging.getLogger("hpbx.pbx.blf")
 
-MIN_EXPIRES, MAX_EXPIRES, DEFAULT_EXPIRES = 60, 3600, 3600
+MAX_EXPIRES, DEFAULT_EXPIRES = 3600, 3600  # the shortest is [sip] min_expires (as for REGISTER)
 MAX_PER_USER = 50  # subscriptions one user may hold (a flood of SUBSCRIBEs stays bounded)
 
 
@@ -85,8 +86,9 @@ class DialogEvents:
         if expires is None:
             tx.respond(400, "Bad Expires header")
             return
-        if 0 < expires < MIN_EXPIRES:
-            tx.respond(423, "Interval Too Brief", [("Min-Expires", str(MIN_EXPIRES))])
+        shortest = self.svc.registrar.min_expires
+        if 0 < expires < shortest:
+            tx.respond(423, "Interval Too Brief", [("Min-Expires", str(shortest))])
             return
         mine = sum(1 for subs in self.by_watched.values() for s in subs if s.subscriber == user.username)
         if expires and mine >= MAX_PER_USER:
@@ -130,6 +132,9 @@ class DialogEvents:
         expires = self._expires(msg)
         if expires is None:
             tx.respond(400, "Bad Expires header")
+            return
+        if 0 < expires < self.svc.registrar.min_expires:
+            tx.respond(423, "Interval Too Brief", [("Min-Expires", str(self.svc.registrar.min_expires))])
             return
         tx.respond(200, None, [("Expires", str(expires))])
         if not expires:
@@ -215,7 +220,11 @@ class DialogEvents:
         if state is None:
             if winner is not None and call.state == ANSWERED:
                 state = "confirmed"
-            elif call.state == RINGING and any(leg.live for leg in legs):
+            elif call.state == RINGING:
+                # early: a phone answered 1xx with a tag (RFC 4235: before that, no dialog)
+                legs = [leg for leg in legs if leg.live and leg.dialog is not None and leg.dialog.remote_tag]
+                if not legs:
+                    return None
                 state = "early"
             else:
                 return None

@@ -262,7 +262,6 @@ class Call:
                 svc.ringing[leg.user] = svc.ringing.get(leg.user, 0) + 1
             svc.legs[leg.call_id] = (self, leg)
             self._send_invite(leg)
-        svc.dialog_changed(self)
 
     def _identity(self, leg: BLeg) -> tuple[str, str, list]:
         """(From display, From user, extra headers) presented on one branch."""
@@ -371,7 +370,10 @@ class Call:
             if status == 100 or self.state != RINGING:
                 return
             if msg is not None and msg.to_tag:
+                tagged = leg.dialog.remote_tag is None
                 leg.dialog.update_from_response(msg)
+                if tagged:  # an early dialog now exists, with its identifiers (BLF, Replaces)
+                    self.service.dialog_changed(self)
             leg.last = msg
             self.run(self.fork.on_response(leg.id, status, self.now()))
             return

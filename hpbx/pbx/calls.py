@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, ValidationError
-from hpbx.pbx import blf, pickup, router, starcodes
+from hpbx.pbx import blf, pickup, replaces, router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -141,6 +141,10 @@ class CallService:
             wanted = starcodes.pickup(dialled)
             if wanted is not None:
                 pickup.handle(self, tx, user, *wanted)
+                return
+            replacing = msg.header("Replaces")
+            if replacing is not None:
+                replaces.handle(self, tx, user, replacing)
                 return
             plan = router.route_internal(directory, user, dialled, now)
             caller = user.internal_number or user.username

@@ -368,6 +368,15 @@ class UserForwarding:
     no_answer: str = ""
     no_answer_after: int = 20  # seconds the user rings before ``no_answer`` takes over
     unavailable: str = ""  # no device registered
+    # optional time window per rule: (kind, window) pairs; a window is a weekday slot's days and
+    # time_start/time_end (same semantics: inclusive, wraps midnight); outside it the rule is off
+    windows: tuple[tuple[str, "DialPlan"], ...] = ()
+
+    def window(self, kind: str) -> "DialPlan | None":
+        for k, w in self.windows:
+            if k == kind:
+                return w
+        return None
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "UserForwarding":
@@ -377,16 +386,28 @@ class UserForwarding:
             values[kind] = r.text(kind)
             if values[kind]:
                 check_forward_target(values[kind], r.name(kind))
-        obj = cls(**values, no_answer_after=r.integer("no_answer_after", 20, 1, 600))
+        windows = []
+        raw = r.get("windows", Mapping, {})
+        for kind, spec in raw.items():
+            where = f"{r.name('windows')}.{kind}"
+            if kind not in FORWARD_KINDS:
+                raise ValidationError(where, f"is not one of {', '.join(FORWARD_KINDS)}")
+            if not isinstance(spec, Mapping) or set(spec) - {"days", "time_start", "time_end"}:
+                raise ValidationError(where, "must be an object of days, time_start, time_end")
+            windows.append((kind, DialPlan.from_dict({"active": True, "mode": "weekday", **spec}, where)))
+        obj = cls(**values, no_answer_after=r.integer("no_answer_after", 20, 1, 600),
+                  windows=tuple(windows))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["windows"] = {k: {"days": list(w.days), "time_start": w.time_start, "time_end": w.time_end}
+                        for k, w in self.windows}
         if not compact:
             return d
-        default = UserForwarding()
-        return {k: v for k, v in d.items() if v != getattr(default, k)}
+        default = UserForwarding().to_dict()
+        return {k: v for k, v in d.items() if v != default[k]}
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from hpbx.pbx.directory import Directory
 from hpbx.pbx.model import (
     ALLUSERS, MAX_LINK_HOPS, DialStep, Group, PublicNumber, Target, Trunk, User,
 )
-from hpbx.pbx.schedule import Selection, select
+from hpbx.pbx.schedule import Selection, plan_matches, select
 
 INTERNAL_RING_SECONDS = 60  # how long an internal call rings a user or group before 480
 
@@ -212,7 +212,7 @@ def route_internal(directory: Directory, caller: User, dialled: str, now: dateti
     if isinstance(found, User):
         ring = Ring("user", found.username, user=found, via=f"user:{found.username}")
         return Plan(kind="internal", tenant=tenant, dialled=dialled,
-                    rows=forwarded_rows(directory, found, ring, ring_seconds))
+                    rows=forwarded_rows(directory, found, ring, ring_seconds, now))
     if isinstance(found, Group):
         rings = tuple(Ring("user", u.username, user=u, via=f"group:{found.name}")
                       for u in group_members(directory, tenant, found.name))
@@ -255,21 +255,32 @@ def _forward_ring(directory: Directory, callee: User, target: str, when: frozens
                 diverted_by=callee.internal_number or callee.username, reason=reason)
 
 
-def forwarded_rows(directory: Directory, callee: User, ring: Ring, ring_seconds: int) -> tuple[Row, ...]:
+def forwarded_rows(directory: Directory, callee: User, ring: Ring, ring_seconds: int,
+                   now: datetime | None = None) -> tuple[Row, ...]:
     """The rows of a call addressed to ``callee`` directly, with its forwarding rules: an
     unconditional rule rings only its target; otherwise the user rings (``no_answer_after`` s
     when a no-answer rule is set), then the busy / no-answer / unavailable targets, each only
     if the user's branch ended that way (``forward_applies``). Rules are followed one hop: a
-    forwarding target's own rules do not apply."""
+    forwarding target's own rules do not apply. A rule with a time window counts only inside
+    it (the tenant's wall-clock time at ``now``)."""
     fw = callee.forward
-    if fw.unconditional:
-        target = _forward_ring(directory, callee, fw.unconditional, frozenset(), "unconditional")
+    local = now.astimezone(directory.zone(callee.tenant)) if now is not None else None
+
+    def rule(kind: str) -> str:
+        target = getattr(fw, kind)
+        window = fw.window(kind)
+        if target and window is not None and local is not None and not plan_matches(window, local):
+            return ""
+        return target
+
+    if rule("unconditional"):
+        target = _forward_ring(directory, callee, rule("unconditional"), frozenset(), "unconditional")
         return (Row(ring_seconds, (target,)),) if target is not None else ()
     conditions: dict[str, set[str]] = {}
     for kind in ("busy", "no_answer", "unavailable"):
-        if getattr(fw, kind):
-            conditions.setdefault(getattr(fw, kind), set()).add(kind)
-    first = Row(fw.no_answer_after if fw.no_answer else ring_seconds, (ring,))
+        if rule(kind):
+            conditions.setdefault(rule(kind), set()).add(kind)
+    first = Row(fw.no_answer_after if rule("no_answer") else ring_seconds, (ring,))
     second = []
     for target, kinds in conditions.items():
         reason = _REASONS[sorted(kinds)[0]] if len(kinds) == 1 else "unknown"

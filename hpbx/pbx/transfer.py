@@ -4,10 +4,10 @@ the callee side: "put my caller through to Refer-To".
 The caller's leg and its relay port stay as they are: hpbx calls the transfer target with the
 relay's port facing the callee side (as the original callee was called), and when the target
 answers, that relay leg's peer becomes the target, the transferor gets a final NOTIFY (``SIP/2.0
-200 OK``) and a BYE, and the call goes on between caller and target (the caller's phone needs
-no re-INVITE: its media address and codecs do not change). A target that cannot be reached
-leaves the call as it was, with the failure reported in the NOTIFY. The caller asking for a
-transfer is refused (501): its leg is the one hpbx cannot replace yet.
+200 OK``) and a BYE, and the caller gets a re-INVITE with the target's SDP (same relay address
+and port; the target may have chosen another codec than the transferor). A target that cannot
+be reached leaves the call as it was, with the failure reported in the NOTIFY. The caller
+asking for a transfer is refused (501): its leg is the one hpbx cannot replace yet.
 """
 from __future__ import annotations
 
@@ -126,10 +126,43 @@ class BlindTransfer:
         call.winner = leg
         self.finish("SIP/2.0 200 OK")
         call._send_bye(old.dialog, None)
+        self._reoffer_caller(msg.body)
         svc.legs.pop(old.call_id, None)
         call.targets_tried.append(leg.ring.key)
         svc.dialog_changed(call)
         log.info("[%s] transferred by %s to %s", call.id, old.label, leg.label)
+
+    def _reoffer_caller(self, target_sdp: bytes) -> None:
+        """A re-INVITE to the caller with the target's SDP (relay address and port unchanged):
+        the target answered the caller's original offer and may have picked another codec
+        than the transferor did."""
+        call = self.call
+        dialog = call.a_dialog
+        if dialog is None or call.media is None or not target_sdp:
+            return
+        ms = call.media
+        try:
+            body = anchor.rewrite(target_sdp, ms.address_for(call.a_target.host), ms.port_a)
+        except HpbxError:
+            return
+        cseq = dialog.next_cseq()
+        headers = dialog.headers("INVITE", cseq) + [("Content-Type", "application/sdp")]
+        svc = call.service
+
+        def answered(tx, status, resp):
+            if 200 <= status < 300 and resp is not None:
+                dialog.send_ack(svc.transports, cseq)
+                if resp.body:
+                    try:
+                        peer = anchor.peer(resp.body)
+                        svc.media.offer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port,
+                                        rtcp_mux=peer.rtcp_mux)
+                    except HpbxError as exc:
+                        log.info("[%s] caller's answer after transfer not usable: %s", call.id, exc)
+
+        svc.transactions.send_request("INVITE", dialog.remote_target, headers, dialog.target,
+                                      lambda tx, status, resp: call.guarded(answered, tx, status, resp),
+                                      body)
 
 
 def handle_refer(call, side, tx) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger("hpbx.sip.dispatcher")
 
 URI_SCHEMES = frozenset(("sip", "sips", "tel"))
 # extensions this server implements (Require tags it accepts)
-SUPPORTED = ("path", "outbound")
+SUPPORTED = ("path", "outbound", "replaces")
 
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 

@@ -22,6 +22,8 @@ import time
 import wave
 from pathlib import Path
 
+from harness import client_media_ports
+
 BARESIP = shutil.which("baresip")
 LINPHONE_DAEMON = shutil.which("linphone-daemon")
 MODULES = "/usr/lib/baresip/modules"
@@ -101,6 +103,7 @@ class Baresip:
         self.rec.mkdir(exist_ok=True)
         tone_wav(self.dir / "tone.wav", tone)
         hostpart = f"[{host}]" if ":" in host else host
+        media = client_media_ports(host)
         (self.dir / "config").write_text("\n".join([
             "poll_method epoll",
             f"sip_listen {hostpart}:{sip_port}",
@@ -109,7 +112,11 @@ class Baresip:
             "audio_player aubridge,nil",
             "audio_alert aubridge,nil",
             "audio_path /usr/share/baresip",
-            f"rtp_ports {sip_port + 2}-{sip_port + 40}",
+            f"rtp_ports {media}-{media + 7}",
+            # no jitter buffer: baresip 1.0 keeps it across a change of sender (SSRC, after a
+            # transfer) and drops the new sender's packets as late while their sequence numbers
+            # are below the old one's (README, "Real phones")
+            "jitter_buffer_delay 0-0",
             f"module_path {MODULES}",
             "module g711.so", "module aufile.so", "module aubridge.so", "module sndfile.so",
             "module_app account.so", "module_app menu.so", "module_app ctrl_tcp.so",
@@ -274,7 +281,7 @@ class Linphone:
         (self.dir / "rc").write_text("\n".join([
             "[sip]", "ipv6=0", "sip_port=-1", "sip_tcp_port=-1", "sip_tls_port=-1",
             f"bind_address={host}", "verify_server_certs=0", "verify_server_cn=0",
-            "[rtp]", f"audio_rtp_port={sip_port + 2}",
+            "[rtp]", f"audio_rtp_port={client_media_ports(host)}",
             "[net]", f"bind_address={host}",
             "[sound]", "echocancellation=0", "", ]))
         env = dict(os.environ, HOME=str(self.dir))

@@ -191,7 +191,8 @@ def test_blind_transfer_by_the_callee_connects_caller_and_target(rig, tmp_path):
         gus.wait_event("CALL_ESTABLISHED")
         assert abs(wait_heard(kim, 440) - 440) <= 20
         gus.command("transfer", f"sip:{NAMES['hal']}@{rig.target}")
-        hal.wait_event("CALL_ESTABLISHED")
+        established = hal.wait_event("CALL_ESTABLISHED")
+        assert f"sip:{NAMES['kim']}@" in established.get("peeruri", ""), established  # the transferee
         closed_reason(gus)
         assert abs(wait_heard(kim, 1000) - 1000) <= 20, kim.received_wavs()
         assert abs(wait_heard(hal, 660) - 660) <= 20, hal.received_wavs()

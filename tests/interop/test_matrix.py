@@ -3,7 +3,10 @@ Clients: baresip 1.0 (Debian baresip-core, ctrl_tcp), linphone-daemon 5.1 (Debia
 its unix socket), SIPp 3.6 (Debian sip-tester). Features: register over UDP, TCP and TLS; a call
 to a baresip peer with audio checked both ways where the client can send a tone and report what
 it received; hold and resume (re-INVITE sendonly/sendrecv, seen in the relay session's hold
-state and media flowing again); DTMF (RFC 4733 events arriving at the peer in order).
+state and media flowing again); DTMF (RFC 4733 events arriving at the peer in order); blind
+transfer (the client, called by a baresip peer, REFERs it to a second baresip phone, and the
+two hear each other); BLF (the client watches a user's dialog state: early, confirmed,
+terminated).
 
 A cell the client cannot do skips with "not supported by the client: ..."; the conftest writes
 the table (pass / fail / not supported) to var/interop-matrix.md and prints it."""
@@ -17,12 +20,16 @@ import pytest
 from clients import Baresip, Linphone
 from harness import REPO, HpbxServer, SippRun, have_sipp, reserved_port, run_sipp, sipp_port
 from callrig import SCEN, user
+from pathlib import Path
+
+HERE_SCEN = Path(__file__).resolve().parent / "scenarios"
 from rtp_pcap import tone_pcap
 from sipp_call import scenario
 from test_default_config import wait_heard
 
 CLIENTS = ("baresip", "linphone", "sipp")
-FEATURES = ("register_udp", "register_tcp", "register_tls", "call_audio", "hold_resume", "dtmf")
+FEATURES = ("register_udp", "register_tcp", "register_tls", "call_audio", "hold_resume", "dtmf",
+            "blind_transfer", "blf")
 TONE = {"baresip": 440, "linphone": 660, "sipp": 550}
 REF_TONE = 1000
 DIGITS = "159"
@@ -38,7 +45,7 @@ def uname(client: str, feature: str) -> str:
 
 TENANT = '[tenant]\nname = "interop"\n' + "".join(
     user(uname(c, f), _num(c, f, 2000)) + user("ref" + uname(c, f), _num(c, f, 3000))
-    for c in CLIENTS for f in FEATURES)
+    + user("to" + uname(c, f), _num(c, f, 4000)) for c in CLIENTS for f in FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +129,12 @@ class BaresipCase:
             self.phone.command("sndcode", d)
             time.sleep(0.4)
 
+    def answered(self):
+        self.phone.wait_event("CALL_ESTABLISHED")
+
+    def transfer(self, number):
+        self.phone.command("transfer", f"sip:{number}@{self.server.sip_target}")
+
     def close(self):
         self.phone.close()
 
@@ -162,6 +175,13 @@ class LinphoneCase:
             self.phone.ok(f"dtmf {d}")
             time.sleep(0.4)
 
+    def answered(self):
+        self.phone.wait_call_state("StreamsRunning")
+        self.id = "1"  # linphone-daemon numbers a process's calls from 1; this is its first
+
+    def transfer(self, number):
+        self.phone.ok(f"call-transfer {self.id} sip:{number}@{self.server.sip_target}")
+
     def close(self):
         self.phone.close()
 
@@ -169,10 +189,10 @@ class LinphoneCase:
 CASES = {"baresip": BaresipCase, "linphone": LinphoneCase}
 
 
-def reference_peer(server, tmp, client, feature) -> Baresip:
-    name = "ref" + uname(client, feature)
+def reference_peer(server, tmp, client, feature, prefix="ref", tone=REF_TONE) -> Baresip:
+    name = prefix + uname(client, feature)
     ref = Baresip(tmp / name, name, f"{name}-pw", server.sip_target, sip_port=reserved_port(),
-                  tone=REF_TONE)
+                  tone=tone)
     ref.wait_event("REGISTER_OK")
     return ref
 
@@ -226,6 +246,10 @@ def test_interop(server, tmp_path, client, feature):
             finally:
                 case.close()
         return
+    if feature == "blind_transfer":
+        return blind_transfer(server, tmp_path, client)
+    if feature == "blf":
+        return blf(server, tmp_path, client)
     ref = reference_peer(server, tmp_path, client, feature)
     target = _num(client, feature, 3000)
     try:
@@ -272,4 +296,85 @@ def test_interop(server, tmp_path, client, feature):
         finally:
             case.close()
     finally:
+        ref.close()
+
+
+TRANSFER_TONE = 1200
+
+
+def blind_transfer(server, tmp, client):
+    """A baresip peer calls the client; the client transfers it (REFER) to a second baresip
+    phone; peer and target hear each other."""
+    feature = "blind_transfer"
+    name = uname(client, feature)
+    ref = reference_peer(server, tmp, client, feature)
+    to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
+    try:
+        if client == "sipp":
+            scen = HERE_SCEN / "uas_refer.xml"
+            port = sipp_port()
+            res = run_sipp(SCEN / "register_auth.xml", server.sip_target, tmp, local_port=port,
+                           inf=[(name, f"{name}-pw", name, 300)], name=f"reg-{name}")
+            assert res.successful == 1, res.describe()
+            run = SippRun(scen, server.sip_target, tmp, local_port=port, name="transferor", timeout=30,
+                          extra=["-key", "refer_to", _num(client, feature, 4000),
+                                 "-mi", "127.0.0.1", "-mp", str(sipp_port())]).start()
+            from harness import wait_bound
+            assert wait_bound(port)
+            ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+            to.wait_event("CALL_ESTABLISHED", timeout=15)
+            res = run.wait()
+            assert res.returncode == 0 and res.successful == 1, res.describe()
+        else:
+            case = CASES[client](server, tmp, name)
+            try:
+                ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+                ref.wait_event("CALL_ESTABLISHED")
+                case.answered()
+                case.transfer(_num(client, feature, 4000))
+                to.wait_event("CALL_ESTABLISHED", timeout=15)
+            finally:
+                case.close()
+        assert abs(wait_heard(ref, TRANSFER_TONE) - TRANSFER_TONE) <= 20, ref.received_wavs()
+        assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
+        ref.command("hangup")
+    finally:
+        ref.close()
+        to.close()
+
+
+def blf(server, tmp, client):
+    if client in ("baresip", "linphone"):
+        pytest.skip(f"not supported by the client: {client} has no dialog event package (RFC 4235)")
+    feature = "blf"
+    name = uname(client, feature)
+    admin(server, "user.update", username=name, supervise=["to" + name])
+    inf = tmp / "watcher.csv"
+    inf.write_text(f"SEQUENTIAL\n{name};\n")
+    run = SippRun(HERE_SCEN / "blf_watch.xml", server.sip_target, tmp, name="watcher", timeout=30,
+                  extra=["-s", _num(client, feature, 4000), "-au", name, "-ap", f"{name}-pw",
+                         "-inf", str(inf)]).start()
+    ref = reference_peer(server, tmp, client, feature)
+    watched = Baresip(tmp / "watched", "to" + name, f"to{name}-pw", server.sip_target,
+                      sip_port=reserved_port(), answermode="manual")
+    try:
+        watched.wait_event("REGISTER_OK")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            stats = admin(server, "stats.get", layer="calls")
+            if stats.get("calls", stats).get("blf_subscriptions", 0) >= 1:
+                break
+            time.sleep(0.1)
+        ref.command("dial", f"sip:{_num(client, feature, 4000)}@{server.sip_target}")
+        watched.wait_event("CALL_INCOMING")
+        time.sleep(0.3)
+        watched.command("accept")
+        watched.wait_event("CALL_ESTABLISHED")
+        time.sleep(0.3)
+        ref.command("hangup")
+        watched.wait_event("CALL_CLOSED")
+        res = run.wait()
+        assert res.returncode == 0 and res.successful == 1, res.describe()
+    finally:
+        watched.close()
         ref.close()

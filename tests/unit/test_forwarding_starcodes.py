@@ -63,3 +63,37 @@ def test_pickup_codes():
     assert starcodes.pickup("*8") == ("group", "")
     for other in ("**", "**1a", "*81", "*78"):
         assert starcodes.pickup(other) is None, other
+
+
+def test_replaces_header_parse():
+    from hpbx.pbx import replaces
+    assert replaces.parse("abc@h;to-tag=1;from-tag=2") == ("abc@h", {"1", "2"})
+    assert replaces.parse("abc ; from-tag=2 ; to-tag=1;early-only") == ("abc", {"1", "2"})
+    for bad in ("", "abc", "abc;to-tag=1", ";to-tag=1;from-tag=2"):
+        assert replaces.parse(bad) is None, bad
+
+
+def test_a_rule_with_a_time_window_counts_only_inside_it():
+    # 2026-12-02 is a Wednesday; the tenant's zone is Europe/Zurich (UTC+1 in December)
+    d, users = directory(unconditional="0791112233",
+                         windows={"unconditional": {"days": ["wed"], "time_start": "12:00",
+                                                    "time_end": "13:59"}})
+    inside = datetime(2026, 12, 2, 12, 30, tzinfo=timezone.utc)  # 13:30 local
+    outside = datetime(2026, 12, 2, 13, 30, tzinfo=timezone.utc)  # 14:30 local
+    assert [r.key for r in router.route_internal(d, users["b"], "101", inside).rows[0].targets] == [
+        "external:0791112233"]
+    assert [r.key for r in router.route_internal(d, users["b"], "101", outside).rows[0].targets] == [
+        "user:a"]
+    a = users["a"]
+    assert User.from_dict(a.to_dict()) == a and "windows" in a.to_dict(compact=True)["forward"]
+
+
+def test_bad_windows_name_the_field():
+    import pytest
+    from hpbx.errors import ValidationError
+    for bad, field in (({"sometimes": {"days": ["mon"]}}, "forward.windows.sometimes"),
+                       ({"busy": {"days": ["xyz"]}}, "forward.windows.busy.days[0]"),
+                       ({"busy": {"hours": 3}}, "forward.windows.busy")):
+        with pytest.raises(ValidationError) as err:
+            User.from_dict({"tenant": "t", "username": "a", "sip_password": "a-pw", "forward": {"windows": bad}})
+        assert err.value.field == field, (bad, err.value.field)
