@@ -122,6 +122,7 @@ _TOLL_HELP = {
     "calls_per_hour_tenant": "trunk call attempts of the tenant in any 60 minutes (0: no limit)",
     "allow_international": "numbers outside the home country",
     "allow_premium": "premium and high-risk ranges ([security.toll] premium_prefixes)",
+    "max_call_secs": "an answered trunk call is hung up after this many seconds (0: never)",
     "allow_prefixes": "normalised prefixes always allowed, e.g. [\"+49\"]",
     "deny_prefixes": "normalised prefixes always refused",
 }

@@ -27,6 +27,7 @@ class TollLimits:
     calls_per_hour_tenant: int = 200     # ... per tenant
     allow_international: bool = False    # numbers outside the home country
     allow_premium: bool = False          # premium_prefixes
+    max_call_secs: int = 14400           # an answered trunk call is hung up after this; 0 = never
     allow_prefixes: tuple[str, ...] = ()  # always allowed (normalised, e.g. "+49")
     deny_prefixes: tuple[str, ...] = ()   # always refused
 

@@ -1,6 +1,7 @@
 """Toll-fraud limits on calls that leave through a trunk: destination policy (national,
 international, premium; allow and deny prefixes), concurrent trunk calls per user and per
-tenant, and call attempts per hour per user and per tenant.
+tenant, call attempts per hour per user and per tenant, and the longest an answered trunk call
+may last (``max_call_secs``: both legs get BYE then).
 
 Limits come from ``[security.toll]`` (defaults, per tenant ``[security.toll.tenants.NAME]``);
 ``toll.set`` over admin overrides them per tenant, stored, and wins over the file. A refusal
@@ -115,6 +116,10 @@ class TollPolicy:
                 self._attempts_user.setdefault((tenant, user), collections.deque()).append(now)
         self.stats["toll_admitted"] += 1
         return None
+
+    def max_call_secs(self, tenant: str) -> int:
+        """How long an answered call through the trunk may last (0: no limit)."""
+        return self.limits(tenant).max_call_secs
 
     def release(self, call_id: str) -> None:
         held = self._held.pop(call_id, None)

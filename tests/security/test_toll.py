@@ -214,3 +214,24 @@ def test_attempts_per_hour_and_overrides_over_admin(rig):
     reset = rig.admin("toll.reset", tenant="toll")
     assert reset["reset"] and reset["limits"]["allow_international"] is False
     rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_an_answered_trunk_call_ends_at_its_maximum_duration(rig):
+    rig.admin("toll.set", tenant="toll", max_call_secs=2)
+    try:
+        g = gateway(rig, 1, pause_ms=100, timeout=20)
+        t0 = time.monotonic()
+        caller = rig.sipp(str(Path(__file__).resolve().parent / "scenarios" / "call_uac_auth_wait_bye.xml"),
+                          service="0791110007", extra=["-au", "t2", "-ap", "t2-pw"], timeout=20,
+                          name="long").finish()
+        took = time.monotonic() - t0
+        seen = g.finish()
+    finally:
+        rig.admin("toll.reset", tenant="toll")
+    # both legs got a BYE from the server (each scenario ends only on a received BYE)
+    assert caller.successful == 1, caller.describe() + rig.server.log()
+    assert seen.successful == 1 and seen.received("BYE"), seen.describe()
+    assert 2.0 <= took < 4.5, took
+    assert rig.cdrs(count=1)[-1]["end_reason"] == "maximum call duration"
+    rig.assert_idle()
