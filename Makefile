@@ -25,7 +25,7 @@ build: $(STAMP)
 DEB_PKGS := sip-tester iptables iproute2
 DEB_PKGS += # media engine
 DEB_PKGS += # media services (prompts, music on hold)
-DEB_PKGS += # real phones (interop)
+DEB_PKGS += baresip-core linphone-cli # real phones (interop)
 DEB_PKGS += sipvicious fail2ban # security
 DEB_PKGS += # web face
 DEB_PKGS += # scale (databases)

@@ -52,7 +52,9 @@ class SipSettings:
     keepalive_interval: int = 25
     keepalive_grace: int = 120
     user_agent: str = "hpbx"
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")  # offered in this order (RFC 8760)
+    # enabled (accepted) digest algorithms; what a 401/407 offers depends on the user
+    # (flags.sha256_digest: SHA-256 first, then MD5; else MD5 alone), see hpbx.sip.auth
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
 
 
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
@@ -63,6 +65,7 @@ class RtpSettings:
     port_min: int = 20000
     port_max: int = 29999
     address: str = "127.0.0.1"  # address the relay sockets bind to
+    address6: str = ""  # IPv6 beside an IPv4 address: dual-stack relay ([::] sockets), both families
     advertise: str = ""  # address written into SDP; "" = address
     workers: int = 0  # 0 = one per core
     media_timeout: int = 60
@@ -264,12 +267,17 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         port_min=port_min,
         port_max=port_max,
         address=r.address("address", "127.0.0.1"),
+        address6=r.address("address6", "", allow_empty=True),
         advertise=r.address("advertise", "", allow_empty=True),
         workers=r.int_in("workers", 0, 0, 64),
         media_timeout=r.int_in("media_timeout", 60, 0, 86400),
         strict_latching=r.get("strict_latching", bool, False),
     )
     r.finish()
+
+    if rtp.address6 and (":" not in rtp.address6 or ":" in rtp.address):
+        raise ConfigError(f"{path}: rtp.address6: must be an IPv6 address beside an IPv4 "
+                          f"rtp.address, got {rtp.address6!r} beside {rtp.address!r}")
 
     r = _Reader(path, "admin", data.get("admin"))
     uids = r.get("allow_uids", list, [0])

@@ -345,7 +345,12 @@ _add_crud(
     (Param("name", "str", required=True, help="tenant name (a-z, 0-9, _.-)"),),
     (Param("domain", "str", help="SIP domain of the tenant"),
      Param("timezone", "str", help="IANA time zone of the dial plans (default Europe/Zurich)"),
-     Param("trunk", "str", help="name of the trunk used for external numbers")),
+     Param("trunk", "str", help="name of the trunk used for external numbers"),
+     Param("default_number", "str",
+           help="public number presented to the network for users with no displayed number"),
+     Param("caller_id_fallback", "str", choices=("default_number", "withheld"),
+           help="caller ID of users with no displayed number: the default number, or withheld "
+                "(anonymous, P-Asserted-Identity + Privacy: id)")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -358,7 +363,13 @@ _add_crud(
            choices=("displayed", "original_caller", "dialled")),
      Param("cti_password", "str", help="password of the CTI clients"),
      Param("details", "object", help="first_name, name, company, mobile, nickname, email"),
-     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true}")),
+     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true, \"dnd\": true}"),
+     Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
+     Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
+     Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
+     Param("forward", "object",
+           help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
+                "each an internal or external number, \"\" = off")),
     (Param("tenant", "str", help="only this tenant"),),
     ("username", "tenant", "internal_number", "displayed_number", "details"))
 _add_crud(

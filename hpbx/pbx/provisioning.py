@@ -54,7 +54,7 @@ def _merge(current: dict, changes: Any, keys: Iterable[str]) -> dict:
             raise ValidationError(k, f"cannot be changed (it is the object's key); delete and create instead")
     merged = dict(current)
     for k, v in changes.items():
-        if k in ("details", "flags") and isinstance(v, dict) and isinstance(current.get(k), dict):
+        if k in ("details", "flags", "forward") and isinstance(v, dict) and isinstance(current.get(k), dict):
             merged[k] = {**current[k], **v}
         else:
             merged[k] = v

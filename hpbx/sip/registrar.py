@@ -140,7 +140,7 @@ class Registrar:
             status, reason, headers = 400, TO_NOT_SIP, ()
             self.stats["register_err"] += 1
         else:
-            status, reason, headers = 401, None, self.auth.challenge_headers()
+            status, reason, headers = 401, None, self.auth.challenge_for(msg.to_addr.uri.user)
             self.stats["register_401"] += 1
         tag = hashlib.blake2s(f"{msg.via_branch}|{msg.call_id}|{msg.from_tag}".encode(
             "utf-8", "surrogateescape"), digest_size=6).hexdigest()
@@ -169,7 +169,8 @@ class Registrar:
                 tx.respond(403, "Forbidden")
             else:
                 self.stats["register_401"] += 1
-                tx.respond(401, None, self.auth.challenge_headers(stale=verdict is Verdict.STALE))
+                tx.respond(401, None, self.auth.challenge_for(to.uri.user,
+                                                              stale=verdict is Verdict.STALE))
             return
         if user.username != to.uri.user:
             raise RegisterError(403, "Forbidden auth ID")
