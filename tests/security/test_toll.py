@@ -235,3 +235,21 @@ def test_an_answered_trunk_call_ends_at_its_maximum_duration(rig):
     assert 2.0 <= took < 4.5, took
     assert rig.cdrs(count=1)[-1]["end_reason"] == "maximum call duration"
     rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_a_transfer_to_the_trunk_is_held_to_the_limits(rig):
+    """t2 calls t1; t1 (SIPp) transfers the caller to an international number its tenant may
+    not call: the final NOTIFY says 403 with the reason, the trunk sees nothing, the call goes on."""
+    scen = Path(__file__).resolve().parent / "scenarios" / "uas_refer_refused.xml"
+    g = gateway(rig, 1, timeout=6)
+    t1 = rig.phone("t1", str(scen), extra=["-key", "refer_to", "004930123456"], timeout=15)
+    caller = rig.call("call_uac_auth.xml", "401", pause_ms=2500, extra=["-au", "t2", "-ap", "t2-pw"])
+    res = t1.finish()
+    seen = g.finish()
+    assert caller.successful == 1, caller.describe() + rig.server.log()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert seen.received("INVITE") == []
+    assert re.search(r"SECURITY event=toll_refused [^\n]*dialled=004930123456 rule=international",
+                     rig.server.log())
+    rig.assert_idle()
