@@ -39,7 +39,7 @@ REG_RATE = int(os.environ.get("REG_RATE", "3000"))
 REG_SECS = int(os.environ.get("REG_SECS", "8"))
 NUSERS = 10_000
 USER_FIRST = 100_000
-STEP_RATES = os.environ.get("STEP_RATES", "4000 8000 12000 16000 20000 24000")
+STEP_RATES = os.environ.get("STEP_RATES", "2000 4000 8000 12000 16000 20000")
 ON = {"flood_threshold": 1_000_000, "auth_failures": 0, "user_failures": 0}  # checks, no bans
 OFF = {"enabled": False}
 

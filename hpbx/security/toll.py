@@ -61,7 +61,9 @@ class TollPolicy:
         self._live_user: collections.Counter = collections.Counter()
         self._attempts_tenant: dict[str, collections.deque] = {}
         self._attempts_user: dict[tuple[str, str], collections.deque] = {}
-        self.stats = {"toll_admitted": 0, "toll_refused": 0}
+        self.stats = {"toll_admitted": 0, "toll_refused": 0, "toll_blocks": 0}
+        # (tenant) -> None: hangs up the tenant's calls through the trunk (set by the B2BUA)
+        self.on_block = None
         self.configure(settings)
         if store is not None:
             for tenant, doc in store.toll_overrides():
@@ -137,6 +139,8 @@ class TollPolicy:
 
     @staticmethod
     def _destination(limits: TollLimits, norm: str, kind: str) -> Refusal | None:
+        if limits.blocked:
+            return Refusal(403, "Outbound calls of this tenant are blocked", "blocked")
         if any(norm.startswith(p) for p in limits.deny_prefixes):
             return Refusal(403, "Destination not allowed", "deny_prefix")
         if any(norm.startswith(p) for p in limits.allow_prefixes):
@@ -159,8 +163,29 @@ class TollPolicy:
             return Refusal(403, "Outbound call rate of this user exceeded", "calls_per_hour_user")
         if limits.calls_per_hour_tenant and \
                 self._recent(self._attempts_tenant.get(tenant), now) >= limits.calls_per_hour_tenant:
+            if limits.on_rate_exceeded == "block":
+                self._block(tenant)
+                return Refusal(403, "Outbound calls of this tenant are blocked", "calls_per_hour_tenant")
             return Refusal(403, "Outbound call rate of this tenant exceeded", "calls_per_hour_tenant")
         return None
+
+    def _block(self, tenant: str) -> None:
+        """The tenant's outbound calls stop: the block is stored (it outlives a restart), live
+        trunk calls are hung up."""
+        self.stats["toll_blocks"] += 1
+        override = {**self._overrides.get(tenant, {}), "blocked": True}
+        self._overrides[tenant] = override
+        if self.store is not None:
+            self.store.set_toll_override(tenant, orjson.dumps(override).decode())
+        live = sum(1 for t, _ in self._held.values() if t == tenant)
+        log.warning("SECURITY event=toll_blocked tenant=%s rule=calls_per_hour_tenant live_calls=%d",
+                    _clean(tenant), live)
+        if self.on_block is not None:
+            self.on_block(tenant)
+
+    def holds(self, call_id: str) -> bool:
+        """Does ``call_id`` hold a slot (it rings or talks through the trunk)?"""
+        return call_id in self._held
 
     @staticmethod
     def _recent(attempts: collections.deque | None, now: float) -> int:
