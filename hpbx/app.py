@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hpbx import settings as settings_mod
@@ -25,8 +26,8 @@ from hpbx.sip.registrar import Registrar
 from hpbx.sip.timers import TimerWheel
 from hpbx.sip.transaction import TransactionLayer
 from hpbx.sip.transport import TransportHub
+from hpbx.store import backend
 from hpbx.store.bans import BanStore
-from hpbx.store.registrations import RegistrationStore
 
 log = logging.getLogger("hpbx")
 
@@ -59,9 +60,11 @@ class Server:
     # ---- wiring
     def _open_store(self) -> None:
         from hpbx.pbx.provisioning import Provisioning
-        from hpbx.store.sqlite import Store
 
-        self.store = Store(self.settings.store.path)
+        try:
+            self.store = backend.open_store(self.settings.store)
+        except HpbxError as exc:
+            raise ConfigError(f"{self.settings.path}: store: {exc}") from None
         self._stop_order.append(self.store.close)
         self.provisioning = Provisioning(self.store)
         if self.store.is_empty() and self.settings.provision:
@@ -86,13 +89,26 @@ class Server:
         settings = self.settings
         sip = settings.sip
         self._open_store()
-        self.reg_store = RegistrationStore(settings.store.path)
-        self._stop_order.append(self.reg_store.close)
+        if hasattr(self.store, "listener"):
+            # a store shared with other nodes: a tenant another node changed is read again
+            listener = self.store.listener(self.provisioning.reload_tenant,
+                                           self.provisioning.reload_all)
+            listener.start(loop)
+            self._stop_order.append(listener.stop)
+        self.reg_store = backend.open_registrations(settings.store)
+        self.clustered = bool(settings.store.redis)
+        if self.clustered:
+            await self._open_shared_registrations(loop)
+        else:
+            self._stop_order.append(self.reg_store.close)
         self.wheel = TimerWheel(loop)
         self._stop_order.append(self.wheel.close)
         self.auth = Authenticator(lambda name: self.provisioning.directory.auth_user(name),
                                   self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.registrar = Registrar(loop, self.wheel, self.reg_store, self.auth, settings)
+        if self.clustered:
+            self.registrar.node = self.reg_store.node
+            self._stop_order.append(self.registrar.drain)
         restored = self.registrar.start()
         self.provisioning.subscribe(self.registrar.drop_unknown)
         self._stop_order.append(self.registrar.stop)
@@ -113,10 +129,63 @@ class Server:
         self.keepalive.start()
         self._stop_order.append(self.keepalive.stop)
         self._start_calls(loop)
+        if self.clustered:
+            await self._start_ownership()
+        self._start_retention()
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
 
+    # ---- several nodes: shared registrations, provisioning changes, call ownership
+    async def _open_shared_registrations(self, loop) -> None:
+        """Redis: subscribed before it is read, so no other node's change is missed; the
+        registrar (made next) gets them from then on."""
+        def on_change(puts, deletes) -> None:
+            self.registrar.apply_remote(puts, deletes)
+
+        def on_resync(loaded) -> None:
+            self.registrar.replace_all(loaded)
+
+        try:
+            await self.reg_store.open(time.time(), on_change, on_resync)
+        except HpbxError as exc:
+            await self.reg_store.aclose()
+            raise ConfigError(f"{self.settings.path}: store.redis: {exc}") from None
+        self._stop_order.append(self.reg_store.aclose)
+
+    async def _start_ownership(self) -> None:
+        from hpbx.cluster.ownership import CallOwnership
+        from hpbx.sip.edge import EdgeRelay
+
+        self.ownership = CallOwnership(self.settings.store.redis, self.reg_store.node,
+                                       self.provisioning.cdr_add,
+                                       self.transports.local_address("udp", ""))
+        await self.ownership.start()
+        self.calls.owners = self.ownership
+        # phones whose flow another node holds are reached through that node, and the
+        # requests other nodes send through us to our flows are relayed
+        self.registrar.peers = self.ownership.peers
+        self.dispatcher.edge = EdgeRelay(self.transports, self.ownership.peer_hosts.__contains__)
+        # stopped after the call service has ended its calls (reverse order)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.ownership.stop)
+
+    def _start_retention(self) -> None:
+        """CDRs older than ``[store] cdr_retention_days`` go, checked at start and hourly."""
+        def purge() -> None:
+            days = self.settings.store.cdr_retention_days
+            if days:
+                cut = datetime.now(timezone.utc) - timedelta(days=days)
+                try:
+                    gone = self.provisioning.cdr_purge(cut.isoformat())["deleted"]
+                except Exception:
+                    log.exception("CDR retention: purge failed")
+                else:
+                    if gone:
+                        log.info("CDR retention: %d records older than %d days deleted", gone, days)
+            self._retention = self.wheel.call_later(3600, purge)
+
+        purge()
+        self._stop_order.append(lambda: self._retention.cancel())
     def _start_security(self) -> None:
         """Bans (restored from the store), fed by the digest results of registrar and B2BUA.
         Sources of restored bindings count as good (an office behind one NAT re-registering
@@ -179,6 +248,10 @@ class Server:
         ctx.stats_sources["calls"] = self.calls.counters
         ctx.stats_sources["sip"] = self.sip_stats
         ctx.stats_sources["registrar"] = self.registrar_stats
+        if self.clustered:
+            ctx.stats_sources["cluster"] = lambda: {
+                "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats,
+                **self.dispatcher.edge.stats}
         ctx.stats_sources["security"] = self.security.counts
         ctx.security = self.security
         ctx.stats_sources["toll"] = self.toll.counts

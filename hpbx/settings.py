@@ -82,6 +82,17 @@ class AdminSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     path: str = "var/hpbx.sqlite3"
+    # where provisioning and CDRs live: the embedded SQLite file at ``path``, or PostgreSQL
+    backend: str = "sqlite"
+    dsn: str = ""  # libpq connection string of the PostgreSQL database (backend "postgres")
+    # registrations (and the cluster's call ownership) in Redis when set, e.g.
+    # "unix:///run/redis.sock" or "redis://127.0.0.1:6379/0"; else in the SQLite file at ``path``
+    redis: str = ""
+    node: str = ""  # this node's name in a cluster (unique per node); "" = the host name
+    cdr_retention_days: int = 0  # CDRs of calls older than this are deleted hourly; 0 = kept
+
+
+STORE_BACKENDS = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +302,18 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     r.finish()
 
     r = _Reader(path, "store", data.get("store"))
-    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"))
+    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"),
+                          backend=r.get("backend", str, "sqlite"), dsn=r.get("dsn", str, ""),
+                          redis=r.get("redis", str, ""), node=r.get("node", str, ""),
+                          cdr_retention_days=r.int_in("cdr_retention_days", 0, 0, 100_000))
     if not store.path:
         raise r.fail("path", "must not be empty")
+    if store.backend not in STORE_BACKENDS:
+        raise r.fail("backend", f"must be one of {', '.join(STORE_BACKENDS)}, got {store.backend!r}")
+    if store.backend == "postgres" and not store.dsn:
+        raise r.fail("dsn", 'is required with backend = "postgres"')
+    if store.redis and not store.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise r.fail("redis", f"must be a redis://, rediss:// or unix:// URL, got {store.redis!r}")
     r.finish()
 
     r = _Reader(path, "smtp", data.get("smtp"))

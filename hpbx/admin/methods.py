@@ -454,6 +454,14 @@ def cdr_list(ctx: AdminContext, p: dict) -> Any:
     return _service(ctx, "cdr_list")(**{"limit": 100, **p})
 
 
+def cdr_export(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "cdr_export")(**p)
+
+
+def cdr_purge(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "cdr_purge")(**p)
+
+
 def tenant_export(ctx: AdminContext, p: dict) -> str:
     # the bare TOML text, so that `hpbxctl tenant.export name=X > X.toml` gives the file
     return _service(ctx, "export_tenant")(p["name"])
@@ -486,6 +494,14 @@ _add("cdr.list", cdr_list, "Call records, newest first (at most 100 unless limit
      Param("since", "str", help="ISO 8601: only calls that started at or after"),
      Param("until", "str", help="ISO 8601: only calls that started before"),
      *PAGE, columns=("id", "tenant", "caller", "called", "slot", "switch", "answered_by", "start", "end", "end_reason"))
+_add("cdr.export", cdr_export, "Call records as CSV or JSON lines, oldest first (result: format, rows, text).",
+     Param("tenant", "str", help="only this tenant"),
+     Param("since", "str", help="ISO 8601: only calls that started at or after"),
+     Param("until", "str", help="ISO 8601: only calls that started before"),
+     Param("format", "str", choices=("csv", "jsonl"), help="csv (default) or jsonl"),
+     Param("limit", "int", min=1, max=1_000_000, help="at most this many records (default 100000)"))
+_add("cdr.purge", cdr_purge, "Delete the call records of calls that started before a time (retention).",
+     Param("before", "str", required=True, help="ISO 8601 timestamp with offset"))
 _add("tenant.export", tenant_export, "A tenant and everything it owns as TOML (the import format).",
      Param("name", "str", required=True, help="tenant name"))
 _add("tenant.import", tenant_import,

@@ -51,7 +51,7 @@ class BLeg:
 
     __slots__ = ("id", "call", "ring", "binding", "target", "ruri", "call_id", "tag", "cseq",
                  "headers", "tx", "dialog", "last", "cancel_reason", "auth_tried", "live", "answered",
-                 "user")
+                 "user", "route")
 
     def __init__(self, call: "Call", ring, binding, target: Target, ruri: str):
         self.id = new_leg_id()
@@ -72,6 +72,7 @@ class BLeg:
         self.live = True  # INVITE transaction not finished yet
         self.answered = False
         self.user = ring.value if ring.kind == "user" else ""
+        self.route: str | None = None  # through the node holding the device's flow (cluster)
 
     @property
     def label(self) -> str:
@@ -238,6 +239,8 @@ class Call:
                 self.run(self.fork.target_failed(key, 480, now))
                 return
             legs = [BLeg(self, ring, b, svc.registrar.target(b), b.contact) for b in bindings]
+            for leg in legs:
+                leg.route = svc.registrar.relay_route(leg.binding)
         else:
             trunk = ring.trunk
             if trunk is None:
@@ -339,6 +342,8 @@ class Call:
             headers.append(("Alert-Info", self.plan.alert_info))
         if auth is not None:
             headers.append(auth)
+        if leg.route is not None:
+            headers.append(("Route", leg.route))
         body = self.b_offer if self.b_offer else self.a_msg.body
         if self.b_offer and self.media.address6 and ":" in target.host:
             body = anchor.rewrite(self.a_msg.body, self.media.address6, self.media.port_b)
@@ -347,6 +352,7 @@ class Call:
         if leg.dialog is None:
             leg.dialog = Dialog.uac(leg.call_id, leg.tag, from_uri, to_uri, leg.ruri, leg.cseq,
                                     target, contact)
+            leg.dialog.pinned_route = leg.route
         else:
             leg.dialog.local_cseq = leg.cseq
         leg.headers = headers
@@ -492,6 +498,8 @@ class Call:
             svc.active[user] = svc.active.get(user, 0) + 1
         svc.legs[self.id] = (self, "a")
         svc.legs[leg.call_id] = (self, leg)
+        if svc.owners is not None:
+            svc.owners.changed(self)
         if data is not None and not self.a_tx.channel.reliable:
             self.a_ok = data
             self.a_ok_interval = svc.transactions.t1

@@ -57,6 +57,7 @@ class CallService:
         self._trunks_directory = None
         self._cdrs: list[dict] = []
         self._cdr_timer = None
+        self.owners = None  # cluster: the call ownership (started / changed / ended)
         self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
         self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
@@ -172,6 +173,8 @@ class CallService:
         call = Call(self, tx, plan, caller, caller_user, trunk)
         self.calls[call.id] = call
         self.stats["calls_started"] += 1
+        if self.owners is not None:
+            self.owners.started(call)
         call.guarded(call.start)
 
     def _star_code(self, tx, user, code) -> None:
@@ -215,6 +218,8 @@ class CallService:
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if self.owners is not None:
+            self.owners.ended(call)
         self.blf.changed(call, ended=True)
         if self.toll is not None:
             self.toll.release(call.id)

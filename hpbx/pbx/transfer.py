@@ -70,6 +70,7 @@ class BlindTransfer:
             if ring.kind == "user":
                 for b in [b for b in svc.registrar.lookup(ring.value) if b.online][:svc.max_devices]:
                     self.legs.append(BLeg(call, ring, b, svc.registrar.target(b), b.contact))
+                    self.legs[-1].route = svc.registrar.relay_route(b)  # cluster: via its node
             elif ring.trunk is not None:
                 from hpbx.sip.transaction import Target
                 t = ring.trunk
