@@ -224,6 +224,7 @@ class Server:
         self.calls.security = self.security
         self.toll = TollPolicy(self.settings, self.ban_store)
         self.calls.toll = self.toll
+        self.toll.on_block = self.calls.hangup_trunk_calls
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 

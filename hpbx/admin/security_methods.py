@@ -10,7 +10,7 @@ from typing import Any
 from hpbx.admin.context import AdminContext
 from hpbx.admin.methods import PAGE, Param, _add, _need, _page
 from hpbx.admin.protocol import NOT_FOUND, RpcError, invalid_params
-from hpbx.security.config import TOLL_KEYS
+from hpbx.security.config import RATE_ACTIONS, TOLL_KEYS
 
 
 def _security(ctx: AdminContext):
@@ -122,12 +122,16 @@ _TOLL_HELP = {
     "calls_per_hour_tenant": "trunk call attempts of the tenant in any 60 minutes (0: no limit)",
     "allow_international": "numbers outside the home country",
     "allow_premium": "premium and high-risk ranges ([security.toll] premium_prefixes)",
+    "max_call_secs": "an answered trunk call is hung up after this many seconds (0: never)",
+    "on_rate_exceeded": "refuse (the attempt) or block (the tenant: trunk calls hung up and refused)",
+    "blocked": "the tenant's trunk calls are refused (set by on_rate_exceeded = block; false lifts it)",
     "allow_prefixes": "normalised prefixes always allowed, e.g. [\"+49\"]",
     "deny_prefixes": "normalised prefixes always refused",
 }
 _TOLL_PARAMS = tuple(
-    Param(name, {int: "int", bool: "bool", tuple: "array"}[kind], help=_TOLL_HELP[name],
-          **({"min": 0, "max": 1_000_000} if kind is int else {}))
+    Param(name, {int: "int", bool: "bool", tuple: "array", str: "str"}[kind], help=_TOLL_HELP[name],
+          **({"min": 0, "max": 1_000_000} if kind is int else {}),
+          **({"choices": RATE_ACTIONS} if kind is str else {}))
     for name, kind in TOLL_KEYS.items())
 TENANT = Param("tenant", "str", required=True, help="tenant name")
 

@@ -114,6 +114,7 @@ class Call:
         self.end_reason = ""
         self.b_offer = b""
         self.b_ack_pending = False  # late offer: the callee's ACK waits for the caller's answer
+        self.max_timer = None  # ends an answered trunk call at its maximum duration
         a_host, a_port = service.transports.local_address(tx.channel.kind, tx.addr[0])
         transport = "" if tx.channel.kind == "udp" else f";transport={tx.channel.kind}"
         user = plan.dialled or "hpbx"
@@ -508,6 +509,9 @@ class Call:
             self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
         svc.dialog_changed(self)
         log.info("[%s] answered by %s", self.id, leg.label)
+        limit = svc.toll.max_call_secs(self.tenant) if svc.toll is not None and leg.ring.kind == "external" else 0
+        if limit:  # toll fraud: a call through the trunk ends at the tenant's maximum
+            self.max_timer = svc.wheel.call_later(limit, self.guarded, self.hangup, "maximum call duration")
 
     def _users_in_call(self) -> list[str]:
         users = []
@@ -708,6 +712,9 @@ class Call:
         svc = self.service
         was_answered = self.state == ANSWERED
         self.state = ENDED
+        if self.max_timer is not None:
+            self.max_timer.cancel()
+            self.max_timer = None
         self.end_iso = iso_now()
         self.end_reason = why
         if self.timer is not None:

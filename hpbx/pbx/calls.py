@@ -233,6 +233,15 @@ class CallService:
             self.stats["calls_failed"] += 1
         self._write_cdr(call.cdr())
 
+    def hangup_trunk_calls(self, tenant: str) -> int:
+        """Hang up every call of ``tenant`` that rings or talks through the trunk (a toll-fraud
+        block); the number of calls."""
+        doomed = [c for c in self.calls.values()
+                  if c.tenant == tenant and self.toll is not None and self.toll.holds(c.id)]
+        for call in doomed:
+            call.guarded(call.hangup, "toll fraud block")
+        return len(doomed)
+
     def list_calls(self) -> list[dict]:
         return [call.as_dict() for call in list(self.calls.values())]
 

@@ -58,6 +58,14 @@ class BlindTransfer:
         self.refer_tx.respond(202)
         self.notify("SIP/2.0 100 Trying", final=False)
         rings = self.plan.rows[0].targets if self.plan.rows else ()
+        toll = svc.toll  # toll fraud: a transfer to the trunk is held to the transferor's limits
+        for ring in rings:
+            refusal = toll.admit(call.id, call.tenant, self.transferor.user or None, ring.value,
+                                 (call.a_target.host, call.a_target.port)) \
+                if toll is not None and ring.trunk is not None else None
+            if refusal is not None:
+                self.finish(f"SIP/2.0 {refusal.status} {refusal.reason}")
+                return
         for ring in rings:
             if ring.kind == "user":
                 for b in [b for b in svc.registrar.lookup(ring.value) if b.online][:svc.max_devices]:

@@ -27,6 +27,11 @@ class TollLimits:
     calls_per_hour_tenant: int = 200     # ... per tenant
     allow_international: bool = False    # numbers outside the home country
     allow_premium: bool = False          # premium_prefixes
+    max_call_secs: int = 14400           # an answered trunk call is hung up after this; 0 = never
+    # calls_per_hour_tenant exceeded: "refuse" the attempt, or "block" the tenant (its trunk
+    # calls hung up, every further one refused until an operator sets blocked = false)
+    on_rate_exceeded: str = "refuse"
+    blocked: bool = False
     allow_prefixes: tuple[str, ...] = ()  # always allowed (normalised, e.g. "+49")
     deny_prefixes: tuple[str, ...] = ()   # always refused
 
@@ -35,6 +40,7 @@ class TollLimits:
                 for name in self.__slots__ for v in (getattr(self, name),)}
 
 
+RATE_ACTIONS = ("refuse", "block")
 TOLL_KEYS = {name: type(getattr(TollLimits(), name)) for name in TollLimits.__slots__}
 
 
@@ -108,6 +114,10 @@ def limits_from(r, base: TollLimits) -> TollLimits:
             values[name] = r.int_in(name, getattr(base, name), 0, 1_000_000)
         elif kind is bool:
             values[name] = r.get(name, bool, getattr(base, name))
+        elif kind is str:
+            values[name] = r.get(name, str, getattr(base, name))
+            if values[name] not in RATE_ACTIONS:
+                raise r.fail(name, f"must be one of {', '.join(RATE_ACTIONS)}, got {values[name]!r}")
         else:
             values[name] = _prefixes(r, name, getattr(base, name))
     return replace(base, **values)

@@ -1,6 +1,7 @@
 """Toll-fraud limits on calls that leave through a trunk: destination policy (national,
 international, premium; allow and deny prefixes), concurrent trunk calls per user and per
-tenant, and call attempts per hour per user and per tenant.
+tenant, call attempts per hour per user and per tenant, and the longest an answered trunk call
+may last (``max_call_secs``: both legs get BYE then).
 
 Limits come from ``[security.toll]`` (defaults, per tenant ``[security.toll.tenants.NAME]``);
 ``toll.set`` over admin overrides them per tenant, stored, and wins over the file. A refusal
@@ -60,7 +61,9 @@ class TollPolicy:
         self._live_user: collections.Counter = collections.Counter()
         self._attempts_tenant: dict[str, collections.deque] = {}
         self._attempts_user: dict[tuple[str, str], collections.deque] = {}
-        self.stats = {"toll_admitted": 0, "toll_refused": 0}
+        self.stats = {"toll_admitted": 0, "toll_refused": 0, "toll_blocks": 0}
+        # (tenant) -> None: hangs up the tenant's calls through the trunk (set by the B2BUA)
+        self.on_block = None
         self.configure(settings)
         if store is not None:
             for tenant, doc in store.toll_overrides():
@@ -116,6 +119,10 @@ class TollPolicy:
         self.stats["toll_admitted"] += 1
         return None
 
+    def max_call_secs(self, tenant: str) -> int:
+        """How long an answered call through the trunk may last (0: no limit)."""
+        return self.limits(tenant).max_call_secs
+
     def release(self, call_id: str) -> None:
         held = self._held.pop(call_id, None)
         if held is None:
@@ -132,6 +139,8 @@ class TollPolicy:
 
     @staticmethod
     def _destination(limits: TollLimits, norm: str, kind: str) -> Refusal | None:
+        if limits.blocked:
+            return Refusal(403, "Outbound calls of this tenant are blocked", "blocked")
         if any(norm.startswith(p) for p in limits.deny_prefixes):
             return Refusal(403, "Destination not allowed", "deny_prefix")
         if any(norm.startswith(p) for p in limits.allow_prefixes):
@@ -154,8 +163,29 @@ class TollPolicy:
             return Refusal(403, "Outbound call rate of this user exceeded", "calls_per_hour_user")
         if limits.calls_per_hour_tenant and \
                 self._recent(self._attempts_tenant.get(tenant), now) >= limits.calls_per_hour_tenant:
+            if limits.on_rate_exceeded == "block":
+                self._block(tenant)
+                return Refusal(403, "Outbound calls of this tenant are blocked", "calls_per_hour_tenant")
             return Refusal(403, "Outbound call rate of this tenant exceeded", "calls_per_hour_tenant")
         return None
+
+    def _block(self, tenant: str) -> None:
+        """The tenant's outbound calls stop: the block is stored (it outlives a restart), live
+        trunk calls are hung up."""
+        self.stats["toll_blocks"] += 1
+        override = {**self._overrides.get(tenant, {}), "blocked": True}
+        self._overrides[tenant] = override
+        if self.store is not None:
+            self.store.set_toll_override(tenant, orjson.dumps(override).decode())
+        live = sum(1 for t, _ in self._held.values() if t == tenant)
+        log.warning("SECURITY event=toll_blocked tenant=%s rule=calls_per_hour_tenant live_calls=%d",
+                    _clean(tenant), live)
+        if self.on_block is not None:
+            self.on_block(tenant)
+
+    def holds(self, call_id: str) -> bool:
+        """Does ``call_id`` hold a slot (it rings or talks through the trunk)?"""
+        return call_id in self._held
 
     @staticmethod
     def _recent(attempts: collections.deque | None, now: float) -> int:

@@ -239,3 +239,44 @@ def test_our_connections_to_a_tls_trunk_check_its_certificate(tmp_path, pki):
     assert good.received and good.received[0].startswith(b"INVITE sip:0791110001@127.0.0.1"), good.received
     assert bad.received == [] and bad.handshake_errors, (bad.received, bad.handshake_errors)
     assert "certificate verify failed" in log, log[-2000:]
+
+
+def test_banned_sources_are_dropped_at_accept_on_tcp_and_before_the_tls_handshake(tmp_path, pki):
+    """A banned address gets its TCP connection closed unanswered and no TLS handshake;
+    another address is served on both."""
+    from harness import free_port
+    port, tls_port = free_port(), free_port()
+    srv = HpbxServer(tmp_path / "srv", transports=("udp", "tcp", "tls"), port=port,
+                     security={"flood_threshold": 0, "auth_failures": 0},
+                     sip_extra={"tls_cert": str(pki["a"][0]), "tls_key": str(pki["a"][1])})
+    srv.config.write_text(srv.config.read_text().replace(
+        f'"tcp:127.0.0.1:{port}", "tls:127.0.0.1:{port}"',
+        f'"tcp:127.0.0.1:{port}", "tls:127.0.0.1:{tls_port}"'))
+    ctx = ssl.create_default_context(cafile=str(pki["ca"][0]))
+
+    def over_tcp(source: str) -> str:
+        with socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0)) as s:
+            try:
+                return options(s, s.getsockname()[1])
+            except (ConnectionError, socket.timeout):
+                return ""
+
+    def over_tls(source: str) -> str:
+        raw = socket.create_connection(("127.0.0.1", tls_port), timeout=2, source_address=(source, 0))
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                return options(s, s.getsockname()[1])
+        except (ssl.SSLError, ConnectionError, socket.timeout) as exc:
+            return f"no TLS: {type(exc).__name__}"
+        finally:
+            raw.close()
+
+    with srv:
+        admin(srv, "ban.add", host="127.0.0.5", secs=60)
+        assert over_tcp("127.0.0.5") == ""
+        assert over_tls("127.0.0.5").startswith("no TLS")
+        assert over_tcp("127.0.0.6") == "SIP/2.0 200 OK"
+        assert over_tls("127.0.0.6") == "SIP/2.0 200 OK"
+        dropped = admin(srv, "ban.list")[0]["dropped"]
+        assert dropped >= 2, dropped
+        assert "handshake failed" not in srv.log()  # the banned one never got that far

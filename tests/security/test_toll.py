@@ -214,3 +214,89 @@ def test_attempts_per_hour_and_overrides_over_admin(rig):
     reset = rig.admin("toll.reset", tenant="toll")
     assert reset["reset"] and reset["limits"]["allow_international"] is False
     rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_an_answered_trunk_call_ends_at_its_maximum_duration(rig):
+    rig.admin("toll.set", tenant="toll", max_call_secs=2)
+    try:
+        g = gateway(rig, 1, pause_ms=100, timeout=20)
+        t0 = time.monotonic()
+        caller = rig.sipp(str(Path(__file__).resolve().parent / "scenarios" / "call_uac_auth_wait_bye.xml"),
+                          service="0791110007", extra=["-au", "t2", "-ap", "t2-pw"], timeout=20,
+                          name="long").finish()
+        took = time.monotonic() - t0
+        seen = g.finish()
+    finally:
+        rig.admin("toll.reset", tenant="toll")
+    # both legs got a BYE from the server (each scenario ends only on a received BYE)
+    assert caller.successful == 1, caller.describe() + rig.server.log()
+    assert seen.successful == 1 and seen.received("BYE"), seen.describe()
+    assert 2.0 <= took < 4.5, took
+    assert rig.cdrs(count=1)[-1]["end_reason"] == "maximum call duration"
+    rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_a_transfer_to_the_trunk_is_held_to_the_limits(rig):
+    """t2 calls t1; t1 (SIPp) transfers the caller to an international number its tenant may
+    not call: the final NOTIFY says 403 with the reason, the trunk sees nothing, the call goes on."""
+    scen = Path(__file__).resolve().parent / "scenarios" / "uas_refer_refused.xml"
+    g = gateway(rig, 1, timeout=6)
+    t1 = rig.phone("t1", str(scen), extra=["-key", "refer_to", "004930123456"], timeout=15)
+    caller = rig.call("call_uac_auth.xml", "401", pause_ms=2500, extra=["-au", "t2", "-ap", "t2-pw"])
+    res = t1.finish()
+    seen = g.finish()
+    assert caller.successful == 1, caller.describe() + rig.server.log()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert seen.received("INVITE") == []
+    assert re.search(r"SECURITY event=toll_refused [^\n]*dialled=004930123456 rule=international",
+                     rig.server.log())
+    rig.assert_idle()
+
+
+def test_rate_exceeded_with_block_stops_the_tenant_until_an_operator_lifts_it():
+    p, _ = policy({"calls_per_hour_tenant": 2, "on_rate_exceeded": "block",
+                   "max_outbound_per_user": 0, "max_outbound_per_tenant": 0})
+    blocked = []
+    p.on_block = blocked.append
+    assert p.admit("a1", "t", "anna", "0791") is None
+    assert p.admit("a2", "t", "bert", "0791") is None
+    r = p.admit("a3", "t", "anna", "0791")
+    assert (r.rule, r.reason) == ("calls_per_hour_tenant", "Outbound calls of this tenant are blocked")
+    assert blocked == ["t"] and p.holds("a1") and not p.holds("a3")
+    assert p.admit("a1", "t", "anna", "0792").rule == "blocked"  # even a held call's next target
+    assert p.admit("x1", "other", "olga", "0791") is None  # other tenants go on
+    p.set("t", {"blocked": False, "calls_per_hour_tenant": 10})
+    assert p.admit("a4", "t", "anna", "0791") is None
+
+
+@pytest.mark.sipp
+def test_block_hangs_up_the_tenants_trunk_calls(rig):
+    used = rig.admin("toll.get", tenant="toll")["attempts_last_hour"]
+    rig.admin("toll.set", tenant="toll", calls_per_hour_tenant=used + 1, on_rate_exceeded="block")
+    try:
+        g = gateway(rig, 1, pause_ms=100, timeout=20)
+        scen = str(Path(__file__).resolve().parent / "scenarios" / "call_uac_auth_wait_bye.xml")
+        long_call = rig.sipp(scen, service="0791110008", extra=["-au", "t1", "-ap", "t1-pw"],
+                             timeout=20, name="long")
+        deadline = time.monotonic() + 5
+        while not rig.admin("toll.get", tenant="toll")["outbound_calls"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # answered by now
+        t0 = time.monotonic()
+        over = refused(rig, "t3", "0791110009")
+        ended = long_call.finish()
+        took = time.monotonic() - t0
+        after = refused(rig, "t3", "0791110010")
+        g.finish()
+        state = rig.admin("toll.get", tenant="toll")
+    finally:
+        rig.admin("toll.reset", tenant="toll")
+    assert over == "SIP/2.0 403 Outbound calls of this tenant are blocked"
+    assert ended.successful == 1 and took < 2.0, (took, ended.describe(), rig.server.log())
+    assert after == "SIP/2.0 403 Outbound calls of this tenant are blocked"
+    assert state["limits"]["blocked"] is True and state["outbound_calls"] == 0
+    assert re.search(r"SECURITY event=toll_blocked tenant=toll ", rig.server.log())
+    assert "toll fraud block" in [c.get("end_reason") for c in rig.cdrs(count=1)]
+    rig.assert_idle()
