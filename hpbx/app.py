@@ -313,8 +313,9 @@ class Server:
             changed.append("tls")
         if new.sip.listen != old.sip.listen:
             log.warning("reload: sip.listen changed; the listeners change at the next restart")
-        if new.store.path != old.store.path:
-            log.warning("reload: store.path changed; takes effect at the next restart")
+        for key in ("path", "backend", "dsn", "redis", "node"):
+            if getattr(new.store, key) != getattr(old.store, key):
+                log.warning("reload: store.%s changed; takes effect at the next restart", key)
         sip = new.sip
         self.transactions.set_timers(sip.t1_ms / 1000, sip.t2_ms / 1000, sip.t4_ms / 1000)
         self.registrar.configure(new)
