@@ -168,6 +168,7 @@ class Server:
         self.dispatcher.edge = EdgeRelay(self.transports, self.ownership.peer_hosts.__contains__)
         # stopped after the call service has ended its calls (reverse order)
         self._stop_order.insert(self._stop_order.index(self.calls.close), self.ownership.stop)
+        await self._share_bans()
 
     def _start_retention(self) -> None:
         """CDRs older than ``[store] cdr_retention_days`` go, checked at start and hourly."""
@@ -186,6 +187,28 @@ class Server:
 
         purge()
         self._stop_order.append(lambda: self._retention.cancel())
+
+    async def _share_bans(self) -> None:
+        """A ban made or lifted on any node holds on every node (``hpbx.store.redis_bans``)."""
+        from hpbx.store.redis_bans import SharedBans
+
+        shared = SharedBans(self.ban_store, self.settings.store.redis, self.reg_store.node)
+        guard = self.security.guard
+
+        def on_ban(host: str, reason: str, until: float) -> None:
+            now = time.time()
+            if until > now:
+                try:
+                    guard.ban(host, until - now, reason, now)
+                except ValueError:
+                    log.warning("shared ban of %r ignored: not an IP address", host)
+
+        for host, reason, until, _since in await shared.open(on_ban, guard.unban):
+            on_ban(host, reason, until)
+        self.security.store = shared
+        # closed after the ban service's last drain has been shared (reverse order)
+        self._stop_order.insert(self._stop_order.index(self.security.stop), shared.aclose)
+
     def _start_security(self) -> None:
         """Bans (restored from the store), fed by the digest results of registrar and B2BUA.
         Sources of restored bindings count as good (an office behind one NAT re-registering
@@ -251,7 +274,7 @@ class Server:
         if self.clustered:
             ctx.stats_sources["cluster"] = lambda: {
                 "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats,
-                **self.dispatcher.edge.stats}
+                **self.dispatcher.edge.stats, **self.security.store.stats}
         ctx.stats_sources["security"] = self.security.counts
         ctx.security = self.security
         ctx.stats_sources["toll"] = self.toll.counts
@@ -292,8 +315,9 @@ class Server:
             changed.append("tls")
         if new.sip.listen != old.sip.listen:
             log.warning("reload: sip.listen changed; the listeners change at the next restart")
-        if new.store.path != old.store.path:
-            log.warning("reload: store.path changed; takes effect at the next restart")
+        for key in ("path", "backend", "dsn", "redis", "node"):
+            if getattr(new.store, key) != getattr(old.store, key):
+                log.warning("reload: store.%s changed; takes effect at the next restart", key)
         sip = new.sip
         self.transactions.set_timers(sip.t1_ms / 1000, sip.t2_ms / 1000, sip.t4_ms / 1000)
         self.registrar.configure(new)

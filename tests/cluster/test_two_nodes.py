@@ -168,6 +168,28 @@ def test_flow_route_from_a_stranger_is_not_relayed(nodes):
     assert after["edge_requests"] == before["edge_requests"]
 
 
+def test_a_ban_made_on_a_holds_on_b(nodes):
+    """ban.add on A: B drops the source's requests within a second; ban.remove on A lifts it
+    on B too."""
+    from harness import RawPhone
+    a, b = nodes
+
+    def answered_by_b(source: str) -> bool:
+        with RawPhone(b.server.host, b.server.port, host=source) as raw:
+            raw.request("OPTIONS", f"sip:{B_HOST}:{b.server.port}")
+            return raw.recv_until(lambda m: m.startswith("SIP/2.0"), 0.3) is not None
+
+    assert answered_by_b("127.0.0.9")
+    a.admin("ban.add", host="127.0.0.9", secs=600)
+    assert wait_for(lambda: any(x["host"] == "127.0.0.9" for x in b.admin("ban.list")), 1.0, 0.01)
+    assert not answered_by_b("127.0.0.9") and answered_by_b("127.0.0.8")
+    a.admin("ban.remove", host="127.0.0.9")
+    assert wait_for(lambda: not any(x["host"] == "127.0.0.9" for x in b.admin("ban.list")), 1.0, 0.01)
+    assert answered_by_b("127.0.0.9")
+    assert a.admin("stats.get", layer="cluster")["cluster"]["bans_shared"] == 2
+    assert b.admin("stats.get", layer="cluster")["cluster"]["bans_received"] == 2
+
+
 def test_admin_change_on_a_is_live_on_b_within_a_second(nodes):
     a, b = nodes
     t0 = time.monotonic()
