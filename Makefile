@@ -27,7 +27,7 @@ DEB_PKGS += # media engine
 DEB_PKGS += # media services (prompts, music on hold)
 DEB_PKGS += # real phones (interop)
 DEB_PKGS += # security
-DEB_PKGS += # web face
+DEB_PKGS += chromium chromium-driver curl # web face
 DEB_PKGS += # scale (databases)
 
 system-deps:

@@ -30,5 +30,10 @@ class AdminContext:
     stats_sources: dict[str, Callable[[], dict]] = field(default_factory=dict)
     # () -> dict describing what changed; may be a coroutine function; raises ConfigError
     reload_config: Callable[[], dict | Awaitable[dict]] | None = None
+    # web face (hpbx/web): admin accounts (hpbx.admin.accounts.AccountService), the audit log
+    # (AuditLog: every change made through the dispatch), phone records (hpbx.pbx.phones)
+    accounts: Any = None
+    audit: Any = None
+    phones: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
