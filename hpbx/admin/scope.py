@@ -100,6 +100,9 @@ class SocketPeer:
     def __init__(self, uid: int):
         self.name = f"uid:{uid}"
 
+    def fill(self, method: str, params: Any) -> Any:
+        return params
+
     def authorize(self, ctx, method: str, params: dict) -> str:
         return resolve(ctx, method, params)
 
@@ -113,6 +116,16 @@ class WebAccount:
     def __init__(self, account):
         self.account = account
         self.name = f"web:{account.username}"
+
+    def fill(self, method: str, params: Any) -> Any:
+        """A tenant admin's own tenant stands in for a ``tenant`` it did not give."""
+        if self.account.operator or RULES.get(method) != "tenant":
+            return params
+        if params is None:
+            return {"tenant": self.account.tenant}
+        if isinstance(params, dict) and "tenant" not in params:
+            return {**params, "tenant": self.account.tenant}
+        return params
 
     def authorize(self, ctx, method: str, params: dict) -> str:
         if self.account.operator:

@@ -185,8 +185,8 @@ class AdminServer:
         method = self.methods.get(method_name)
         if method is None:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {method_name}", {"method": method_name})
-        bound = method.bind(params)
         principal = principal or _LOCAL
+        bound = method.bind(principal.fill(method_name, params))
         audit = self.ctx.audit
         try:
             tenant = principal.authorize(self.ctx, method_name, bound)
