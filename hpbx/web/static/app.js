@@ -444,12 +444,12 @@ async function numberPanel(panel, number) {
       const params = { number: n.number };
       if (at.value) params.at = new Date(at.value).toISOString();
       const r = await rpc("number.simulate", params);
-      out.replaceChildren(h("p", {}, r.status ? `No dial plan: SIP ${r.status} (${r.reason})` :
+      out.replaceChildren(...[h("p", {}, r.status ? `No dial plan: SIP ${r.status} (${r.reason})` :
         `Slot ${r.slot || "-"} ${r.slot_name ? "“" + r.slot_name + "”" : ""} chosen by ${r.switch ? "switch " + r.switch : r.source} at ${r.local_time.slice(0, 16).replace("T", " ")} (${r.timezone})`),
         r.announcement_before ? h("p", { text: `Announcement ${r.announcement_before} first` }) : null,
         ...r.rows.map(row => h("div", { class: "sim-row" }, h("b", { text: `Row ${row.row}: from ${row.starts_after} s for ${row.duration} s` }),
           h("ul", {}, row.targets.map(t => h("li", { class: t.registered ? "online" : "offline", text: `${t.target}${t.name ? " (" + t.name + ")" : ""}${t.via !== t.target ? " via " + t.via : ""}: ${t.registered ? "registered" : "not registered"}` }))))),
-        r.voice2mail ? h("p", { text: `Then Voice2Mail to ${r.voice2mail}` }) : null);
+        r.voice2mail ? h("p", { text: `Then Voice2Mail to ${r.voice2mail}` }) : null].filter(Boolean));
     } catch (e) { out.replaceChildren(h("p", { class: "field-error", text: e.message })); }
   }
 }
