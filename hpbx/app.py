@@ -169,7 +169,6 @@ class Server:
         self.phone_store = PhoneStore(self.settings.store.path)
         self._stop_order.append(self.phone_store.close)
         ctx.phones = PhoneService(self.phone_store, self.provisioning)
-        self.provisioning.subscribe(ctx.phones.prune)
 
     async def _start_web(self, ctx) -> None:
         """The HTTP face ([http] listen; off when empty). Failed logins and wrong phone

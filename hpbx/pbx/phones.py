@@ -165,7 +165,7 @@ class PhoneService:
         for doc in store.load():
             phone = Phone.from_dict(doc)
             self.phones[phone.mac] = phone
-        self.generation = 0  # bumped on every change (rendered files may be cached by it)
+        provisioning.subscribe(self.prune)
 
     def _check(self, phone: Phone, path: str = "") -> None:
         p = f"{path}." if path else ""
@@ -199,7 +199,6 @@ class PhoneService:
             self.phones.pop(mac, None)
         for ph in phones:
             self.phones[ph.mac] = ph
-        self.generation += 1
 
     def get_phone(self, mac: str) -> Phone:
         mac = normalize_mac(mac)
@@ -290,5 +289,3 @@ class PhoneService:
         gone = [m for m, ph in self.phones.items() if directory.objects(ph.tenant) is None]
         if gone:
             self._write([], gone)
-        elif removed:
-            self.generation += 1  # a user went away: rendered files change
