@@ -89,6 +89,13 @@ class AccountService:
     def __init__(self, store, tenant_exists=lambda name: True):
         self.store = store
         self.tenant_exists = tenant_exists
+        # listener(username) after an account was changed or deleted: the web face ends its
+        # sessions and forgets cached credentials at once
+        self.listeners: list = []
+
+    def _changed(self, username: str) -> None:
+        for listener in self.listeners:
+            listener(username)
 
     def create(self, username: str, password: str, role: str, tenant: str = "") -> dict:
         if not _NAME_RE.fullmatch(username):
@@ -123,11 +130,13 @@ class AccountService:
         self._check(password, role, tenant)
         pwhash = hash_password(password) if password is not None else row["pwhash"]
         self.store.account_put(username, role, tenant, pwhash, row["created_at"])
+        self._changed(username)
         return Account(username, role, tenant).to_dict()
 
     def delete(self, username: str) -> dict:
         if not self.store.account_delete(username):
             raise NotFoundError("admin", username)
+        self._changed(username)
         return {"username": username, "deleted": True}
 
     def list(self, tenant: str | None = None) -> list[dict]:

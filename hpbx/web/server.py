@@ -97,6 +97,13 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self.bound: list[tuple[str, str, int]] = []  # (scheme, host, port) actually listening
         ctx.stats_sources.setdefault("web", self.stats)
+        if ctx.accounts is not None:
+            ctx.accounts.listeners.append(self._account_changed)
+
+    def _account_changed(self, username: str) -> None:
+        """A changed or deleted account: its sessions end, cached Basic credentials go."""
+        self.sessions.drop_account(username)
+        self._basic_cache.clear()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -251,11 +258,6 @@ class WebServer:
             account = await self._basic_account(request, header)
             if account is None:
                 return None, self._rpc_denied("wrong credentials", 401)
-            # a deleted or changed account stops working at once, not when the cache expires
-            current = self.ctx.accounts.account(account.username)
-            if current != account:
-                self._basic_cache.clear()
-                return None, self._rpc_denied("wrong credentials", 401)
             return WebAccount(account), None
         session = self._session(request)
         if session is None:
@@ -285,10 +287,6 @@ class WebServer:
         answer = await self.admin.handle_line(body, principal)
         if answer is None:
             return web.Response(status=204)
-        if principal.account.username and self.ctx.accounts is not None:
-            # the account was deleted by this very call: its sessions end with it
-            if self.ctx.accounts.account(principal.account.username) is None:
-                self.sessions.drop_account(principal.account.username)
         return web.Response(body=answer, content_type="application/json")
 
     # -- /metrics ------------------------------------------------------------------------------
