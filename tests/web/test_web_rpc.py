@@ -37,6 +37,21 @@ def test_session_cookie_and_csrf(rig):
     assert status == 401
 
 
+def test_deleted_account_loses_its_session_and_basic(rig):
+    from webrig import ACCOUNTS
+    with rig.admin() as a:
+        a.call("admin.create", username="tmpadm", password="tmpadm-secret", role="tenant_admin", tenant="demo")
+    ACCOUNTS["tmpadm"] = ("tmpadm-secret", "tenant_admin", "demo")
+    s = rig.session("tmpadm")
+    assert s.rpc("user.get", {"username": "alice"})["result"]
+    assert rig.basic_rpc("tmpadm", "user.get", {"username": "alice"})["result"]  # now cached
+    with rig.admin() as a:
+        a.call("admin.delete", username="tmpadm")
+    assert s.rpc("user.get", {"username": "alice"})["_status"] == 401
+    assert rig.basic_rpc("tmpadm", "user.get", {"username": "alice"})["_status"] == 401
+    del ACCOUNTS["tmpadm"]
+
+
 def test_wrong_password_refused(rig):
     s = rig.session("demoadm", "not-the-password")
     assert s.status == 401 and "csrf" not in s.answer
