@@ -25,10 +25,10 @@ build: $(STAMP)
 DEB_PKGS := sip-tester iptables iproute2
 DEB_PKGS += # media engine
 DEB_PKGS += # media services (prompts, music on hold)
-DEB_PKGS += # real phones (interop)
-DEB_PKGS += # security
+DEB_PKGS += baresip-core linphone-cli # real phones (interop)
+DEB_PKGS += sipvicious fail2ban # security
 DEB_PKGS += chromium chromium-driver curl # web face
-DEB_PKGS += # scale (databases)
+DEB_PKGS += postgresql redis-server # scale (databases)
 
 system-deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -12,10 +12,13 @@ import logging
 import signal
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hpbx import settings as settings_mod
 from hpbx.errors import ConfigError, HpbxError
+from hpbx.security.bans import BanService
+from hpbx.security.toll import TollPolicy
 from hpbx.sip.auth import Authenticator
 from hpbx.sip.dispatcher import Dispatcher
 from hpbx.sip.nat import KeepaliveService
@@ -23,7 +26,8 @@ from hpbx.sip.registrar import Registrar
 from hpbx.sip.timers import TimerWheel
 from hpbx.sip.transaction import TransactionLayer
 from hpbx.sip.transport import TransportHub
-from hpbx.store.registrations import RegistrationStore
+from hpbx.store import backend
+from hpbx.store.bans import BanStore
 
 log = logging.getLogger("hpbx")
 
@@ -56,9 +60,11 @@ class Server:
     # ---- wiring
     def _open_store(self) -> None:
         from hpbx.pbx.provisioning import Provisioning
-        from hpbx.store.sqlite import Store
 
-        self.store = Store(self.settings.store.path)
+        try:
+            self.store = backend.open_store(self.settings.store)
+        except HpbxError as exc:
+            raise ConfigError(f"{self.settings.path}: store: {exc}") from None
         self._stop_order.append(self.store.close)
         self.provisioning = Provisioning(self.store)
         if self.store.is_empty() and self.settings.provision:
@@ -83,19 +89,34 @@ class Server:
         settings = self.settings
         sip = settings.sip
         self._open_store()
-        self.reg_store = RegistrationStore(settings.store.path)
-        self._stop_order.append(self.reg_store.close)
+        if hasattr(self.store, "listener"):
+            # a store shared with other nodes: a tenant another node changed is read again
+            listener = self.store.listener(self.provisioning.reload_tenant,
+                                           self.provisioning.reload_all)
+            listener.start(loop)
+            self._stop_order.append(listener.stop)
+        self.reg_store = backend.open_registrations(settings.store)
+        self.clustered = bool(settings.store.redis)
+        if self.clustered:
+            await self._open_shared_registrations(loop)
+        else:
+            self._stop_order.append(self.reg_store.close)
         self.wheel = TimerWheel(loop)
         self._stop_order.append(self.wheel.close)
         self.auth = Authenticator(lambda name: self.provisioning.directory.auth_user(name),
                                   self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.registrar = Registrar(loop, self.wheel, self.reg_store, self.auth, settings)
+        if self.clustered:
+            self.registrar.node = self.reg_store.node
+            self._stop_order.append(self.registrar.drain)
         restored = self.registrar.start()
         self.provisioning.subscribe(self.registrar.drop_unknown)
         self._stop_order.append(self.registrar.stop)
         log.info("registrations restored from the store: %d", restored)
+        self._start_security()
         # the sink is set below: the dispatcher needs the transaction layer, which needs the hub
         self.transports = TransportHub(loop, settings, None)
+        self.transports.guard = self.security.guard
         self.transactions = TransactionLayer(self.wheel, self.transports, sip.t1_ms / 1000,
                                              sip.t2_ms / 1000, sip.t4_ms / 1000, sip.user_agent)
         self._stop_order.append(self.transactions.close)
@@ -108,9 +129,85 @@ class Server:
         self.keepalive.start()
         self._stop_order.append(self.keepalive.stop)
         self._start_calls(loop)
+        if self.clustered:
+            await self._start_ownership()
+        self._start_retention()
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
+
+    # ---- several nodes: shared registrations, provisioning changes, call ownership
+    async def _open_shared_registrations(self, loop) -> None:
+        """Redis: subscribed before it is read, so no other node's change is missed; the
+        registrar (made next) gets them from then on."""
+        def on_change(puts, deletes) -> None:
+            self.registrar.apply_remote(puts, deletes)
+
+        def on_resync(loaded) -> None:
+            self.registrar.replace_all(loaded)
+
+        try:
+            await self.reg_store.open(time.time(), on_change, on_resync)
+        except HpbxError as exc:
+            await self.reg_store.aclose()
+            raise ConfigError(f"{self.settings.path}: store.redis: {exc}") from None
+        self._stop_order.append(self.reg_store.aclose)
+
+    async def _start_ownership(self) -> None:
+        from hpbx.cluster.ownership import CallOwnership
+        from hpbx.sip.edge import EdgeRelay
+
+        self.ownership = CallOwnership(self.settings.store.redis, self.reg_store.node,
+                                       self.provisioning.cdr_add,
+                                       self.transports.local_address("udp", ""))
+        await self.ownership.start()
+        self.calls.owners = self.ownership
+        # phones whose flow another node holds are reached through that node, and the
+        # requests other nodes send through us to our flows are relayed
+        self.registrar.peers = self.ownership.peers
+        self.dispatcher.edge = EdgeRelay(self.transports, self.ownership.peer_hosts.__contains__)
+        # stopped after the call service has ended its calls (reverse order)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.ownership.stop)
+
+    def _start_retention(self) -> None:
+        """CDRs older than ``[store] cdr_retention_days`` go, checked at start and hourly."""
+        def purge() -> None:
+            days = self.settings.store.cdr_retention_days
+            if days:
+                cut = datetime.now(timezone.utc) - timedelta(days=days)
+                try:
+                    gone = self.provisioning.cdr_purge(cut.isoformat())["deleted"]
+                except Exception:
+                    log.exception("CDR retention: purge failed")
+                else:
+                    if gone:
+                        log.info("CDR retention: %d records older than %d days deleted", gone, days)
+            self._retention = self.wheel.call_later(3600, purge)
+
+        purge()
+        self._stop_order.append(lambda: self._retention.cancel())
+    def _start_security(self) -> None:
+        """Bans (restored from the store), fed by the digest results of registrar and B2BUA.
+        Sources of restored bindings count as good (an office behind one NAT re-registering
+        after a restart is not taken for a flood); trunks' addresses are trusted."""
+        self.ban_store = BanStore(self.settings.store.path)
+        self._stop_order.append(self.ban_store.close)
+        self.security = BanService(self.settings, self.ban_store, self.wheel)
+        self.security.start()
+        self._stop_order.append(self.security.stop)
+        self.registrar.security = self.security
+        good = self.settings.security.good_secs
+        if good:
+            until = time.time() + good
+            for b in self.registrar.iter_bindings():
+                self.security.guard.mark_good(b.source_host, until)
+        self._trust_trunks(self.provisioning.directory)
+        self.provisioning.subscribe(lambda directory, removed=None: self._trust_trunks(directory))
+
+    def _trust_trunks(self, directory) -> None:
+        hosts = [trunk.host for tenant in directory.tenants()
+                 for trunk in directory.objects(tenant.name).trunks.values()]
+        self.security.set_trunks(hosts)
 
     def _start_calls(self, loop) -> None:
         """The media relay and the B2BUA (INVITE, ACK, BYE, UPDATE, INFO via the dispatcher)."""
@@ -124,6 +221,9 @@ class Server:
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
         self.calls.install(self.dispatcher)
+        self.calls.security = self.security
+        self.toll = TollPolicy(self.settings, self.ban_store)
+        self.calls.toll = self.toll
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 
@@ -147,6 +247,15 @@ class Server:
         ctx.stats_sources["calls"] = self.calls.counters
         ctx.stats_sources["sip"] = self.sip_stats
         ctx.stats_sources["registrar"] = self.registrar_stats
+        if self.clustered:
+            ctx.stats_sources["cluster"] = lambda: {
+                "node": self.reg_store.node, **self.ownership.counters(), **self.reg_store.stats,
+                **self.dispatcher.edge.stats}
+        ctx.stats_sources["security"] = self.security.counts
+        ctx.security = self.security
+        ctx.stats_sources["toll"] = self.toll.counts
+        ctx.toll = self.toll
+        ctx.reload_tls = self.reload_tls
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()
@@ -183,6 +292,7 @@ class Server:
         if security is not None and hasattr(security, "auth_failed"):
             self.web.auth_failure_hooks.append(
                 lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
+            self.web.source_allowed = security.guard.allowed
         await self.web.start()
         self._stop_order.append(self.web.stop)
 
@@ -211,6 +321,9 @@ class Server:
         new = settings_mod.load(self.settings.path)
         old = self.settings
         changed = []
+        # certificates first: a broken file refuses the whole reload (the old ones stay)
+        if self.transports.reload_tls(new):
+            changed.append("tls")
         if new.sip.listen != old.sip.listen:
             log.warning("reload: sip.listen changed; the listeners change at the next restart")
         if new.store.path != old.store.path:
@@ -219,6 +332,8 @@ class Server:
         self.transactions.set_timers(sip.t1_ms / 1000, sip.t2_ms / 1000, sip.t4_ms / 1000)
         self.registrar.configure(new)
         self.keepalive.configure(new)
+        self.security.configure(new)
+        self.toll.configure(new)
         self.calls.configure(new)
         if self.admin is not None:
             self.admin.configure(new)
@@ -230,7 +345,7 @@ class Server:
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new
         logging.getLogger().setLevel(new.log_level.upper())
-        for section in ("sip", "rtp", "admin", "store", "smtp"):
+        for section in ("sip", "rtp", "admin", "store", "smtp", "security"):
             if getattr(new, section) != getattr(old, section):
                 changed.append(section)
         if new.log_level != old.log_level:
@@ -238,6 +353,13 @@ class Server:
         log.info("settings reloaded from %s (changed: %s); %d bindings kept", new.path,
                  ", ".join(changed) or "nothing", self.registrar.count())
         return {"changed": changed, "bindings": self.registrar.count()}
+
+    def reload_tls(self) -> dict:
+        """Read the certificate files again (same settings): new TLS connections get them,
+        established ones keep theirs. ConfigError (old certificates kept) for a broken file."""
+        done = self.transports.reload_tls(self.settings)
+        log.info("tls: certificates %s", "reloaded" if done else "not used (no tls: listener)")
+        return {"reloaded": done}
 
     def request_stop(self) -> None:
         if self._stopped is not None:

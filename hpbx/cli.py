@@ -36,9 +36,9 @@ def _admin_client(cfg):
 def _offline_provisioning(cfg):
     """The provisioning service straight on the store file, for when no server is running."""
     from hpbx.pbx.provisioning import Provisioning
-    from hpbx.store.sqlite import Store
+    from hpbx.store.backend import open_store
 
-    store = Store(cfg.store.path)
+    store = open_store(cfg.store)
     try:
         yield Provisioning(store)
     finally:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hpbx.errors import ConfigError
+from hpbx.security import config as security_config
+from hpbx.security.config import SecuritySettings
 
 TRANSPORTS = ("udp", "tcp", "tls")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -50,7 +52,9 @@ class SipSettings:
     keepalive_interval: int = 25
     keepalive_grace: int = 120
     user_agent: str = "hpbx"
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")  # offered in this order (RFC 8760)
+    # enabled (accepted) digest algorithms; what a 401/407 offers depends on the user
+    # (flags.sha256_digest: SHA-256 first, then MD5; else MD5 alone), see hpbx.sip.auth
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
 
 
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
@@ -61,6 +65,7 @@ class RtpSettings:
     port_min: int = 20000
     port_max: int = 29999
     address: str = "127.0.0.1"  # address the relay sockets bind to
+    address6: str = ""  # IPv6 beside an IPv4 address: dual-stack relay ([::] sockets), both families
     advertise: str = ""  # address written into SDP; "" = address
     workers: int = 0  # 0 = one per core
     media_timeout: int = 60
@@ -77,6 +82,17 @@ class AdminSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     path: str = "var/hpbx.sqlite3"
+    # where provisioning and CDRs live: the embedded SQLite file at ``path``, or PostgreSQL
+    backend: str = "sqlite"
+    dsn: str = ""  # libpq connection string of the PostgreSQL database (backend "postgres")
+    # registrations (and the cluster's call ownership) in Redis when set, e.g.
+    # "unix:///run/redis.sock" or "redis://127.0.0.1:6379/0"; else in the SQLite file at ``path``
+    redis: str = ""
+    node: str = ""  # this node's name in a cluster (unique per node); "" = the host name
+    cdr_retention_days: int = 0  # CDRs of calls older than this are deleted hourly; 0 = kept
+
+
+STORE_BACKENDS = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     log_level: str = "info"
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -233,7 +250,7 @@ def load(path: str | Path) -> Settings:
 
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
-    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "http"}
+    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -296,12 +313,17 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         port_min=port_min,
         port_max=port_max,
         address=r.address("address", "127.0.0.1"),
+        address6=r.address("address6", "", allow_empty=True),
         advertise=r.address("advertise", "", allow_empty=True),
         workers=r.int_in("workers", 0, 0, 64),
         media_timeout=r.int_in("media_timeout", 60, 0, 86400),
         strict_latching=r.get("strict_latching", bool, False),
     )
     r.finish()
+
+    if rtp.address6 and (":" not in rtp.address6 or ":" in rtp.address):
+        raise ConfigError(f"{path}: rtp.address6: must be an IPv6 address beside an IPv4 "
+                          f"rtp.address, got {rtp.address6!r} beside {rtp.address!r}")
 
     r = _Reader(path, "admin", data.get("admin"))
     uids = r.get("allow_uids", list, [0])
@@ -315,9 +337,18 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     r.finish()
 
     r = _Reader(path, "store", data.get("store"))
-    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"))
+    store = StoreSettings(path=r.get("path", str, "var/hpbx.sqlite3"),
+                          backend=r.get("backend", str, "sqlite"), dsn=r.get("dsn", str, ""),
+                          redis=r.get("redis", str, ""), node=r.get("node", str, ""),
+                          cdr_retention_days=r.int_in("cdr_retention_days", 0, 0, 100_000))
     if not store.path:
         raise r.fail("path", "must not be empty")
+    if store.backend not in STORE_BACKENDS:
+        raise r.fail("backend", f"must be one of {', '.join(STORE_BACKENDS)}, got {store.backend!r}")
+    if store.backend == "postgres" and not store.dsn:
+        raise r.fail("dsn", 'is required with backend = "postgres"')
+    if store.redis and not store.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise r.fail("redis", f"must be a redis://, rediss:// or unix:// URL, got {store.redis!r}")
     r.finish()
 
     r = _Reader(path, "smtp", data.get("smtp"))
@@ -340,10 +371,11 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
         raise r.fail("files", "must be a list of paths")
     r.finish()
 
+    security = security_config.from_dict(_Reader, path, data.get("security"))
     http = _http_settings(path, data.get("http"))
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
-                    log_level=level, provision=tuple(files), http=http)
+                    log_level=level, provision=tuple(files), security=security, http=http)
 
 
 def _http_settings(path: str, table: Any) -> HttpSettings:

@@ -10,6 +10,7 @@ and SIPp runs with a scenario and an -inf CSV whose statistics and messages are 
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -32,8 +33,74 @@ SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 # Ports a test holds on to for minutes (a trunk's address written into a tenant) come from below
 # the kernel's ephemeral range (32768-60999 by default), where no socket bound to port 0 and no
 # outgoing connection can take them meanwhile; each process starts at its own offset.
-_RESERVED = list(range(30000, 32700))
+_RESERVED = list(range(30000, 31200))
 random.Random(os.getpid()).shuffle(_RESERVED)
+
+
+class _PortCycle:
+    """Ports (or blocks of ``width`` consecutive ports) below the ephemeral range for SIPp runs,
+    handed out in turn and used again only after every other one was: SIPp exits 254 when a
+    bind fails with EADDRINUSE, and an ephemeral port probed free and handed to a SIPp starting
+    later (a phone's SIP port between its REGISTER run and its UAS run, a media port between
+    the probe and SIPp's bind) can meanwhile be taken by any socket bound to port 0."""
+
+    def __init__(self, first: int, last: int, width: int = 1):
+        self.starts = list(range(first, last - width + 2, width))
+        random.Random(os.getpid() + width).shuffle(self.starts)
+        self.width = width
+        self.next = 0
+
+    def take(self, host: str = "127.0.0.1") -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(len(self.starts)):
+            start = self.starts[self.next]
+            self.next = (self.next + 1) % len(self.starts)
+            held = []
+            try:
+                for port in range(start, start + self.width):
+                    s = socket.socket(family, socket.SOCK_DGRAM)
+                    held.append(s)
+                    s.bind((host, port))
+                return start
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return start  # an address of another namespace: nothing to check from here
+                continue
+            finally:
+                for s in held:
+                    s.close()
+        raise RuntimeError("no free port left in the SIPp pool")
+
+
+def wait_bound(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> bool:
+    """Until a UDP socket is bound to ``port`` (a SIPp just started has taken it); False after
+    ``timeout``, or at once for an address of another namespace."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        finally:
+            probe.close()
+        time.sleep(0.02)
+    return False
+
+
+_SIPP_PORTS = _PortCycle(31200, 31799)
+_MEDIA_PORTS = _PortCycle(31800, 32699, width=4)  # SIPp -mp N binds N..N+3 (audio, video)
+
+
+def sipp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port for a SIPp instance's SIP socket (below the ephemeral range, cycling)."""
+    return _SIPP_PORTS.take(host)
+
+
+def sipp_media_port(host: str = "127.0.0.1") -> int:
+    """An even port N for SIPp's ``-mp`` with N..N+3 free (below the ephemeral range)."""
+    return _MEDIA_PORTS.take(host)
 
 
 def reserved_port(host: str = "127.0.0.1") -> int:
@@ -87,9 +154,14 @@ def write_users_toml(path: Path, users, tenant: str = "test", flags: dict | None
     return path
 
 
+# Tests of other features must not be banned for their load from loopback: the ban engine runs
+# (every datagram is looked up) but bans nothing. tests/security/ passes its own settings.
+SECURITY_FOR_TESTS = {"flood_threshold": 1_000_000, "auth_failures": 0, "user_failures": 0}
+
+
 def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host: str = "127.0.0.1",
                  provision=(), sip_extra: dict | None = None, log_level: str = "info",
-                 extra_toml: str = "") -> Path:
+                 security: dict | None = None, extra_toml: str = "") -> Path:
     hostpart = f"[{host}]" if ":" in host else host
     sip = {
         "listen": [f"{t}:{hostpart}:{port}" for t in transports],
@@ -105,9 +177,20 @@ def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host:
             return str(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(toml_value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     text = ["[sip]"] + [f"{k} = {toml_value(v)}" for k, v in sip.items()]
+    def table(name: str, values: dict) -> list[str]:
+        lines = ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()
+                                     if not isinstance(v, dict)]
+        for k, v in values.items():
+            if isinstance(v, dict):
+                lines += table(f"{name}.{k}", v)
+        return lines
+
+    text += table("security", SECURITY_FOR_TESTS if security is None else security)
     text += ["", "[store]", f"path = {toml_value(str(directory / 'hpbx.sqlite3'))}",
              "", "[admin]", f"socket = {toml_value(str(directory / 'hpbx.sock'))}",
              "", "[log]", f'level = "{log_level}"',
@@ -154,7 +237,7 @@ class HpbxServer:
     def __init__(self, directory: Path, *, users=(), flags=None, transports=("udp", "tcp"),
                  host: str = "127.0.0.1", sip_extra=None, port: int | None = None,
                  log_level: str = "info", env=None, wrap: list[str] | None = None,
-                 provision_files=(), extra_toml: str = ""):
+                 security: dict | None = None, provision_files=(), extra_toml: str = ""):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -164,7 +247,7 @@ class HpbxServer:
             provision += (write_users_toml(self.dir / "users.toml", users, flags=flags),)
         self.config = write_config(self.dir, self.port, transports=transports, host=host,
                                    provision=provision, sip_extra=sip_extra, log_level=log_level,
-                                   extra_toml=extra_toml)
+                                   security=security, extra_toml=extra_toml)
         self.transports = transports
         self.env = env
         self.wrap = wrap or []
@@ -342,7 +425,7 @@ class SippRun:
         if trace_msg:
             cmd += ["-trace_msg", "-message_file", str(self.msgs)]
         # never the default 5060: parallel runs and other tests must not collide
-        cmd += ["-p", str(local_port or free_port(both=False, host=local_ip))]
+        cmd += ["-p", str(local_port or sipp_port(local_ip))]
         if inf is not None:
             csv = workdir / f"{tag}.csv"
             csv.write_text("SEQUENTIAL\n" + "".join(";".join(map(str, row)) + ";\n" for row in inf))

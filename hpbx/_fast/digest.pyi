@@ -43,9 +43,10 @@ class DigestAuth:
     def tracked_nonces(self) -> int: ...
     def new_nonce(self) -> str:
         """``<issue ms hex>.<counter hex>.<16 hex SipHash tag>``."""
-    def challenge_headers(self, header: str = "WWW-Authenticate",
-                          stale: bool = False) -> list[tuple[str, str]]:
-        """One (header, value) per offered algorithm, sharing one fresh nonce."""
+    def challenge_headers(self, header: str = "WWW-Authenticate", stale: bool = False,
+                          offer: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+        """One (header, value) per offered algorithm (every enabled one, or the enabled ones
+        of ``offer`` in its order), sharing one fresh nonce."""
     def ha1(self, user: Any, algorithm: str) -> str:
         """H(username:realm:password) hex, cached; KeyError for an unknown algorithm."""
     def check(self, method: str, authorization: str | None) -> tuple[Any, Any, str | None]:

@@ -704,13 +704,23 @@ cdef class DigestAuth:
         issued[0] = ms / 1000.0
         return True
 
-    def challenge_headers(self, str header="WWW-Authenticate", bint stale=False):
+    def challenge_headers(self, str header="WWW-Authenticate", bint stale=False, offer=None):
         """[(header, 'Digest realm=..., nonce=..., qop="auth", algorithm=A')] per algorithm,
-        all with one fresh nonce."""
+        all with one fresh nonce: every enabled algorithm in configured order, or those of
+        ``offer`` that are enabled, in its order (all enabled ones if none of it is)."""
         cdef str nonce = self.new_nonce()
         cdef str head = self._challenge_prefix + nonce
         cdef list out = []
         cdef tuple pair
+        cdef int i
+        if offer is not None:
+            for alg in offer:
+                for i in range(len(self._algorithms)):
+                    if self._algorithms[i] == alg:
+                        pair = <tuple>self._challenge_suffixes[i]
+                        out.append((header, head + <str>pair[1 if stale else 0]))
+            if out:
+                return out
         for pair in self._challenge_suffixes:
             out.append((header, head + <str>pair[1 if stale else 0]))
         return out

@@ -14,6 +14,7 @@ cdef extern from "relay_engine.h" nogil:
 cdef class Relay:
     cdef rl_relay *_r
     cdef readonly str address
+    cdef readonly str address6  # "" or the IPv6 address beside an IPv4 one (dual-stack sockets)
     cdef readonly int port_min, port_max, workers
     cdef readonly bint strict_latching
     cdef readonly double silence

@@ -8,6 +8,7 @@ Leg = Literal[0, 1, "a", "b", "A", "B"]
 
 class Relay:
     address: str
+    address6: str  # "" or IPv6 beside an IPv4 address: dual-stack sockets on [::], both families
     port_min: int
     port_max: int
     workers: int  # worker threads (0 at construction = one per usable core)
@@ -27,6 +28,7 @@ class Relay:
         rcvbuf: int = 0,
         nice: int = 0,  # worker threads' nice value; < 0 needs CAP_SYS_NICE
         io: Literal["auto", "uring", "epoll"] = "auto",  # auto: io_uring where the kernel allows it
+        address6: str = "",  # with an IPv4 address: also IPv6 peers (sockets bound to [::])
     ) -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...  # joins the threads, closes every socket

@@ -46,7 +46,7 @@ cdef extern from "relay_engine.h" nogil:
         int64_t last_rtcp_ns
 
     rl_relay *rl_new(const char *address, int port_min, int port_max, int nworkers, int strict,
-                     int64_t silence_ns, int io_mode)
+                     int64_t silence_ns, int io_mode, const char *address6)
     int rl_start(rl_relay *r)
     void rl_free(rl_relay *r)
     int rl_allocate(rl_relay *r, uint64_t *out)
@@ -125,7 +125,10 @@ cdef class Relay:
     needs CAP_SYS_NICE). ``io`` picks the packet loop: "uring" (multishot receives and batched
     sends, one syscall per wakeup; Linux 6.1+), "epoll" (recvmmsg/sendto per ready socket), or
     "auto" (io_uring when the kernel allows it); the ``io`` attribute then says which runs.
-    ``last_packet`` times in stats are ``time.monotonic()`` seconds.
+    ``last_packet`` times in stats are ``time.monotonic()`` seconds. ``address6`` beside an
+    IPv4 ``address`` makes the relay dual-stack: its sockets are IPv6 sockets bound to ``[::]``
+    with IPV6_V6ONLY off, so a leg's peer may be of either family and an IPv6 leg is bridged to
+    an IPv4 one (the SDP names ``address`` or ``address6`` by the peer's family).
     """
     # Lifecycle safety: every command runs entirely under the GIL (none releases it between
     # ``_live()`` and its C call), and only ``close`` releases the GIL, after marking the relay
@@ -138,7 +141,7 @@ cdef class Relay:
 
     def __init__(self, str address, int port_min, int port_max, int workers=0,
                  bint strict_latching=False, double silence=2.0, int rcvbuf=0, int nice=0,
-                 str io="auto"):
+                 str io="auto", str address6=""):
         if not (1 <= port_min <= port_max <= 65535):
             raise RelayError(f"port range {port_min}-{port_max} is not within 1-65535")
         if workers < 0 or workers > 256:
@@ -152,10 +155,13 @@ cdef class Relay:
         if workers == 0:
             workers = max(1, len(os.sched_getaffinity(0)))
         b = address.encode("ascii", "replace")
+        b6 = address6.encode("ascii", "replace")
         self._r = rl_new(b, port_min, port_max, workers, strict_latching, <int64_t>(silence * 1e9),
-                         _IO_MODES[io])
+                         _IO_MODES[io], b6)
         if self._r == NULL:
             why = os.strerror(_errno())
+            if address6:
+                address = f"{address} + {address6}"
             if io == "uring":
                 raise RelayError(f"cannot create an io_uring relay on {address!r}: {why}")
             raise RelayError(f"cannot create relay on {address!r}: {why}")
@@ -168,6 +174,7 @@ cdef class Relay:
         self.nice = nice
         self.io = "uring" if self._r.uring else "epoll"
         self.address = address
+        self.address6 = address6
         self.port_min = port_min
         self.port_max = port_max
         self.workers = workers

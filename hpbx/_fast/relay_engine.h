@@ -117,6 +117,7 @@ typedef struct {
 typedef struct rl_relay {
 	rl_sa bind_addr;
 	socklen_t bind_len;
+	int dual;                  /* bind_addr is [::] dual-stack: IPv4 peers held v4-mapped */
 	int port_min, npairs;
 	int *pool;                 /* FIFO ring of free pair indices: freed ports are reused last */
 	int pool_head, pool_len;
@@ -189,6 +190,8 @@ static void rl_sa_host(const rl_sa *a, char *out)
 	out[0] = 0;
 	if (a->sa.sa_family == AF_INET)
 		inet_ntop(AF_INET, &a->v4.sin_addr, out, INET6_ADDRSTRLEN);
+	else if (a->sa.sa_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&a->v6.sin6_addr))
+		inet_ntop(AF_INET, &a->v6.sin6_addr.s6_addr[12], out, INET6_ADDRSTRLEN);
 	else if (a->sa.sa_family == AF_INET6)
 		inet_ntop(AF_INET6, &a->v6.sin6_addr, out, INET6_ADDRSTRLEN);
 }
@@ -196,7 +199,8 @@ static void rl_sa_host(const rl_sa *a, char *out)
 /*
  * Parse a numeric address and check it is a unicast destination we may send to.
  * Returns 0, or a negative code: -1 not an address, -2 port, -3 unspecified, -4 multicast,
- * -5 broadcast, -6 family differs from the relay's.
+ * -5 broadcast, -6 family differs from the relay's. A dual-stack relay takes both families and
+ * holds an IPv4 peer as a v4-mapped IPv6 address (what its sockets see as the source).
  */
 static int rl_parse_peer(const rl_relay *r, const char *host, int port, rl_sa *out)
 {
@@ -223,6 +227,16 @@ static int rl_parse_peer(const rl_relay *r, const char *host, int port, rl_sa *o
 			return -4;
 	} else {
 		return -1;
+	}
+	if (r->dual && out->sa.sa_family == AF_INET) {
+		struct in_addr v4 = out->v4.sin_addr;
+		memset(out, 0, sizeof *out);
+		out->v6.sin6_family = AF_INET6;
+		out->v6.sin6_port = htons((uint16_t)port);
+		out->v6.sin6_addr.s6_addr[10] = 0xFF;
+		out->v6.sin6_addr.s6_addr[11] = 0xFF;
+		memcpy(&out->v6.sin6_addr.s6_addr[12], &v4, 4);
+		return 0;
 	}
 	if (out->sa.sa_family != r->bind_addr.sa.sa_family)
 		return -6;
@@ -573,13 +587,25 @@ static void rl_free(rl_relay *r);
 
 /* Returns NULL with errno set on failure. */
 /* io_mode: 0 = io_uring where the kernel allows it, else epoll; 1 = epoll; 2 = io_uring or fail */
+/* address6 (NULL or "" = none) beside an IPv4 address: dual-stack sockets bound to [::] */
 static rl_relay *rl_new(const char *address, int port_min, int port_max, int nworkers, int strict,
-			int64_t silence_ns, int io_mode)
+			int64_t silence_ns, int io_mode, const char *address6)
 {
 	rl_relay *r = calloc(1, sizeof *r);
 	if (!r)
 		return NULL;
-	if (inet_pton(AF_INET, address, &r->bind_addr.v4.sin_addr) == 1) {
+	if (address6 && address6[0]) {
+		struct in_addr a4;
+		struct in6_addr a6;
+		if (inet_pton(AF_INET, address, &a4) != 1 || inet_pton(AF_INET6, address6, &a6) != 1) {
+			free(r);
+			errno = EINVAL;
+			return NULL;
+		}
+		r->dual = 1;
+		r->bind_addr.v6.sin6_family = AF_INET6;
+		r->bind_addr.v6.sin6_addr = in6addr_any;
+	} else if (inet_pton(AF_INET, address, &r->bind_addr.v4.sin_addr) == 1) {
 		r->bind_addr.v4.sin_family = AF_INET;
 	} else if (inet_pton(AF_INET6, address, &r->bind_addr.v6.sin6_addr) == 1) {
 		r->bind_addr.v6.sin6_family = AF_INET6;
@@ -785,6 +811,13 @@ static int rl_bind_port(rl_relay *r, int port)
 	int fd = socket(r->bind_addr.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
+	int v6only = 0;
+	if (r->dual && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
 	rl_sa a = r->bind_addr;
 	if (a.sa.sa_family == AF_INET)
 		a.v4.sin_port = htons((uint16_t)port);

@@ -54,6 +54,7 @@ cdef extern from "udpio_core.h" nogil:
     void udpio_sender_stop(udpio_sender* s)
 
 from libc.stdlib cimport calloc, free
+from hpbx._fast.guard cimport Guard, guard_table, guard_now, guard_check_raw, GUARD_PASS
 
 
 BATCH = UDPIO_BATCH  # datagrams per recv() at most
@@ -75,6 +76,8 @@ cdef class DatagramIO:
     cdef readonly int backlog
     cdef unsigned long _send_errors
     cdef readonly unsigned long dropped
+    cdef Guard _guard                # asked for every received datagram, when set
+    cdef readonly unsigned long filtered  # datagrams the guard dropped
     # the address of the last datagram received and sent: a peer usually sends many
     cdef sockaddr_storage rx_sa
     cdef socklen_t rx_salen
@@ -136,16 +139,35 @@ cdef class DatagramIO:
         return self._send_errors + (self.sender.errors if self.threaded else 0)
 
     # ---- receiving
+    @property
+    def guard(self):
+        return self._guard
+
+    @guard.setter
+    def guard(self, Guard guard):
+        """A ban table (hpbx._fast.guard) every datagram passes before it becomes bytes;
+        what it drops never leaves recv() (counted in ``filtered``)."""
+        self._guard = guard
+
     def recv(self):
         cdef int n = udpio_recv(self.fd, self.rx)
         cdef int i
         cdef size_t length
         cdef const char* buf
+        cdef guard_table* g = NULL
+        cdef double now = 0.0
         if n < 0:
             raise OSError(-n, strerror(-n).decode())
+        if self._guard is not None and n > 0:
+            g = &self._guard.t
+            now = guard_now()
         out = []
         for i in range(n):
             buf = udpio_rx_buf(self.rx, i, &length)
+            if g != NULL and guard_check_raw(g, udpio_rx_sa(self.rx, i), buf, length,
+                                             now) != GUARD_PASS:
+                self.filtered += 1
+                continue
             out.append((PyBytes_FromStringAndSize(buf, <Py_ssize_t>length), self._addr(i)))
         return out
 

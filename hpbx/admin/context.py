@@ -30,6 +30,12 @@ class AdminContext:
     stats_sources: dict[str, Callable[[], dict]] = field(default_factory=dict)
     # () -> dict describing what changed; may be a coroutine function; raises ConfigError
     reload_config: Callable[[], dict | Awaitable[dict]] | None = None
+    # hpbx.security.bans.BanService: ban_list/ban_add/ban_remove, trusted networks, counters
+    security: Any = None
+    # hpbx.security.toll.TollPolicy: get/set/reset a tenant's toll-fraud limits
+    toll: Any = None
+    # () -> {"reloaded": bool}: read the TLS certificate files again; raises ConfigError
+    reload_tls: Callable[[], dict] | None = None
     # web face (hpbx/web): admin accounts (hpbx.admin.accounts.AccountService), the audit log
     # (AuditLog: every change made through the dispatch), phone records (hpbx.pbx.phones)
     accounts: Any = None

@@ -345,7 +345,12 @@ _add_crud(
     (Param("name", "str", required=True, help="tenant name (a-z, 0-9, _.-)"),),
     (Param("domain", "str", help="SIP domain of the tenant"),
      Param("timezone", "str", help="IANA time zone of the dial plans (default Europe/Zurich)"),
-     Param("trunk", "str", help="name of the trunk used for external numbers")),
+     Param("trunk", "str", help="name of the trunk used for external numbers"),
+     Param("default_number", "str",
+           help="public number presented to the network for users with no displayed number"),
+     Param("caller_id_fallback", "str", choices=("default_number", "withheld"),
+           help="caller ID of users with no displayed number: the default number, or withheld "
+                "(anonymous, P-Asserted-Identity + Privacy: id)")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -358,7 +363,13 @@ _add_crud(
            choices=("displayed", "original_caller", "dialled")),
      Param("cti_password", "str", help="password of the CTI clients"),
      Param("details", "object", help="first_name, name, company, mobile, nickname, email"),
-     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true}")),
+     Param("flags", "object", help="e.g. {\"cti_access\": true, \"behind_nat\": true, \"dnd\": true}"),
+     Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
+     Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
+     Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
+     Param("forward", "object",
+           help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
+                "each an internal or external number, \"\" = off")),
     (Param("tenant", "str", help="only this tenant"),),
     ("username", "tenant", "internal_number", "displayed_number", "details"))
 _add_crud(
@@ -443,6 +454,14 @@ def cdr_list(ctx: AdminContext, p: dict) -> Any:
     return _service(ctx, "cdr_list")(**{"limit": 100, **p})
 
 
+def cdr_export(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "cdr_export")(**p)
+
+
+def cdr_purge(ctx: AdminContext, p: dict) -> Any:
+    return _service(ctx, "cdr_purge")(**p)
+
+
 def tenant_export(ctx: AdminContext, p: dict) -> str:
     # the bare TOML text, so that `hpbxctl tenant.export name=X > X.toml` gives the file
     return _service(ctx, "export_tenant")(p["name"])
@@ -475,6 +494,14 @@ _add("cdr.list", cdr_list, "Call records, newest first (at most 100 unless limit
      Param("since", "str", help="ISO 8601: only calls that started at or after"),
      Param("until", "str", help="ISO 8601: only calls that started before"),
      *PAGE, columns=("id", "tenant", "caller", "called", "slot", "switch", "answered_by", "start", "end", "end_reason"))
+_add("cdr.export", cdr_export, "Call records as CSV or JSON lines, oldest first (result: format, rows, text).",
+     Param("tenant", "str", help="only this tenant"),
+     Param("since", "str", help="ISO 8601: only calls that started at or after"),
+     Param("until", "str", help="ISO 8601: only calls that started before"),
+     Param("format", "str", choices=("csv", "jsonl"), help="csv (default) or jsonl"),
+     Param("limit", "int", min=1, max=1_000_000, help="at most this many records (default 100000)"))
+_add("cdr.purge", cdr_purge, "Delete the call records of calls that started before a time (retention).",
+     Param("before", "str", required=True, help="ISO 8601 timestamp with offset"))
 _add("tenant.export", tenant_export, "A tenant and everything it owns as TOML (the import format).",
      Param("name", "str", required=True, help="tenant name"))
 _add("tenant.import", tenant_import,
@@ -482,6 +509,7 @@ _add("tenant.import", tenant_import,
      Param("toml", "str", required=True, help="the TOML text"),
      Param("replace", "bool", help="replace an existing tenant of that name (in the same change)"))
 
+from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 

@@ -36,9 +36,14 @@ class MediaSession:
     port_a: int
     port_b: int
     handle: int
+    address6: str = ""  # the relay's IPv6 address on a dual-stack relay
 
     def port(self, leg: str) -> int:
         return self.port_a if leg == "a" else self.port_b
+
+    def address_for(self, host: str) -> str:
+        """The relay address to write into SDP for a party at ``host`` (its family's)."""
+        return self.address6 if self.address6 and ":" in host else self.address
 
 
 def _check_leg(leg: str) -> str:
@@ -73,12 +78,14 @@ class MediaEngine:
         silence: float = 2.0,
         media_timeout: float = 60.0,
         on_timeout: Callable[[str], Any] | None = None,
+        address6: str = "",
     ):
         if media_timeout <= 0:
             raise ValidationError("rtp.media_timeout", "must be > 0 seconds")
         self.relay = Relay(address, port_min, port_max, workers=workers,
-                           strict_latching=strict_latching, silence=silence)
+                           strict_latching=strict_latching, silence=silence, address6=address6)
         self.advertise = advertise or address
+        self.address6 = address6
         self.media_timeout = media_timeout
         self.on_timeout = on_timeout
         self._sessions: dict[str, MediaSession] = {}
@@ -90,7 +97,7 @@ class MediaEngine:
         """Build from ``hpbx.settings.RtpSettings``."""
         return cls(rtp.address, rtp.port_min, rtp.port_max, advertise=rtp.advertise,
                    workers=rtp.workers, strict_latching=rtp.strict_latching,
-                   media_timeout=rtp.media_timeout, on_timeout=on_timeout)
+                   media_timeout=rtp.media_timeout, on_timeout=on_timeout, address6=rtp.address6)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -120,7 +127,7 @@ class MediaEngine:
             raise ValidationError("call_id", f"{key!r} already has a media session")
         handle = self.relay.allocate()
         port_a, port_b = self.relay.ports(handle)
-        ms = MediaSession(key, self.advertise, port_a, port_b, handle)
+        ms = MediaSession(key, self.advertise, port_a, port_b, handle, self.address6)
         self._sessions[key] = ms
         self._by_handle[handle] = key
         return ms

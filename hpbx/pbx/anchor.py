@@ -23,7 +23,9 @@ class MediaPeer:
     rtcp_port: int
     rtcp_mux: bool
     direction: str  # sendrecv, sendonly, recvonly, inactive
-    hold: bool  # sendonly/inactive or c=0.0.0.0: the relay must not time the call out
+    # not sendrecv, or c=0.0.0.0: the relay must not time the call out (recvonly counts: it is
+    # the answer to a hold's sendonly, and taking it as "not held" ended the hold at once)
+    hold: bool
 
 
 def _audio_index(desc) -> int:
@@ -40,7 +42,7 @@ def peer(body: bytes) -> MediaPeer:
     host = m.connection
     if not host:
         raise SdpError("SDP has no connection address for the audio stream")
-    hold = m.direction in ("sendonly", "inactive") or host in ("0.0.0.0", "::")
+    hold = m.direction in ("sendonly", "recvonly", "inactive") or host in ("0.0.0.0", "::")
     return MediaPeer(host, m.port, m.rtcp_port, m.rtcp_mux, m.direction, hold)
 
 

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor
+from hpbx.pbx import anchor, callerid, router, transfer
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
@@ -31,7 +31,7 @@ from hpbx.sip.transaction import REASONS, Target
 log = logging.getLogger("hpbx.pbx.call")
 
 RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, REFER"
 
 
 def iso_now() -> str:
@@ -51,7 +51,7 @@ class BLeg:
 
     __slots__ = ("id", "call", "ring", "binding", "target", "ruri", "call_id", "tag", "cseq",
                  "headers", "tx", "dialog", "last", "cancel_reason", "auth_tried", "live", "answered",
-                 "user")
+                 "user", "route")
 
     def __init__(self, call: "Call", ring, binding, target: Target, ruri: str):
         self.id = new_leg_id()
@@ -72,6 +72,7 @@ class BLeg:
         self.live = True  # INVITE transaction not finished yet
         self.answered = False
         self.user = ring.value if ring.kind == "user" else ""
+        self.route: str | None = None  # through the node holding the device's flow (cluster)
 
     @property
     def label(self) -> str:
@@ -96,6 +97,8 @@ class Call:
         self.winner: BLeg | None = None
         self.rings = {}
         self.targets_tried: list[str] = []
+        self.failures: dict[str, int] = {}  # user target key -> final status (forwarding rules)
+        self.transfer = None  # a blind transfer under way (hpbx.pbx.transfer)
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
@@ -141,7 +144,7 @@ class Call:
             except HpbxError as exc:
                 self._reject(488, None, f"unusable media address: {exc}")
                 return
-            self.b_offer = anchor.rewrite(body, self.media.address, self.media.port_b)
+            self.b_offer = anchor.rewrite(body, self.media.address, self.media.port_b)  # IPv4 callees
         rows = []
         for row in self.plan.rows:
             keys = []
@@ -214,24 +217,38 @@ class Call:
         now = self.now()
         if key not in self.targets_tried:
             self.targets_tried.append(key)
+        if ring.when and not router.forward_applies(ring.when, self.failures):
+            self.run(self.fork.target_failed(key, 480, now))  # a forwarding rule that did not fire
+            return
         if ring.kind == "user":
             user = ring.user
             name = user.username
-            if user.flags.busy_on_active_call and svc.active.get(name, 0) > 0:
+            busy = user.flags.dnd or (user.max_calls and svc.active.get(name, 0) >= user.max_calls)
+            if busy or (user.flags.busy_on_active_call and svc.active.get(name, 0) > 0):
+                self.failures[key] = 486
                 self.run(self.fork.target_failed(key, 486, now))
                 return
             if user.flags.busy_while_ringing and svc.ringing.get(name, 0) > 0:
+                self.failures[key] = 486
                 self.run(self.fork.target_failed(key, 486, now))
                 return
             bindings = [b for b in svc.registrar.lookup(name) if b.online][:svc.max_devices]
             if not bindings:
+                self.failures[key] = 480
                 self.run(self.fork.target_failed(key, 480, now))
                 return
             legs = [BLeg(self, ring, b, svc.registrar.target(b), b.contact) for b in bindings]
+            for leg in legs:
+                leg.route = svc.registrar.relay_route(leg.binding)
         else:
             trunk = ring.trunk
             if trunk is None:
                 self.run(self.fork.target_failed(key, 480, now))
+                return
+            toll = svc.toll
+            if toll is not None and toll.admit(self.id, self.tenant, getattr(self.caller_user, "username", None),
+                                               ring.value, (self.a_target.host, self.a_target.port)) is not None:
+                self.run(self.fork.target_failed(key, 403, now))
                 return
             target = Target(trunk.transport, trunk.host, trunk.port)
             ruri = f"sip:{ring.value}@{_uri_host(trunk.host)}:{trunk.port}"
@@ -245,6 +262,7 @@ class Call:
                 svc.ringing[leg.user] = svc.ringing.get(leg.user, 0) + 1
             svc.legs[leg.call_id] = (self, leg)
             self._send_invite(leg)
+        svc.dialog_changed(self)
 
     def _identity(self, leg: BLeg) -> tuple[str, str, list]:
         """(From display, From user, extra headers) presented on one branch."""
@@ -252,17 +270,33 @@ class Call:
         extra = []
         caller_user = self.caller_user
         if leg.ring.kind == "external":
-            if caller_user is not None and plan.kind == "external":
-                # the user's own outgoing call: the displayed number is the caller ID
-                number = caller_user.displayed_number or caller_user.internal_number or caller_user.username
-                return "", number, [("P-Asserted-Identity",
-                                     f"<sip:{number}@{self._trunk_domain(leg)}>")]
+            if caller_user is not None:
+                # a user's call (own, or diverted by a plan): never the internal number
+                ident = callerid.network_identity(
+                    self.service.provisioning.directory.tenant(caller_user.tenant), caller_user)
+                if leg.ring.reason:
+                    if leg.ring.diverted_by:
+                        extra.append(("Diversion", f"<sip:{leg.ring.diverted_by}@{self._trunk_domain(leg)}>"
+                                                   f";reason={leg.ring.reason};counter=1"))
+                elif plan.kind != "external":
+                    extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
+                                               ";reason=unconditional;counter=1"))
+                if ident.asserted:
+                    extra.append(("P-Asserted-Identity",
+                                  f"<sip:{ident.asserted}@{self._trunk_domain(leg)}>"))
+                if ident.withheld:
+                    extra.append(("Privacy", "id"))
+                    return callerid.ANONYMOUS_FROM[0], ident.from_user, extra
+                return "", ident.from_user, extra
             # a diversion from a public number's plan: the original caller and who diverted
             number = self.caller or "anonymous"
             extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
                                        ";reason=unconditional;counter=1"))
             extra.append(("P-Asserted-Identity", f"<sip:{number}@{self._trunk_domain(leg)}>"))
             return "", number, extra
+        if leg.ring.reason:  # a forwarding rule's target user: who diverted and why
+            extra.append(("Diversion", f"<sip:{leg.ring.diverted_by}@{_uri_host(leg.target.host)}>"
+                                       f";reason={leg.ring.reason};counter=1"))
         if caller_user is not None:
             u = caller_user
             if u.flags.show_internal_number_internally and u.internal_number:
@@ -280,7 +314,7 @@ class Call:
             return leg.target.host
         return _uri_host(trunk.from_domain or trunk.host)
 
-    def _send_invite(self, leg: BLeg, auth: tuple[str, str] | None = None) -> None:
+    def _send_invite(self, leg: BLeg, auth: tuple[str, str] | None = None, on_response=None) -> None:
         svc = self.service
         target = leg.target
         host, port = svc.transports.local_address(target.kind, target.host)
@@ -288,7 +322,8 @@ class Call:
         transport = "" if target.kind == "udp" else f";transport={target.kind}"
         contact = f"<sip:hpbx@{_uri_host(host)}:{port}{transport}>"
         if leg.ring.kind == "external":
-            from_host = self._trunk_domain(leg)
+            from_host = (callerid.ANONYMOUS_FROM[2] if ("Privacy", "id") in extra
+                         else self._trunk_domain(leg))
             to_uri = f"<sip:{leg.ring.value}@{_uri_host(leg.ring.trunk.host)}>"
         else:
             from_host = _uri_host(host)
@@ -306,18 +341,24 @@ class Call:
             headers.append(("Alert-Info", self.plan.alert_info))
         if auth is not None:
             headers.append(auth)
+        if leg.route is not None:
+            headers.append(("Route", leg.route))
         body = self.b_offer if self.b_offer else self.a_msg.body
+        if self.b_offer and self.media.address6 and ":" in target.host:
+            body = anchor.rewrite(self.a_msg.body, self.media.address6, self.media.port_b)
         if body:
             headers.append(("Content-Type", "application/sdp"))
         if leg.dialog is None:
             leg.dialog = Dialog.uac(leg.call_id, leg.tag, from_uri, to_uri, leg.ruri, leg.cseq,
                                     target, contact)
+            leg.dialog.pinned_route = leg.route
         else:
             leg.dialog.local_cseq = leg.cseq
         leg.headers = headers
         leg.tx = svc.transactions.send_request(
-            "INVITE", leg.ruri, headers, target,
-            lambda tx, status, msg, leg=leg: self.guarded(self._b_response, leg, tx, status, msg), body)
+            "INVITE", leg.ruri, headers, target, on_response or (
+                lambda tx, status, msg, leg=leg: self.guarded(self._b_response, leg, tx, status, msg)),
+            body)
 
     # ------------------------------------------------------------------ branch responses
     def _b_response(self, leg: BLeg, tx, status: int, msg) -> None:
@@ -349,6 +390,8 @@ class Call:
             return
         if status in (401, 407) and self._retry_with_auth(leg, status, msg):
             return
+        if leg.user and status != 487:
+            self.failures[leg.ring.key] = status
         leg.last = msg
         self._leg_done(leg)
         if self.state == RINGING:
@@ -414,7 +457,7 @@ class Call:
         except HpbxError as exc:
             log.info("[%s] callee SDP not usable for the relay: %s", self.id, exc)
             return b""
-        return anchor.rewrite(body, self.media.address, self.media.port_a)
+        return anchor.rewrite(body, self.media.address_for(self.a_target.host), self.media.port_a)
 
     def _provisional(self, leg: BLeg, status: int) -> None:
         msg = leg.last
@@ -440,6 +483,11 @@ class Call:
             # in its ACK, which the callee's ACK must carry — so that ACK waits for the caller's
             body = self._anchor_late_offer(msg.body)
             self.b_ack_pending = True
+        self._answer_caller(leg, body)
+
+    def _answer_caller(self, leg: BLeg, body: bytes) -> None:
+        """The caller's 200 for the winning leg (also a pickup's, hpbx.pbx.pickup)."""
+        svc = self.service
         headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -449,11 +497,14 @@ class Call:
             svc.active[user] = svc.active.get(user, 0) + 1
         svc.legs[self.id] = (self, "a")
         svc.legs[leg.call_id] = (self, leg)
+        if svc.owners is not None:
+            svc.owners.changed(self)
         if data is not None and not self.a_tx.channel.reliable:
             self.a_ok = data
             self.a_ok_interval = svc.transactions.t1
             self.a_ok_since = self.now()
             self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
+        svc.dialog_changed(self)
         log.info("[%s] answered by %s", self.id, leg.label)
 
     def _users_in_call(self) -> list[str]:
@@ -505,7 +556,7 @@ class Call:
         except HpbxError as exc:
             log.info("[%s] late offer not anchored: %s", self.id, exc)
             return body
-        return anchor.rewrite(body, self.media.address, self.media.port_a)
+        return anchor.rewrite(body, self.media.address_for(self.a_target.host), self.media.port_a)
 
     def _cancel_leg(self, leg: BLeg, reason: str) -> None:
         leg.cancel_reason = reason
@@ -554,6 +605,9 @@ class Call:
             tx.respond(500, "CSeq Out of Order")
             return
         other = self.winner.dialog if side == "a" else self.a_dialog
+        if method == "REFER":
+            transfer.handle_refer(self, side, tx)
+            return
         if method == "BYE":
             tx.respond(200)
             self._send_bye(other, None)
@@ -594,7 +648,8 @@ class Call:
             log.info("[%s] re-offer SDP not usable: %s", self.id, exc)
             return body
         port = self.media.port_b if towards_b else self.media.port_a
-        return anchor.rewrite(body, self.media.address, port)
+        facing = self.winner.target.host if towards_b and self.winner else self.a_target.host
+        return anchor.rewrite(body, self.media.address_for(facing), port)
 
     def _forwarded_response(self, stx, side, other: Dialog, cseq: int, status: int, resp) -> None:
         if status < 200:

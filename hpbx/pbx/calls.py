@@ -20,8 +20,8 @@ import ipaddress
 import logging
 from datetime import datetime, timezone
 
-from hpbx.errors import HpbxError
-from hpbx.pbx import router
+from hpbx.errors import HpbxError, ValidationError
+from hpbx.pbx import blf, pickup, router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -57,8 +57,12 @@ class CallService:
         self._trunks_directory = None
         self._cdrs: list[dict] = []
         self._cdr_timer = None
+        self.owners = None  # cluster: the call ownership (started / changed / ended)
+        self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
+        self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
+        self.blf = blf.DialogEvents(self)
 
     def configure(self, settings) -> None:
         self.max_devices = settings.sip.max_devices
@@ -69,8 +73,9 @@ class CallService:
         handlers = dispatcher.request_handlers
         handlers["INVITE"] = self.on_invite
         handlers["ACK"] = self.on_ack
-        for method in ("BYE", "UPDATE", "INFO"):
+        for method in ("BYE", "UPDATE", "INFO", "REFER"):
             handlers[method] = self.on_in_dialog
+        handlers["SUBSCRIBE"] = self.blf.on_subscribe
 
     # ------------------------------------------------------------------ who is calling
     def trunk_for(self, host: str, port: int):
@@ -115,21 +120,37 @@ class CallService:
                                    dialled=dialled)
             caller = msg.from_addr.uri.user or "anonymous"
         else:
-            verdict, user, _ = self.auth.check("INVITE", msg.header("Proxy-Authorization"))
+            verdict, user, name = self.auth.check("INVITE", msg.header("Proxy-Authorization"))
+            if self.security is not None:
+                verdict = self.security.judge(verdict, name, tx.addr, tx.channel.kind, "INVITE")
             if verdict is Verdict.FORBIDDEN:
                 self.stats["calls_rejected"] += 1
                 tx.respond(403, "Forbidden")
                 return
             if verdict is not Verdict.OK:
                 self.stats["invite_407"] += 1
-                tx.respond(407, None, self.auth.challenge_headers("Proxy-Authenticate",
-                                                                  stale=verdict is Verdict.STALE))
+                tx.respond(407, None, self.auth.challenge_for(msg.from_addr.uri.user,
+                                                              "Proxy-Authenticate",
+                                                              stale=verdict is Verdict.STALE))
                 return
             caller_user = user
+            code = starcodes.parse(dialled)
+            if code is not None:
+                self._star_code(tx, user, code)
+                return
+            wanted = starcodes.pickup(dialled)
+            if wanted is not None:
+                pickup.handle(self, tx, user, *wanted)
+                return
             plan = router.route_internal(directory, user, dialled, now)
             caller = user.internal_number or user.username
         if plan.kind == "external":
             plan = _external_plan(plan)
+            refusal = self.toll.admit(msg.call_id, plan.tenant, caller_user.username if caller_user
+                                      else None, plan.external, tx.addr) if self.toll else None
+            if refusal is not None:
+                plan = router.Plan(kind="reject", tenant=plan.tenant, status=refusal.status,
+                                   reason=refusal.reason, dialled=dialled)
         if plan.kind == "reject" or plan.status:
             self.stats["calls_rejected"] += 1
             tx.respond(plan.status or 480, plan.reason[:100] or None)
@@ -152,7 +173,21 @@ class CallService:
         call = Call(self, tx, plan, caller, caller_user, trunk)
         self.calls[call.id] = call
         self.stats["calls_started"] += 1
+        if self.owners is not None:
+            self.owners.started(call)
         call.guarded(call.start)
+
+    def _star_code(self, tx, user, code) -> None:
+        """Apply a star code to the caller's own settings; the final response says the result
+        (603: nothing is to be connected, and the phone should not retry elsewhere)."""
+        try:
+            self.provisioning.user_update(user.username, code.changes)
+        except ValidationError as exc:
+            self.stats["calls_rejected"] += 1
+            tx.respond(484, f"{code.code}: {exc}"[:100])
+            return
+        log.info("[%s] %s dialled %s: %s", tx.msg.call_id, user.username, code.code, code.result)
+        tx.respond(603, code.result)
 
     # ------------------------------------------------------------------ in dialog
     def on_in_dialog(self, tx) -> None:
@@ -177,8 +212,17 @@ class CallService:
             found[0].guarded(found[0].on_ack, msg)
 
     # ------------------------------------------------------------------ registry
+    def dialog_changed(self, call: Call) -> None:
+        """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
+        self.blf.changed(call)
+
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if self.owners is not None:
+            self.owners.ended(call)
+        self.blf.changed(call, ended=True)
+        if self.toll is not None:
+            self.toll.release(call.id)
         if call.answer_iso:
             self.stats["calls_answered"] += 1
         else:
@@ -203,10 +247,12 @@ class CallService:
     def close(self) -> None:
         for call in list(self.calls.values()):
             call.hangup("server stopping")
+        self.blf.close()
         self.flush_cdrs()
 
     def counters(self) -> dict:
-        out = {**self.stats, "calls_active": len(self.calls)}
+        out = {**self.stats, "calls_active": len(self.calls),
+               "blf_subscriptions": len(self.blf.by_dialog), "blf_notify_sent": self.blf.stats["notify_sent"]}
         if self.media is not None:
             out.update(media_sessions=len(self.media), media_pairs_used=self.media.used_pairs(),
                        media_pairs_free=self.media.free_pairs())

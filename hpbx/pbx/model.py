@@ -37,6 +37,7 @@ ROW_DURATION_MAX = 600
 TARGET_KINDS = ("user", "group", "external", "link")
 TRANSPORTS = ("udp", "tcp", "tls")
 DIVERSION_POLICIES = ("displayed", "original_caller", "dialled")
+CALLER_ID_FALLBACKS = ("default_number", "withheld")
 ANNOUNCEMENT_KINDS = ("announcement", "music")
 MAX_LINK_HOPS = 5
 
@@ -241,6 +242,11 @@ class Tenant:
     domain: str = ""
     timezone: str = "Europe/Zurich"
     trunk: str = ""  # name of the tenant's trunk for external numbers; "" = none
+    # caller ID towards the network of a user with no displayed number (never an internal one):
+    # "default_number" presents ``default_number`` (withheld while it is ""), "withheld" sends
+    # From anonymous with P-Asserted-Identity (the default number) and Privacy: id (RFC 3325)
+    default_number: str = ""  # one of the tenant's public numbers; "" = none
+    caller_id_fallback: str = "default_number"
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -252,17 +258,24 @@ class Tenant:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise r.fail("timezone", f"{tz!r} is not a known time zone") from None
+        default_number = r.text("default_number")
+        if default_number:
+            check_public_number(default_number, r.name("default_number"))
         obj = cls(name=name, domain=r.text("domain", "", _HOST_RE, "domain"), timezone=tz,
-                  trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"))
+                  trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"), default_number=default_number,
+                  caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
+                                              "default_number"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
-        d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk}
+        d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
+             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
-_TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": ""}
+_TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
+                    "caller_id_fallback": "default_number"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +323,10 @@ class UserFlags:
     push_missed: bool = False
     parallel_softphone_sessions: bool = False
     no_tls: bool = False
+    # the user's phones answer SHA-256 digest challenges (RFC 8760): theirs offer SHA-256 first;
+    # others get MD5 alone, since phones such as baresip 1.0 give up on a 401 with two challenges
+    sha256_digest: bool = False
+    dnd: bool = False  # do not disturb: calls to the user fail with 486 (star codes *78/*79)
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "UserFlags":
@@ -323,6 +340,55 @@ class UserFlags:
                 if not compact or getattr(self, f.name)}
 
 
+FORWARD_KINDS = ("unconditional", "busy", "no_answer", "unavailable")
+
+
+def _usernames(r: "_Reader", key: str) -> tuple[str, ...]:
+    names = r.get(key, list, [])
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValidationError(f"{r.name(key)}[{i}]", "must be a username")
+        check_username(name, f"{r.name(key)}[{i}]")
+    return tuple(dict.fromkeys(names))
+
+
+def check_forward_target(value: str, name: str) -> None:
+    """An internal number (2-6 digits) or an external number (0... or +...)."""
+    if not re.fullmatch(r"\+?[0-9]{2,20}", value):
+        raise ValidationError(name, f"{value!r} is not an internal or external number")
+
+
+@dataclass(frozen=True, slots=True)
+class UserForwarding:
+    """Forwarding rules (FEATURES 13.3) for calls addressed to the user directly (internal
+    calls), not for dial-plan rows. Each target is an internal or an external number; "" = off."""
+
+    unconditional: str = ""
+    busy: str = ""
+    no_answer: str = ""
+    no_answer_after: int = 20  # seconds the user rings before ``no_answer`` takes over
+    unavailable: str = ""  # no device registered
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "UserForwarding":
+        r = _Reader(data, path)
+        values = {}
+        for kind in FORWARD_KINDS:
+            values[kind] = r.text(kind)
+            if values[kind]:
+                check_forward_target(values[kind], r.name(kind))
+        obj = cls(**values, no_answer_after=r.integer("no_answer_after", 20, 1, 600))
+        r.finish()
+        return obj
+
+    def to_dict(self, compact: bool = False) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not compact:
+            return d
+        default = UserForwarding()
+        return {k: v for k, v in d.items() if v != getattr(default, k)}
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     tenant: str
@@ -334,6 +400,10 @@ class User:
     cti_password: str = ""
     details: UserDetails = field(default_factory=UserDetails)
     flags: UserFlags = field(default_factory=UserFlags)
+    max_calls: int = 0  # "signal busy if more than N calls" (FEATURES 15.2); 0 = call waiting
+    forward: UserForwarding = field(default_factory=UserForwarding)
+    pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
+    supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
 
     @property
     def id(self) -> str:
@@ -361,6 +431,10 @@ class User:
             cti_password=r.text("cti_password", "", max_len=128),
             details=UserDetails.from_dict(r.get("details", Mapping, {}), r.name("details")),
             flags=UserFlags.from_dict(r.get("flags", Mapping, {}), r.name("flags")),
+            max_calls=r.integer("max_calls", 0, 0, 100),
+            forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
+            pickup=_usernames(r, "pickup"),
+            supervise=_usernames(r, "supervise"),
         )
         r.finish()
         return obj
@@ -370,7 +444,9 @@ class User:
              "internal_number": self.internal_number, "displayed_number": self.displayed_number,
              "displayed_number_diversion": self.displayed_number_diversion,
              "cti_password": self.cti_password, "details": self.details.to_dict(),
-             "flags": self.flags.to_dict(compact)}
+             "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
+             "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
+             "supervise": list(self.supervise)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -382,11 +458,16 @@ class User:
                 d.pop("details", None)
             if not d.get("flags"):
                 d.pop("flags", None)
+            if not d.get("forward"):
+                d.pop("forward", None)
+            for key in ("pickup", "supervise"):
+                if not d.get(key):
+                    d.pop(key, None)
         return d
 
 
 _USER_DEFAULTS = {"internal_number": "", "displayed_number": "", "displayed_number_diversion": "displayed",
-                  "cti_password": ""}
+                  "cti_password": "", "max_calls": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -889,6 +970,9 @@ def check_references(obj: object, objs: TenantObjects) -> None:
     if isinstance(obj, Tenant):
         if obj.trunk and obj.trunk not in objs.trunks:
             raise ValidationError("trunk", f"trunk {obj.trunk!r} does not exist in tenant {obj.name!r}")
+        if obj.default_number and obj.default_number not in objs.numbers:
+            raise ValidationError("default_number",
+                                  f"{obj.default_number} is not one of the tenant's public numbers")
     elif isinstance(obj, User):
         if obj.internal_number:
             owner = objs.internal_owner(obj.internal_number, skip=obj)
@@ -897,6 +981,10 @@ def check_references(obj: object, objs: TenantObjects) -> None:
         if obj.displayed_number and obj.displayed_number not in objs.numbers:
             raise ValidationError("displayed_number",
                                   f"{obj.displayed_number} is not one of the tenant's public numbers")
+        for key in ("pickup", "supervise"):
+            for i, name in enumerate(getattr(obj, key)):
+                if name not in objs.users:
+                    raise ValidationError(f"{key}[{i}]", f"user {name!r} does not exist in tenant {obj.tenant!r}")
     elif isinstance(obj, Group):
         if obj.internal_number:
             owner = objs.internal_owner(obj.internal_number, skip=obj)
@@ -936,9 +1024,13 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
             found.append(f"switch {s.name}")
     if kind == "user":
         found += [f"group {g.name}" for g in objs.groups.values() if key in g.members]
+        found += [f"user {u.username} (pickup)" for u in objs.users.values() if key in u.pickup]
+        found += [f"user {u.username} (supervise)" for u in objs.users.values() if key in u.supervise]
     if kind == "number":
         found += [f"user {u.username} (displayed number)" for u in objs.users.values()
                   if u.displayed_number == key]
+        if objs.tenant.default_number == key:
+            found.append(f"tenant {objs.tenant.name} (default number)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found

@@ -15,18 +15,21 @@ from __future__ import annotations
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import tomli_w
 
 from hpbx.errors import NotFoundError, ValidationError
-from hpbx.pbx import router
+from hpbx.pbx import cdr_export, router
 from hpbx.pbx.directory import Directory
 from hpbx.pbx.model import (
     Announcement, Cdr, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects, Trunk, User,
     check_references, number_keys, references_to, slots_from_list,
 )
 from hpbx.store.sqlite import Store
+
+if TYPE_CHECKING:
+    from hpbx.store.postgres import PostgresStore
 
 _EXPORT_SECTIONS = ("trunks", "users", "groups", "announcements", "numbers", "switches")
 
@@ -54,7 +57,7 @@ def _merge(current: dict, changes: Any, keys: Iterable[str]) -> dict:
             raise ValidationError(k, f"cannot be changed (it is the object's key); delete and create instead")
     merged = dict(current)
     for k, v in changes.items():
-        if k in ("details", "flags") and isinstance(v, dict) and isinstance(current.get(k), dict):
+        if k in ("details", "flags", "forward") and isinstance(v, dict) and isinstance(current.get(k), dict):
             merged[k] = {**current[k], **v}
         else:
             merged[k] = v
@@ -64,7 +67,7 @@ def _merge(current: dict, changes: Any, keys: Iterable[str]) -> dict:
 class Provisioning:
     """The domain service over one ``Store``; ``directory`` is the current snapshot."""
 
-    def __init__(self, store: Store, clock: Callable[[], datetime] = _now):
+    def __init__(self, store: "Store | PostgresStore", clock: Callable[[], datetime] = _now):
         self.store = store
         self.clock = clock
         self._listeners: list[Callable[[Directory], None]] = []
@@ -78,7 +81,10 @@ class Provisioning:
         self._listeners.append(listener)
 
     def _load(self) -> list[TenantObjects]:
-        docs = self.store.load()
+        return self._build(self.store.load())
+
+    @staticmethod
+    def _build(docs: dict[str, list[dict]]) -> list[TenantObjects]:
         tenants: dict[str, TenantObjects] = {}
         for d in docs["tenant"]:
             tenants[d["name"]] = TenantObjects(Tenant.from_dict(d))
@@ -91,6 +97,23 @@ class Provisioning:
                 obj = cls.from_dict(d)
                 getattr(tenants[obj.tenant], attr)[getattr(obj, key)] = obj
         return list(tenants.values())
+
+    def reload_tenant(self, name: str) -> None:
+        """Another node committed a change to this tenant (a store that shares its database,
+        e.g. PostgreSQL): read the tenant again and swap it in, as a local change would."""
+        built = self._build(self.store.load_tenant(name))
+        old = self.directory.objects(name)
+        new = built[0] if built else None
+        self.directory = self.directory.replace_tenant(old, new)
+        removed = set() if old is None else old.users.missing_from({} if new is None else new.users)
+        for listener in self._listeners:
+            listener(self.directory, removed)
+
+    def reload_all(self) -> None:
+        """Read every tenant again (after changes may have been missed)."""
+        self.directory = Directory.build(self._load())
+        for listener in self._listeners:
+            listener(self.directory, None)
 
     def _objs(self, tenant: str, field: str | None = None) -> TenantObjects:
         objs = self.directory.objects(tenant) if isinstance(tenant, str) else None
@@ -446,6 +469,28 @@ class Provisioning:
                 except ValueError:
                     raise ValidationError(key, f"{value!r} is not an ISO 8601 timestamp with offset") from None
         return self.store.cdr_list(tenant, bounds.get("since", ""), bounds.get("until", ""), limit, offset)
+
+    def cdr_export(self, tenant: str | None = None, since: str = "", until: str = "",
+                   format: str = "csv", limit: int = 100_000) -> dict:
+        """CDRs as text (``cdr_export.FORMATS``), oldest first, at most ``limit`` of them."""
+        if format not in cdr_export.FORMATS:
+            raise ValidationError("format", f"must be one of {', '.join(cdr_export.FORMATS)}")
+        rows: list[dict] = []
+        while len(rows) < limit:
+            page = self.cdr_list(tenant, since, until, min(10_000, limit - len(rows)), len(rows))
+            rows += page
+            if not page:
+                break
+        rows.reverse()
+        return {"format": format, "rows": len(rows), "text": cdr_export.render(rows, format)}
+
+    def cdr_purge(self, before: str) -> dict:
+        """Retention: drop the records of calls that started before ``before``."""
+        try:
+            cut = _utc(before)
+        except (TypeError, ValueError):
+            raise ValidationError("before", f"{before!r} is not an ISO 8601 timestamp with offset") from None
+        return {"before": cut, "deleted": self.store.cdr_purge(cut)}
 
     # -- tenant as TOML
 

@@ -35,6 +35,12 @@ class Ring:
     user: User | None = None
     trunk: Trunk | None = None  # for external numbers
     via: str = ""  # the row target it came from: "group:sales", "link:0442", "user:anna", ...
+    # a forwarding rule's target: rung only if the forwarding user's branch ended in one of these
+    # ("busy", "unavailable", "no_answer"; empty = always), with Diversion (RFC 5806) naming
+    # ``diverted_by`` (a number) and ``reason``
+    when: frozenset = frozenset()
+    diverted_by: str = ""
+    reason: str = ""
 
     @property
     def key(self) -> str:
@@ -204,8 +210,9 @@ def route_internal(directory: Directory, caller: User, dialled: str, now: dateti
     tenant = caller.tenant
     found = directory.internal(tenant, dialled)
     if isinstance(found, User):
+        ring = Ring("user", found.username, user=found, via=f"user:{found.username}")
         return Plan(kind="internal", tenant=tenant, dialled=dialled,
-                    rows=(Row(ring_seconds, (Ring("user", found.username, user=found, via=f"user:{found.username}"),)),))
+                    rows=forwarded_rows(directory, found, ring, ring_seconds))
     if isinstance(found, Group):
         rings = tuple(Ring("user", u.username, user=u, via=f"group:{found.name}")
                       for u in group_members(directory, tenant, found.name))
@@ -221,6 +228,66 @@ def route_internal(directory: Directory, caller: User, dialled: str, now: dateti
             return _reject(403, "the tenant has no trunk for external calls", tenant=tenant, dialled=dialled)
         return Plan(kind="external", tenant=tenant, dialled=dialled, external=dialled, trunk=trunk)
     return _reject(404, f"{dialled} is not an internal number", tenant=tenant, dialled=dialled)
+
+
+# ---------------------------------------------------------------- forwarding rules (FEATURES 13.3)
+# RFC 5806 Diversion reasons of the rules
+_REASONS = {"unconditional": "unconditional", "busy": "user-busy", "no_answer": "no-answer",
+            "unavailable": "unavailable"}
+
+
+def _forward_ring(directory: Directory, callee: User, target: str, when: frozenset,
+                  reason: str) -> Ring | None:
+    tenant = callee.tenant
+    tenant_obj = directory.tenant(tenant)
+    # towards the network only a public number may name the diverting user
+    public = callee.displayed_number or (tenant_obj.default_number if tenant_obj else "")
+    if target[:1] in ("0", "+"):
+        trunk = directory.trunk(tenant)
+        if trunk is None:
+            return None
+        return Ring("external", target, trunk=trunk, via=f"forward:{callee.username}", when=when,
+                    diverted_by=public, reason=reason)
+    user = directory.user_by_internal(tenant, target)
+    if user is None or user.username == callee.username:
+        return None
+    return Ring("user", user.username, user=user, via=f"forward:{callee.username}", when=when,
+                diverted_by=callee.internal_number or callee.username, reason=reason)
+
+
+def forwarded_rows(directory: Directory, callee: User, ring: Ring, ring_seconds: int) -> tuple[Row, ...]:
+    """The rows of a call addressed to ``callee`` directly, with its forwarding rules: an
+    unconditional rule rings only its target; otherwise the user rings (``no_answer_after`` s
+    when a no-answer rule is set), then the busy / no-answer / unavailable targets, each only
+    if the user's branch ended that way (``forward_applies``). Rules are followed one hop: a
+    forwarding target's own rules do not apply."""
+    fw = callee.forward
+    if fw.unconditional:
+        target = _forward_ring(directory, callee, fw.unconditional, frozenset(), "unconditional")
+        return (Row(ring_seconds, (target,)),) if target is not None else ()
+    conditions: dict[str, set[str]] = {}
+    for kind in ("busy", "no_answer", "unavailable"):
+        if getattr(fw, kind):
+            conditions.setdefault(getattr(fw, kind), set()).add(kind)
+    first = Row(fw.no_answer_after if fw.no_answer else ring_seconds, (ring,))
+    second = []
+    for target, kinds in conditions.items():
+        reason = _REASONS[sorted(kinds)[0]] if len(kinds) == 1 else "unknown"
+        r = _forward_ring(directory, callee, target, frozenset(kinds), reason)
+        if r is not None:
+            second.append(r)
+    return (first, Row(ring_seconds, tuple(second))) if second else (first,)
+
+
+def forward_applies(when: frozenset, failures: dict[str, int]) -> bool:
+    """Did the forwarding user's branch end as ``when`` asks? ``failures``: final statuses of
+    the call's user branches (486/600/603 busy, 480 nobody registered; none: not answered)."""
+    statuses = set(failures.values())
+    if "busy" in when and statuses & {486, 600, 603}:
+        return True
+    if "unavailable" in when and statuses and statuses <= {480}:
+        return True
+    return "no_answer" in when and not statuses
 
 
 # ---------------------------------------------------------------- number list helpers (FEATURES 2.1)

@@ -24,7 +24,7 @@ from hpbx.sip.transaction import State, Target, build_request
 
 class Dialog:
     __slots__ = ("call_id", "local_tag", "remote_tag", "local_uri", "remote_uri", "remote_target",
-                 "route_set", "local_cseq", "remote_cseq", "target", "contact")
+                 "route_set", "local_cseq", "remote_cseq", "target", "contact", "pinned_route")
 
     def __init__(self, call_id: str, local_tag: str, remote_tag: str | None, local_uri: str,
                  remote_uri: str, remote_target: str, route_set: list[str], target: Target,
@@ -40,6 +40,9 @@ class Dialog:
         self.remote_cseq = remote_cseq
         self.target = target  # where our in-dialog requests are sent
         self.contact = contact  # our Contact header value
+        # a Route sent first on every request whatever the route set (the hop through the
+        # node holding the peer's flow, hpbx.sip.edge)
+        self.pinned_route: str | None = None
 
     # ---- construction
     @classmethod
@@ -91,6 +94,8 @@ class Dialog:
         out = [("From", f"{self.local_uri};tag={self.local_tag}"),
                ("To", self.remote_uri + (f";tag={self.remote_tag}" if self.remote_tag else "")),
                ("Call-ID", self.call_id), ("CSeq", f"{cseq} {method}")]
+        if self.pinned_route is not None:
+            out.append(("Route", self.pinned_route))
         for route in self.route_set:
             out.append(("Route", route))
         if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):

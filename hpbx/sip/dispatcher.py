@@ -14,6 +14,7 @@ import logging
 
 from hpbx._fast import sipmsg
 from hpbx.errors import SipParseError
+from hpbx.sip.edge import BRANCH_MAGIC
 from hpbx.sip.transaction import (
     REASONS, State, build_response, reply_address, server_key,
 )
@@ -59,6 +60,7 @@ class Dispatcher:
         self.registrar = registrar
         self.user_agent = user_agent
         self.request_handlers: dict[str, object] = {}
+        self.edge = None  # cluster: the EdgeRelay for other nodes' requests to our flows
         self.stats = {"rx": 0, "rx_bad": 0, "stray_responses": 0}
 
     def allow(self) -> str:
@@ -80,6 +82,14 @@ class Dispatcher:
             self._reject(data, exc, channel, addr)
             return
         try:
+            edge = self.edge
+            if edge is not None:
+                if msg.is_request:
+                    if edge.wants(data) and edge.request(data, msg, addr):
+                        return
+                elif (msg.via_branch or "").startswith(BRANCH_MAGIC):
+                    edge.response(data)
+                    return
             if msg.is_request:
                 self._request(msg, channel, addr)
             elif not self.transactions.match_response(msg):

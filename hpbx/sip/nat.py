@@ -85,8 +85,9 @@ class KeepaliveService:
         if not self.interval:
             return
         if self._pos >= len(self._cycle):
+            node = self.registrar.node  # only the node holding a flow keeps it open
             self._cycle = [b for bindings in self.registrar.bindings.values()
-                           for b in bindings if b.behind_nat]
+                           for b in bindings if b.behind_nat and b.node == node]
             self._pos = 0
             self._per_tick = max(1, math.ceil(len(self._cycle) * step / self.interval))
         now = self.clock()

@@ -3,7 +3,12 @@
 Bindings live in memory (username -> list of Binding) and in the registrations table. A
 REGISTER changes memory at once, queues its rows, and its 200 leaves only after the batch it
 is in has been committed (at most one commit per COMMIT_INTERVAL): a binding acknowledged with
-200 survives kill -9.
+200 survives kill -9. A store whose ``write_batch`` returns an awaitable (Redis) has one batch
+on its way at a time; the 200s of a batch leave when it is stored, and what arrives meanwhile
+goes into the next one.
+
+In a cluster (``node`` set) other nodes' changes arrive through ``apply_remote``; a binding
+remembers the node that holds its flow, and only that node expires it in the store.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import hashlib
 import logging
 import time
 
-from hpbx.sip import nat
+from hpbx.sip import edge, nat
 from hpbx.sip.auth import Verdict
 from hpbx.sip.transaction import Target, build_response, reply_address
 from hpbx.store.registrations import Binding
@@ -56,7 +61,11 @@ class Registrar:
         self._replies: list = []
         self._flush_scheduled = False
         self._last_flush = float("-inf")
+        self._writing = None  # the task storing an asynchronous store's batch
+        self.node = ""
+        self.peers: dict[str, tuple[str, int]] = {}  # cluster: node -> its SIP address (UDP)
         self._sweeper = None
+        self.security = None  # hpbx.security.bans.BanService: judges and counts digest results
         self.stats = {"register_ok": 0, "register_401": 0, "register_403": 0, "register_err": 0}
 
     def configure(self, settings) -> None:
@@ -78,24 +87,46 @@ class Registrar:
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._batch or self._refreshed or self._replies:
+        if (self._batch or self._refreshed or self._replies) and self._writing is None:
             self._flush()
+
+    async def drain(self) -> None:
+        """Until every queued change is stored (an asynchronous store, at stop)."""
+        while self._writing is not None or self._batch or self._refreshed or self._replies:
+            if self._writing is None:
+                self._flush()
+            if self._writing is not None:
+                await self._writing
 
     # ---- queries for the B2BUA and the admin layer
     def lookup(self, username: str) -> list[Binding]:
         now = self.clock()
         return [b for b in self.bindings.get(username, ()) if b.expires_at > now]
 
-    @staticmethod
-    def target(binding: Binding) -> Target:
-        """Where requests to this binding go: the NAT's address (and connection) when needed."""
+    def target(self, binding: Binding) -> Target:
+        """Where requests to this binding go: the NAT's address (and connection) when needed;
+        the node holding its flow when that is another node (see ``relay_route``)."""
         if binding.behind_nat or binding.transport != "udp":
+            if binding.node != self.node:
+                peer = self.peers.get(binding.node)
+                if peer is not None:
+                    return Target("udp", peer[0], peer[1])
+                # that node is gone: its connection ids mean nothing here
+                return Target(binding.transport, binding.source_host, binding.source_port)
             return Target(binding.transport, binding.source_host, binding.source_port,
                           binding.connection_id)
         host, port = nat.contact_hostport(binding.contact)
         if not host or not nat.is_ip(host):
             return Target(binding.transport, binding.source_host, binding.source_port)
         return Target(binding.transport, host, port or 5060)
+
+    def relay_route(self, binding: Binding) -> str | None:
+        """The Route that has the flow's node relay a request to this binding (``edge``), or
+        None when this node reaches it itself."""
+        if binding.node == self.node or not (binding.behind_nat or binding.transport != "udp"):
+            return None
+        peer = self.peers.get(binding.node)
+        return None if peer is None else edge.flow_route(peer[0], peer[1], binding)
 
     def iter_bindings(self, username: str | None = None):
         """Live bindings (of one user, or of all users ordered by user name), lazily: a page
@@ -139,7 +170,7 @@ class Registrar:
             status, reason, headers = 400, TO_NOT_SIP, ()
             self.stats["register_err"] += 1
         else:
-            status, reason, headers = 401, None, self.auth.challenge_headers()
+            status, reason, headers = 401, None, self.auth.challenge_for(msg.to_addr.uri.user)
             self.stats["register_401"] += 1
         tag = hashlib.blake2s(f"{msg.via_branch}|{msg.call_id}|{msg.from_tag}".encode(
             "utf-8", "surrogateescape"), digest_size=6).hexdigest()
@@ -158,7 +189,9 @@ class Registrar:
         to = msg.to_addr
         if not _to_is_sip(msg):
             raise RegisterError(400, TO_NOT_SIP)
-        verdict, user, _ = self.auth.check("REGISTER", msg.header("Authorization"))
+        verdict, user, name = self.auth.check("REGISTER", msg.header("Authorization"))
+        if self.security is not None:
+            verdict = self.security.judge(verdict, name, tx.addr, tx.channel.kind, "REGISTER")
         if verdict is not Verdict.OK:
             if verdict is Verdict.FORBIDDEN:
                 self.stats["register_403"] += 1
@@ -166,7 +199,8 @@ class Registrar:
                 tx.respond(403, "Forbidden")
             else:
                 self.stats["register_401"] += 1
-                tx.respond(401, None, self.auth.challenge_headers(stale=verdict is Verdict.STALE))
+                tx.respond(401, None, self.auth.challenge_for(to.uri.user,
+                                                              stale=verdict is Verdict.STALE))
             return
         if user.username != to.uri.user:
             raise RegisterError(403, "Forbidden auth ID")
@@ -252,7 +286,8 @@ class Registrar:
                         and existing.connection_id == conn_id and existing.instance_id == instance
                         and existing.reg_id == reg_id_int and existing.q == contact.q
                         and existing.user_agent == user_agent and existing.path == path
-                        and existing.behind_nat == behind_nat and existing.tenant == tenant):
+                        and existing.behind_nat == behind_nat and existing.tenant == tenant
+                        and existing.node == self.node):
                     # a refresh: the same device at the same address; only the expiry and the
                     # registration's Call-ID/CSeq move, and only those are written
                     existing.expires_at = now + expires
@@ -276,7 +311,7 @@ class Registrar:
                 q=contact.q, expires_at=now + expires, registered_at=now,
                 source_host=source_host, source_port=source_port, transport=transport,
                 connection_id=conn_id, user_agent=user_agent, path=path, call_id=call_id,
-                cseq=cseq, behind_nat=behind_nat, online=True, last_seen=now)
+                cseq=cseq, behind_nat=behind_nat, online=True, last_seen=now, node=self.node)
             current.append(binding)
             self._queue((username, uri), binding)
         if len(current) > self.max_devices:
@@ -315,6 +350,8 @@ class Registrar:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._writing is not None:
+            return  # the batch on its way schedules the next flush when it is stored
         self._last_flush = self.loop.time()
         batch, self._batch = self._batch, {}
         refreshed, self._refreshed = self._refreshed, {}
@@ -326,14 +363,61 @@ class Registrar:
             # whole (or deleted) above
             refreshes = [b for k, b in refreshed.items() if k not in batch]
             try:
-                self.store.write_batch(upserts, deletes, refreshes)
+                pending = self.store.write_batch(upserts, deletes, refreshes)
             except Exception:
                 log.exception("registrations: commit of %d changes failed", len(batch) + len(refreshes))
                 for tx, _ in replies:
                     tx.respond(500, "Registration Not Stored")
                 return
+            if pending is not None:
+                self._writing = self.loop.create_task(self._stored(pending, replies))
+                return
         for tx, headers in replies:
             tx.respond(200, None, headers)
+
+    async def _stored(self, pending, replies) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("registrations: batch of %d replies not stored", len(replies))
+            for tx, _ in replies:
+                tx.respond(500, "Registration Not Stored")
+        else:
+            for tx, headers in replies:
+                tx.respond(200, None, headers)
+        finally:
+            self._writing = None
+            if self._batch or self._refreshed or self._replies:
+                self._schedule_flush()
+
+    # ---- other nodes' changes (cluster)
+    def apply_remote(self, puts, deletes) -> None:
+        """Bindings another node stored (``puts``: Binding, replacing the same contact) and
+        removed (``deletes``: (username, contact)). Nothing is written back."""
+        bindings = self.bindings
+        for b in puts:
+            current = bindings.get(b.username)
+            if current is None:
+                bindings[b.username] = [b]
+                continue
+            for i, old in enumerate(current):
+                if old.contact == b.contact:
+                    current[i] = b
+                    break
+            else:
+                current.append(b)
+        for username, contact in deletes:
+            current = bindings.get(username)
+            if current:
+                current[:] = [b for b in current if b.contact != contact]
+                if not current:
+                    del bindings[username]
+
+    def replace_all(self, loaded) -> None:
+        """Every binding as the shared store now has them (after missed changes)."""
+        self.bindings = {}
+        for binding in loaded:
+            self.bindings.setdefault(binding.username, []).append(binding)
 
     # ---- expiry
     def _sweep(self) -> None:
@@ -345,8 +429,9 @@ class Registrar:
             current = self.bindings[username]
             for b in [b for b in current if b.expires_at <= now]:
                 current.remove(b)
-                self._queue((username, b.contact), None)
-                removed += 1
+                if b.node == self.node:  # another node's binding: its node deletes the row
+                    self._queue((username, b.contact), None)
+                    removed += 1
             if not current:
                 del self.bindings[username]
         if removed:

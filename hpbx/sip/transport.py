@@ -17,12 +17,14 @@ import ssl
 
 from hpbx._fast import sipmsg, udpio
 from hpbx.errors import SipParseError
+from hpbx.sip import tls
 
 log = logging.getLogger("hpbx.sip.transport")
 
 PING = b"\r\n\r\n"
 PONG = b"\r\n"
 UDP_RCVBUF = 4 << 20
+TLS_HANDSHAKE_SECS = 10.0
 
 
 class UdpChannel:
@@ -65,6 +67,8 @@ class UdpChannel:
         self.sock = sock
         self.local_port = sock.getsockname()[1]
         self.io = udpio.DatagramIO(sock.fileno(), family)
+        if self.hub.guard is not None:
+            self.io.guard = self.hub.guard  # banned sources are dropped inside recv()
         loop = self.hub.loop
         try:
             self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -193,6 +197,11 @@ class StreamConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
+        guard = self.hub.guard
+        if guard is not None and not guard.allowed(self.peer[0]):
+            self.closed = True  # a banned source: no answer, not even a FIN
+            transport.abort()
+            return
         self.last_rx = self.hub.loop.time()
         self.hub._add_connection(self)
         for data in self.pending:
@@ -208,7 +217,11 @@ class StreamConnection(asyncio.Protocol):
             self.close()
             return
         sink = self.hub.sink
+        guard = self.hub.guard
         for msg in messages:
+            if guard is not None and not guard.check(self.peer[0], msg):
+                self.close()  # banned now (flood, scanner): the rest goes unread
+                return
             if msg == PING:
                 self.transport.write(PONG)
             elif msg == PONG:
@@ -237,6 +250,136 @@ class StreamConnection(asyncio.Protocol):
         return f"<{self.kind} #{self.id} {self.peer}>"
 
 
+class TlsAcceptor(asyncio.Protocol):
+    """A TCP connection accepted on a tls: listener, with its TLS layer run here (an SSLObject
+    over memory BIOs): a banned source is dropped before the handshake costs anything, the
+    handshake uses the server context in force at accept (a reloaded certificate serves every
+    new connection, established ones keep theirs), and it must end within
+    TLS_HANDSHAKE_SECS. Towards its StreamConnection it is the transport."""
+
+    def __init__(self, hub: "TransportHub", listener):
+        self.hub = hub
+        self.listener = listener
+        self.transport = None
+        self.conn: StreamConnection | None = None
+        self.sslobj = None
+        self.established = False
+        self.closing = False
+        self.timer = None
+
+    # ---- the TCP side
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        guard = self.hub.guard
+        if guard is not None and not guard.allowed(self.peer[0]):
+            self.closing = True
+            transport.abort()  # a banned source: no handshake, no answer
+            return
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.sslobj = self.hub.server_tls_context().wrap_bio(self.incoming, self.outgoing,
+                                                             server_side=True)
+        self.timer = self.hub.loop.call_later(TLS_HANDSHAKE_SECS, self._too_slow)
+
+    def data_received(self, data):
+        if self.sslobj is None or self.closing:
+            return
+        self.incoming.write(data)
+        if not self.established:
+            try:
+                self.sslobj.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            except (ssl.SSLError, OSError) as exc:
+                log.info("tls %s:%s: handshake failed: %s", *self.peer, exc)
+                self._flush()
+                self._drop()
+                return
+            self.established = True
+            self.timer.cancel()
+            self._flush()
+            self.conn = StreamConnection(self.hub, "tls", self.listener.host, self.listener.port)
+            self.conn.connection_made(self)
+        chunks = []
+        while True:
+            try:
+                chunk = self.sslobj.read(1 << 16)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.close()
+                break
+            except ssl.SSLError as exc:
+                log.info("tls %s:%s: %s", *self.peer, exc)
+                self._drop()
+                return
+            if not chunk:
+                break
+            chunks.append(chunk)
+        self._flush()
+        if chunks and self.conn is not None and not self.conn.closed:
+            self.conn.data_received(b"".join(chunks))
+
+    def eof_received(self):
+        return False  # close
+
+    def connection_lost(self, exc):
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.conn is not None:
+            self.conn.connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        log.info("tls %s:%s: no handshake within %.0f s", *self.peer, TLS_HANDSHAKE_SECS)
+        self._drop()
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _drop(self) -> None:
+        self.closing = True
+        self.transport.abort()
+
+    # ---- the transport its StreamConnection writes to
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.sslobj.write(data)
+        except ssl.SSLError as exc:
+            log.info("tls %s:%s: write failed: %s", *self.peer, exc)
+            self._drop()
+            return
+        self._flush()
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self.sslobj
+        return self.transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closing or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.sslobj.unwrap()  # close_notify
+        except (ssl.SSLError, OSError):
+            pass
+        self._flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._drop()
+
+
 class TransportHub:
     """All listeners of the server and the table of open stream connections."""
 
@@ -252,6 +395,8 @@ class TransportHub:
         self._tls_server_ctx: ssl.SSLContext | None = None
         self._tls_client_ctx: ssl.SSLContext | None = None
         self.stream_listeners: list[tuple[str, str, int]] = []  # (kind, host, bound port)
+        # hpbx._fast.guard.Guard: asked for every message and accepted connection (bans)
+        self.guard = None
 
     async def start(self) -> None:
         sip = self.settings.sip
@@ -262,34 +407,41 @@ class TransportHub:
                 channel.open()
                 self.udp.append(channel)
             else:
-                ctx = None
                 if listener.transport == "tls":
-                    ctx = self._server_tls_context()
+                    self.server_tls_context()  # a broken certificate stops the start here
+                    factory = lambda lst=listener: TlsAcceptor(self, lst)  # noqa: E731
+                else:
+                    factory = lambda lst=listener: StreamConnection(self, lst.transport, lst.host,  # noqa: E731
+                                                                    lst.port)
                 server = await self.loop.create_server(
-                    lambda lst=listener: StreamConnection(self, lst.transport, lst.host, lst.port),
-                    host=listener.host, port=listener.port, family=family, ssl=ctx,
+                    factory, host=listener.host, port=listener.port, family=family,
                     reuse_address=True, backlog=1024)
                 port = server.sockets[0].getsockname()[1]
                 self.stream_listeners.append((listener.transport, listener.host, port))
                 self.servers.append(server)
             log.info("listening on %s", listener)
 
-    def _server_tls_context(self) -> ssl.SSLContext:
+    def server_tls_context(self) -> ssl.SSLContext:
         if self._tls_server_ctx is None:
-            sip = self.settings.sip
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(sip.tls_cert, sip.tls_key or None)
-            self._tls_server_ctx = ctx
+            self._tls_server_ctx = tls.server_context(self.settings)
         return self._tls_server_ctx
 
     def _client_tls_context(self) -> ssl.SSLContext:
         if self._tls_client_ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            # phones present self-signed certificates; the registration itself is authenticated
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            self._tls_client_ctx = ctx
+            self._tls_client_ctx = tls.client_context(self.settings)
         return self._tls_client_ctx
+
+    def reload_tls(self, settings) -> bool:
+        """Build the TLS contexts from ``settings`` (certificate files read again) and use them
+        for new connections; established ones keep theirs. Raises ConfigError (the old
+        contexts stay) when a file is broken. False when no tls: listener runs."""
+        if not any(kind == "tls" for kind, _, _ in self.stream_listeners):
+            self._tls_client_ctx = None
+            return False
+        server = tls.server_context(settings)
+        client = tls.client_context(settings)
+        self._tls_server_ctx, self._tls_client_ctx = server, client
+        return True
 
     def _add_connection(self, conn: StreamConnection) -> None:
         self.connections[conn.id] = conn
@@ -345,8 +497,10 @@ class TransportHub:
 
         async def connect():
             try:
-                await self.loop.create_connection(lambda: conn, host, port, ssl=ctx)
-            except OSError as exc:
+                # with ssl, the certificate is checked against ``host`` (a name or an address)
+                await self.loop.create_connection(lambda: conn, host, port, ssl=ctx,
+                                                  server_hostname=host if ctx else None)
+            except (OSError, ssl.SSLError) as exc:
                 log.info("%s connect to %s:%s failed: %s", kind, host, port, exc)
                 conn.closed = True
                 conn.pending.clear()

@@ -73,6 +73,9 @@ class Binding:
     online: bool = True
     last_seen: float = 0.0
     keepalive_sent: float = 0.0
+    # the cluster node that holds this binding's flow (its REGISTER arrived there); "" on a
+    # single node. Kept by the shared store (Redis), not by the SQLite table.
+    node: str = ""
 
     def row(self) -> tuple:
         return (self.username, self.contact, self.tenant, self.instance_id,

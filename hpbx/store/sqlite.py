@@ -207,5 +207,10 @@ class Store:
             rows = self.connection.execute(sql, (*params, limit, offset)).fetchall()
         return [orjson.loads(doc) for (doc,) in rows]
 
+    def cdr_purge(self, before: str) -> int:
+        """Delete the records of calls that started before ``before`` (retention)."""
+        with self.transaction() as tx:
+            return tx.execute("DELETE FROM cdrs WHERE start < ?", (before,)).rowcount
+
     def close(self) -> None:
         self.connection.close()

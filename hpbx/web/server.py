@@ -90,6 +90,8 @@ class WebServer:
         self.renderer = Renderer(settings)
         self.device_auth = Authenticator(self._device_lookup, "hpbx-provisioning", 300)
         self.auth_failure_hooks: list[Callable[[str, int, str, str], Any]] = []
+        # host -> False when the ban engine has banned it: its logins and phone fetches get 403
+        self.source_allowed: Callable[[str], bool] = lambda host: True
         self.counters: collections.Counter[str] = collections.Counter()
         self._basic_cache: dict[bytes, tuple[Any, float]] = {}
         self._device_by_user: dict[str, _DeviceCredential] = {}
@@ -177,8 +179,19 @@ class WebServer:
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    def _banned(self, request: web.Request) -> bool:
+        try:
+            banned = not self.source_allowed(request.remote or "")
+        except ValueError:
+            return False
+        if banned:
+            self.counters["banned_refused"] += 1
+        return banned
+
     async def login(self, request: web.Request) -> web.Response:
         source = request.remote or ""
+        if self._banned(request):
+            return _json({"error": "this address is banned"}, 403)
         wait = self.limiter.retry_after(source)
         if wait:
             self.counters["login_locked"] += 1
@@ -255,6 +268,8 @@ class WebServer:
         """(principal, None) or (None, error response)."""
         header = request.headers.get("Authorization", "")
         if header[:6].lower() == "basic ":
+            if self._banned(request):
+                return None, self._rpc_denied("this address is banned", 403)
             account = await self._basic_account(request, header)
             if account is None:
                 return None, self._rpc_denied("wrong credentials", 401)
@@ -325,6 +340,8 @@ class WebServer:
 
     def _check_device(self, request: web.Request, phone) -> web.Response | None:
         """None when the request carries this phone's credentials; else the 401 to send."""
+        if self._banned(request):
+            return web.Response(status=403, text="403: banned\n")
         header = request.headers.get("Authorization", "")
         plain_ok = request.secure or _is_loopback(request.remote)
         if header[:6].lower() == "basic ":

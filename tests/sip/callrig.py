@@ -11,7 +11,6 @@ SIPp callers, and readers for the CDR table and the admin socket.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import orjson
 
-from harness import SIPP, HpbxServer, SippResult, _sipp_counts, free_port, run_sipp, write_config
+from harness import (SIPP, HpbxServer, SippResult, _sipp_counts, run_sipp, sipp_media_port,
+                     sipp_port, wait_bound, write_config)
 
 SCEN = Path(__file__).parent / "scenarios"
 ALLDAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
@@ -53,27 +53,10 @@ def number(num: str, *rows: tuple[int, list[str]], **fields: str) -> str:
     return text
 
 
-def media_port() -> int:
-    """An even port for a SIPp instance's media, free now together with port + 2 (SIPp binds
-    both). Asked from the kernel, so that parallel relays and benches are not hit."""
-    for _ in range(100):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1] & ~1
-        probe.close()
-        held = []
-        try:
-            for p in (port, port + 1, port + 2, port + 3):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(s)
-                s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free even port pair for SIPp media")
+def media_port(host: str = "127.0.0.1") -> int:
+    """An even port for a SIPp instance's media, free now together with port + 1..3 (SIPp binds
+    audio and video pairs), from below the ephemeral range (harness.sipp_media_port)."""
+    return sipp_media_port(host)
 
 
 class SippProcess:
@@ -172,8 +155,8 @@ class CallRig:
         stat, msgs, errs = (workdir / f"{tag}.stat.csv", workdir / f"{tag}.msg.log",
                             workdir / f"{tag}.err.log")
         cmd = [SIPP, self.target, "-sf", str(SCEN / scenario), "-m", str(calls), "-r", str(rate),
-               "-t", "u1", "-i", self.host, "-p", str(port or free_port(both=False, host=self.host)),
-               "-mi", self.host, "-mp", str(media_port()), "-s", service,
+               "-t", "u1", "-i", self.host, "-p", str(port or sipp_port(self.host)),
+               "-mi", self.host, "-mp", str(media_port(self.host)), "-s", service,
                "-d", str(pause_ms), "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
                "-trace_stat", "-stf", str(stat), "-fd", "1", "-trace_err", "-error_file", str(errs),
                "-trace_msg", "-message_file", str(msgs), *extra]
@@ -184,11 +167,15 @@ class CallRig:
     def phone(self, user: str, scenario: str, *, password: str | None = None, port: int | None = None,
               pause_ms: int = 0, timeout: float = 20, extra=()) -> SippProcess:
         """Register ``user`` from a fresh port, then start the UAS scenario on that port."""
-        port = port or free_port(both=False, host=self.host)
+        port = port or sipp_port(self.host)
         self.register(user, password or self.passwords.get(user) or f"{user}-pw", port)
         proc = self.sipp(scenario, port=port, pause_ms=pause_ms, timeout=timeout, extra=extra,
                          name=f"phone-{user}")
-        time.sleep(0.15)  # let SIPp bind its port before a call is placed
+        # a call placed before SIPp has bound its port would be lost until a retransmission
+        if not wait_bound(port, self.host):
+            if proc.proc.poll() is not None:
+                raise AssertionError(f"phone {user}: SIPp exited early\n" + proc.finish().describe())
+            time.sleep(0.15)  # an address of another namespace: its bind cannot be seen from here
         return proc
 
     def call(self, scenario: str, service: str, *, port: int | None = None, pause_ms: int = 0,

@@ -14,7 +14,7 @@ NONCE_TTL = 2
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = HpbxServer(tmp_path_factory.mktemp("auth"), users=[("dora", "dora-pw"), ("emil", "emil-pw")],
-                     sip_extra={"nonce_ttl": NONCE_TTL})
+                     flags={"dora": {"sha256_digest": True}}, sip_extra={"nonce_ttl": NONCE_TTL})
     srv.start()
     yield srv
     srv.stop()
@@ -43,19 +43,37 @@ def test_register_with_each_algorithm(server, phone, algorithm):
     ruri = f"sip:{server.host}:{server.port}"
     reply = register(phone, server, "dora")
     assert reply.startswith("SIP/2.0 401"), reply
-    algs = [c.split("algorithm=")[1].split(",")[0] for c in header(reply, "WWW-Authenticate")]
-    assert algs == ["MD5", "SHA-256"]
+    assert offered(reply) == ["SHA-256", "MD5"]  # flags.sha256_digest: RFC 8760 order
     auth = digest_authorization(challenge_for(reply, algorithm), "dora", "dora-pw", "REGISTER", ruri)
     reply = register(phone, server, "dora", [f"Authorization: {auth}"])
     assert reply.startswith("SIP/2.0 200"), reply
     assert any(f"sip:dora@127.0.0.1:{phone.port}" in c for c in header(reply, "Contact"))
 
 
-def test_sha256_wrong_password_is_403(server, phone):
+def offered(reply):
+    return [c.split("algorithm=")[1].split(",")[0] for c in header(reply, "WWW-Authenticate")]
+
+
+def test_a_user_without_sha256_phones_is_offered_md5_alone(server, phone):
+    """The default (flags.sha256_digest off): one MD5 challenge, which phones that give up on
+    two challenges (baresip 1.0) answer; SHA-256 stays enabled, so an answer with it counts."""
     ruri = f"sip:{server.host}:{server.port}"
     reply = register(phone, server, "emil")
-    auth = digest_authorization(challenge_for(reply, "SHA-256"), "emil", "wrong", "REGISTER", ruri)
+    assert offered(reply) == ["MD5"], reply
+    unknown = register(phone, server, "nobody")
+    assert offered(unknown) == ["MD5"], unknown
+    auth = digest_authorization(challenge_for(reply, "MD5"), "emil", "emil-pw", "REGISTER", ruri,
+                                algorithm="SHA-256")
+    assert "algorithm=SHA-256" in auth
     reply = register(phone, server, "emil", [f"Authorization: {auth}"])
+    assert reply.startswith("SIP/2.0 200"), reply
+
+
+def test_sha256_wrong_password_is_403(server, phone):
+    ruri = f"sip:{server.host}:{server.port}"
+    reply = register(phone, server, "dora")
+    auth = digest_authorization(challenge_for(reply, "SHA-256"), "dora", "wrong", "REGISTER", ruri)
+    reply = register(phone, server, "dora", [f"Authorization: {auth}"])
     assert reply.startswith("SIP/2.0 403"), reply
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from harness import free_port, have_sipp, header, reserved_port
+from harness import free_port, have_sipp, header, reserved_port, wait_bound
 from callrig import CallRig, number, trunk, user
 
 pytestmark = [pytest.mark.sipp,
@@ -165,7 +165,7 @@ def test_caller_cancel_cancels_every_branch(rig):
 
 def test_external_target_through_trunk_carries_diversion(rig):
     gw = rig.sipp("call_uas.xml", port=GATEWAY, pause_ms=100, name="gateway")
-    time.sleep(0.15)
+    assert wait_bound(GATEWAY)
     res = rig.call("call_uac.xml", "0442220005", port=CARRIER, pause_ms=100)
     g = gw.finish()
     assert res.successful == 1 and g.successful == 1, res.describe() + g.describe() + rig.server.log()
@@ -192,7 +192,7 @@ def test_internal_call_by_internal_number_presents_the_callers_number(rig):
 
 def test_outgoing_call_of_a_user_leaves_through_the_trunk_with_displayed_number(rig):
     gw = rig.sipp("call_uas.xml", port=GATEWAY, pause_ms=100, name="gateway")
-    time.sleep(0.15)
+    assert wait_bound(GATEWAY)
     res = rig.call("call_uac_auth.xml", "0799998877", pause_ms=100, extra=["-au", "o1", "-ap", "o1-pw"])
     g = gw.finish()
     assert res.successful == 1 and g.successful == 1, res.describe() + g.describe() + rig.server.log()
@@ -234,7 +234,7 @@ def test_busy_on_active_call_gives_486_without_ringing(rig):
 def test_trunk_challenge_is_answered_with_digest(rig):
     import hashlib
     gw = rig.sipp("call_uas_challenge.xml", port=GATEWAY, name="gateway")
-    time.sleep(0.15)
+    assert wait_bound(GATEWAY)
     res = rig.call("call_uac_auth.xml", "0791112233", pause_ms=100, extra=["-au", "o2", "-ap", "o2-pw"])
     g = gw.finish()
     assert res.successful == 1 and g.successful == 1, res.describe() + g.describe() + rig.server.log()

@@ -21,7 +21,7 @@ def test_peer_reads_the_audio_stream():
 @pytest.mark.parametrize("change, hold", [
     ((b"a=sendrecv", b"a=sendonly"), True),
     ((b"a=sendrecv", b"a=inactive"), True),
-    ((b"a=sendrecv", b"a=recvonly"), False),
+    ((b"a=sendrecv", b"a=recvonly"), True),  # the answer to a hold
     ((b"c=IN IP4 192.168.1.10", b"c=IN IP4 0.0.0.0"), True),
 ])
 def test_hold_is_recognised(change, hold):

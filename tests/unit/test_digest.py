@@ -386,3 +386,14 @@ def test_mutated_credentials_never_raise(data):
     verdict, found, _ = auth.check("REGISTER", mutated)
     assert isinstance(verdict, Verdict)
     assert (verdict is Verdict.OK) == (found is not None)
+
+
+def test_challenge_offers_the_enabled_algorithms_it_is_asked_for(auth):
+    """The offer (per user, hpbx.sip.auth.challenge_for) picks enabled algorithms in its own
+    order; one that is not enabled is left out, and an offer of none gives every enabled one."""
+    algs = lambda headers: [parse_digest(v)["algorithm"] for _, v in headers]  # noqa: E731
+    assert algs(auth.challenge_headers(offer=("MD5",))) == ["MD5"]
+    assert algs(auth.challenge_headers(offer=("SHA-256", "MD5"))) == ["SHA-256", "MD5"]
+    auth.configure("pbx.example", 30, ("SHA-256",))
+    assert algs(auth.challenge_headers(offer=("MD5",))) == ["SHA-256"]
+    assert algs(auth.challenge_headers(offer=("SHA-256", "MD5"))) == ["SHA-256"]

@@ -124,3 +124,22 @@ def test_from_settings_and_pool_exhaustion():
         e.delete("one")
         e.allocate("three")
         assert e.used_pairs() == 4
+
+
+def test_dual_stack_settings_give_each_family_its_sdp_address(tmp_path):
+    from hpbx.errors import ConfigError
+    from hpbx.settings import load
+    cfg = tmp_path / "hpbx.toml"
+    cfg.write_text('[rtp]\nports = "42100-42119"\naddress = "127.0.0.1"\naddress6 = "::1"\n')
+    rtp = load(cfg).rtp
+    assert (rtp.address, rtp.address6) == ("127.0.0.1", "::1")
+    with MediaEngine.from_settings(rtp) as e:
+        ms = e.allocate("dual-1")
+        assert ms.address_for("::1") == "::1" and ms.address_for("192.0.2.7") == "127.0.0.1"
+        e.offer("dual-1", "::1", 5000)
+        e.answer("dual-1", "127.0.0.1", 5002)
+        e.delete("dual-1")
+    for bad in ('address = "::1"\naddress6 = "::1"', 'address = "127.0.0.1"\naddress6 = "127.0.0.2"'):
+        cfg.write_text(f'[rtp]\nports = "42100-42119"\n{bad}\n')
+        with pytest.raises(ConfigError, match="rtp.address6"):
+            load(cfg)

@@ -682,3 +682,54 @@ def test_workers_block_signals(io):
             with open(f"/proc/self/task/{tid}/status") as f:
                 blocked = next(line.split()[1] for line in f if line.startswith("SigBlk:"))
             assert int(blocked, 16) & (1 << (15 - 1)), f"SIGTERM not blocked in worker {tid}"
+
+
+def test_dual_stack_relay_bridges_an_ipv6_leg_to_an_ipv4_leg(io):
+    """``address6`` beside an IPv4 address (issue 18): leg a's peer is IPv6, leg b's IPv4; RTP
+    and RTCP cross both ways, each arriving from the relay port of its leg's family, and the
+    stats show the IPv4 peer as a plain IPv4 address (not v4-mapped)."""
+    try:
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        a.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback in this environment")
+    a_rtcp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    a_rtcp.bind(("::1", 0))
+    b = Peer()
+    for s in (a, a_rtcp):
+        s.settimeout(1.0)
+    try:
+        with Relay(LO, 41920, 41939, workers=1, io=io, address6="::1") as r:
+            assert r.address6 == "::1"
+            h = r.allocate()
+            pa, pb = r.ports(h)
+            r.set_peer(h, "a", "::1", a.getsockname()[1], a_rtcp.getsockname()[1])
+            r.set_peer(h, "b", LO, b.addr[1], b.rtcp_port)
+            with pytest.raises(RelayError, match="multicast"):
+                r.set_peer(h, "a", "ff02::1", 4000)
+            with pytest.raises(RelayError, match="multicast"):
+                r.set_peer(h, "b", "224.0.0.1", 4000)
+            for i in range(3):
+                a.sendto(rtp(i, i * 160), ("::1", pa))
+                data, src = b.rtp.recvfrom(2048)
+                assert src == (LO, pb) and data == rtp(i, i * 160)
+                b.rtp.sendto(rtp(i, i * 160, ssrc=9), (LO, pb))
+                data, src = a.recvfrom(2048)
+                assert src[:2] == ("::1", pa) and data == rtp(i, i * 160, ssrc=9)
+            b.rtcp.sendto(rtcp_sr(9), (LO, pb + 1))
+            assert a_rtcp.recvfrom(2048)[1][:2] == ("::1", pa + 1)
+            st = r.stats(h)
+            assert st["b"]["peer"] == (LO, b.addr[1]) and st["a"]["peer"] == ("::1", a.getsockname()[1])
+            assert st["a"]["packets"] == 3 and st["b"]["packets"] == 3
+            r.delete(h)
+    finally:
+        a.close()
+        a_rtcp.close()
+        b.close()
+
+
+def test_dual_stack_needs_an_ipv4_address_beside_the_ipv6_one():
+    with pytest.raises(RelayError, match="cannot create relay"):
+        Relay("::1", 41940, 41959, address6="::1")
+    with pytest.raises(RelayError, match="cannot create relay"):
+        Relay(LO, 41940, 41959, address6="127.0.0.2")

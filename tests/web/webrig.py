@@ -44,13 +44,13 @@ ACCOUNTS = {"op": ("operator-secret", "operator", ""), "demoadm": ("demoadm-secr
 
 
 class WebRig:
-    def __init__(self, directory: Path, http_extra: str = ""):
+    def __init__(self, directory: Path, http_extra: str = "", security: dict | None = None):
         directory.mkdir(parents=True, exist_ok=True)
         other = directory / "other.toml"
         other.write_text(OTHER_TENANT)
         self.http_port = free_port()
         self.server = HpbxServer(directory, provision_files=(REPO / "config" / "demo.toml", other),
-                                 extra_toml=f'[http]\nlisten = ["http:127.0.0.1:{self.http_port}"]\n{http_extra}')
+                                 security=security, extra_toml=f'[http]\nlisten = ["http:127.0.0.1:{self.http_port}"]\n{http_extra}')
         self.base = f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> "WebRig":

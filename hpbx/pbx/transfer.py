@@ -1,0 +1,161 @@
+"""Blind transfer (RFC 3515 REFER, RFC 3420 sipfrag progress) of an answered call, asked by
+the callee side: "put my caller through to Refer-To".
+
+The caller's leg and its relay port stay as they are: hpbx calls the transfer target with the
+relay's port facing the callee side (as the original callee was called), and when the target
+answers, that relay leg's peer becomes the target, the transferor gets a final NOTIFY (``SIP/2.0
+200 OK``) and a BYE, and the call goes on between caller and target (the caller's phone needs
+no re-INVITE: its media address and codecs do not change). A target that cannot be reached
+leaves the call as it was, with the failure reported in the NOTIFY. The caller asking for a
+transfer is refused (501): its leg is the one hpbx cannot replace yet.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timezone
+
+from hpbx.errors import HpbxError
+from hpbx.pbx import anchor, router
+
+log = logging.getLogger("hpbx.pbx.transfer")
+
+_URI = re.compile(r"^\s*<?\s*(sips?):([^@<>;?\s]+)@([^<>;?\s]+)")
+
+
+def refer_target(value: str | None) -> str | None:
+    """The user part of a Refer-To SIP URI (with or without <>); None if it is not one."""
+    if not value:
+        return None
+    m = _URI.match(value)
+    return m.group(2) if m else None
+
+
+class BlindTransfer:
+    def __init__(self, call, transferor, refer_tx, plan):
+        self.call = call
+        self.transferor = transferor  # the answered BLeg that sent the REFER
+        self.refer_tx = refer_tx
+        self.plan = plan
+        self.legs = []
+        self.done = False
+
+    # ---- the subscription the REFER created (RFC 3515 §2.4.4): its NOTIFYs
+    def notify(self, sipfrag: str, final: bool) -> None:
+        call = self.call
+        dialog = self.transferor.dialog
+        headers = dialog.headers("NOTIFY")
+        headers += [("Event", "refer"),
+                    ("Subscription-State", "terminated;reason=noresource" if final else "active;expires=60"),
+                    ("Content-Type", "message/sipfrag;version=2.0")]
+        call.service.transactions.send_request("NOTIFY", dialog.remote_target, headers, dialog.target,
+                                               None, sipfrag.encode())
+
+    def start(self) -> None:
+        from hpbx.pbx.call import BLeg  # the call module uses this one
+        call = self.call
+        svc = call.service
+        self.refer_tx.respond(202)
+        self.notify("SIP/2.0 100 Trying", final=False)
+        rings = self.plan.rows[0].targets if self.plan.rows else ()
+        for ring in rings:
+            if ring.kind == "user":
+                for b in [b for b in svc.registrar.lookup(ring.value) if b.online][:svc.max_devices]:
+                    self.legs.append(BLeg(call, ring, b, svc.registrar.target(b), b.contact))
+                    self.legs[-1].route = svc.registrar.relay_route(b)  # cluster: via its node
+            elif ring.trunk is not None:
+                from hpbx.sip.transaction import Target
+                t = ring.trunk
+                self.legs.append(BLeg(call, ring, None, Target(t.transport, t.host, t.port),
+                                      f"sip:{ring.value}@{t.host}:{t.port}"))
+        if not self.legs:
+            self.finish("SIP/2.0 480 Temporarily Unavailable")
+            return
+        for leg in self.legs:
+            call.legs[leg.id] = leg
+            svc.legs[leg.call_id] = (call, leg)
+            call._send_invite(leg, on_response=lambda tx, status, msg, leg=leg:
+                              call.guarded(self._response, leg, status, msg))
+
+    def finish(self, sipfrag: str) -> None:
+        self.done = True
+        self.notify(sipfrag, final=True)
+        if self.call.transfer is self:
+            self.call.transfer = None
+
+    def _response(self, leg, status: int, msg) -> None:
+        call = self.call
+        if status < 200:
+            if msg is not None and msg.to_tag:
+                leg.dialog.update_from_response(msg)
+            return
+        leg.live = False
+        if status >= 300:
+            call.service.legs.pop(leg.call_id, None)
+            if not self.done and all(not other.live for other in self.legs):
+                self.finish(f"SIP/2.0 {status} {msg.reason if msg is not None else 'Failed'}")
+            return
+        leg.dialog.update_from_response(msg)
+        if self.done or call.winner is not self.transferor:
+            # a second answer, or the call ended meanwhile: ACK and release it
+            leg.dialog.send_ack(call.service.transports, leg.cseq)
+            call._send_bye(leg.dialog, None)
+            call.service.legs.pop(leg.call_id, None)
+            return
+        leg.dialog.send_ack(call.service.transports, leg.cseq)
+        leg.answered = True
+        try:
+            peer = anchor.peer(msg.body)
+            media = call.service.media
+            media.answer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port, rtcp_mux=peer.rtcp_mux)
+            media.relatch(call.id, "b")
+        except HpbxError as exc:
+            log.info("[%s] transfer target's SDP not usable: %s", call.id, exc)
+        for other in self.legs:
+            if other is not leg and other.live:
+                call._cancel_leg(other, 'SIP;cause=200;text="Call completed elsewhere"')
+        old = self.transferor
+        svc = call.service
+        for user, delta in ((old.user, -1), (leg.user, +1)):
+            if user:
+                left = svc.active.get(user, 0) + delta
+                if left > 0:
+                    svc.active[user] = left
+                else:
+                    svc.active.pop(user, None)
+        call.winner = leg
+        self.finish("SIP/2.0 200 OK")
+        call._send_bye(old.dialog, None)
+        svc.legs.pop(old.call_id, None)
+        call.targets_tried.append(leg.ring.key)
+        svc.dialog_changed(call)
+        log.info("[%s] transferred by %s to %s", call.id, old.label, leg.label)
+
+
+def handle_refer(call, side, tx) -> None:
+    """A REFER inside the answered call ``call`` from ``side`` ("a" or the winning BLeg)."""
+    if side == "a":
+        tx.respond(501, "Transfer by the caller not implemented")
+        return
+    if call.transfer is not None:
+        tx.respond(491, "A transfer is already in progress")
+        return
+    number = refer_target(tx.msg.header("Refer-To"))
+    if number is None:
+        tx.respond(400, "Refer-To is not a SIP URI")
+        return
+    transferor = call.service.provisioning.directory.auth_user(side.user) if side.user else None
+    if transferor is None:
+        tx.respond(403, "Only a user's phone may transfer")
+        return
+    plan = router.route_internal(call.service.provisioning.directory, transferor, number,
+                                 datetime.now(timezone.utc))
+    if plan.kind == "external":
+        plan = router.Plan(kind="external", tenant=plan.tenant, dialled=plan.dialled, rows=(
+            router.Row(60, (router.Ring("external", plan.external, trunk=plan.trunk,
+                                        via=f"transfer:{transferor.username}"),)),))
+    if plan.status or not plan.rows:
+        tx.respond(plan.status or 404, (plan.reason or "No transfer target")[:100])
+        return
+    call.transfer = BlindTransfer(call, side, tx, plan)
+    call.transfer.start()

@@ -1,0 +1,216 @@
+"""Toll-fraud limits: the policy with a controlled clock, then end to end with a SIPp gateway
+that counts what reaches the trunk (destination policy, unauthenticated INVITEs, concurrent
+calls per user, attempts per hour, overrides over admin)."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sip"))
+
+from harness import RawPhone, digest_authorization, have_sipp, header, reserved_port  # noqa: E402
+from callrig import CallRig, trunk, user  # noqa: E402
+
+from hpbx import settings as settings_mod  # noqa: E402
+from hpbx.security.toll import TollPolicy, normalise  # noqa: E402
+
+
+# ---------------------------------------------------------------------- the policy alone
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def policy(toll: dict | None = None) -> tuple[TollPolicy, Clock]:
+    clock = Clock()
+    s = settings_mod.from_dict({"security": {"toll": toll or {}}})
+    return TollPolicy(s, clock=clock), clock
+
+
+def test_numbers_are_normalised_and_classified():
+    assert normalise("0041 44 123 45 67", "41") == "+41441234567"
+    assert normalise("0441234567", "41") == "+41441234567"
+    assert normalise("+49-30-1234", "41") == "+49301234"
+    assert normalise("112", "41") == "112"
+    p, _ = policy()
+    assert p.classify("0791234567") == ("+41791234567", "national")
+    assert p.classify("004930123456")[1] == "international"
+    assert p.classify("+4930123456")[1] == "international"
+    for premium in ("0900123456", "0901123456", "0906123456", "+41901123", "0088212345", "+88112345"):
+        assert p.classify(premium)[1] == "premium", premium
+
+
+def test_destination_policy_with_allow_and_deny_prefixes():
+    p, _ = policy({"tenants": {"open": {"allow_international": True, "deny_prefixes": ["+44"]},
+                               "de": {"allow_prefixes": ["+49"]}}})
+    assert p.admit("c1", "closed", "u", "004930123").rule == "international"
+    assert p.admit("c2", "closed", "u", "0901123456").rule == "premium"
+    assert p.admit("c3", "closed", "u", "0791234567") is None
+    assert p.admit("c4", "open", "u", "004930123") is None
+    assert p.admit("c5", "open", "u", "00442071234").rule == "deny_prefix"
+    assert p.admit("c6", "open", "u", "0901123456").rule == "premium"  # premium stays off
+    assert p.admit("c7", "de", "u", "+4930123") is None
+    assert p.admit("c8", "de", "u", "+3312345").rule == "international"
+
+
+def test_concurrency_per_user_and_tenant_at_the_boundary():
+    p, _ = policy({"max_outbound_per_user": 2, "max_outbound_per_tenant": 3})
+    assert p.admit("a1", "t", "anna", "0791") is None
+    assert p.admit("a2", "t", "anna", "0791") is None
+    r = p.admit("a3", "t", "anna", "0791")
+    assert (r.status, r.rule) == (403, "max_outbound_per_user")
+    assert p.admit("a1", "t", "anna", "0792") is None  # a second target of a held call
+    assert p.admit("b1", "t", "bert", "0791") is None  # the tenant's third
+    assert p.admit("b2", "t", "bert", "0791").rule == "max_outbound_per_tenant"
+    assert p.admit("d1", "t", None, "0791").rule == "max_outbound_per_tenant"  # a diversion
+    p.release("a1")
+    p.release("a1")  # twice: no double count
+    assert p.admit("a4", "t", "anna", "0791") is None
+    assert p.get("t")["outbound_calls"] == 3
+
+
+def test_attempts_per_hour_at_the_boundary_and_the_window_slides():
+    p, clock = policy({"calls_per_hour_user": 3, "calls_per_hour_tenant": 5,
+                       "max_outbound_per_user": 0, "max_outbound_per_tenant": 0})
+    for i in range(3):
+        assert p.admit(f"a{i}", "t", "anna", "0791") is None
+        p.release(f"a{i}")
+        clock.now += 60
+    assert p.admit("a9", "t", "anna", "0791").rule == "calls_per_hour_user"
+    assert p.admit("b1", "t", "bert", "0791") is None
+    assert p.admit("b2", "t", "bert", "0791") is None
+    assert p.admit("b3", "t", "bert", "0791").rule == "calls_per_hour_tenant"
+    clock.now += 3600 - 120 + 1  # anna's first attempt is now more than an hour old
+    assert p.admit("a10", "t", "anna", "0791") is None
+
+
+def test_overrides_win_over_the_file():
+    p, _ = policy({"tenants": {"t": {"max_outbound_per_user": 1}}})
+    assert p.limits("t").max_outbound_per_user == 1
+    p.set("t", {"max_outbound_per_user": 4, "allow_prefixes": ["+49"]})
+    assert p.limits("t").max_outbound_per_user == 4
+    assert p.limits("t").allow_prefixes == ("+49",)
+    assert p.reset("t") and p.limits("t").max_outbound_per_user == 1
+
+
+def test_toll_settings_are_validated():
+    with pytest.raises(Exception, match=r"security\.toll\.tenants\.x\.deny_prefixes: entries must be digit"):
+        settings_mod.from_dict({"security": {"toll": {"tenants": {"x": {"deny_prefixes": ["4a"]}}}}})
+    with pytest.raises(Exception, match=r"security\.toll\.max_outbound_per_user: must be between"):
+        settings_mod.from_dict({"security": {"toll": {"max_outbound_per_user": -1}}})
+
+
+# ---------------------------------------------------------------------- end to end
+GATEWAY = reserved_port()
+TENANT = ('[tenant]\nname = "toll"\ntrunk = "gateway"\n' + trunk("gateway", GATEWAY)
+          + user("t1", "401") + user("t2", "402") + user("t3", "403"))
+sipp = pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    if not have_sipp():
+        pytest.skip("sipp is not installed (sip-tester)")
+    r = CallRig(tmp_path_factory.mktemp("toll"), TENANT)
+    with r:
+        yield r
+
+
+def refused(rig, username: str | None, dialled: str, host: str = "127.0.0.1") -> str:
+    """The final answer to an INVITE (authenticated as ``username`` when given)."""
+    srv = rig.server
+    ruri = f"sip:{dialled}@{srv.host}:{srv.port}"
+    with RawPhone(srv.host, srv.port, host=host) as phone:
+        def send(extra=()):
+            phone.call_id = uuid.uuid4().hex
+            text = phone.request("INVITE", ruri, list(extra), from_user=username or "anon")
+            resp = phone.recv_until(lambda m: m.startswith("SIP/2.0") and not m.startswith("SIP/2.0 1"), 3)
+            branch = re.search(r"branch=([^;\s]+)", text).group(1)
+            phone.request("ACK", ruri, branch=branch, cseq=phone.cseq, from_user=username or "anon")
+            return resp
+        first = send()
+        if username is None or not first.startswith("SIP/2.0 407"):
+            return first.split("\r\n")[0]
+        auth = digest_authorization(header(first, "Proxy-Authenticate")[0], username,
+                                    f"{username}-pw", "INVITE", ruri)
+        return send([f"Proxy-Authorization: {auth}"]).split("\r\n")[0]
+
+
+def gateway(rig, calls: int, pause_ms: int = 100, timeout: float = 15):
+    g = rig.sipp("call_uas.xml", port=GATEWAY, pause_ms=pause_ms, calls=calls, timeout=timeout,
+                 name="gateway")
+    time.sleep(0.2)
+    return g
+
+
+@pytest.mark.sipp
+def test_destinations_refused_with_a_reason_and_only_national_reaches_the_trunk(rig):
+    g = gateway(rig, 1)
+    answers = {n: refused(rig, "t2", n) for n in
+               ("004930123456", "+4930123456", "0901123456", "0906123456", "0900123456", "+88212345678")}
+    ok = rig.call("call_uac_auth.xml", "0791110001", pause_ms=100, extra=["-au", "t2", "-ap", "t2-pw"])
+    seen = g.finish()
+    for n, status in answers.items():
+        want = "Premium destinations not allowed" if n.startswith(("09", "+88")) else "International calls not allowed"
+        assert status == f"SIP/2.0 403 {want}", (n, status)
+    assert ok.successful == 1, ok.describe() + rig.server.log()
+    invites = seen.received("INVITE")
+    assert [i.split()[1].split("@")[0] for i in invites] == ["sip:0791110001"]
+    assert re.findall(r"SECURITY event=toll_refused [^\n]*rule=premium", rig.server.log())
+    rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_unauthenticated_invites_to_expensive_numbers_never_reach_the_trunk(rig):
+    g = gateway(rig, 1, timeout=4)
+    statuses = [refused(rig, None, n, host="127.0.0.2")
+                for n in ("004930123456", "+88212345678", "0901123456", "0791110002") * 5]
+    seen = g.finish()
+    assert set(statuses) == {"SIP/2.0 407 Proxy Authentication Required"}, statuses
+    assert seen.received("INVITE") == []
+
+
+@pytest.mark.sipp
+def test_concurrent_outbound_calls_of_a_user_are_capped(rig):
+    g = gateway(rig, 3, pause_ms=100, timeout=20)
+    three = rig.sipp("call_uac_auth.xml", service="0791110003", calls=3, rate=100, pause_ms=2500,
+                     extra=["-au", "t1", "-ap", "t1-pw", "-l", "3"], name="three")
+    res = three.finish()
+    assert res.successful == 2, res.describe() + rig.server.log()
+    assert any(m.startswith("SIP/2.0 403 Too many outbound calls of this user") for m in res.received("SIP/2.0 403"))
+    # once they have ended, the next call passes
+    again = rig.call("call_uac_auth.xml", "0791110004", pause_ms=100, extra=["-au", "t1", "-ap", "t1-pw"])
+    seen = g.finish()
+    assert again.successful == 1, again.describe()
+    assert len(seen.received("INVITE")) == 3
+    rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_attempts_per_hour_and_overrides_over_admin(rig):
+    rig.admin("toll.set", tenant="toll", calls_per_hour_user=2, allow_international=True)
+    got = rig.admin("toll.get", tenant="toll")
+    assert got["limits"]["calls_per_hour_user"] == 2 and got["limits"]["allow_international"] is True
+    g = gateway(rig, 2)
+    first = rig.call("call_uac_auth.xml", "004930123456", pause_ms=100, extra=["-au", "t3", "-ap", "t3-pw"])
+    second = rig.call("call_uac_auth.xml", "0791110005", pause_ms=100, extra=["-au", "t3", "-ap", "t3-pw"])
+    third = refused(rig, "t3", "0791110006")
+    seen = g.finish()
+    assert first.successful == 1 and second.successful == 1, first.describe() + second.describe()
+    assert third == "SIP/2.0 403 Outbound call rate of this user exceeded"
+    assert len(seen.received("INVITE")) == 2
+    with pytest.raises(Exception, match="allow_prefixes"):
+        rig.admin("toll.set", tenant="toll", allow_prefixes=["49x"])
+    with pytest.raises(Exception, match="not found"):
+        rig.admin("toll.get", tenant="nosuch")
+    reset = rig.admin("toll.reset", tenant="toll")
+    assert reset["reset"] and reset["limits"]["allow_international"] is False
+    rig.assert_idle()
