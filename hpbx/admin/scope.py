@@ -28,6 +28,7 @@ from hpbx.admin.protocol import NOT_FOUND, PERMISSION_DENIED, RpcError
 #   filter:  server-wide list filtered to the tenant afterwards (tenant.list)
 RULES: dict[str, str] = {
     "registration.list": "tenant", "call.list": "tenant", "call.hangup": "call", "cdr.list": "tenant",
+    "cdr.export": "tenant",
     "system.info": "server",
     "tenant.get": "name", "tenant.update": "name", "tenant.export": "name", "tenant.list": "filter",
     "tenant.import": "toml",

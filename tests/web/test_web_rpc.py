@@ -68,6 +68,7 @@ def test_tenant_admin_sees_and_changes_only_its_tenant(rig):
         ("user.create", {"tenant": "other", "username": "evil", "sip_password": "evil-secret"}),
         ("registration.list", {"tenant": "other"}),
         ("cdr.list", {"tenant": "other"}),
+        ("cdr.export", {"tenant": "other"}),
         ("switch.set", {"tenant": "other", "name": "other-closed"}),
         ("number.list", {"tenant": "other"}),
         ("audit.list", {"tenant": "other"}),
@@ -91,7 +92,8 @@ def test_tenant_admin_sees_and_changes_only_its_tenant(rig):
     toml = '[tenant]\nname = "other"\n[[users]]\nusername = "evil2"\nsip_password = "evil-secret"\n'
     assert s.rpc("tenant.import", {"toml": toml, "replace": True})["error"]["code"] == -32004
     for method, params in [("tenant.delete", {"name": "other"}), ("tenant.create", {"name": "x"}),
-                           ("config.reload", {}), ("stats.get", {}),
+                           ("config.reload", {}), ("stats.get", {}), ("cdr.purge", {"before": "2030-01-01T00:00:00Z"}),
+                           ("ban.list", {}),
                            ("admin.create", {"username": "me2", "password": "password1", "role": "operator"}),
                            ("admin.list", {})]:
         assert s.rpc(method, params)["error"]["code"] == -32004, method
