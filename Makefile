@@ -27,7 +27,7 @@ DEB_PKGS += asterisk-core-sounds-en-wav asterisk-moh-opsound-wav libspandsp-dev 
 DEB_PKGS += # media services (prompts, music on hold)
 DEB_PKGS += baresip-core linphone-cli # real phones (interop)
 DEB_PKGS += sipvicious fail2ban # security
-DEB_PKGS += # web face
+DEB_PKGS += chromium chromium-driver curl # web face
 DEB_PKGS += postgresql redis-server # scale (databases)
 
 system-deps:

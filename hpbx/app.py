@@ -281,9 +281,45 @@ class Server:
         ctx.toll = self.toll
         ctx.reload_tls = self.reload_tls
         ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
+        self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()
         self._stop_order.append(self.admin.stop)
+        await self._start_web(ctx)
+
+    def _open_web_data(self, ctx) -> None:
+        """Admin accounts, audit log and phone records: kept in the store file, managed over
+        the socket too, so they exist whether or not the web face listens."""
+        from hpbx.admin.accounts import AccountService, AuditLog
+        from hpbx.pbx.phones import PhoneService
+        from hpbx.store.admins import AdminStore
+        from hpbx.store.phones import PhoneStore
+
+        self.admin_store = AdminStore(self.settings.store.path)
+        self._stop_order.append(self.admin_store.close)
+        ctx.accounts = AccountService(self.admin_store,
+                                      lambda t: self.provisioning.directory.objects(t) is not None)
+        ctx.audit = AuditLog(self.admin_store)
+        self.phone_store = PhoneStore(self.settings.store.path)
+        self._stop_order.append(self.phone_store.close)
+        ctx.phones = PhoneService(self.phone_store, self.provisioning)
+
+    async def _start_web(self, ctx) -> None:
+        """The HTTP face ([http] listen; off when empty). Failed logins and wrong phone
+        credentials go to the ban engine when the server has one."""
+        self.web = None
+        if not self.settings.http.listen:
+            return
+        from hpbx.web.server import WebServer
+
+        self.web = WebServer(ctx, self.admin, self.settings, self.media)
+        security = getattr(self, "security", None)
+        if security is not None and hasattr(security, "auth_failed"):
+            self.web.auth_failure_hooks.append(
+                lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
+            self.web.source_allowed = security.guard.allowed
+        await self.web.start()
+        self._stop_order.append(self.web.stop)
 
     # ---- what the admin layer reads
     def list_registrations(self, tenant: str | None, user: str | None):
@@ -327,6 +363,10 @@ class Server:
         self.calls.configure(new)
         if self.admin is not None:
             self.admin.configure(new)
+        if getattr(self, "web", None) is not None:
+            self.web.configure(new)
+            if new.http.listen != old.http.listen:
+                log.warning("reload: http.listen changed; the listeners change at the next restart")
         self.settings = new
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new

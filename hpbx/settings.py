@@ -103,6 +103,40 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpListener:
+    scheme: str  # "http" or "https"
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The web face (hpbx/web): admin page, /rpc, phone provisioning, /metrics. Off when
+    ``listen`` is empty."""
+
+    listen: tuple[HttpListener, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    session_ttl: int = 8 * 3600  # seconds a login session lives without use
+    login_failures: int = 5  # failed logins per source within login_window before lockout
+    login_window: int = 300
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # /metrics without a login
+
+
+def parse_http_listener(text: str) -> HttpListener:
+    """``http:127.0.0.1:8080``, ``https:[::1]:8443``."""
+    scheme, sep, rest = text.partition(":")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be http or https in {text!r}")
+    probe = parse_listener("tcp:" + rest)
+    return HttpListener(scheme, probe.host, probe.port)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: str = ""
     sip: SipSettings = field(default_factory=SipSettings)
@@ -113,6 +147,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     log_level: str = "info"
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 class _Reader:
@@ -215,7 +250,7 @@ def load(path: str | Path) -> Settings:
 
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
-    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security"}
+    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -337,6 +372,42 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     r.finish()
 
     security = security_config.from_dict(_Reader, path, data.get("security"))
+    http = _http_settings(path, data.get("http"))
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
-                    log_level=level, provision=tuple(files), security=security)
+                    log_level=level, provision=tuple(files), security=security, http=http)
+
+
+def _http_settings(path: str, table: Any) -> HttpSettings:
+    r = _Reader(path, "http", table)
+    listeners = []
+    for item in r.get("listen", list, []):
+        if not isinstance(item, str):
+            raise r.fail("listen", f"entries must be strings, got {item!r}")
+        try:
+            listeners.append(parse_http_listener(item))
+        except ValueError as exc:
+            raise r.fail("listen", str(exc)) from None
+    tls_cert, tls_key = r.get("tls_cert", str, ""), r.get("tls_key", str, "")
+    if any(lst.scheme == "https" for lst in listeners):
+        if not tls_cert:
+            raise r.fail("tls_cert", "an https: listener needs a certificate path")
+        if not Path(tls_cert).is_file():
+            raise r.fail("tls_cert", f"file not found: {tls_cert}")
+        if tls_key and not Path(tls_key).is_file():
+            raise r.fail("tls_key", f"file not found: {tls_key}")
+    allow = r.get("metrics_allow", list, ["127.0.0.0/8", "::1/128"])
+    for net in allow:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except (TypeError, ValueError):
+            raise r.fail("metrics_allow", f"not a network: {net!r}") from None
+    http = HttpSettings(
+        listen=tuple(listeners), tls_cert=tls_cert, tls_key=tls_key,
+        session_ttl=r.int_in("session_ttl", 8 * 3600, 60, 30 * 86400),
+        login_failures=r.int_in("login_failures", 5, 1, 1000),
+        login_window=r.int_in("login_window", 300, 1, 86400),
+        metrics_allow=tuple(allow),
+    )
+    r.finish()
+    return http

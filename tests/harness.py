@@ -167,7 +167,7 @@ SECURITY_FOR_TESTS = {"flood_threshold": 1_000_000, "auth_failures": 0, "user_fa
 
 def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host: str = "127.0.0.1",
                  provision=(), sip_extra: dict | None = None, log_level: str = "info",
-                 security: dict | None = None) -> Path:
+                 security: dict | None = None, extra_toml: str = "") -> Path:
     hostpart = f"[{host}]" if ":" in host else host
     sip = {
         "listen": [f"{t}:{hostpart}:{port}" for t in transports],
@@ -200,7 +200,7 @@ def write_config(directory: Path, port: int, *, transports=("udp", "tcp"), host:
     text += ["", "[store]", f"path = {toml_value(str(directory / 'hpbx.sqlite3'))}",
              "", "[admin]", f"socket = {toml_value(str(directory / 'hpbx.sock'))}",
              "", "[log]", f'level = "{log_level}"',
-             "", "[provision]", f"files = {toml_value([str(p) for p in provision])}", ""]
+             "", "[provision]", f"files = {toml_value([str(p) for p in provision])}", "", extra_toml]
     path = directory / "hpbx.toml"
     path.write_text("\n".join(text))
     return path
@@ -243,17 +243,17 @@ class HpbxServer:
     def __init__(self, directory: Path, *, users=(), flags=None, transports=("udp", "tcp"),
                  host: str = "127.0.0.1", sip_extra=None, port: int | None = None,
                  log_level: str = "info", env=None, wrap: list[str] | None = None,
-                 security: dict | None = None):
+                 security: dict | None = None, provision_files=(), extra_toml: str = ""):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.port = port or (5060 if wrap else free_port(host=host))
-        provision = ()
+        provision = tuple(provision_files)
         if users:
-            provision = (write_users_toml(self.dir / "users.toml", users, flags=flags),)
+            provision += (write_users_toml(self.dir / "users.toml", users, flags=flags),)
         self.config = write_config(self.dir, self.port, transports=transports, host=host,
                                    provision=provision, sip_extra=sip_extra, log_level=log_level,
-                                   security=security)
+                                   security=security, extra_toml=extra_toml)
         self.transports = transports
         self.env = env
         self.wrap = wrap or []

@@ -36,5 +36,10 @@ class AdminContext:
     toll: Any = None
     # () -> {"reloaded": bool}: read the TLS certificate files again; raises ConfigError
     reload_tls: Callable[[], dict] | None = None
+    # web face (hpbx/web): admin accounts (hpbx.admin.accounts.AccountService), the audit log
+    # (AuditLog: every change made through the dispatch), phone records (hpbx.pbx.phones)
+    accounts: Any = None
+    audit: Any = None
+    phones: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

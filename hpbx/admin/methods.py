@@ -510,3 +510,193 @@ _add("tenant.import", tenant_import,
      Param("replace", "bool", help="replace an existing tenant of that name (in the same change)"))
 
 from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
+
+# -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
+
+def admin_create(ctx: AdminContext, p: dict) -> Any:
+    return _need(ctx, "accounts", "admin accounts").create(p["username"], p["password"], p["role"],
+                                                           p.get("tenant", ""))
+
+
+def admin_update(ctx: AdminContext, p: dict) -> Any:
+    changes = {k: p[k] for k in ("password", "role", "tenant") if k in p}
+    if not changes:
+        raise invalid_params("params", "admin.update needs at least one field to change")
+    return _need(ctx, "accounts", "admin accounts").update(p["username"], **changes)
+
+
+def admin_delete(ctx: AdminContext, p: dict) -> Any:
+    return _need(ctx, "accounts", "admin accounts").delete(p["username"])
+
+
+def admin_list(ctx: AdminContext, p: dict) -> Any:
+    return _page(_need(ctx, "accounts", "admin accounts").list(p.get("tenant")), p)
+
+
+def audit_list(ctx: AdminContext, p: dict) -> Any:
+    return _need(ctx, "audit", "audit log").list(**{"limit": 100, **p})
+
+
+def _instant_param(p: dict, key: str) -> Any:
+    from datetime import datetime, timezone
+    if key not in p:
+        return datetime.now(timezone.utc)
+    try:
+        when = datetime.fromisoformat(p[key])
+    except ValueError:
+        raise invalid_params(key, f"{p[key]!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise invalid_params(key, f"{p[key]!r} needs a UTC offset (e.g. +01:00 or Z)")
+    return when
+
+
+def number_simulate(ctx: AdminContext, p: dict) -> Any:
+    from hpbx.pbx.simulate import simulate
+    prov = _need(ctx, "provisioning", "provisioning")
+    at = _instant_param(p, "at")
+    if prov.directory.number(p["number"]) is None:
+        raise RpcError(NOT_FOUND, f"number {p['number']!r} not found", {"kind": "number", "key": p["number"]})
+    regs = ctx.list_registrations
+
+    def registered(username: str) -> list:
+        return [registration_row(b, time.time()) for b in regs(None, username)] if regs else []
+
+    return simulate(prov.directory, p["number"], at, registered)
+
+
+def _phones(ctx: AdminContext) -> Any:
+    return _need(ctx, "phones", "phone provisioning")
+
+
+def phone_create(ctx: AdminContext, p: dict) -> Any:
+    return _phones(ctx).phone_create(p)
+
+
+def phone_get(ctx: AdminContext, p: dict) -> Any:
+    return _phones(ctx).phone_get(p["mac"])
+
+
+def phone_update(ctx: AdminContext, p: dict) -> Any:
+    changes = {k: v for k, v in p.items() if k != "mac"}
+    if not changes:
+        raise invalid_params("params", "phone.update needs at least one field to change")
+    return _phones(ctx).phone_update(p["mac"], changes)
+
+
+def phone_delete(ctx: AdminContext, p: dict) -> Any:
+    return _phones(ctx).phone_delete(p["mac"])
+
+
+def phone_list(ctx: AdminContext, p: dict) -> Any:
+    return _page(_phones(ctx).phone_list(p.get("tenant")), p)
+
+
+def phone_export(ctx: AdminContext, p: dict) -> Any:
+    _need(ctx, "provisioning", "provisioning")._objs(p["tenant"])
+    return _phones(ctx).phone_export(p["tenant"])
+
+
+def phone_import(ctx: AdminContext, p: dict) -> Any:
+    return _phones(ctx).phone_import(p["toml"], p.get("replace", False))
+
+
+def dashboard_get(ctx: AdminContext, p: dict) -> Any:
+    """Per tenant: active calls, registered devices and users online, and per hour of the last
+    ``hours``: calls and answered calls (from the CDRs)."""
+    from datetime import datetime, timedelta, timezone
+    prov = _need(ctx, "provisioning", "provisioning")
+    hours = p.get("hours", 24)
+    only = p.get("tenant")
+    names = [only] if only is not None else sorted(t.name for t in prov.directory.tenants())
+    if only is not None:
+        prov._objs(only)
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = now - timedelta(hours=hours)
+    calls = list(ctx.list_calls()) if ctx.list_calls else []
+    out = []
+    for name in names:
+        regs = list(ctx.list_registrations(name, None)) if ctx.list_registrations else []
+        per_hour = [{"hour": (start + timedelta(hours=i)).isoformat(), "calls": 0, "answered": 0}
+                    for i in range(hours)]
+        total = answered = 0
+        for cdr in prov.cdr_list(name, since=start.isoformat(), limit=100_000):
+            try:
+                at = datetime.fromisoformat(cdr["start"])
+            except (KeyError, ValueError):
+                continue
+            i = int((at - start).total_seconds() // 3600)
+            if 0 <= i < hours:
+                per_hour[i]["calls"] += 1
+                total += 1
+                if cdr.get("answered_by"):
+                    per_hour[i]["answered"] += 1
+                    answered += 1
+        out.append({
+            "tenant": name,
+            "active_calls": sum(1 for c in calls if c.get("tenant") == name),
+            "registrations": len(regs),
+            "users_online": len({r.get("user") for r in regs}),
+            "users": sum(1 for _ in prov.directory.users_of(name)),
+            "calls": total, "answered": answered,
+            "answer_rate": round(answered / total, 4) if total else None,
+            "per_hour": per_hour,
+        })
+    return {"hours": hours, "tenants": out}
+
+
+_ROLE = Param("role", "str", help="operator (all tenants) or tenant_admin (one tenant)",
+              choices=("operator", "tenant_admin"))
+_add("admin.create", admin_create, "Create an account of the web face (its password is stored as a scrypt hash).",
+     Param("username", "str", required=True, help="login name"),
+     Param("password", "str", required=True, help="password, 8-256 characters"),
+     Param(_ROLE.name, _ROLE.type, True, _ROLE.help, _ROLE.choices),
+     Param("tenant", "str", help="the tenant of a tenant_admin"))
+_add("admin.update", admin_update, "Change an account's password, role or tenant.",
+     Param("username", "str", required=True, help="login name"),
+     Param("password", "str", help="new password"), _ROLE,
+     Param("tenant", "str", help="the tenant of a tenant_admin"))
+_add("admin.delete", admin_delete, "Delete an account of the web face.",
+     Param("username", "str", required=True, help="login name"))
+_add("admin.list", admin_list, "List the accounts of the web face.",
+     Param("tenant", "str", help="only this tenant's admins"), *PAGE,
+     columns=("username", "role", "tenant", "created_at"))
+_add("audit.list", audit_list, "The audit log: every change, newest first (who, when, method, tenant, parameters).",
+     Param("tenant", "str", help="only changes of this tenant"),
+     Param("who", "str", help="only this principal (uid:0, web:anna)"),
+     Param("method", "str", help="only this method"),
+     Param("since", "str", help="ISO 8601: only changes at or after"),
+     *PAGE, columns=("id", "at", "who", "method", "tenant", "outcome"))
+_add("number.simulate", number_simulate,
+     "What happens if someone calls this number now (or at time at): the slot chosen and why, "
+     "the rows and their targets with their registration state. Rings nobody.",
+     Param("number", "str", required=True, help="the public number"),
+     Param("at", "str", help="ISO 8601 time with offset (default now)"))
+_PHONE_FIELDS = (
+    Param("vendor", "str", help="snom or yealink", choices=("snom", "yealink")),
+    Param("model", "str", help="model name (D785, T46U, ...)"),
+    Param("accounts", "array", help="usernames on account keys 1..n"),
+    Param("keys", "array", help="function keys [{type: blf|switch|pickup|speeddial, value, label}]"),
+    Param("phonebook_url", "str", help="phonebook URL (default: this server's phonebook of the tenant)"),
+    Param("timezone", "str", help="IANA time zone (default: the tenant's)"),
+    Param("language", "str", help="en, de, fr or it", choices=("en", "de", "fr", "it")),
+    Param("transport", "str", help="SIP transport", choices=("udp", "tcp", "tls")),
+    Param("http_user", "str", help="user name the phone fetches its files with (default: the MAC)"),
+    Param("http_password", "str", help="its password (default: generated)"),
+)
+_MAC = Param("mac", "str", required=True, help="MAC address (001565aabbcc or 00:15:65:AA:BB:CC)")
+_add("phone.create", phone_create, "Provision a desk phone: its MAC, users on its keys, function keys, ...",
+     _MAC, TENANT, *_PHONE_FIELDS)
+_add("phone.get", phone_get, "Show a phone's provisioning record.", _MAC)
+_add("phone.update", phone_update, "Change fields of a phone's record; fields not given keep their value.",
+     _MAC, *_PHONE_FIELDS)
+_add("phone.delete", phone_delete, "Delete a phone's provisioning record (it then gets 404).", _MAC)
+_add("phone.list", phone_list, "List the provisioned phones.", Param("tenant", "str", help="only this tenant"),
+     *PAGE, columns=("mac", "tenant", "vendor", "model", "accounts", "transport"))
+_add("phone.export", phone_export, "A tenant's phones as TOML (tenant = ..., [[phones]]).", TENANT)
+_add("phone.import", phone_import, "Provision phones from TOML (as phone.export writes it), in one change.",
+     Param("toml", "str", required=True, help="the TOML text"),
+     Param("replace", "bool", help="also replace existing phones and delete the tenant's others"))
+_add("dashboard.get", dashboard_get,
+     "Per tenant: active calls, registrations, users online, calls and answered calls per hour.",
+     Param("tenant", "str", help="only this tenant"),
+     Param("hours", "int", help="hours back (default 24)", min=1, max=24 * 31))

@@ -24,6 +24,7 @@ import orjson
 
 from hpbx.admin.context import AdminContext
 from hpbx.admin.methods import METHODS, Method
+from hpbx.admin.scope import SocketPeer
 from hpbx.admin.protocol import (
     INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND,
     OPERATION_FAILED, PARSE_ERROR, PERMISSION_DENIED, RpcError, encode,
@@ -134,8 +135,9 @@ class AdminServer:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def handle_line(self, line: bytes) -> bytes | None:
-        """Answer one line: the encoded response, or None when nothing is owed (notifications)."""
+    async def handle_line(self, line: bytes, principal: Any = None) -> bytes | None:
+        """Answer one line: the encoded response, or None when nothing is owed (notifications).
+        ``principal`` (hpbx.admin.scope): who calls; None = a local process allowed to do all."""
         try:
             msg = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -147,12 +149,12 @@ class AdminServer:
             if len(msg) > self.max_batch:
                 return encode(_error(INVALID_REQUEST, f"invalid request: batch of {len(msg)} exceeds {self.max_batch}"))
             self.counters["batches"] += 1
-            answers = [a for a in [await self.handle_request(m) for m in msg] if a is not None]
+            answers = [a for a in [await self.handle_request(m, principal) for m in msg] if a is not None]
             return encode(answers) if answers else None
-        answer = await self.handle_request(msg)
+        answer = await self.handle_request(msg, principal)
         return encode(answer) if answer is not None else None
 
-    async def handle_request(self, msg: Any) -> dict | None:
+    async def handle_request(self, msg: Any, principal: Any = None) -> dict | None:
         self.counters["requests"] += 1
         if not isinstance(msg, dict):
             return self._count(_error(INVALID_REQUEST, "invalid request: expected an object"))
@@ -170,18 +172,28 @@ class AdminServer:
         if unknown:
             return self._count(_error(INVALID_REQUEST, f"invalid request: unknown member {sorted(unknown)[0]!r}", id_=id_))
         try:
-            result = await self.call(method_name, msg.get("params"))
+            result = await self.call(method_name, msg.get("params"), principal)
         except RpcError as exc:
             answer = {"jsonrpc": "2.0", "error": exc.to_json(), "id": id_}
             return None if notification else self._count(answer)
         return None if notification else {"jsonrpc": "2.0", "result": result, "id": id_}
 
-    async def call(self, method_name: str, params: Any) -> Any:
-        """Run one method; every failure comes out as an RpcError."""
+    async def call(self, method_name: str, params: Any, principal: Any = None) -> Any:
+        """Run one method for ``principal`` (it may refuse it or narrow its parameters); every
+        failure comes out as an RpcError; a change that was made is in the audit log before the
+        answer leaves."""
         method = self.methods.get(method_name)
         if method is None:
             raise RpcError(METHOD_NOT_FOUND, f"method not found: {method_name}", {"method": method_name})
-        bound = method.bind(params)
+        principal = principal or _LOCAL
+        bound = method.bind(principal.fill(method_name, params))
+        audit = self.ctx.audit
+        try:
+            tenant = principal.authorize(self.ctx, method_name, bound)
+        except RpcError as exc:
+            if audit is not None and exc.code == PERMISSION_DENIED:
+                audit.record(principal.name, method_name, "", bound, "denied")
+            raise
         try:
             result = method.handler(self.ctx, bound)
             if inspect.isawaitable(result):
@@ -198,11 +210,16 @@ class AdminServer:
             log.exception("admin method %s failed", method_name)
             raise RpcError(INTERNAL_ERROR, f"internal error in {method_name} (see the server log)") from None
         self.counters[f"method.{method_name}"] += 1
-        return result
+        if audit is not None and audit.is_change(method_name):
+            audit.record(principal.name, method_name, tenant, bound)
+        return principal.filter(self.ctx, method_name, result)
 
     def _count(self, answer: dict) -> dict:
         self.counters[f"error.{answer['error']['code']}"] += 1
         return answer
+
+
+_LOCAL = SocketPeer(os.getuid())
 
 
 class _Client(asyncio.Protocol):
@@ -221,6 +238,7 @@ class _Client(asyncio.Protocol):
         self.closing = False
         self.stall_timer: asyncio.TimerHandle | None = None
         self.worker: asyncio.Task | None = None
+        self.principal: SocketPeer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -239,6 +257,7 @@ class _Client(asyncio.Protocol):
                                           {"uid": uid})))
             transport.close()
             return
+        self.principal = SocketPeer(uid)
         transport.set_write_buffer_limits(high=server.write_high_water)
         server._clients.add(self)
         self.worker = asyncio.get_running_loop().create_task(self._serve())
@@ -292,7 +311,7 @@ class _Client(asyncio.Protocol):
             if self.reading_paused and len(self.lines) < self.server.max_pending // 2:
                 self._resume_reading()
             try:
-                answer = await self.server.handle_line(line)
+                answer = await self.server.handle_line(line, self.principal)
             except Exception:  # e.g. a result orjson cannot encode: answer, keep serving
                 log.exception("admin: cannot answer a request")
                 answer = encode(_error(INTERNAL_ERROR, "internal error: the answer could not be encoded"))
