@@ -122,6 +122,13 @@ class Server:
         self._stop_order.append(self.transactions.close)
         self.dispatcher = Dispatcher(self.transactions, self.registrar, sip.user_agent)
         self.transports.sink = self.dispatcher.on_message
+        if settings.hep.collector:
+            from hpbx.sip.hep import HepMirror, parse_collector
+            self.transports.mirror = HepMirror(parse_collector(settings.hep.collector),
+                                               settings.hep.capture_id, settings.hep.password)
+            self.transports.sink = self.transports.mirror.wrap_sink(self.transports.sink)
+            self._stop_order.append(self.transports.mirror.close)
+            log.info("SIP mirrored as HEP v3 to %s", settings.hep.collector)
         await self.transports.start()
         self._stop_order.append(self.transports.close)
         self.keepalive = KeepaliveService(self.wheel, self.registrar, self.transactions,
@@ -367,6 +374,8 @@ class Server:
             self.web.configure(new)
             if new.http.listen != old.http.listen:
                 log.warning("reload: http.listen changed; the listeners change at the next restart")
+        if new.hep != old.hep:
+            log.warning("reload: [hep] changed; mirroring changes at the next restart")
         self.settings = new
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new

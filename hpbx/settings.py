@@ -127,6 +127,15 @@ class HttpSettings:
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # /metrics without a login
 
 
+@dataclass(frozen=True, slots=True)
+class HepSettings:
+    """HEP v3 mirroring of SIP (hpbx/sip/hep.py): off when ``collector`` is empty."""
+
+    collector: str = ""  # "udp:HOST:PORT" of a Homer / heplify-server
+    capture_id: int = 2001
+    password: str = ""
+
+
 def parse_http_listener(text: str) -> HttpListener:
     """``http:127.0.0.1:8080``, ``https:[::1]:8443``."""
     scheme, sep, rest = text.partition(":")
@@ -148,6 +157,7 @@ class Settings:
     log_level: str = "info"
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
     http: HttpSettings = field(default_factory=HttpSettings)
+    hep: HepSettings = field(default_factory=HepSettings)
 
 
 class _Reader:
@@ -250,7 +260,8 @@ def load(path: str | Path) -> Settings:
 
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
-    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http"}
+    known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
+             "hep"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -373,9 +384,27 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
 
     security = security_config.from_dict(_Reader, path, data.get("security"))
     http = _http_settings(path, data.get("http"))
+    hep = _hep_settings(path, data.get("hep"))
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
-                    log_level=level, provision=tuple(files), security=security, http=http)
+                    log_level=level, provision=tuple(files), security=security, http=http,
+                    hep=hep)
+
+
+def _hep_settings(path: str, table: Any) -> HepSettings:
+    from hpbx.sip.hep import parse_collector
+
+    r = _Reader(path, "hep", table)
+    hep = HepSettings(collector=r.get("collector", str, ""),
+                      capture_id=r.int_in("capture_id", 2001, 0, 0xFFFFFFFF),
+                      password=r.get("password", str, ""))
+    if hep.collector:
+        try:
+            parse_collector(hep.collector)
+        except ValueError as exc:
+            raise r.fail("collector", str(exc)) from None
+    r.finish()
+    return hep
 
 
 def _http_settings(path: str, table: Any) -> HttpSettings:

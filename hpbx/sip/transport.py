@@ -112,6 +112,8 @@ class UdpChannel:
         io = self.io
         if io is None:
             return
+        if self.hub.mirror is not None:
+            self.hub.mirror.sent(data, self, addr)
         try:
             waiting = io.queue(data, addr)
         except ValueError:
@@ -236,6 +238,8 @@ class StreamConnection(asyncio.Protocol):
     def send(self, data: bytes, addr=None) -> None:
         if self.closed:
             return
+        if self.hub.mirror is not None:
+            self.hub.mirror.sent(data, self, self.peer)
         if self.transport is None:
             self.pending.append(data)
         else:
@@ -397,6 +401,9 @@ class TransportHub:
         self.stream_listeners: list[tuple[str, str, int]] = []  # (kind, host, bound port)
         # hpbx._fast.guard.Guard: asked for every message and accepted connection (bans)
         self.guard = None
+        # hpbx.sip.hep.HepMirror when [hep] collector is set: gets a copy of every message sent
+        # (received ones reach it through the sink it wraps)
+        self.mirror = None
 
     async def start(self) -> None:
         sip = self.settings.sip

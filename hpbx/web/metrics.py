@@ -75,6 +75,16 @@ def collect(ctx, media=None) -> str:
     if sip:
         s = sip()
         e.metric("hpbx_sip_connections", "gauge", "Open SIP TCP/TLS connections.", [({}, s.get("connections", 0))])
+    security = ctx.stats_sources.get("security")
+    if security:
+        b = security()
+        e.metric("hpbx_bans_active", "gauge", "Sources and users banned now.",
+                 [({}, b.get("bans_active", 0))])
+        e.metric("hpbx_guard_dropped_total", "counter",
+                 "SIP packets and connections of banned sources dropped unparsed.",
+                 [({}, b.get("guard_dropped", 0))])
+        e.metric("hpbx_auth_failures_total", "counter", "Failed digest authentications.",
+                 [({}, b.get("auth_failures", 0))])
     web = ctx.stats_sources.get("web")
     if web:
         w = web()

@@ -4,6 +4,7 @@ tenant), the audit log, the login limit, number.simulate over hpbxctl, and /metr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -173,3 +174,18 @@ def test_login_rate_limit(rig):
     with rig.admin() as a:
         web = a.call("stats.get", layer="web")["web"]
     assert web["login_failures"] >= limit and web["login_locked"] >= 1
+
+
+def test_grafana_dashboard_uses_only_metrics_the_server_exports(rig):
+    """config/grafana/hpbx-dashboard.json imports into Grafana (valid dashboard JSON) and every
+    series its panels query is one /metrics really exposes."""
+    dash = json.loads((REPO / "config" / "grafana" / "hpbx-dashboard.json").read_text())
+    assert dash["uid"] and dash["panels"]
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\bhpbx_[a-z_]+", " ".join(exprs)))
+    assert len(used) >= 10
+    text = rig.request("GET", "/metrics")[2].decode()
+    exported = set(re.findall(r"^# TYPE (hpbx_[a-z_]+) ", text, re.M))
+    assert used <= exported, sorted(used - exported)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
