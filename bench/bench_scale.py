@@ -2,8 +2,8 @@
 with N bindings (default 1,000,000: 10,000 tenants of 100 users, one device each) and those
 users provisioned, on the embedded SQLite store and, when redis-server is installed, with the
 bindings in Redis. Target (issue 19): under 5 s to answering. Measured here: the users'
-documents dominate (``User.from_dict`` validates each one again, ~50 µs a user), not the
-bindings (~8 µs each from SQLite). The anchor printed beside it is
+documents dominated (``User.from_dict`` validated each one again, ~50 µs a user; now rebuilt
+without checks, see hpbx/pbx/stored.py). The anchor printed beside it is
 the same server's start-up with an empty store, measured in the same run (what the store costs).
 
     python bench/bench_scale.py                   # HPBX_SCALE_USERS=100000 for a quicker run

@@ -442,6 +442,10 @@ def run(settings: settings_mod.Settings) -> int:
         except ConfigError as exc:
             log.error("reload refused, old settings kept: %s", exc)
 
+    # Start-up builds millions of long-lived objects (users, bindings) and no garbage cycles: a
+    # collection every 700 allocations would walk them again and again (1M users and bindings:
+    # 32 s to answering with the collector on, 13 s without). It is frozen below anyway.
+    gc.disable()
     try:
         loop.run_until_complete(server.start())
     except ConfigError:
@@ -456,6 +460,7 @@ def run(settings: settings_mod.Settings) -> int:
     # transactions break their timer cycles themselves), so young collections can be rarer.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    gc.enable()
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)
     loop.add_signal_handler(signal.SIGINT, server.request_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hup)

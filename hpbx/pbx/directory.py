@@ -163,10 +163,9 @@ class Directory:
                     self._switches.pop(n, None)
 
     def _index_users(self, users: Iterable[User]) -> None:
-        for u in users:
-            self._users[u.username] = u
-            if u.internal_number:
-                self._internal[(u.tenant, u.internal_number)] = u
+        users = list(users)
+        self._users.update((u.username, u) for u in users)
+        self._internal.update(((u.tenant, u.internal_number), u) for u in users if u.internal_number)
 
     def _unindex_users(self, users: Iterable[User]) -> None:
         for u in users:

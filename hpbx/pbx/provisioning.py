@@ -22,6 +22,7 @@ import tomli_w
 from hpbx.errors import NotFoundError, ValidationError
 from hpbx.pbx import cdr_export, router
 from hpbx.pbx.directory import Directory
+from hpbx.pbx.stored import rebuild
 from hpbx.pbx.model import (
     Announcement, Cdr, Group, PublicNumber, SpecialSwitch, Tenant, TenantObjects, Trunk, User,
     check_references, number_keys, references_to, slots_from_list,
@@ -93,8 +94,9 @@ class Provisioning:
             ("group", Group, "groups", "name"), ("number", PublicNumber, "numbers", "number"),
             ("switch", SpecialSwitch, "switches", "name"), ("announcement", Announcement, "announcements", "id"),
         ):
+            build = (lambda d, cls=cls: rebuild(cls, d)) if cls is User else cls.from_dict
             for d in docs[kind]:
-                obj = cls.from_dict(d)
+                obj = build(d)
                 getattr(tenants[obj.tenant], attr)[getattr(obj, key)] = obj
         return list(tenants.values())
 

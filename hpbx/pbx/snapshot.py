@@ -57,6 +57,21 @@ class SharedDict:
             self._len += 1
         shard[key] = value
 
+    def update(self, items: Iterable[tuple[Any, Any]]) -> None:
+        """``self[k] = v`` for every pair, without a method call each (start-up indexes 1M)."""
+        shards, owned = self._shards, self._owned
+        added = 0
+        for key, value in items:
+            i = hash(key) % SHARDS
+            if not owned[i]:
+                shards[i] = dict(shards[i])
+                owned[i] = True
+            shard = shards[i]
+            if key not in shard:
+                added += 1
+            shard[key] = value
+        self._len += added
+
     def __delitem__(self, key: Any) -> None:
         shard = self._writable(key)
         del shard[key]

@@ -105,13 +105,14 @@ class RegistrationStore:
         """Every binding not yet expired; expired rows are deleted."""
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM registrations WHERE expires_at <= ?", (now,))
-        rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM registrations").fetchall()
+        # behind_nat is the last column: read it as the filter, so each row goes into Binding
+        # as it comes (no per-row list to turn SQLite's 0/1 into a bool)
+        cols = ", ".join(COLUMNS[:-1])
+        direct = self.db.execute(f"SELECT {cols} FROM registrations WHERE behind_nat = 0").fetchall()
+        natted = self.db.execute(f"SELECT {cols} FROM registrations WHERE behind_nat != 0").fetchall()
         self.db.execute("COMMIT")
-        out = []
-        for row in rows:
-            values = list(row)
-            values[-1] = bool(values[-1])
-            out.append(Binding(*values, last_seen=now))
+        out = [Binding(*row, False, last_seen=now) for row in direct]
+        out += [Binding(*row, True, last_seen=now) for row in natted]
         return out
 
     def write_batch(self, upserts: list[Binding], deletes: list[tuple[str, str]],
