@@ -848,6 +848,7 @@ class Cdr:
     answer: str = ""
     end: str = ""
     end_reason: str = ""
+    linked_call: str = ""  # Call-IDs of calls joined with this one by attended transfer
     id: int = 0  # assigned by the store
 
     @classmethod
@@ -862,7 +863,8 @@ class Cdr:
                   switch=r.text("switch"), targets_tried=tuple(targets),
                   answered_by=r.text("answered_by"), start=_instant(r, "start"),
                   answer=_instant(r, "answer"), end=_instant(r, "end"),
-                  end_reason=r.text("end_reason"), id=r.integer("id", 0, 0, 2**62))
+                  end_reason=r.text("end_reason"), linked_call=r.text("linked_call", "", max_len=2048),
+                  id=r.integer("id", 0, 0, 2**62))
         r.finish()
         return obj
 

@@ -16,7 +16,7 @@ import re
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError
-from hpbx.pbx import anchor, router
+from hpbx.pbx import anchor, attended, router
 
 log = logging.getLogger("hpbx.pbx.transfer")
 
@@ -29,6 +29,31 @@ def refer_target(value: str | None) -> str | None:
         return None
     m = _URI.match(value)
     return m.group(2) if m else None
+
+
+def foreign_domain(call, refer_to: str) -> str:
+    """Why a Refer-To names a host that is not this PBX's (the tenant's domain or the address
+    the transferor reached hpbx at); "" when it is ours or not a SIP URI (refused later)."""
+    m = _URI.match(refer_to)
+    if not m:
+        return ""
+    host = m.group(3)
+    host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    ours = {"localhost"}
+    tenant = call.service.provisioning.directory.tenant(call.tenant)
+    if tenant is not None and tenant.domain:
+        ours.add(tenant.domain.lower())
+    for dialog in (call.a_dialog, call.winner.dialog if call.winner is not None else None):
+        if dialog is not None and "@" in dialog.local_uri:
+            ours.add(dialog.local_uri.split("@", 1)[1].split(";")[0].rstrip(">").rsplit(":", 1)[0].strip("[]").lower())
+    transports = call.service.transports
+    ours.update(c.local_host.lower() for c in transports.udp)
+    ours.update(h.lower() for _, h, _ in transports.stream_listeners)
+    if transports.settings.sip.advertise:
+        ours.add(transports.settings.sip.advertise.lower())
+    if call.a_msg.request_uri.host:
+        ours.add(call.a_msg.request_uri.host.strip("[]").lower())
+    return "" if host.lower() in ours else f"Refer-To names a foreign domain {host}"
 
 
 class BlindTransfer:
@@ -175,6 +200,18 @@ class BlindTransfer:
 
 def handle_refer(call, side, tx) -> None:
     """A REFER inside the answered call ``call`` from ``side`` ("a" or the winning BLeg)."""
+    refer_to = tx.msg.header("Refer-To") or ""
+    if call.transfer is not None:
+        tx.respond(491, "A transfer is already in progress")
+        return
+    problem = foreign_domain(call, refer_to)
+    if problem:
+        tx.respond(403, problem[:100])
+        return
+    replacing = attended.replaces_of(refer_to)
+    if replacing is not None:
+        attended.handle(call, side, tx, replacing)
+        return
     if side == "a":
         tx.respond(501, "Transfer by the caller not implemented")
         return
