@@ -220,7 +220,6 @@ class AttendedTransfer:
         host.links.append(mover.id)
         mover.links.append(host.id)
         mover.transfer = None
-        host._send_bye(mover_b_dialog, None)
         mover._end(f"attended transfer by {by}")
         old = self.host_b
         # C's count of active calls moves with it unless its call's end just took it off
@@ -238,6 +237,7 @@ class AttendedTransfer:
         host.targets_tried.append(leg.ring.key if leg.ring.kind == "user" else f"external:{leg.ring.value}")
         self.finish("SIP/2.0 200 OK")
         host._send_bye(old.dialog, None)
+        host._send_bye(mover_b_dialog, None)
         self._reoffer_caller(resp.body, self._identity(host, leg))
         svc.dialog_changed(host)
         log.info("[%s] attended transfer by %s: %s joined from call %s", host.id, by, leg.label, mover.id)

@@ -83,7 +83,9 @@ class Device:
 
     def authed(self, method, uri, extra=(), body="", call_id=None) -> str:
         """Send, answer a 407 with digest, and return the final response."""
-        final = lambda m: m.startswith("SIP/2.0") and not re.match(r"SIP/2.0 1\d\d", m)  # noqa: E731
+        # a final response to the request just sent (not a retransmitted 407 of the first one)
+        final = lambda m: (m.startswith("SIP/2.0") and not re.match(r"SIP/2.0 1\d\d", m)  # noqa: E731
+                           and re.search(rf"(?im)^CSeq:\s*{self.cseq}\s", m) is not None)
         self.request(method, uri, extra, body, call_id)
         resp = self.recv(want=final)
         if resp and resp.startswith("SIP/2.0 407"):
