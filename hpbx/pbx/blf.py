@@ -27,6 +27,7 @@ from hpbx.sip.transaction import Target
 log = logging.getLogger("hpbx.pbx.blf")
 
 MAX_EXPIRES, DEFAULT_EXPIRES = 3600, 3600  # the shortest is [sip] min_expires (as for REGISTER)
+ALLOW_EVENTS = "dialog, presence"  # the packages hpbx's notifiers serve (hpbx.pbx.presence)
 MAX_PER_USER = 50  # subscriptions one user may hold (a flood of SUBSCRIBEs stays bounded)
 
 
@@ -44,6 +45,9 @@ class Subscription:
 
 
 class DialogEvents:
+    EVENT = "dialog"
+    CONTENT_TYPE = "application/dialog-info+xml"
+
     def __init__(self, service):
         self.svc = service
         self.by_dialog: dict[tuple[str, str], Subscription] = {}
@@ -58,8 +62,8 @@ class DialogEvents:
             self._refresh(tx)
             return
         event = (msg.header("Event") or "").split(";")[0].strip().lower()
-        if event != "dialog":
-            tx.respond(489, None, [("Allow-Events", "dialog")])
+        if event != self.EVENT:
+            tx.respond(489, None, [("Allow-Events", ALLOW_EVENTS)])
             return
         svc = self.svc
         verdict, user, _ = svc.auth.check("SUBSCRIBE", msg.header("Proxy-Authorization"))
@@ -76,11 +80,9 @@ class DialogEvents:
         if watched is None:
             other = directory.auth_user(wanted)
             watched = other if other is not None and other.tenant == user.tenant else None
-        if watched is None:
-            tx.respond(404, "No such user")
-            return
-        if watched.username not in user.supervise:
-            tx.respond(403, f"Not a supervisor of {wanted}"[:100])
+        refusal = self.refusal(user, watched, wanted)
+        if refusal is not None:
+            tx.respond(*refusal)
             return
         expires = self._expires(msg)
         if expires is None:
@@ -111,7 +113,19 @@ class DialogEvents:
         self.by_watched.setdefault(watched.username, []).append(sub)
         self.stats["subscriptions"] += 1
         self._arm(sub, expires)
+        self.started(sub)
         self._notify(sub)
+
+    def refusal(self, user, watched, wanted: str):
+        """(status, reason) if ``user`` may not watch ``watched`` (None: not found), else None."""
+        if watched is None:
+            return 404, "No such user"
+        if watched.username not in user.supervise:
+            return 403, f"Not a supervisor of {wanted}"[:100]
+        return None
+
+    def started(self, sub: Subscription) -> None:
+        """A subscription was stored (its first NOTIFY follows)."""
 
     def _expires(self, msg):
         value = msg.header("Expires")
@@ -260,8 +274,8 @@ class DialogEvents:
         state = f"terminated;reason={final}" if final else f"active;expires={left}"
         dialog = sub.dialog
         headers = dialog.headers("NOTIFY") + [
-            ("Event", "dialog"), ("Subscription-State", state),
-            ("Content-Type", "application/dialog-info+xml")]
+            ("Event", self.EVENT), ("Subscription-State", state),
+            ("Content-Type", self.CONTENT_TYPE)]
         self.stats["notify_sent"] += 1
 
         def answered(tx, status, resp, sub=sub):
