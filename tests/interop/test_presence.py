@@ -5,6 +5,7 @@ group only (the default group for users with none), hidden users are 404 like un
 unknown packages 489 (FEATURES 14.1, 14.3)."""
 from __future__ import annotations
 
+import re
 import time
 import xml.etree.ElementTree as ET
 
@@ -127,3 +128,34 @@ def test_presence_visibility_groups_hidden_and_unknown_packages(rig):
     finally:
         pia.close()
         dee.close()
+
+
+def test_baresip_watches_presence(rig, tmp_path):
+    """baresip's presence module (contacts with presence=p2p) subscribes to pat and shows what
+    hpbx NOTIFYs: Offline, Online once pat's phone registers, Busy during pat's call."""
+    uri = f"sip:{NAMES['pat']}@{rig.target}"
+    with Baresip(tmp_path / "pia", "pia", "pia-pw", rig.target, sip_port=reserved_port(),
+                 presence_of=(uri,)) as watcher:
+        watcher.wait_event("REGISTER_OK")
+
+        def shows(word, timeout=8.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                data = re.sub(r"\x1b\[[0-9;]*m", "", watcher.command("contacts").get("data", ""))
+                line = [ln for ln in data.splitlines() if NAMES["pat"] in ln]
+                if line and word in line[0]:
+                    return line[0]
+                time.sleep(0.3)
+            raise AssertionError(f"baresip never showed {word}: {data!r}\n{watcher.output()[-2000:]}")
+        shows("Offline")
+        with Baresip(tmp_path / "pat", "pat", "pat-pw", rig.target, sip_port=reserved_port()) as pat:
+            pat.wait_event("REGISTER_OK")
+            shows("Online")
+            with Baresip(tmp_path / "dee", "dee", "dee-pw", rig.target, sip_port=reserved_port()) as dee:
+                dee.wait_event("REGISTER_OK")
+                dee.command("dial", uri)
+                pat.wait_event("CALL_ESTABLISHED")
+                shows("Busy")
+                dee.command("hangup")
+                pat.wait_event("CALL_CLOSED")
+            shows("Online")
