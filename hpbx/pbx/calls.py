@@ -215,6 +215,8 @@ class CallService:
         found = self.legs.get(msg.call_id)
         if found is not None and found[1] == "a":
             found[0].guarded(found[0].on_ack, msg)
+        elif found is not None:
+            pickup.acked(msg.call_id)  # a picking or call-moving device's ACK
 
     # ------------------------------------------------------------------ registry
     def dialog_changed(self, call: Call) -> None:
