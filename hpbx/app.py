@@ -251,6 +251,9 @@ class Server:
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
         self.calls.install(self.dispatcher)
+        if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart
+            for notifier in (self.calls.blf, self.calls.presence):
+                notifier.persist_to(self.settings.store.path)
         self.calls.security = self.security
         self.toll = TollPolicy(self.settings, self.ban_store)
         self.calls.toll = self.toll

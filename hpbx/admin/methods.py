@@ -367,6 +367,7 @@ _add_crud(
      Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
      Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
      Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
+     Param("presence_groups", "array", help="presence groups: presence is seen inside a shared group"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
                 "each an internal or external number, \"\" = off")),

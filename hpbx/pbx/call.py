@@ -99,6 +99,7 @@ class Call:
         self.targets_tried: list[str] = []
         self.failures: dict[str, int] = {}  # user target key -> final status (forwarding rules)
         self.transfer = None  # a blind transfer under way (hpbx.pbx.transfer)
+        self.links: list[str] = []  # calls joined with this one by attended transfer (hpbx.pbx.attended)
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
@@ -772,4 +773,4 @@ class Call:
                 "called": plan.dialled, "slot": plan.slot, "switch": plan.switch,
                 "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
                 "start": self.start_iso, "answer": self.answer_iso, "end": self.end_iso,
-                "end_reason": self.end_reason}
+                "end_reason": self.end_reason, "linked_call": ",".join(self.links)}
