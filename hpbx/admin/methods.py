@@ -511,6 +511,7 @@ _add("tenant.import", tenant_import,
      Param("replace", "bool", help="replace an existing tenant of that name (in the same change)"))
 
 from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
+from hpbx.admin import mail_methods  # noqa: E402,F401  (mail.*: the outgoing mail spool)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 
