@@ -250,6 +250,8 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
+        from hpbx.pbx import media_channel
+        media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         self.calls.security = self.security
         self.toll = TollPolicy(self.settings, self.ban_store)
