@@ -225,11 +225,7 @@ class AttendedTransfer:
         # C's count of active calls moves with it unless its call's end just took it off
         for user, delta in ((old.user, -1), (leg.user, +1 if self.mover_far == "a" else 0)):
             if user and delta:
-                left = svc.active.get(user, 0) + delta
-                if left > 0:
-                    svc.active[user] = left
-                else:
-                    svc.active.pop(user, None)
+                svc.count_active(user, delta)
         host.legs[leg.id] = leg
         host.winner = leg
         svc.legs[leg.call_id] = (host, leg)
@@ -238,37 +234,44 @@ class AttendedTransfer:
         self.finish("SIP/2.0 200 OK")
         host._send_bye(old.dialog, None)
         host._send_bye(mover_b_dialog, None)
-        self._reoffer_caller(resp.body, self._identity(host, leg))
+        reoffer_caller(host, resp.body, self._identity(host, leg), relatch=True)
         svc.dialog_changed(host)
         log.info("[%s] attended transfer by %s: %s joined from call %s", host.id, by, leg.label, mover.id)
 
-    def _reoffer_caller(self, c_sdp: bytes, identity: str) -> None:
-        host = self.host
-        dialog = host.a_dialog
-        ms = host.media
-        if dialog is None or ms is None or not c_sdp:
-            return
-        try:
-            body = anchor.rewrite(c_sdp, ms.address_for(host.a_target.host), ms.port_a)
-        except HpbxError:
-            return
-        svc = host.service
-        cseq = dialog.next_cseq()
-        headers = dialog.headers("INVITE", cseq) + [("P-Asserted-Identity", identity),
-                                                   ("Content-Type", "application/sdp")]
 
-        def answered(tx, status, resp):
-            if 200 <= status < 300 and resp is not None:
-                dialog.send_ack(svc.transports, cseq)
-                if resp.body:
-                    try:
-                        peer = anchor.peer(resp.body)
-                        svc.media.offer(host.id, peer.host, peer.port, rtcp_port=peer.rtcp_port,
-                                        rtcp_mux=peer.rtcp_mux)
-                        svc.media.relatch(host.id, "a")
-                    except HpbxError as exc:
-                        log.info("[%s] caller's answer after transfer not usable: %s", host.id, exc)
+def reoffer_caller(call, sdp: bytes, identity: str = "", relatch: bool = False) -> None:
+    """A re-INVITE to ``call``'s caller with the SDP of the party it now talks to, rewritten to
+    the relay's address and port (unchanged), so it learns that party's codec; ``identity``
+    goes out as P-Asserted-Identity. The caller's answer becomes the relay's peer of leg "a"
+    (``relatch``: latch again onto where its packets come from). Blind and attended transfer."""
+    dialog = call.a_dialog
+    ms = call.media
+    if dialog is None or ms is None or not sdp:
+        return
+    try:
+        body = anchor.rewrite(sdp, ms.address_for(call.a_target.host), ms.port_a)
+    except HpbxError:
+        return
+    svc = call.service
+    cseq = dialog.next_cseq()
+    headers = dialog.headers("INVITE", cseq)
+    if identity:
+        headers.append(("P-Asserted-Identity", identity))
+    headers.append(("Content-Type", "application/sdp"))
 
-        svc.transactions.send_request("INVITE", dialog.remote_target, headers, dialog.target,
-                                      lambda tx, status, resp: host.guarded(answered, tx, status, resp),
-                                      body)
+    def answered(tx, status, resp):
+        if 200 <= status < 300 and resp is not None:
+            dialog.send_ack(svc.transports, cseq)
+            if resp.body:
+                try:
+                    peer = anchor.peer(resp.body)
+                    svc.media.offer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port,
+                                    rtcp_mux=peer.rtcp_mux)
+                    if relatch:
+                        svc.media.relatch(call.id, "a")
+                except HpbxError as exc:
+                    log.info("[%s] caller's answer after transfer not usable: %s", call.id, exc)
+
+    svc.transactions.send_request("INVITE", dialog.remote_target, headers, dialog.target,
+                                  lambda tx, status, resp: call.guarded(answered, tx, status, resp),
+                                  body)

@@ -499,7 +499,7 @@ class Call:
         data = self.a_tx.respond(200, None, headers, body)
         self.a_dialog = Dialog.uas(self.a_msg, self.a_tx.to_tag, self.a_target, self.a_contact)
         for user in self._users_in_call():
-            svc.active[user] = svc.active.get(user, 0) + 1
+            svc.count_active(user, +1)
         svc.legs[self.id] = (self, "a")
         svc.legs[leg.call_id] = (self, leg)
         if svc.owners is not None:
@@ -727,11 +727,7 @@ class Call:
             self.a_ok_timer = None
         if was_answered:
             for user in self._users_in_call():
-                left = svc.active.get(user, 0) - 1
-                if left > 0:
-                    svc.active[user] = left
-                else:
-                    svc.active.pop(user, None)
+                svc.count_active(user, -1)
         for leg in self.legs.values():
             if leg.live and not leg.answered and leg.cancel_reason is None:
                 self._cancel_leg(leg, "")

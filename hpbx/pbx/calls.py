@@ -65,6 +65,14 @@ class CallService:
         self.blf = blf.DialogEvents(self)
         self.presence = presence.Presence(self)
 
+    def count_active(self, user: str, delta: int) -> None:
+        """Add ``delta`` to the answered calls ``user`` is in (busy handling, presence)."""
+        left = self.active.get(user, 0) + delta
+        if left > 0:
+            self.active[user] = left
+        else:
+            self.active.pop(user, None)
+
     def configure(self, settings) -> None:
         self.max_devices = settings.sip.max_devices
         self.user_agent = settings.sip.user_agent

@@ -420,8 +420,7 @@ class MediaChannel:
         self.a_dialog = Dialog.uas(self.a_msg, self.a_tx.to_tag, self.a_target, self.a_contact)
         svc.legs[self.id] = (self, "a")
         if self.caller_user is not None:
-            u = self.caller_user.username
-            svc.active[u] = svc.active.get(u, 0) + 1
+            svc.count_active(self.caller_user.username, 1)
         svc.dialog_changed(self)
         self._acked = svc.loop.create_future()
         if data is not None and not self.a_tx.channel.reliable:
@@ -703,12 +702,7 @@ class MediaChannel:
                 t.cancel()
         self._ok_timer = self._se_timer = None
         if was_answered and self.caller_user is not None:
-            u = self.caller_user.username
-            left = svc.active.get(u, 0) - 1
-            if left > 0:
-                svc.active[u] = left
-            else:
-                svc.active.pop(u, None)
+            svc.count_active(self.caller_user.username, -1)
         svc.legs.pop(self.id, None)
         if self.media is not None:
             svc.media.delete(self.id)

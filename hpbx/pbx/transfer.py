@@ -170,51 +170,16 @@ class BlindTransfer:
         svc = call.service
         for user, delta in ((old.user, -1), (leg.user, +1)):
             if user:
-                left = svc.active.get(user, 0) + delta
-                if left > 0:
-                    svc.active[user] = left
-                else:
-                    svc.active.pop(user, None)
+                svc.count_active(user, delta)
         call.winner = leg
         self.finish("SIP/2.0 200 OK")
         call._send_bye(old.dialog, None)
-        self._reoffer_caller(msg.body)
+        # the target answered the caller's original offer and may have picked another codec
+        attended.reoffer_caller(call, msg.body)
         svc.legs.pop(old.call_id, None)
         call.targets_tried.append(leg.ring.key)
         svc.dialog_changed(call)
         log.info("[%s] transferred by %s to %s", call.id, old.label, leg.label)
-
-    def _reoffer_caller(self, target_sdp: bytes) -> None:
-        """A re-INVITE to the caller with the target's SDP (relay address and port unchanged):
-        the target answered the caller's original offer and may have picked another codec
-        than the transferor did."""
-        call = self.call
-        dialog = call.a_dialog
-        if dialog is None or call.media is None or not target_sdp:
-            return
-        ms = call.media
-        try:
-            body = anchor.rewrite(target_sdp, ms.address_for(call.a_target.host), ms.port_a)
-        except HpbxError:
-            return
-        cseq = dialog.next_cseq()
-        headers = dialog.headers("INVITE", cseq) + [("Content-Type", "application/sdp")]
-        svc = call.service
-
-        def answered(tx, status, resp):
-            if 200 <= status < 300 and resp is not None:
-                dialog.send_ack(svc.transports, cseq)
-                if resp.body:
-                    try:
-                        peer = anchor.peer(resp.body)
-                        svc.media.offer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port,
-                                        rtcp_mux=peer.rtcp_mux)
-                    except HpbxError as exc:
-                        log.info("[%s] caller's answer after transfer not usable: %s", call.id, exc)
-
-        svc.transactions.send_request("INVITE", dialog.remote_target, headers, dialog.target,
-                                      lambda tx, status, resp: call.guarded(answered, tx, status, resp),
-                                      body)
 
 
 def handle_refer(call, side, tx) -> None:

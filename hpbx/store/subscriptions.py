@@ -2,10 +2,11 @@
 in the SQLite file of the store, written in batches (at most one write a second, and at stop)."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import orjson
+
+from hpbx.store.sqlite import connect as sqlite_connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -17,13 +18,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 class SubscriptionStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+        self.db = sqlite_connect(self.path, SCHEMA)
 
     def load(self, now: float) -> list[dict]:
         """The subscriptions still running at ``now`` (wall clock); the expired are deleted."""
