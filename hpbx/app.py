@@ -251,7 +251,9 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
-        from hpbx.pbx import media_channel
+        from hpbx.pbx import conference, media_channel
+        self.conferences = conference.install(self.calls, self.settings)  # usage "conference"
+        self._stop_order.append(self.conferences.close)
         media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart
@@ -307,6 +309,9 @@ class Server:
         ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
         ctx.mail = self.mail
         ctx.stats_sources["mail"] = self.mail.counts
+        ctx.conferences = self.conferences
+        self.conferences.mail = self.mail  # invitations to scheduled conferences
+        ctx.stats_sources["conference"] = lambda: {**self.conferences.stats, "rooms": len(self.conferences.rooms)}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()
@@ -387,6 +392,7 @@ class Server:
         self.security.configure(new)
         self.toll.configure(new)
         self.calls.configure(new)
+        self.conferences.configure(new)
         self.mail.configure(new.smtp)
         if self.admin is not None:
             self.admin.configure(new)

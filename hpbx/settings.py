@@ -160,6 +160,16 @@ def parse_http_listener(text: str) -> HttpListener:
 
 
 @dataclass(frozen=True, slots=True)
+class ConferenceSettings:
+    """Conference rooms (hpbx/pbx/conference.py)."""
+
+    max_participants: int = 50  # per room, unless the number sets its own
+    max_rooms: int = 20  # open rooms per tenant
+    pin_attempts: int = 3  # wrong PINs before the call is released
+    pin_timeout: int = 6  # seconds to type a PIN (and between its digits)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: str = ""
     sip: SipSettings = field(default_factory=SipSettings)
@@ -172,6 +182,7 @@ class Settings:
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
     http: HttpSettings = field(default_factory=HttpSettings)
     hep: HepSettings = field(default_factory=HepSettings)
+    conference: ConferenceSettings = field(default_factory=ConferenceSettings)
 
 
 class _Reader:
@@ -275,7 +286,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep"}
+             "hep", "conference"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -395,10 +406,16 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     security = security_config.from_dict(_Reader, path, data.get("security"))
     http = _http_settings(path, data.get("http"))
     hep = _hep_settings(path, data.get("hep"))
+    r = _Reader(path, "conference", data.get("conference"))
+    conference = ConferenceSettings(max_participants=r.int_in("max_participants", 50, 2, 10000),
+                                    max_rooms=r.int_in("max_rooms", 20, 1, 100000),
+                                    pin_attempts=r.int_in("pin_attempts", 3, 1, 10),
+                                    pin_timeout=r.int_in("pin_timeout", 6, 2, 60))
+    r.finish()
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep)
+                    hep=hep, conference=conference)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

@@ -327,6 +327,7 @@ class UserFlags:
     # others get MD5 alone, since phones such as baresip 1.0 give up on a 401 with two challenges
     sha256_digest: bool = False
     dnd: bool = False  # do not disturb: calls to the user fail with 486 (star codes *78/*79)
+    personal_conference_room: bool = False  # FEATURES 4.8.5 / 10.2: a room on the personal dial-in
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "UserFlags":
@@ -426,6 +427,7 @@ class User:
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
     presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
+    conference_pin: str = ""  # digits: picks the user's personal room on the dial-in number (10.2)
 
     @property
     def id(self) -> str:
@@ -458,6 +460,7 @@ class User:
             pickup=_usernames(r, "pickup"),
             supervise=_usernames(r, "supervise"),
             presence_groups=_usernames(r, "presence_groups"),
+            conference_pin=_pin(r, "conference_pin"),
         )
         r.finish()
         return obj
@@ -469,7 +472,8 @@ class User:
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
-             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups)}
+             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
+             "conference_pin": self.conference_pin}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -490,7 +494,17 @@ class User:
 
 
 _USER_DEFAULTS = {"internal_number": "", "displayed_number": "", "displayed_number_diversion": "displayed",
-                  "cti_password": "", "max_calls": 0}
+                  "cti_password": "", "max_calls": 0, "conference_pin": ""}
+
+_PIN_RE = re.compile(r"[0-9]{1,16}")
+
+
+def _pin(r: "_Reader", key: str) -> str:
+    """A PIN typed on a keypad: 1-16 digits, or "" for none."""
+    pin = r.text(key, "", max_len=16)
+    if pin and not _PIN_RE.fullmatch(pin):
+        raise r.fail(key, "must be 1-16 digits")
+    return pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,6 +752,9 @@ class PublicNumber:
     name: str = ""
     alert_info: str = ""  # Alert-Info header value sent to the rung devices
     slots: tuple[DialPlan, ...] = (EMPTY_PLAN,) * SLOT_COUNT
+    pin: str = ""  # conference room: the PIN callers enter (FEATURES 10.1); "" = none
+    personal_rooms: bool = False  # conference: the dial-in of every user's personal room (10.2)
+    max_participants: int = 0  # conference: per room; 0 = the [conference] default
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "PublicNumber":
@@ -748,16 +765,25 @@ class PublicNumber:
         obj = cls(tenant=tenant, number=number, usage=r.choice("usage", USAGES, "telephone"),
                   name=r.text("name", "", max_len=64),
                   alert_info=r.text("alert_info", "", max_len=512),
-                  slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")))
+                  slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")),
+                  pin=_pin(r, "pin"), personal_rooms=r.flag("personal_rooms"),
+                  max_participants=r.integer("max_participants", 0, 0, 10000))
         r.finish()
+        if obj.personal_rooms and obj.pin:
+            raise r.fail("pin", "a dial-in for personal rooms has no PIN of its own: the users' PINs pick the room")
+        if obj.usage != "conference" and (obj.personal_rooms or obj.max_participants):
+            raise r.fail("usage", "personal_rooms and max_participants belong to a conference number")
         return obj
 
     def to_dict(self, compact: bool = False, with_tenant: bool = True) -> dict:
         d = {"tenant": self.tenant, "number": self.number, "usage": self.usage, "name": self.name,
-             "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact)}
+             "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact),
+             "pin": self.pin, "personal_rooms": self.personal_rooms,
+             "max_participants": self.max_participants}
         if not with_tenant:
             del d["tenant"]
-        return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": []}) if compact else d
+        return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": [], "pin": "",
+                            "personal_rooms": False, "max_participants": 0}) if compact else d
 
 
 @dataclass(frozen=True, slots=True)
