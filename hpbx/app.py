@@ -281,6 +281,9 @@ class Server:
         self.mail.open()
         await self.mail.start()
         self._stop_order.append(self.mail.stop)
+        from hpbx.pbx import voicemail  # Voice2Mail, user mailboxes, MWI (issue 11)
+        self.voicemail = voicemail.install(self.calls, self.mail, self.dispatcher, self.settings)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.mwi.close)
 
     async def _start_admin(self) -> None:
         try:
@@ -307,6 +310,8 @@ class Server:
         ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
         ctx.mail = self.mail
         ctx.stats_sources["mail"] = self.mail.counts
+        ctx.voicemail = self.voicemail
+        ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()

@@ -181,7 +181,7 @@ class CallService:
             self.stats["calls_rejected"] += 1
             tx.respond(480, f"number usage {plan.kind} not available")
             return
-        if not plan.rows:
+        if not plan.rows and not plan.voice2mail:  # a Voice2Mail slot answers without rows
             self.stats["calls_rejected"] += 1
             tx.respond(480, "no target in the dial plan")
             self._write_cdr({"tenant": plan.tenant, "call_id": msg.call_id, "caller": caller,

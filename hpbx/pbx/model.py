@@ -410,6 +410,40 @@ class UserForwarding:
         return {k: v for k, v in d.items() if v != default[k]}
 
 
+_PIN_RE = re.compile(r"[0-9]{4,12}")
+
+
+@dataclass(frozen=True, slots=True)
+class UserMailbox:
+    """The user's mailbox tab (FEATURES 8.2; hpbx.pbx.voicemail): messages left when an
+    internal call is not answered within ``timeout`` s (or the user is busy or unreachable)."""
+
+    enabled: bool = False
+    email: str = ""  # messages are mailed here ("" = the user's details.email, else not mailed)
+    greeting: int = 0  # announcement id; 0 = the default prompt with the user's name or number
+    timeout: int = 20  # seconds an internal call rings before the mailbox answers
+    pin: str = ""  # 4-12 digits for access from another phone ("" = only from the user's own)
+    keep: bool = True  # keep messages on the server (False: only mail them)
+    mwi_unsolicited: bool = False  # NOTIFY message-summary to registered phones without SUBSCRIBE
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "UserMailbox":
+        r = _Reader(data, path)
+        obj = cls(enabled=r.flag("enabled"), email=_email(r, "email"),
+                  greeting=r.integer("greeting", 0, 0, 999_999), timeout=r.integer("timeout", 20, 1, 600),
+                  pin=r.text("pin", "", _PIN_RE, "PIN (4-12 digits)"), keep=r.flag("keep", True),
+                  mwi_unsolicited=r.flag("mwi_unsolicited"))
+        r.finish()
+        return obj
+
+    def to_dict(self, compact: bool = False) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if compact:
+            default = UserMailbox().to_dict()
+            d = {k: v for k, v in d.items() if v != default[k]}
+        return d
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     tenant: str
@@ -426,6 +460,7 @@ class User:
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
     presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
+    mailbox: UserMailbox = field(default_factory=UserMailbox)  # FEATURES 8.2
 
     @property
     def id(self) -> str:
@@ -458,6 +493,7 @@ class User:
             pickup=_usernames(r, "pickup"),
             supervise=_usernames(r, "supervise"),
             presence_groups=_usernames(r, "presence_groups"),
+            mailbox=UserMailbox.from_dict(r.get("mailbox", Mapping, {}), r.name("mailbox")),
         )
         r.finish()
         return obj
@@ -469,7 +505,8 @@ class User:
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
-             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups)}
+             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
+             "mailbox": self.mailbox.to_dict(compact)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -483,7 +520,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise", "presence_groups"):
+            for key in ("pickup", "supervise", "presence_groups", "mailbox"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
