@@ -27,6 +27,8 @@ TENANT = ('[tenant]\nname = "mbx"\n' + trunk("carrier", CARRIER)
           + user("anna", internal="21")
           + '[users.mailbox]\nenabled = true\ntimeout = 2\npin = "4321"\nemail = "anna@example.com"\n'
           + user("bob", internal="22") + user("carl", internal="23")
+          + user("dora", internal="24", flags=("dnd",))
+          + '[users.mailbox]\nenabled = true\nmwi_unsolicited = true\nkeep = true\n'
           + number("044555400", (2, ["user:anna"])))
 
 
@@ -174,3 +176,39 @@ def test_mailbox_login_with_a_wrong_pin_is_refused(rig):
         carl.close()
     cdr = [c for c in rig.cdrs(count=1) if c.get("called") == "*9821"][-1]
     assert cdr["service_result"] == "wrong mailbox or PIN", cdr
+
+
+def test_busy_user_mailbox_and_unsolicited_mwi_to_her_registered_phone(rig, sink):
+    """dora has DND (busy at once) and unsolicited MWI: bob's call goes straight to her mailbox
+    (no e-mail address: kept only), and her registered phone gets a NOTIFY without SUBSCRIBE."""
+    before = len(sink.messages())
+    phone = rig.phone("dora", str(SCEN / "uas_mwi_unsolicited.xml"), timeout=30)
+    bob = Caller(ssrc=0x626F62)
+    try:
+        call = rig.sipp(str(SCEN / "uac_auth_rtp.xml"), service="24", timeout=30,
+                        extra=["-au", "bob", "-ap", "bob-pw", "-key", "rtp_port", str(bob.port)], name="bob24")
+        port = wait_answered(rig, "24")["media"]["a"]["port"]
+        assert len(bob.peer.recv(n=8, timeout=5)) == 8, "no beep"
+        time.sleep(0.3)
+        bob.tones(port, [550.0] * 3)
+        bob.digit(port, "#")
+        left_at = time.monotonic()
+        assert call.finish().successful == 1, rig.server.log()
+    finally:
+        bob.close()
+    res = phone.finish()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert time.monotonic() - left_at < 5
+    [m] = rig.admin("mailbox.list", user="dora")
+    assert m["state"] == "new" and m["caller"] == "22"
+    got = rig.admin("mailbox.get", user="dora", id=m["id"])
+    import base64
+    import io
+    import wave
+    with wave.open(io.BytesIO(base64.b64decode(got["wav_base64"]))) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    assert abs(dominant_freq(pcm) - 550) < 20
+    time.sleep(1.0)
+    assert len(sink.messages()) == before, "no address: nothing mailed"
+    assert rig.admin("stats.get", layer="voicemail")["voicemail"]["unsolicited_sent"] >= 1
+    rig.assert_idle()
