@@ -311,7 +311,8 @@ class Server:
         ctx.mail = self.mail
         ctx.stats_sources["mail"] = self.mail.counts
         ctx.voicemail = self.voicemail
-        ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats}
+        ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats,
+                                                  **self.voicemail.missed.stats}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()

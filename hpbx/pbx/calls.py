@@ -62,6 +62,7 @@ class CallService:
         self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
+        self.ended_hooks: list = []  # each called with every ended call (hpbx.pbx.missed)
         self.blf = blf.DialogEvents(self)
         self.presence = presence.Presence(self)
 
@@ -248,6 +249,11 @@ class CallService:
         else:
             self.stats["calls_failed"] += 1
         self._write_cdr(call.cdr())
+        for hook in self.ended_hooks:
+            try:
+                hook(call)
+            except Exception:
+                log.exception("[%s] call-ended hook failed", call.id)
 
     def hangup_trunk_calls(self, tenant: str) -> int:
         """Hang up every call of ``tenant`` that rings or talks through the trunk (a toll-fraud

@@ -601,4 +601,6 @@ def install(svc, mail, dispatcher, settings) -> Voicemail:
     media_channel.register_star_code(OWN_CODE, vm.own_mailbox, name="mailbox")
     media_channel.register_star_code(OTHER_CODE, vm.other_mailbox, name="mailbox-login")
     vm.mwi = mwi.install(svc, vm, dispatcher, settings)
+    from hpbx.pbx import missed
+    vm.missed = missed.install(svc, mail)
     return vm
