@@ -312,7 +312,8 @@ class Server:
         ctx.stats_sources["mail"] = self.mail.counts
         ctx.voicemail = self.voicemail
         ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats,
-                                                  **self.voicemail.missed.stats}
+                                                  **self.voicemail.missed.stats,
+                                                  **self.voicemail.recorder.stats}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()

@@ -603,4 +603,6 @@ def install(svc, mail, dispatcher, settings) -> Voicemail:
     vm.mwi = mwi.install(svc, vm, dispatcher, settings)
     from hpbx.pbx import missed
     vm.missed = missed.install(svc, mail)
+    from hpbx.pbx import recording
+    vm.recorder = recording.install(svc, mail, settings)
     return vm
