@@ -103,6 +103,10 @@ def test_recording_holds_both_parties_and_they_keep_hearing_each_other(rig, sink
         assert power(pcm, 500) > 50 * power(pcm, 1300), "callee hears the caller during recording"
         time.sleep(1.0)
         assert rig.admin("call.record", call_id=call["call_id"], user="rita", action="stop")["recording"] is False
+        b.peer.drain()
+        heard = [p for p in b.peer.recv(timeout=0.8) if p.pt == 8]
+        pcm = np.concatenate([decode("PCMA", p.payload) for p in heard[-20:]])
+        assert power(pcm, 500) > 50 * power(pcm, 1300), "relayed again after the recording"
     finally:
         _end(parts)
     deadline = time.monotonic() + 10
