@@ -62,7 +62,8 @@ class CallService:
         self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
-        self.ended_hooks: list = []  # each called with every ended call (hpbx.pbx.missed)
+        self.ended_hooks: list = []  # each called with every ended call (hpbx.pbx.missed, push)
+        self.started_hooks: list = []  # each called with every call that starts ringing (push)
         self.blf = blf.DialogEvents(self)
         self.presence = presence.Presence(self)
 
@@ -195,6 +196,11 @@ class CallService:
         if self.owners is not None:
             self.owners.started(call)
         call.guarded(call.start)
+        for hook in self.started_hooks:
+            try:
+                hook(call)
+            except Exception:
+                log.exception("[%s] call-started hook failed", call.id)
 
     def _star_code(self, tx, user, code) -> None:
         """Apply a star code to the caller's own settings; the final response says the result

@@ -1,6 +1,6 @@
-"""Missed-call e-mail (FEATURES 4.8.13): a user with ``missed_call_mail`` whose phones rang for a
-call that ended unanswered (the caller hung up, the rows ran out, every device refused) gets one
-e-mail per call at ``details.email`` (else the mailbox address): caller number and name, the
+"""Missed-call e-mail (FEATURES 4.8.13): a user with ``missed_call_mail`` who was offered a call
+(a row reached them: rung, busy, or no device online) that ended unanswered (the caller hung
+up, the rows ran out, every device refused) gets one e-mail per call at ``details.email`` (else the mailbox address): caller number and name, the
 number dialled (and its slot), the time in the tenant's zone. A call answered by anyone
 (parallel ringing, pickup) is not missed for anybody; a call a mailbox or Voice2Mail took over
 is not either: its voice-message mail says more. Mail goes through the spool (never lost)."""
@@ -15,6 +15,12 @@ from hpbx.errors import HpbxError
 log = logging.getLogger("hpbx.pbx.missed")
 
 
+def offered(call) -> list[str]:
+    """Usernames the call was offered to: every user target its rows reached (rung, busy, or
+    with no device online), in order."""
+    return [key.split(":", 1)[1] for key in getattr(call, "targets_tried", ()) if key.startswith("user:")]
+
+
 class MissedCalls:
     def __init__(self, svc, mail):
         self.svc = svc
@@ -24,10 +30,7 @@ class MissedCalls:
     def call_ended(self, call) -> None:
         if call.answer_iso or not hasattr(call, "targets_tried") or getattr(call, "handed_to", None):
             return
-        legs = getattr(call, "legs", None)
-        if not isinstance(legs, dict):
-            return
-        rung = list(dict.fromkeys(leg.user for leg in legs.values() if getattr(leg, "user", "")))
+        rung = offered(call)
         if not rung:
             return
         directory = self.svc.provisioning.directory

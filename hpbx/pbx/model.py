@@ -50,6 +50,7 @@ _EXTERNAL_RE = re.compile(r"\+?[0-9*#]{2,32}")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _TIME_RE = re.compile(r"([0-9]{2}):([0-9]{2})")
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 
 # ---------------------------------------------------------------- field reading
@@ -247,6 +248,9 @@ class Tenant:
     # From anonymous with P-Asserted-Identity (the default number) and Privacy: id (RFC 3325)
     default_number: str = ""  # one of the tenant's public numbers; "" = none
     caller_id_fallback: str = "default_number"
+    # push notifications (hpbx.pbx.push): JSON POSTs signed with HMAC-SHA256 of the body
+    push_url: str = ""  # "" = none
+    push_secret: str = ""
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -264,18 +268,21 @@ class Tenant:
         obj = cls(name=name, domain=r.text("domain", "", _HOST_RE, "domain"), timezone=tz,
                   trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"), default_number=default_number,
                   caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
-                                              "default_number"))
+                                              "default_number"),
+                  push_url=r.text("push_url", "", _URL_RE, "http(s) URL", max_len=1024),
+                  push_secret=r.text("push_secret", "", max_len=256))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
         d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
-             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback}
+             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
+             "push_url": self.push_url, "push_secret": self.push_secret}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
 _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
-                    "caller_id_fallback": "default_number"}
+                    "caller_id_fallback": "default_number", "push_url": "", "push_secret": ""}
 
 
 @dataclass(frozen=True, slots=True)

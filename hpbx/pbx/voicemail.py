@@ -605,4 +605,6 @@ def install(svc, mail, dispatcher, settings) -> Voicemail:
     vm.missed = missed.install(svc, mail)
     from hpbx.pbx import recording
     vm.recorder = recording.install(svc, mail, settings)
+    from hpbx.pbx import push
+    vm.push = push.install(svc)
     return vm
