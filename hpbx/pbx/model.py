@@ -39,6 +39,7 @@ TRANSPORTS = ("udp", "tcp", "tls")
 DIVERSION_POLICIES = ("displayed", "original_caller", "dialled")
 CALLER_ID_FALLBACKS = ("default_number", "withheld")
 ANNOUNCEMENT_KINDS = ("announcement", "music")
+VOICEMAIL_FORMATS = ("wav", "mp3")
 MAX_LINK_HOPS = 5
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -251,6 +252,7 @@ class Tenant:
     # push notifications (hpbx.pbx.push): JSON POSTs signed with HMAC-SHA256 of the body
     push_url: str = ""  # "" = none
     push_secret: str = ""
+    voicemail_format: str = "wav"  # attachment of voice messages: "wav" or "mp3" (hpbx.pbx.voicemail)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -270,19 +272,22 @@ class Tenant:
                   caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
                                               "default_number"),
                   push_url=r.text("push_url", "", _URL_RE, "http(s) URL", max_len=1024),
-                  push_secret=r.text("push_secret", "", max_len=256))
+                  push_secret=r.text("push_secret", "", max_len=256),
+                  voicemail_format=r.choice("voicemail_format", VOICEMAIL_FORMATS, "wav"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
         d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
              "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
-             "push_url": self.push_url, "push_secret": self.push_secret}
+             "push_url": self.push_url, "push_secret": self.push_secret,
+             "voicemail_format": self.voicemail_format}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
 _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
-                    "caller_id_fallback": "default_number", "push_url": "", "push_secret": ""}
+                    "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
+                    "voicemail_format": "wav"}
 
 
 @dataclass(frozen=True, slots=True)

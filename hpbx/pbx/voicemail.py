@@ -106,6 +106,21 @@ def repair_wav(path: Path) -> None:
     write_wav(path, np.frombuffer(data, dtype="<i2"))
 
 
+def to_mp3(wav: bytes) -> bytes:
+    """8 kHz mono WAV -> MP3 (LAME through lameenc, 32 kbit/s: 240 kB a minute)."""
+    import io
+
+    import lameenc
+    with wave.open(io.BytesIO(wav), "rb") as w:
+        pcm = w.readframes(w.getnframes())
+    enc = lameenc.Encoder()
+    enc.set_bit_rate(32)
+    enc.set_in_sample_rate(8000)
+    enc.set_channels(1)
+    enc.set_quality(2)
+    return bytes(enc.encode(pcm) + enc.flush())
+
+
 def number_prompts(n: int) -> list[str]:
     """Asterisk digit prompts for 0..99, digit by digit above."""
     if n < 0:
@@ -404,10 +419,14 @@ class Voicemail:
             *where,
             f"Received: {local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({zone})",
             f"Duration: {secs // 60}:{secs % 60:02d} ({ms} ms)", ""])
-        name = f"voicemail-{local:%Y%m%d-%H%M%S}-{''.join(c for c in rec.caller if c.isalnum())[:20]}.wav"
-        return self.mail.submit(to=[rec.to], subject=subject, body=body,
-                                attachments=[Attachment(name, "audio/wav", data)], tenant=rec.tenant,
-                                kind=rec.kind, timezone_name=str(zone))
+        name = f"voicemail-{local:%Y%m%d-%H%M%S}-{''.join(c for c in rec.caller if c.isalnum())[:20]}"
+        tenant = self.svc.provisioning.directory.tenant(rec.tenant)
+        if getattr(tenant, "voicemail_format", "wav") == "mp3":
+            att = Attachment(name + ".mp3", "audio/mpeg", to_mp3(data))
+        else:
+            att = Attachment(name + ".wav", "audio/wav", data)
+        return self.mail.submit(to=[rec.to], subject=subject, body=body, attachments=[att],
+                                tenant=rec.tenant, kind=rec.kind, timezone_name=str(zone))
 
     def recover(self) -> int:
         """Messages a crash left in pending/: finished now (their WAV header repaired)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import shutil
+import subprocess
 import types
 
 import numpy as np
@@ -65,8 +67,8 @@ def test_message_store(tmp_path):
         store.mark("anna", "m1", "urgent")
 
 
-def _vm(tmp_path):
-    tenant = types.SimpleNamespace(timezone="Europe/Zurich")
+def _vm(tmp_path, fmt="wav"):
+    tenant = types.SimpleNamespace(timezone="Europe/Zurich", voicemail_format=fmt)
     directory = types.SimpleNamespace(tenant=lambda name: tenant)
     svc = types.SimpleNamespace(provisioning=types.SimpleNamespace(directory=directory))
     spool = MailSpool(SmtpSettings(sender="pbx@example.com"), tmp_path / "spool")
@@ -119,3 +121,20 @@ def test_number_prompts():
     assert number_prompts(0) == ["digits/0"] and number_prompts(20) == ["digits/20"]
     assert number_prompts(42) == ["digits/40", "digits/2"] and number_prompts(30) == ["digits/30"]
     assert number_prompts(123) == ["digits/1", "digits/2", "digits/3"]
+
+
+@pytest.mark.skipif(shutil.which("mpg123") is None, reason="mpg123 is not installed (the MP3 check decodes with it)")
+def test_mp3_attachment_for_a_tenant_that_chose_mp3_decodes_to_the_tone(tmp_path):
+    vm = _vm(tmp_path, "mp3")
+    assert "mailed to a@example.com" in vm.finish(_rec(vm, tone(3)), "digit")
+    [mail] = _spooled(vm)
+    [att] = list(mail.iter_attachments())
+    assert att.get_content_type() == "audio/mpeg" and att.get_filename().endswith(".mp3")
+    mp3 = tmp_path / "m.mp3"
+    mp3.write_bytes(att.get_content())
+    raw = subprocess.run(["mpg123", "-q", "-s", "-m", "-r", "8000", str(mp3)], capture_output=True,
+                         check=True).stdout
+    pcm = np.frombuffer(raw, dtype="<i2").astype(np.float64)
+    assert 2.9 <= len(pcm) / 8000 <= 3.3, len(pcm)
+    spec = np.abs(np.fft.rfft(pcm[4000:20000]))
+    assert abs(np.fft.rfftfreq(16000, 1 / 8000)[int(np.argmax(spec))] - 700) < 10
