@@ -217,6 +217,73 @@ def take_over(call, service: Service, *, name: str) -> "MediaChannel | None":
     return ch
 
 
+def take_over_answered(call, service: Service, *, name: str, plan=None) -> "MediaChannel":
+    """An answered ``Call``'s caller (leg "a", its dialog with hpbx kept) is handed to
+    ``service`` (a blind transfer whose target failed, to the target's mailbox): the call's
+    CDR is written as it stands, the far side gets a BYE (after what the caller of this
+    function sends it in the same loop iteration), the channel carries on in the caller's
+    dialog with the same relay session (leg "a" terminated), CDR of its own at its end."""
+    from hpbx.pbx import call as call_mod
+    svc = call.service
+    far = call.winner.dialog if call.winner is not None else None
+    ch = MediaChannel(svc, call.a_tx, plan or call.plan, call.caller, call.caller_user, call.from_trunk,
+                      name=name, mode="answered")
+    ch.media = call.media
+    ch.codec = negotiated(call.a_msg.body, call.winner.last.body if call.winner is not None
+                          and call.winner.last is not None else b"")
+    # the call as it was ends here (its CDR), without BYE to the caller and keeping the media
+    call.state = call_mod.ENDED
+    call.end_iso = _iso()
+    call.end_reason = f"to service {name}"
+    for attr in ("timer", "a_ok_timer", "max_timer"):
+        t = getattr(call, attr, None)
+        if t is not None:
+            t.cancel()
+            setattr(call, attr, None)
+    for user in call._users_in_call():
+        svc.count_active(user, -1)
+    for leg in call.legs.values():
+        svc.legs.pop(leg.call_id, None)
+    svc.legs.pop(call.id, None)
+    svc.call_ended(call)
+    if far is not None:
+        svc.loop.call_soon(call._send_bye, far, None)
+    # the channel: answered already, in the caller's dialog
+    ch.a_dialog = call.a_dialog
+    ch.to_tag = call.a_dialog.local_tag
+    ch.state = ANSWERED
+    ch.answer_iso = _iso()
+    ch.winner = ch
+    ch.targets_tried = list(call.targets_tried)
+    svc.calls[ch.id] = ch
+    svc.legs[ch.id] = (ch, "a")
+    if ch.caller_user is not None:
+        svc.count_active(ch.caller_user.username, 1)
+    ch._terminate()
+    svc.dialog_changed(ch)
+    ch.task = svc.loop.create_task(ch._run(service))
+    log.info("[%s] answered call handed to media service %s", ch.id, name)
+    return ch
+
+
+def negotiated(offer: bytes, answer: bytes) -> dict:
+    """The codec both sides agreed on: the answer's first one the offer has (parse_offer's dict)."""
+    try:
+        mine = parse_offer(offer)
+    except (HpbxError, ValueError):
+        return {"codec": "PCMA", "pt": 8, "dtmf_pt": 101, "ptime": 20}
+    try:
+        theirs = parse_offer(answer)
+    except (HpbxError, ValueError):
+        return mine
+    text = offer.decode("latin-1")
+    offered = re.search(r"(?m)^m=audio \d+ [A-Z/]+ ([0-9 ]+)", text)
+    pts = offered.group(1).split() if offered else []
+    if str(theirs["pt"]) in pts:
+        return {**theirs, "dtmf_pt": mine["dtmf_pt"] if theirs["dtmf_pt"] is None else theirs["dtmf_pt"]}
+    return mine
+
+
 def _inherit(ch, call) -> None:
     ch.start_iso, ch.start_time = call.start_iso, call.start_time
     ch.targets_tried = list(call.targets_tried)
