@@ -255,6 +255,20 @@ class Voicemail:
                                                      self._user_greeting(ch, owner, status))
         return None
 
+    def transfer_failed(self, call, transferor, plan, status: int) -> bool:
+        """transfer.target_failed: a blind transfer's target is busy or unreachable; True when
+        the target's mailbox took the caller (the transferor then gets NOTIFY 200 and a BYE)."""
+        if not plan.rows or not plan.rows[0].targets:
+            return False
+        ring = plan.rows[0].targets[0]
+        owner = self.svc.provisioning.directory.user(ring.value) if ring.kind == "user" else None
+        if owner is None or not owner.mailbox.enabled or call.media is None:
+            return False
+        media_channel.take_over_answered(
+            call, lambda ch: self._leave(ch, self._mailbox(ch, owner), self._user_greeting(ch, owner, status)),
+            name="mailbox", plan=plan)
+        return True
+
     def _caller_name(self, ch) -> str:
         if ch.caller_user is not None:
             return ch.caller_user.details.full_name()
@@ -617,6 +631,8 @@ def install(svc, mail, dispatcher, settings) -> Voicemail:
     svc.voicemail = vm
     vm.recover()
     media_channel.register_after_rows(vm.after_rows)
+    from hpbx.pbx import transfer
+    transfer.target_failed = vm.transfer_failed
     media_channel.register_star_code(OWN_CODE, vm.own_mailbox, name="mailbox")
     media_channel.register_star_code(OTHER_CODE, vm.other_mailbox, name="mailbox-login")
     vm.mwi = mwi.install(svc, vm, dispatcher, settings)
