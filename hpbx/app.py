@@ -283,6 +283,10 @@ class Server:
         self.mail.open()
         await self.mail.start()
         self._stop_order.append(self.mail.stop)
+        from hpbx.pbx import voicemail  # Voice2Mail, user mailboxes, MWI (issue 11)
+        self.voicemail = voicemail.install(self.calls, self.mail, self.dispatcher, self.settings)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.mwi.close)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.push.close)
 
     async def _start_admin(self) -> None:
         try:
@@ -312,6 +316,11 @@ class Server:
         ctx.conferences = self.conferences
         self.conferences.mail = self.mail  # invitations to scheduled conferences
         ctx.stats_sources["conference"] = lambda: {**self.conferences.stats, "rooms": len(self.conferences.rooms)}
+        ctx.voicemail = self.voicemail
+        ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats,
+                                                  **self.voicemail.missed.stats,
+                                                  **self.voicemail.recorder.stats,
+                                                  **self.voicemail.push.stats}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()

@@ -45,5 +45,7 @@ class AdminContext:
     mail: Any = None
     # hpbx.pbx.conference.Conferences: rooms, participants, scheduled conferences
     conferences: Any = None
+    # hpbx.pbx.voicemail.Voicemail: user mailboxes (mailbox.list, mailbox.delete, ...)
+    voicemail: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

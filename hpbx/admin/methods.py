@@ -517,6 +517,8 @@ _add("tenant.import", tenant_import,
 from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
 from hpbx.admin import mail_methods  # noqa: E402,F401  (mail.*: the outgoing mail spool)
 from hpbx.admin import conference_methods  # noqa: E402,F401  (conference.*: rooms, schedules)
+from hpbx.admin import mailbox_methods  # noqa: E402,F401  (mailbox.*: user mailboxes, issue 11)
+from hpbx.admin import recording_methods  # noqa: E402,F401  (call.record, recording.*: issue 11)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 

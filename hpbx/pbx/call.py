@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor, callerid, router, transfer
+from hpbx.pbx import anchor, callerid, media_channel, router, transfer
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
@@ -581,6 +581,8 @@ class Call:
         svc.legs.pop(leg.call_id, None)
 
     def _final(self, status: int, leg: BLeg | None) -> None:
+        if status != 487 and media_channel.after_rows(self, status):
+            return  # Voice2Mail / the callee's mailbox answered the caller (hpbx.pbx.voicemail)
         reason = None
         if leg is not None and leg.last is not None and leg.last.status == status:
             reason = leg.last.reason or None

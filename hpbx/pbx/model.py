@@ -39,6 +39,7 @@ TRANSPORTS = ("udp", "tcp", "tls")
 DIVERSION_POLICIES = ("displayed", "original_caller", "dialled")
 CALLER_ID_FALLBACKS = ("default_number", "withheld")
 ANNOUNCEMENT_KINDS = ("announcement", "music")
+VOICEMAIL_FORMATS = ("wav", "mp3")
 MAX_LINK_HOPS = 5
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -50,6 +51,7 @@ _EXTERNAL_RE = re.compile(r"\+?[0-9*#]{2,32}")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _TIME_RE = re.compile(r"([0-9]{2}):([0-9]{2})")
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 
 # ---------------------------------------------------------------- field reading
@@ -247,6 +249,10 @@ class Tenant:
     # From anonymous with P-Asserted-Identity (the default number) and Privacy: id (RFC 3325)
     default_number: str = ""  # one of the tenant's public numbers; "" = none
     caller_id_fallback: str = "default_number"
+    # push notifications (hpbx.pbx.push): JSON POSTs signed with HMAC-SHA256 of the body
+    push_url: str = ""  # "" = none
+    push_secret: str = ""
+    voicemail_format: str = "wav"  # attachment of voice messages: "wav" or "mp3" (hpbx.pbx.voicemail)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -264,18 +270,24 @@ class Tenant:
         obj = cls(name=name, domain=r.text("domain", "", _HOST_RE, "domain"), timezone=tz,
                   trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"), default_number=default_number,
                   caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
-                                              "default_number"))
+                                              "default_number"),
+                  push_url=r.text("push_url", "", _URL_RE, "http(s) URL", max_len=1024),
+                  push_secret=r.text("push_secret", "", max_len=256),
+                  voicemail_format=r.choice("voicemail_format", VOICEMAIL_FORMATS, "wav"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
         d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
-             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback}
+             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
+             "push_url": self.push_url, "push_secret": self.push_secret,
+             "voicemail_format": self.voicemail_format}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
 _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
-                    "caller_id_fallback": "default_number"}
+                    "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
+                    "voicemail_format": "wav"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +423,40 @@ class UserForwarding:
         return {k: v for k, v in d.items() if v != default[k]}
 
 
+_PIN_RE = re.compile(r"[0-9]{4,12}")
+
+
+@dataclass(frozen=True, slots=True)
+class UserMailbox:
+    """The user's mailbox tab (FEATURES 8.2; hpbx.pbx.voicemail): messages left when an
+    internal call is not answered within ``timeout`` s (or the user is busy or unreachable)."""
+
+    enabled: bool = False
+    email: str = ""  # messages are mailed here ("" = the user's details.email, else not mailed)
+    greeting: int = 0  # announcement id; 0 = the default prompt with the user's name or number
+    timeout: int = 20  # seconds an internal call rings before the mailbox answers
+    pin: str = ""  # 4-12 digits for access from another phone ("" = only from the user's own)
+    keep: bool = True  # keep messages on the server (False: only mail them)
+    mwi_unsolicited: bool = False  # NOTIFY message-summary to registered phones without SUBSCRIBE
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "UserMailbox":
+        r = _Reader(data, path)
+        obj = cls(enabled=r.flag("enabled"), email=_email(r, "email"),
+                  greeting=r.integer("greeting", 0, 0, 999_999), timeout=r.integer("timeout", 20, 1, 600),
+                  pin=r.text("pin", "", _PIN_RE, "PIN (4-12 digits)"), keep=r.flag("keep", True),
+                  mwi_unsolicited=r.flag("mwi_unsolicited"))
+        r.finish()
+        return obj
+
+    def to_dict(self, compact: bool = False) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if compact:
+            default = UserMailbox().to_dict()
+            d = {k: v for k, v in d.items() if v != default[k]}
+        return d
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     tenant: str
@@ -428,6 +474,7 @@ class User:
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
     presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
     conference_pin: str = ""  # digits: picks the user's personal room on the dial-in number (10.2)
+    mailbox: UserMailbox = field(default_factory=UserMailbox)  # FEATURES 8.2
 
     @property
     def id(self) -> str:
@@ -461,6 +508,7 @@ class User:
             supervise=_usernames(r, "supervise"),
             presence_groups=_usernames(r, "presence_groups"),
             conference_pin=_pin(r, "conference_pin"),
+            mailbox=UserMailbox.from_dict(r.get("mailbox", Mapping, {}), r.name("mailbox")),
         )
         r.finish()
         return obj
@@ -473,7 +521,8 @@ class User:
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
              "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
-             "conference_pin": self.conference_pin}
+             "conference_pin": self.conference_pin,
+             "mailbox": self.mailbox.to_dict(compact)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -487,7 +536,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise", "presence_groups"):
+            for key in ("pickup", "supervise", "presence_groups", "mailbox"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
