@@ -139,6 +139,7 @@ class HttpSettings:
     login_failures: int = 5  # failed logins per source within login_window before lockout
     login_window: int = 300
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # /metrics without a login
+    media_dir: str = ""  # announcement audio (hpbx/web/media.py); "" = "media" beside the store file
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +498,7 @@ def _http_settings(path: str, table: Any) -> HttpSettings:
         login_failures=r.int_in("login_failures", 5, 1, 1000),
         login_window=r.int_in("login_window", 300, 1, 86400),
         metrics_allow=tuple(allow),
+        media_dir=r.get("media_dir", str, ""),
     )
     r.finish()
     return http
