@@ -41,5 +41,7 @@ class AdminContext:
     accounts: Any = None
     audit: Any = None
     phones: Any = None
+    # hpbx.mail.spool.MailSpool: the outgoing mail spool (mail.queue, mail.retry, ...)
+    mail: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

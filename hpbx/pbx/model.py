@@ -425,6 +425,7 @@ class User:
     forward: UserForwarding = field(default_factory=UserForwarding)
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
+    presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
 
     @property
     def id(self) -> str:
@@ -456,6 +457,7 @@ class User:
             forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
             pickup=_usernames(r, "pickup"),
             supervise=_usernames(r, "supervise"),
+            presence_groups=_usernames(r, "presence_groups"),
         )
         r.finish()
         return obj
@@ -467,7 +469,7 @@ class User:
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
-             "supervise": list(self.supervise)}
+             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -481,7 +483,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise"):
+            for key in ("pickup", "supervise", "presence_groups"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
@@ -848,6 +850,7 @@ class Cdr:
     answer: str = ""
     end: str = ""
     end_reason: str = ""
+    linked_call: str = ""  # Call-IDs of calls joined with this one by attended transfer
     id: int = 0  # assigned by the store
 
     @classmethod
@@ -862,7 +865,8 @@ class Cdr:
                   switch=r.text("switch"), targets_tried=tuple(targets),
                   answered_by=r.text("answered_by"), start=_instant(r, "start"),
                   answer=_instant(r, "answer"), end=_instant(r, "end"),
-                  end_reason=r.text("end_reason"), id=r.integer("id", 0, 0, 2**62))
+                  end_reason=r.text("end_reason"), linked_call=r.text("linked_call", "", max_len=2048),
+                  id=r.integer("id", 0, 0, 2**62))
         r.finish()
         return obj
 
