@@ -399,7 +399,8 @@ _add_crud(
      Param("usage", "str", help="what the number does", choices=("telephone", "fax", "conference", "followme")),
      Param("name", "str", help="label"),
      Param("alert_info", "str", help="Alert-Info sent to the rung devices"),
-     Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)")),
+     Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)"),
+     Param("fax_mail", "str", help="usage fax: mail address(es) for received faxes, comma-separated")),
     (Param("tenant", "str", help="only this tenant"),
      Param("filter", "str", help="digits the number contains (508 finds 0445081111)")),
     ("number", "tenant", "usage", "name"))

@@ -185,6 +185,16 @@ def _email(r: _Reader, key: str) -> str:
     return r.text(key, "", _EMAIL_RE, "e-mail address")
 
 
+def _email_list(r: _Reader, key: str) -> str:
+    """Comma-separated e-mail addresses (fax numbers), normalised to "a@x, b@y"."""
+    value = r.text(key, "", max_len=1024)
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    for p in parts:
+        if not _EMAIL_RE.fullmatch(p):
+            raise r.fail(key, f"{p!r} is not a valid e-mail address")
+    return ", ".join(parts)
+
+
 def _compact(d: dict, defaults: dict) -> dict:
     """Drops keys whose value equals the default: keeps exported TOML short and stable."""
     return {k: v for k, v in d.items() if defaults.get(k, _REQUIRED) != v}
@@ -738,6 +748,7 @@ class PublicNumber:
     name: str = ""
     alert_info: str = ""  # Alert-Info header value sent to the rung devices
     slots: tuple[DialPlan, ...] = (EMPTY_PLAN,) * SLOT_COUNT
+    fax_mail: str = ""  # usage fax: where received faxes are mailed (comma-separated addresses)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "PublicNumber":
@@ -748,16 +759,19 @@ class PublicNumber:
         obj = cls(tenant=tenant, number=number, usage=r.choice("usage", USAGES, "telephone"),
                   name=r.text("name", "", max_len=64),
                   alert_info=r.text("alert_info", "", max_len=512),
-                  slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")))
+                  slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")),
+                  fax_mail=_email_list(r, "fax_mail"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False, with_tenant: bool = True) -> dict:
         d = {"tenant": self.tenant, "number": self.number, "usage": self.usage, "name": self.name,
-             "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact)}
+             "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact),
+             "fax_mail": self.fax_mail}
         if not with_tenant:
             del d["tenant"]
-        return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": []}) if compact else d
+        return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": [],
+                            "fax_mail": ""}) if compact else d
 
 
 @dataclass(frozen=True, slots=True)
