@@ -140,6 +140,8 @@ class Server:
             await self._start_ownership()
         self._start_retention()
         await self._start_mail()
+        from hpbx.fax.service import install as install_fax
+        install_fax(self)  # usage fax numbers: the virtual fax (issue 15)
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())

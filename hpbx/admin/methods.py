@@ -403,7 +403,8 @@ _add_crud(
      Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)"),
      Param("pin", "str", help="conference or FollowMe: the PIN callers enter (digits)"),
      Param("personal_rooms", "bool", help="conference: the dial-in of every user's personal room"),
-     Param("max_participants", "int", help="conference: participants per room (0 = [conference] default)")),
+     Param("max_participants", "int", help="conference: participants per room (0 = [conference] default)"),
+     Param("fax_mail", "str", help="usage fax: mail address(es) for received faxes, comma-separated")),
     (Param("tenant", "str", help="only this tenant"),
      Param("filter", "str", help="digits the number contains (508 finds 0445081111)")),
     ("number", "tenant", "usage", "name"))

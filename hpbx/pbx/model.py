@@ -187,6 +187,16 @@ def _email(r: _Reader, key: str) -> str:
     return r.text(key, "", _EMAIL_RE, "e-mail address")
 
 
+def _email_list(r: _Reader, key: str) -> str:
+    """Comma-separated e-mail addresses (fax numbers), normalised to "a@x, b@y"."""
+    value = r.text(key, "", max_len=1024)
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    for p in parts:
+        if not _EMAIL_RE.fullmatch(p):
+            raise r.fail(key, f"{p!r} is not a valid e-mail address")
+    return ", ".join(parts)
+
+
 def _compact(d: dict, defaults: dict) -> dict:
     """Drops keys whose value equals the default: keeps exported TOML short and stable."""
     return {k: v for k, v in d.items() if defaults.get(k, _REQUIRED) != v}
@@ -804,6 +814,7 @@ class PublicNumber:
     pin: str = ""  # conference room: the PIN callers enter (FEATURES 10.1); "" = none
     personal_rooms: bool = False  # conference: the dial-in of every user's personal room (10.2)
     max_participants: int = 0  # conference: per room; 0 = the [conference] default
+    fax_mail: str = ""  # usage fax: where received faxes are mailed (comma-separated addresses)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "PublicNumber":
@@ -816,7 +827,8 @@ class PublicNumber:
                   alert_info=r.text("alert_info", "", max_len=512),
                   slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")),
                   pin=_pin(r, "pin"), personal_rooms=r.flag("personal_rooms"),
-                  max_participants=r.integer("max_participants", 0, 0, 10000))
+                  max_participants=r.integer("max_participants", 0, 0, 10000),
+                  fax_mail=_email_list(r, "fax_mail"))
         r.finish()
         if obj.personal_rooms and obj.pin:
             raise r.fail("pin", "a dial-in for personal rooms has no PIN of its own: the users' PINs pick the room")
@@ -828,11 +840,11 @@ class PublicNumber:
         d = {"tenant": self.tenant, "number": self.number, "usage": self.usage, "name": self.name,
              "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact),
              "pin": self.pin, "personal_rooms": self.personal_rooms,
-             "max_participants": self.max_participants}
+             "max_participants": self.max_participants, "fax_mail": self.fax_mail}
         if not with_tenant:
             del d["tenant"]
         return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": [], "pin": "",
-                            "personal_rooms": False, "max_participants": 0}) if compact else d
+                            "personal_rooms": False, "max_participants": 0, "fax_mail": ""}) if compact else d
 
 
 @dataclass(frozen=True, slots=True)
