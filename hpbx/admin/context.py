@@ -41,5 +41,7 @@ class AdminContext:
     accounts: Any = None
     audit: Any = None
     phones: Any = None
+    # hpbx.cti.service.CtiService: online(username), sessions (None without a web face)
+    cti: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

@@ -367,6 +367,8 @@ _add_crud(
      Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
      Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
      Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
+     Param("presence_groups", "array", help="CTI presence groups: colleagues sharing one see each other"),
+     Param("cti_groups", "array", help="CTI groups: the sections of the colleague list"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
                 "each an internal or external number, \"\" = off")),
@@ -700,3 +702,6 @@ _add("dashboard.get", dashboard_get,
      "Per tenant: active calls, registrations, users online, calls and answered calls per hour.",
      Param("tenant", "str", help="only this tenant"),
      Param("hours", "int", help="hours back (default 24)", min=1, max=24 * 31))
+
+# CTI (hpbx.cti): cti.session.list, and user.get shows CTI and phone online status
+from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401

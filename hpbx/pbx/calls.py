@@ -63,6 +63,8 @@ class CallService:
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
         self.blf = blf.DialogEvents(self)
+        # callables (call, ended) told of every dialog change and end, after BLF (hpbx.cti)
+        self.observers: list = []
 
     def configure(self, settings) -> None:
         self.max_devices = settings.sip.max_devices
@@ -219,12 +221,16 @@ class CallService:
     def dialog_changed(self, call: Call) -> None:
         """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
         self.blf.changed(call)
+        for observe in self.observers:
+            observe(call, False)
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         if self.owners is not None:
             self.owners.ended(call)
         self.blf.changed(call, ended=True)
+        for observe in self.observers:
+            observe(call, True)
         if self.toll is not None:
             self.toll.release(call.id)
         if call.answer_iso:

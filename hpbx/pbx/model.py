@@ -425,6 +425,10 @@ class User:
     forward: UserForwarding = field(default_factory=UserForwarding)
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
+    # CTI (14.3): a user sees the presence of users sharing one of its presence groups (no group =
+    # the tenant's default group); CTI groups are the sections of the colleague list
+    presence_groups: tuple[str, ...] = ()
+    cti_groups: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -456,6 +460,8 @@ class User:
             forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
             pickup=_usernames(r, "pickup"),
             supervise=_usernames(r, "supervise"),
+            presence_groups=tuple(r.strings("presence_groups", _OBJNAME_RE, "group name")),
+            cti_groups=tuple(r.strings("cti_groups", _OBJNAME_RE, "group name")),
         )
         r.finish()
         return obj
@@ -467,7 +473,8 @@ class User:
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
-             "supervise": list(self.supervise)}
+             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
+             "cti_groups": list(self.cti_groups)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -481,7 +488,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise"):
+            for key in ("pickup", "supervise", "presence_groups", "cti_groups"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
