@@ -139,6 +139,7 @@ class Server:
         if self.clustered:
             await self._start_ownership()
         self._start_retention()
+        await self._start_mail()
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
@@ -251,6 +252,9 @@ class Server:
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
         self.calls.install(self.dispatcher)
+        if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart
+            for notifier in (self.calls.blf, self.calls.presence):
+                notifier.persist_to(self.settings.store.path)
         self.calls.security = self.security
         self.toll = TollPolicy(self.settings, self.ban_store)
         self.calls.toll = self.toll
@@ -264,6 +268,17 @@ class Server:
             await asyncio.gather(watch, return_exceptions=True)
 
         self._stop_order.append(stop_watch)
+
+    async def _start_mail(self) -> None:
+        """The outgoing mail spool (hpbx/mail/spool.py): what an earlier run left is sent."""
+        from hpbx.mail.spool import MailSpool
+
+        smtp = self.settings.smtp
+        directory = smtp.spool or str(Path(self.settings.store.path).parent / "mail-spool")
+        self.mail = MailSpool(smtp, directory)
+        self.mail.open()
+        await self.mail.start()
+        self._stop_order.append(self.mail.stop)
 
     async def _start_admin(self) -> None:
         try:
@@ -288,6 +303,8 @@ class Server:
         ctx.toll = self.toll
         ctx.reload_tls = self.reload_tls
         ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
+        ctx.mail = self.mail
+        ctx.stats_sources["mail"] = self.mail.counts
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()
@@ -384,6 +401,7 @@ class Server:
         self.security.configure(new)
         self.toll.configure(new)
         self.calls.configure(new)
+        self.mail.configure(new.smtp)
         if self.admin is not None:
             self.admin.configure(new)
         if getattr(self, "web", None) is not None:

@@ -97,9 +97,23 @@ STORE_BACKENDS = ("sqlite", "postgres")
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
+    """Outgoing mail (hpbx/mail/spool.py): the SMTP server, and the spool that keeps every
+    message on disk until that server accepted it."""
+
     host: str = "127.0.0.1"
     port: int = 25
     sender: str = "hpbx@localhost"
+    tls: str = "none"  # "none", "starttls" (upgrade after EHLO) or "tls" (implicit, port 465)
+    verify_tls: bool = True
+    username: str = ""  # AUTH when set
+    password: str = ""
+    timeout: int = 30  # seconds for connect and each command
+    spool: str = ""  # spool directory; "" = "mail-spool" beside the store file
+    retry_min: int = 30  # first retry after a 4xx or a server that is down, doubling ...
+    retry_max: int = 3600  # ... up to this
+    give_up_after: int = 5 * 86400  # seconds after submission a deferred message is given up
+    bounce_to: str = ""  # where bounce notices go when the sender named no tenant admin
+    tenant_quota_mb: int = 500  # spool space one tenant's waiting mail may take; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,11 +377,7 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     r.finish()
 
     r = _Reader(path, "smtp", data.get("smtp"))
-    smtp = SmtpSettings(
-        host=r.get("host", str, "127.0.0.1"),
-        port=r.int_in("port", 25, 1, 65535),
-        sender=r.get("sender", str, "hpbx@localhost"),
-    )
+    smtp = _smtp_settings(r)
     r.finish()
 
     r = _Reader(path, "log", data.get("log"))
@@ -389,6 +399,39 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
                     hep=hep)
+
+
+SMTP_TLS = ("none", "starttls", "tls")
+
+
+def _smtp_settings(r: _Reader) -> SmtpSettings:
+    from hpbx.mail import valid_address
+
+    smtp = SmtpSettings(
+        host=r.get("host", str, "127.0.0.1"),
+        port=r.int_in("port", 25, 1, 65535),
+        sender=r.get("sender", str, "hpbx@localhost"),
+        tls=r.get("tls", str, "none"),
+        verify_tls=r.get("verify_tls", bool, True),
+        username=r.get("username", str, ""),
+        password=r.get("password", str, ""),
+        timeout=r.int_in("timeout", 30, 1, 600),
+        spool=r.get("spool", str, ""),
+        retry_min=r.int_in("retry_min", 30, 1, 86400),
+        retry_max=r.int_in("retry_max", 3600, 1, 86400),
+        give_up_after=r.int_in("give_up_after", 5 * 86400, 1, 365 * 86400),
+        bounce_to=r.get("bounce_to", str, ""),
+        tenant_quota_mb=r.int_in("tenant_quota_mb", 500, 0, 1 << 20),
+    )
+    if smtp.tls not in SMTP_TLS:
+        raise r.fail("tls", f"must be one of {', '.join(SMTP_TLS)}, got {smtp.tls!r}")
+    if smtp.retry_max < smtp.retry_min:
+        raise r.fail("retry_max", f"must not be below retry_min ({smtp.retry_min})")
+    for key in ("sender", "bounce_to"):
+        value = getattr(smtp, key)
+        if value and not valid_address(value) and not value.endswith("@localhost"):
+            raise r.fail(key, f"not an e-mail address: {value!r}")
+    return smtp
 
 
 def _hep_settings(path: str, table: Any) -> HepSettings:

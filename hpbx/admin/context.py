@@ -43,5 +43,7 @@ class AdminContext:
     phones: Any = None
     # hpbx.cti.service.CtiService: online(username), sessions (None without a web face)
     cti: Any = None
+    # hpbx.mail.spool.MailSpool: the outgoing mail spool (mail.queue, mail.retry, ...)
+    mail: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

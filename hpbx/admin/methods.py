@@ -367,7 +367,7 @@ _add_crud(
      Param("max_calls", "int", help="signal busy beyond this many calls (0 = call waiting)"),
      Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
      Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
-     Param("presence_groups", "array", help="CTI presence groups: colleagues sharing one see each other"),
+     Param("presence_groups", "array", help="presence groups: presence is seen inside a shared group"),
      Param("cti_groups", "array", help="CTI groups: the sections of the colleague list"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
@@ -512,6 +512,7 @@ _add("tenant.import", tenant_import,
      Param("replace", "bool", help="replace an existing tenant of that name (in the same change)"))
 
 from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
+from hpbx.admin import mail_methods  # noqa: E402,F401  (mail.*: the outgoing mail spool)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 

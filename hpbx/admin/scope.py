@@ -41,6 +41,7 @@ RULES: dict[str, str] = {
     "phone.create": "tenant", "phone.list": "tenant", "phone.export": "tenant", "phone.import": "toml",
     "phone.get": "phone", "phone.update": "phone", "phone.delete": "phone",
     "audit.list": "tenant", "dashboard.get": "tenant",
+    "mail.queue": "tenant",
 }
 for _noun in ("group", "trunk", "switch", "announcement"):
     for _verb in ("create", "get", "update", "delete", "list"):

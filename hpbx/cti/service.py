@@ -35,6 +35,7 @@ from aiohttp import WSMsgType, web
 from hpbx.admin.protocol import (INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
                                  PERMISSION_DENIED, RpcError)
 from hpbx.errors import HpbxError
+from hpbx.pbx.presence import groups_of
 
 log = logging.getLogger("hpbx.cti")
 
@@ -283,7 +284,7 @@ class CtiService:
         """Same tenant, not hidden, and a shared presence group (none = the default group)."""
         if other.tenant != viewer.tenant or other.flags.hide_user or other.username == viewer.username:
             return False
-        return bool(set(viewer.presence_groups or ("",)) & set(other.presence_groups or ("",)))
+        return bool(groups_of(viewer) & groups_of(other))
 
     def presence_of(self, user) -> dict:
         directory = self.provisioning.directory

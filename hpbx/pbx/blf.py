@@ -10,13 +10,17 @@ answered, ``terminated`` once after
 it ended, with the call-id and tags of the user's leg (what a BLF pickup needs) and the other
 party's identity. A change is NOTIFYed in the same loop iteration it happens in.
 
-Subscriptions live in memory: they end with the server (phones resubscribe), on Expires 0,
-when they expire, and when a NOTIFY gets 481/408.
+Subscriptions end on Expires 0, when they expire, and when a NOTIFY gets 481/408. With a
+SQLite store they survive a restart (``persist_to``): each is written (batched, at most once a
+second and at stop) and, after the next start, resumed with a NOTIFY of the current state
+(CSeq and version moved on by ``RESUME_MARGIN``, in case the last writes before a crash were
+lost). With Redis (several nodes) they live in memory, and phones resubscribe.
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from dataclasses import dataclass, field
 from xml.sax.saxutils import quoteattr, escape
 
@@ -27,6 +31,8 @@ from hpbx.sip.transaction import Target
 log = logging.getLogger("hpbx.pbx.blf")
 
 MAX_EXPIRES, DEFAULT_EXPIRES = 3600, 3600  # the shortest is [sip] min_expires (as for REGISTER)
+ALLOW_EVENTS = "dialog, presence"  # the packages hpbx's notifiers serve (hpbx.pbx.presence)
+RESUME_MARGIN = 100  # CSeq and version steps skipped at a resume (writes lost in a crash)
 MAX_PER_USER = 50  # subscriptions one user may hold (a flood of SUBSCRIBEs stays bounded)
 
 
@@ -44,12 +50,18 @@ class Subscription:
 
 
 class DialogEvents:
+    EVENT = "dialog"
+    CONTENT_TYPE = "application/dialog-info+xml"
+
     def __init__(self, service):
         self.svc = service
         self.by_dialog: dict[tuple[str, str], Subscription] = {}
         self.by_watched: dict[str, list[Subscription]] = {}
         self._pending: set[str] = set()
         self.stats = {"subscriptions": 0, "notify_sent": 0}
+        self.store: Any = None  # hpbx.store.subscriptions.SubscriptionStore, or None (memory only)
+        self._dirty: dict[tuple[str, str], Subscription | None] = {}
+        self._flush_timer = None
 
     # ---------------------------------------------------------------- SUBSCRIBE
     def on_subscribe(self, tx) -> None:
@@ -58,8 +70,8 @@ class DialogEvents:
             self._refresh(tx)
             return
         event = (msg.header("Event") or "").split(";")[0].strip().lower()
-        if event != "dialog":
-            tx.respond(489, None, [("Allow-Events", "dialog")])
+        if event != self.EVENT:
+            tx.respond(489, None, [("Allow-Events", ALLOW_EVENTS)])
             return
         svc = self.svc
         verdict, user, _ = svc.auth.check("SUBSCRIBE", msg.header("Proxy-Authorization"))
@@ -76,11 +88,9 @@ class DialogEvents:
         if watched is None:
             other = directory.auth_user(wanted)
             watched = other if other is not None and other.tenant == user.tenant else None
-        if watched is None:
-            tx.respond(404, "No such user")
-            return
-        if watched.username not in user.supervise:
-            tx.respond(403, f"Not a supervisor of {wanted}"[:100])
+        refusal = self.refusal(user, watched, wanted)
+        if refusal is not None:
+            tx.respond(*refusal)
             return
         expires = self._expires(msg)
         if expires is None:
@@ -111,7 +121,19 @@ class DialogEvents:
         self.by_watched.setdefault(watched.username, []).append(sub)
         self.stats["subscriptions"] += 1
         self._arm(sub, expires)
+        self.started(sub)
         self._notify(sub)
+
+    def refusal(self, user, watched, wanted: str):
+        """(status, reason) if ``user`` may not watch ``watched`` (None: not found), else None."""
+        if watched is None:
+            return 404, "No such user"
+        if watched.username not in user.supervise:
+            return 403, f"Not a supervisor of {wanted}"[:100]
+        return None
+
+    def started(self, sub: Subscription) -> None:
+        """A subscription was stored (its first NOTIFY follows)."""
 
     def _expires(self, msg):
         value = msg.header("Expires")
@@ -145,6 +167,65 @@ class DialogEvents:
         self._arm(sub, expires)
         self._notify(sub)
 
+    # ---------------------------------------------------------------- persistence
+    def persist_to(self, path: str) -> int:
+        """Keep subscriptions in the SQLite file ``path``; resume those stored. Their count."""
+        from hpbx.store.subscriptions import SubscriptionStore
+        self.store = SubscriptionStore(path)
+        resumed = 0
+        now_wall, now = time.time(), time.monotonic()
+        for doc in self.store.load(now_wall):
+            if doc.get("package") != self.EVENT:
+                continue
+            d = doc["dialog"]
+            dialog = Dialog(d["call_id"], d["local_tag"], d["remote_tag"], d["local_uri"], d["remote_uri"],
+                            d["remote_target"], list(d["route_set"]), Target(*d["target"][:3]), d["contact"],
+                            local_cseq=d["local_cseq"] + RESUME_MARGIN, remote_cseq=d["remote_cseq"])
+            sub = Subscription(doc["subscriber"], doc["watched"], doc["entity"], doc["domain"], dialog,
+                               now + (doc["expires_at"] - now_wall), version=doc["version"] + RESUME_MARGIN)
+            self.by_dialog[(dialog.call_id, dialog.local_tag)] = sub
+            self.by_watched.setdefault(sub.watched, []).append(sub)
+            self._arm(sub, max(1, int(doc["expires_at"] - now_wall)))
+            self.started(sub)
+            self.svc.loop.call_soon(self._notify, sub)
+            resumed += 1
+        if resumed:
+            log.info("%s subscriptions resumed from the store: %d", self.EVENT, resumed)
+        return resumed
+
+    def _mark(self, sub: Subscription, gone: bool = False) -> None:
+        if self.store is None:
+            return
+        self._dirty[(sub.dialog.call_id, sub.dialog.local_tag)] = None if gone else sub
+        if self._flush_timer is None:
+            self._flush_timer = self.svc.wheel.call_later(1.0, self.flush)
+
+    def flush(self) -> None:
+        self._flush_timer = None
+        if self.store is None or not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        now_wall, now = time.time(), time.monotonic()
+        upserts, deletes = [], []
+        for key, sub in dirty.items():
+            if sub is None:
+                deletes.append(key)
+                continue
+            d = sub.dialog
+            upserts.append({
+                "package": self.EVENT, "call_id": d.call_id, "local_tag": d.local_tag,
+                "expires_at": now_wall + (sub.expires_at - now), "subscriber": sub.subscriber,
+                "watched": sub.watched, "entity": sub.entity, "domain": sub.domain, "version": sub.version,
+                "dialog": {"call_id": d.call_id, "local_tag": d.local_tag, "remote_tag": d.remote_tag,
+                           "local_uri": d.local_uri, "remote_uri": d.remote_uri,
+                           "remote_target": d.remote_target, "route_set": list(d.route_set),
+                           "target": [d.target.kind, d.target.host, d.target.port], "contact": d.contact,
+                           "local_cseq": d.local_cseq, "remote_cseq": d.remote_cseq}})
+        try:
+            self.store.write_batch(upserts, deletes)
+        except Exception:
+            log.exception("%s subscriptions not stored", self.EVENT)
+
     def _arm(self, sub: Subscription, expires: int) -> None:
         if sub.timer is not None:
             sub.timer.cancel()
@@ -156,7 +237,9 @@ class DialogEvents:
             self._drop(sub)
             self._notify(sub, final="timeout")
 
-    def _drop(self, sub: Subscription) -> None:
+    def _drop(self, sub: Subscription, forget: bool = True) -> None:
+        if forget and (sub.dialog.call_id, sub.dialog.local_tag) in self.by_dialog:
+            self._mark(sub, gone=True)
         if sub.timer is not None:
             sub.timer.cancel()
             sub.timer = None
@@ -168,9 +251,16 @@ class DialogEvents:
                 del self.by_watched[sub.watched]
 
     def close(self) -> None:
+        """At stop: the stored subscriptions stay stored (they resume at the next start)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self.flush()
         for subs in list(self.by_watched.values()):
             for sub in list(subs):
-                self._drop(sub)
+                self._drop(sub, forget=False)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     # ---------------------------------------------------------------- call state changes
     def changed(self, call, ended: bool = False) -> None:
@@ -260,9 +350,11 @@ class DialogEvents:
         state = f"terminated;reason={final}" if final else f"active;expires={left}"
         dialog = sub.dialog
         headers = dialog.headers("NOTIFY") + [
-            ("Event", "dialog"), ("Subscription-State", state),
-            ("Content-Type", "application/dialog-info+xml")]
+            ("Event", self.EVENT), ("Subscription-State", state),
+            ("Content-Type", self.CONTENT_TYPE)]
         self.stats["notify_sent"] += 1
+        if not final:
+            self._mark(sub)  # its CSeq and version moved on
 
         def answered(tx, status, resp, sub=sub):
             if status in (408, 481):

@@ -99,6 +99,7 @@ class Call:
         self.targets_tried: list[str] = []
         self.failures: dict[str, int] = {}  # user target key -> final status (forwarding rules)
         self.transfer = None  # a blind transfer under way (hpbx.pbx.transfer)
+        self.links: list[str] = []  # calls joined with this one by attended transfer (hpbx.pbx.attended)
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
@@ -497,7 +498,7 @@ class Call:
         data = self.a_tx.respond(200, None, headers, body)
         self.a_dialog = Dialog.uas(self.a_msg, self.a_tx.to_tag, self.a_target, self.a_contact)
         for user in self._users_in_call():
-            svc.active[user] = svc.active.get(user, 0) + 1
+            svc.count_active(user, +1)
         svc.legs[self.id] = (self, "a")
         svc.legs[leg.call_id] = (self, leg)
         if svc.owners is not None:
@@ -725,11 +726,7 @@ class Call:
             self.a_ok_timer = None
         if was_answered:
             for user in self._users_in_call():
-                left = svc.active.get(user, 0) - 1
-                if left > 0:
-                    svc.active[user] = left
-                else:
-                    svc.active.pop(user, None)
+                svc.count_active(user, -1)
         for leg in self.legs.values():
             if leg.live and not leg.answered and leg.cancel_reason is None:
                 self._cancel_leg(leg, "")
@@ -772,4 +769,4 @@ class Call:
                 "called": plan.dialled, "slot": plan.slot, "switch": plan.switch,
                 "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
                 "start": self.start_iso, "answer": self.answer_iso, "end": self.end_iso,
-                "end_reason": self.end_reason}
+                "end_reason": self.end_reason, "linked_call": ",".join(self.links)}

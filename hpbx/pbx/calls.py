@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, ValidationError
-from hpbx.pbx import blf, pickup, replaces, router, starcodes
+from hpbx.pbx import blf, pickup, presence, replaces, router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -63,8 +63,17 @@ class CallService:
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
         self.blf = blf.DialogEvents(self)
+        self.presence = presence.Presence(self)
         # callables (call, ended) told of every dialog change and end, after BLF (hpbx.cti)
         self.observers: list = []
+
+    def count_active(self, user: str, delta: int) -> None:
+        """Add ``delta`` to the answered calls ``user`` is in (busy handling, presence)."""
+        left = self.active.get(user, 0) + delta
+        if left > 0:
+            self.active[user] = left
+        else:
+            self.active.pop(user, None)
 
     def configure(self, settings) -> None:
         self.max_devices = settings.sip.max_devices
@@ -77,7 +86,7 @@ class CallService:
         handlers["ACK"] = self.on_ack
         for method in ("BYE", "UPDATE", "INFO", "REFER"):
             handlers[method] = self.on_in_dialog
-        handlers["SUBSCRIBE"] = self.blf.on_subscribe
+        handlers["SUBSCRIBE"] = lambda tx: presence.dispatch(self, tx)
 
     # ------------------------------------------------------------------ who is calling
     def trunk_for(self, host: str, port: int):
@@ -216,6 +225,8 @@ class CallService:
         found = self.legs.get(msg.call_id)
         if found is not None and found[1] == "a":
             found[0].guarded(found[0].on_ack, msg)
+        elif found is not None:
+            pickup.acked(msg.call_id)  # a picking or call-moving device's ACK
 
     # ------------------------------------------------------------------ registry
     def dialog_changed(self, call: Call) -> None:
@@ -267,11 +278,14 @@ class CallService:
         for call in list(self.calls.values()):
             call.hangup("server stopping")
         self.blf.close()
+        self.presence.close()
         self.flush_cdrs()
 
     def counters(self) -> dict:
         out = {**self.stats, "calls_active": len(self.calls),
-               "blf_subscriptions": len(self.blf.by_dialog), "blf_notify_sent": self.blf.stats["notify_sent"]}
+               "blf_subscriptions": len(self.blf.by_dialog), "blf_notify_sent": self.blf.stats["notify_sent"],
+               "presence_subscriptions": len(self.presence.by_dialog),
+               "presence_notify_sent": self.presence.stats["notify_sent"]}
         if self.media is not None:
             out.update(media_sessions=len(self.media), media_pairs_used=self.media.used_pairs(),
                        media_pairs_free=self.media.free_pairs())

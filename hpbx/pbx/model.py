@@ -425,10 +425,8 @@ class User:
     forward: UserForwarding = field(default_factory=UserForwarding)
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
-    # CTI (14.3): a user sees the presence of users sharing one of its presence groups (no group =
-    # the tenant's default group); CTI groups are the sections of the colleague list
-    presence_groups: tuple[str, ...] = ()
-    cti_groups: tuple[str, ...] = ()
+    presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
+    cti_groups: tuple[str, ...] = ()  # CTI groups: the sections of the CTI colleague list (14.3)
 
     @property
     def id(self) -> str:
@@ -460,7 +458,7 @@ class User:
             forward=UserForwarding.from_dict(r.get("forward", Mapping, {}), r.name("forward")),
             pickup=_usernames(r, "pickup"),
             supervise=_usernames(r, "supervise"),
-            presence_groups=tuple(r.strings("presence_groups", _OBJNAME_RE, "group name")),
+            presence_groups=_usernames(r, "presence_groups"),
             cti_groups=tuple(r.strings("cti_groups", _OBJNAME_RE, "group name")),
         )
         r.finish()
@@ -855,6 +853,7 @@ class Cdr:
     answer: str = ""
     end: str = ""
     end_reason: str = ""
+    linked_call: str = ""  # Call-IDs of calls joined with this one by attended transfer
     id: int = 0  # assigned by the store
 
     @classmethod
@@ -869,7 +868,8 @@ class Cdr:
                   switch=r.text("switch"), targets_tried=tuple(targets),
                   answered_by=r.text("answered_by"), start=_instant(r, "start"),
                   answer=_instant(r, "answer"), end=_instant(r, "end"),
-                  end_reason=r.text("end_reason"), id=r.integer("id", 0, 0, 2**62))
+                  end_reason=r.text("end_reason"), linked_call=r.text("linked_call", "", max_len=2048),
+                  id=r.integer("id", 0, 0, 2**62))
         r.finish()
         return obj
 

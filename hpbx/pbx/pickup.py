@@ -72,8 +72,9 @@ def pick_up(call, tx, user) -> None:
     ring = router.Ring("user", user.username, user=user, via=f"pickup:{user.username}")
     leg = BLeg(call, ring, None, target, str(msg.contacts[0].uri) if msg.contacts else "")
     leg.call_id = msg.call_id
-    tx.respond(200, None, [("Contact", contact), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
-               to_picker)
+    data = tx.respond(200, None, [("Contact", contact), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
+                      to_picker)
+    resend_ok_until_ack(call, tx, data)
     leg.tag = tx.to_tag
     leg.dialog = Dialog.uas(msg, tx.to_tag, target, contact)
     leg.answered = True
@@ -92,3 +93,40 @@ def pick_up(call, tx, user) -> None:
     call.targets_tried.append(f"pickup:{user.username}")
     call._answer_caller(leg, to_caller)
     log.info("[%s] picked up by %s", call.id, user.username)
+
+
+# ---- the 200 to a picking (or call-moving) device: re-sent until its ACK (RFC 3261 §13.3.1.4)
+_UNACKED: dict[str, object] = {}  # Call-ID of the device's INVITE -> its resend timer
+
+
+def resend_ok_until_ack(call, tx, data) -> None:
+    """Re-send ``data`` (our 200) over UDP at T1, 2·T1, … up to T2 until ``acked``; after 64·T1
+    without an ACK the call is hung up (as for a caller's missing ACK)."""
+    if data is None or tx.channel.reliable:
+        return
+    svc = call.service
+    t1, t2 = svc.transactions.t1, svc.transactions.t2
+    call_id, since = tx.msg.call_id, svc.loop.time()
+
+    def again(interval: float) -> None:
+        from hpbx.pbx.call import ENDED
+        if call_id not in _UNACKED:
+            return
+        if call.state == ENDED:
+            _UNACKED.pop(call_id, None)
+            return
+        if svc.loop.time() - since >= 64 * t1:
+            _UNACKED.pop(call_id, None)
+            call.hangup("no ACK from the picking device")
+            return
+        tx.channel.send(data, tx.reply_addr)
+        nxt = min(interval * 2, t2)
+        _UNACKED[call_id] = svc.wheel.call_later(nxt, call.guarded, again, nxt)
+
+    _UNACKED[call_id] = svc.wheel.call_later(t1, call.guarded, again, t1)
+
+
+def acked(call_id: str) -> None:
+    timer = _UNACKED.pop(call_id, None)
+    if timer is not None:
+        timer.cancel()

@@ -92,8 +92,9 @@ def move(call, tx, user) -> None:
     ring = router.Ring("user", user.username, user=user, via=f"move:{user.username}")
     leg = BLeg(call, ring, None, target, str(msg.contacts[0].uri) if msg.contacts else "")
     leg.call_id = msg.call_id
-    tx.respond(200, None, [("Contact", contact), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
-               to_device)
+    data = tx.respond(200, None, [("Contact", contact), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
+                      to_device)
+    pickup.resend_ok_until_ack(call, tx, data)
     leg.tag = tx.to_tag
     leg.dialog = Dialog.uas(msg, tx.to_tag, target, contact)
     leg.answered = True

@@ -20,6 +20,7 @@ this is caught there.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Callable
 
@@ -51,7 +52,7 @@ def _converter(hint: Any, name: str) -> Any:
         return None
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1 and inner[0] in (str, int, bool, float):
             return None

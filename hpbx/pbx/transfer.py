@@ -6,8 +6,10 @@ relay's port facing the callee side (as the original callee was called), and whe
 answers, that relay leg's peer becomes the target, the transferor gets a final NOTIFY (``SIP/2.0
 200 OK``) and a BYE, and the caller gets a re-INVITE with the target's SDP (same relay address
 and port; the target may have chosen another codec than the transferor). A target that cannot
-be reached leaves the call as it was, with the failure reported in the NOTIFY. The caller
-asking for a transfer is refused (501): its leg is the one hpbx cannot replace yet.
+be reached leaves the call as it was, with the failure reported in the NOTIFY (or goes to the
+``target_failed`` hook, for the target's mailbox). A blind transfer asked by the caller is
+refused (501): its leg is the one hpbx cannot replace yet. A Refer-To with ``?Replaces=`` is an
+attended transfer (hpbx.pbx.attended), from either side.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import re
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError
-from hpbx.pbx import anchor, router
+from hpbx.pbx import anchor, attended, router
 
 log = logging.getLogger("hpbx.pbx.transfer")
 
@@ -29,6 +31,38 @@ def refer_target(value: str | None) -> str | None:
         return None
     m = _URI.match(value)
     return m.group(2) if m else None
+
+
+def foreign_domain(call, refer_to: str) -> str:
+    """Why a Refer-To names a host that is not this PBX's (the tenant's domain or the address
+    the transferor reached hpbx at); "" when it is ours or not a SIP URI (refused later)."""
+    m = _URI.match(refer_to)
+    if not m:
+        return ""
+    host = m.group(3)
+    host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    ours = {"localhost"}
+    tenant = call.service.provisioning.directory.tenant(call.tenant)
+    if tenant is not None and tenant.domain:
+        ours.add(tenant.domain.lower())
+    for dialog in (call.a_dialog, call.winner.dialog if call.winner is not None else None):
+        if dialog is not None and "@" in dialog.local_uri:
+            ours.add(dialog.local_uri.split("@", 1)[1].split(";")[0].rstrip(">").rsplit(":", 1)[0].strip("[]").lower())
+    transports = call.service.transports
+    ours.update(c.local_host.lower() for c in transports.udp)
+    ours.update(h.lower() for _, h, _ in transports.stream_listeners)
+    if transports.settings.sip.advertise:
+        ours.add(transports.settings.sip.advertise.lower())
+    if call.a_msg.request_uri.host:
+        ours.add(call.a_msg.request_uri.host.strip("[]").lower())
+    return "" if host.lower() in ours else f"Refer-To names a foreign domain {host}"
+
+
+# The mailbox hook (FEATURES 8.2, branch ``mailbox``): called as ``(call, transferor_leg, plan,
+# status)`` when a blind transfer's target is busy (486/600) or unreachable (480/408/no
+# device); returning True means it took the call over (e.g. answered it with the target's
+# mailbox), and the transferor's NOTIFY then says 200. None: the failure is reported as is.
+target_failed = None
 
 
 class BlindTransfer:
@@ -77,13 +111,22 @@ class BlindTransfer:
                 self.legs.append(BLeg(call, ring, None, Target(t.transport, t.host, t.port),
                                       f"sip:{ring.value}@{t.host}:{t.port}"))
         if not self.legs:
-            self.finish("SIP/2.0 480 Temporarily Unavailable")
+            if not self._to_mailbox(480):
+                self.finish("SIP/2.0 480 Temporarily Unavailable")
             return
         for leg in self.legs:
             call.legs[leg.id] = leg
             svc.legs[leg.call_id] = (call, leg)
             call._send_invite(leg, on_response=lambda tx, status, msg, leg=leg:
                               call.guarded(self._response, leg, status, msg))
+
+    def _to_mailbox(self, status: int) -> bool:
+        if target_failed is None or status not in (408, 480, 486, 600):
+            return False
+        if not target_failed(self.call, self.transferor, self.plan, status):
+            return False
+        self.finish("SIP/2.0 200 OK")
+        return True
 
     def finish(self, sipfrag: str) -> None:
         self.done = True
@@ -101,7 +144,8 @@ class BlindTransfer:
         if status >= 300:
             call.service.legs.pop(leg.call_id, None)
             if not self.done and all(not other.live for other in self.legs):
-                self.finish(f"SIP/2.0 {status} {msg.reason if msg is not None else 'Failed'}")
+                if not self._to_mailbox(status):
+                    self.finish(f"SIP/2.0 {status} {msg.reason if msg is not None else 'Failed'}")
             return
         leg.dialog.update_from_response(msg)
         if self.done or call.winner is not self.transferor:
@@ -126,55 +170,32 @@ class BlindTransfer:
         svc = call.service
         for user, delta in ((old.user, -1), (leg.user, +1)):
             if user:
-                left = svc.active.get(user, 0) + delta
-                if left > 0:
-                    svc.active[user] = left
-                else:
-                    svc.active.pop(user, None)
+                svc.count_active(user, delta)
         call.winner = leg
         self.finish("SIP/2.0 200 OK")
         call._send_bye(old.dialog, None)
-        self._reoffer_caller(msg.body)
+        # the target answered the caller's original offer and may have picked another codec
+        attended.reoffer_caller(call, msg.body)
         svc.legs.pop(old.call_id, None)
         call.targets_tried.append(leg.ring.key)
         svc.dialog_changed(call)
         log.info("[%s] transferred by %s to %s", call.id, old.label, leg.label)
 
-    def _reoffer_caller(self, target_sdp: bytes) -> None:
-        """A re-INVITE to the caller with the target's SDP (relay address and port unchanged):
-        the target answered the caller's original offer and may have picked another codec
-        than the transferor did."""
-        call = self.call
-        dialog = call.a_dialog
-        if dialog is None or call.media is None or not target_sdp:
-            return
-        ms = call.media
-        try:
-            body = anchor.rewrite(target_sdp, ms.address_for(call.a_target.host), ms.port_a)
-        except HpbxError:
-            return
-        cseq = dialog.next_cseq()
-        headers = dialog.headers("INVITE", cseq) + [("Content-Type", "application/sdp")]
-        svc = call.service
-
-        def answered(tx, status, resp):
-            if 200 <= status < 300 and resp is not None:
-                dialog.send_ack(svc.transports, cseq)
-                if resp.body:
-                    try:
-                        peer = anchor.peer(resp.body)
-                        svc.media.offer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port,
-                                        rtcp_mux=peer.rtcp_mux)
-                    except HpbxError as exc:
-                        log.info("[%s] caller's answer after transfer not usable: %s", call.id, exc)
-
-        svc.transactions.send_request("INVITE", dialog.remote_target, headers, dialog.target,
-                                      lambda tx, status, resp: call.guarded(answered, tx, status, resp),
-                                      body)
-
 
 def handle_refer(call, side, tx) -> None:
     """A REFER inside the answered call ``call`` from ``side`` ("a" or the winning BLeg)."""
+    refer_to = tx.msg.header("Refer-To") or ""
+    if call.transfer is not None:
+        tx.respond(491, "A transfer is already in progress")
+        return
+    problem = foreign_domain(call, refer_to)
+    if problem:
+        tx.respond(403, problem[:100])
+        return
+    replacing = attended.replaces_of(refer_to)
+    if replacing is not None:
+        attended.handle(call, side, tx, replacing)
+        return
     if side == "a":
         tx.respond(501, "Transfer by the caller not implemented")
         return

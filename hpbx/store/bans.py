@@ -3,8 +3,9 @@ SQLite file as the provisioning store, so that a restart (or kill -9) keeps an a
 and a tenant's limits as the operator set them."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+
+from hpbx.store.sqlite import connect as sqlite_connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bans (
@@ -34,13 +35,7 @@ CREATE TABLE IF NOT EXISTS trusted_networks (
 class BanStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+        self.db = sqlite_connect(self.path, SCHEMA)
 
     def load_bans(self, now: float) -> list[tuple[str, str, float, float]]:
         """(host, reason, until, since) of the bans still in force; ended ones are deleted."""

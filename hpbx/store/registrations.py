@@ -6,9 +6,10 @@ one transaction per event-loop iteration by the caller (``write_batch``).
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+from hpbx.store.sqlite import connect as sqlite_connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS registrations (
@@ -90,16 +91,8 @@ class Binding:
 class RegistrationStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # the event loop thread is the only user; autocommit off, one transaction per batch
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL: a committed transaction survives a process crash (kill -9); only an
-        # OS crash may lose the last commits
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+        # the event loop thread is the only user; one transaction per batch
+        self.db = sqlite_connect(self.path, SCHEMA)
 
     def load(self, now: float) -> list[Binding]:
         """Every binding not yet expired; expired rows are deleted."""

@@ -102,22 +102,32 @@ class Transaction:
         return self._db.execute(sql, params)
 
 
+def connect(path: str, schema: str = "") -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` (its folder made) as every store here uses it:
+    explicit transactions (isolation_level=None), usable from the loop and from threads, a 5 s
+    busy timeout, WAL with synchronous=NORMAL (a committed transaction survives a process
+    crash, kill -9; only an OS crash may lose the last commits); then ``schema`` is run."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout = 5000")
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+    if schema:
+        db.executescript(schema)
+    return db
+
+
 class Store:
     """One SQLite database file (``":memory:"`` works for throw-away use)."""
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        self.connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
+        self.connection = connect(self.path)
         self._lock = threading.RLock()
-        db = self.connection
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA busy_timeout = 5000")
-        if self.path != ":memory:":
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
+        self.connection.execute("PRAGMA foreign_keys = ON")
         self._migrate()
 
     def _migrate(self) -> None:

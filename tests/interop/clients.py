@@ -88,7 +88,8 @@ class Baresip:
 
     def __init__(self, directory: Path, username: str, password: str, server: str, *,
                  sip_port: int, transport: str = "udp", tone: float = 440.0,
-                 answermode: str = "auto", host: str = "127.0.0.1", extra_account: str = ""):
+                 answermode: str = "auto", host: str = "127.0.0.1", extra_account: str = "",
+                 presence_of: tuple[str, ...] = ()):
         if BARESIP is None:
             import pytest
             pytest.skip("baresip is not installed (Debian package baresip-core)")
@@ -120,6 +121,7 @@ class Baresip:
             f"module_path {MODULES}",
             "module g711.so", "module aufile.so", "module aubridge.so", "module sndfile.so",
             "module_app account.so", "module_app menu.so", "module_app ctrl_tcp.so",
+            *(["module contact.so", "module_app presence.so"] if presence_of else []),
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
             f"snd_path {self.rec}",
             f"net_interface {host}",
@@ -132,7 +134,8 @@ class Baresip:
                         f"answermode={answermode};audio_codecs=pcmu,pcma;regint=3600;mwi=no"
                         f"{extra_account}")
         (self.dir / "accounts").write_text("")
-        (self.dir / "contacts").write_text("")
+        # contacts watched with SUBSCRIBE Event: presence (module presence)
+        (self.dir / "contacts").write_text("".join(f"<{uri}>;presence=p2p\n" for uri in presence_of))
         self.events: "queue.Queue[dict]" = queue.Queue()
         self.seen: list[dict] = []
         self.log = open(self.dir / "baresip.log", "wb")

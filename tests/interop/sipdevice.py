@@ -83,7 +83,9 @@ class Device:
 
     def authed(self, method, uri, extra=(), body="", call_id=None) -> str:
         """Send, answer a 407 with digest, and return the final response."""
-        final = lambda m: m.startswith("SIP/2.0") and not re.match(r"SIP/2.0 1\d\d", m)  # noqa: E731
+        # a final response to the request just sent (not a retransmitted 407 of the first one)
+        final = lambda m: (m.startswith("SIP/2.0") and not re.match(r"SIP/2.0 1\d\d", m)  # noqa: E731
+                           and re.search(rf"(?im)^CSeq:\s*{self.cseq}\s", m) is not None)
         self.request(method, uri, extra, body, call_id)
         resp = self.recv(want=final)
         if resp and resp.startswith("SIP/2.0 407"):
@@ -122,7 +124,10 @@ class Device:
             self.recv(0.2)
         raise AssertionError(f"no NOTIFY with {state}: {self.notifies}")
 
-    def invite_replacing(self, number, dialog: dict) -> str:
+    def invite_replacing(self, number, dialog: dict, ack_after: float = 0.0) -> str:
+        """INVITE with Replaces; on 200 the ACK goes after ``ack_after`` s (the 200s seen
+        meanwhile, and in the 2 s after the ACK, are counted in ``ok_before_ack`` and
+        ``ok_after_ack``)."""
         uri = f"sip:{number}@{self.rig.target}"
         sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
                f"m=audio {self.rtp.getsockname()[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
@@ -133,14 +138,25 @@ class Device:
         if resp.startswith("SIP/2.0 200"):
             to = header(resp, "To")[0]
             self.cseq_ack = self.cseq
+            is_ok = lambda m: m.startswith("SIP/2.0 200") and f"Call-ID: {call_id}" in m  # noqa: E731
+            self.ok_before_ack = self._count(ack_after, is_ok)
             self._send(f"ACK {header(resp, 'Contact')[0].strip('<>')} SIP/2.0\r\n"
                        f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{uuid.uuid4().hex[:12]};rport\r\n"
                        f"Max-Forwards: 70\r\nFrom: <sip:{self.user}@127.0.0.1>;tag={self.tag}\r\nTo: {to}\r\n"
                        f"Call-ID: {call_id}\r\nCSeq: {self.cseq} ACK\r\nContent-Length: 0\r\n\r\n")
+            if ack_after:
+                self.ok_after_ack = self._count(2.0, is_ok)
             body = resp.split("\r\n\r\n", 1)[1]
             self.media_to = (re.search(r"c=IN IP4 (\S+)", body).group(1),
                              int(re.search(r"m=audio (\d+)", body).group(1)))
         return resp
+
+    def _count(self, seconds: float, want) -> int:
+        n, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.recv(max(0.05, deadline - time.monotonic()), want=want) is not None:
+                n += 1
+        return n
 
     def send_tone(self, freq=900.0, seconds=3.0):
         def run():

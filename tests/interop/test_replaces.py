@@ -52,8 +52,10 @@ def test_blf_pickup_with_replaces(rig, tmp_path):
             assert refused.startswith("SIP/2.0 403"), refused
             bogus = dict(early, **{"call-id": "nope"})
             assert pol.invite_replacing(NAMES["pia"], bogus).startswith("SIP/2.0 481")
-            ok = pol.invite_replacing(NAMES["pia"], early)
+            ok = pol.invite_replacing(NAMES["pia"], early, ack_after=1.8)
             assert ok.startswith("SIP/2.0 200"), ok
+            # hpbx re-sends its 200 until the picker's ACK (RFC 3261 13.3.1.4), then stops
+            assert pol.ok_before_ack >= 1 and pol.ok_after_ack == 0, (pol.ok_before_ack, pol.ok_after_ack)
             pam.wait_event("CALL_ESTABLISHED")
             pia.wait_event("CALL_CLOSED")
             pol.send_tone(900)
