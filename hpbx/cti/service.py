@@ -361,7 +361,7 @@ class CtiService:
                 self.told[key] = kind
             sessions = self.sessions.get(username)
             if sessions:
-                doc = {"jsonrpc": "2.0", "method": "event", "params": self._call_event(kind, call, direction, leg)}
+                doc = {"jsonrpc": "2.0", "method": "event", "params": self._call_event(kind, call, direction, leg, username)}
                 for s in sessions:
                     s.push(doc)
                 self.stats["call_events"] += len(sessions)
@@ -372,12 +372,16 @@ class CtiService:
                 if user is not None:
                     self.presence_changed(user)
 
-    @staticmethod
-    def _call_event(kind: str, call, direction: str, leg) -> dict:
+    def _call_event(self, kind: str, call, direction: str, leg, username: str = "") -> dict:
         plan = call.plan
         via = leg.ring.via if leg is not None else ""
-        ring_class = ("group" if via.startswith("group:") else
-                      "internal" if call.caller_user is not None else "direct")
+        # FEATURES 15.2: internal = a user of the PBX calls; direct = the user's own number (its
+        # displayed number) was dialled; group = any other way an outside call reaches the user
+        ring_class = "internal" if call.caller_user is not None else "group"
+        if ring_class == "group" and username:
+            me = self.provisioning.directory.auth_user(username)
+            if me is not None and me.displayed_number and me.displayed_number == plan.dialled:
+                ring_class = "direct"
         ev = {"type": kind, "call_id": call.id, "direction": direction, "caller": call.caller,
               "caller_name": getattr(call, "caller_name", "") or "", "dialled": plan.dialled,
               "slot": plan.slot, "ring_class": ring_class, "via": via, "time": time.time()}
