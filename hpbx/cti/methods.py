@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hpbx.admin.methods import Method, Param
-from hpbx.admin.protocol import NOT_FOUND, RpcError
+from hpbx.admin.protocol import INVALID_PARAMS, NOT_FOUND, OPERATION_FAILED, RpcError
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,29 @@ def call_list(svc, session, p):
     return out
 
 
+def call_dial(svc, session, p):
+    from hpbx.cti.clicktodial import ClickToDial
+    user = svc.provisioning.directory.auth_user(session.username) or session.user
+    dest = p["destination"].strip()
+    if not dest or len(dest) > 64 or any(c.isspace() or c in "<>@;\"" for c in dest):
+        raise RpcError(INVALID_PARAMS, "destination: must be a number or username (no spaces, <, >, @, ;)",
+                       {"field": "destination", "reason": "not a dialable string"})
+    bindings = sorted((b for b in svc.registrar.lookup(user.username) if b.online),
+                      key=lambda b: b.registered_at, reverse=True)
+    if p.get("device"):
+        bindings = [b for b in bindings if p["device"] in (b.contact, f"{b.source_host}:{b.source_port}")]
+    if not bindings:
+        why = "no registered device" + (f" {p['device']!r}" if p.get("device") else "")
+        raise RpcError(OPERATION_FAILED, f"device: {why} of {user.username} to call first",
+                       {"field": "device", "reason": why})
+    return ClickToDial(svc, session, user, dest, bindings[0], p.get("auto_answer", False)).start()
+
+
 def call_hangup(svc, session, p):
+    click = svc.clicks.get(p["call_id"])
+    if click is not None and click.user.username == session.username and click.call is None:
+        click.cancel()
+        return {"call_id": click.call_id, "hung_up": True}
     call = _my_call(svc, session, p["call_id"])
     call.guarded(call.hangup, f"hung up by {session.username} (CTI)")
     return {"call_id": call.id, "hung_up": True}
@@ -137,6 +159,13 @@ _add("login", login, "Log in with the username and the CTI password; needs the u
 _add("help", help_, "This table: every method with its parameters.", anonymous=True)
 _add("whoami", whoami, "The logged-in user: username, tenant, numbers, DND, open sessions.")
 _add("call.list", call_list, "The user's calls in progress (call_id, state, caller, called, direction).")
+_add("call.dial", call_dial,
+     "Click-to-dial: hpbx calls your phone, and when you answer it calls the destination "
+     "(presenting your displayed number outside) and connects you; events dialing, "
+     "phone_answered, then ringing/answered/ended (or dial_failed) with the same call_id.",
+     Param("destination", "str", True, "what you would dial on the phone: internal or external number"),
+     Param("device", "str", help="which registered device: its Contact URI or host:port (default: the newest)"),
+     Param("auto_answer", "bool", help="ask the phone to answer by itself (Call-Info answer-after=0)"))
 _add("call.hangup", call_hangup, "Hang up one of the user's calls (ringing: cancelled; answered: BYE).",
      Param("call_id", "str", True, "call_id of an event or of call.list"))
 _add("dnd.set", dnd_set, "Do not disturb on or off (as *78/*79): calls to the user get 486.",

@@ -123,6 +123,7 @@ class CtiService:
         self.sessions: dict[str, list[Session]] = {}
         self.anonymous: set[Session] = set()
         self.told: dict[tuple[str, str], str] = {}  # (call id, username) -> last event told
+        self.clicks: dict = {}  # call id -> hpbx.cti.clicktodial.ClickToDial under way
         self.auth_failure_hooks: list[Callable[[str, int, str, str], Any]] = []
         self.source_allowed: Callable[[str], bool] = lambda host: True
         self.stats: collections.Counter[str] = collections.Counter()
@@ -316,6 +317,8 @@ class CtiService:
     def call_changed(self, call, ended: bool) -> None:
         """The B2BUA's observer: tell each logged-in user of the call what changed for it."""
         from hpbx.pbx.call import ANSWERED, RINGING
+        if ended:
+            self.clicks.pop(call.id, None)
         users: list[tuple[str, str, object]] = []  # (username, direction, leg or None)
         if call.caller_user is not None:
             users.append((call.caller_user.username, "out", None))

@@ -216,7 +216,9 @@ class CallService:
             ok = msg.to_tag == (call.a_dialog.local_tag if call.a_dialog else None)
         else:
             ok = msg.to_tag == side.tag
-        if not ok or call.winner is None or (side != "a" and side is not call.winner):
+        # a caller leg hpbx itself connected (click-to-dial, hpbx.cti) may hang up before an answer
+        early = side == "a" and call.winner is None and getattr(call, "early_caller_dialog", False)
+        if not ok or (call.winner is None and not early) or (side != "a" and side is not call.winner):
             tx.respond(481)
             return
         call.guarded(call.in_dialog, side, tx)
