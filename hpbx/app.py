@@ -360,8 +360,24 @@ class Server:
             self.web.auth_failure_hooks.append(
                 lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
             self.web.source_allowed = security.guard.allowed
+        self._start_cti(ctx, security)
         await self.web.start()
         self._stop_order.append(self.web.stop)
+
+    def _start_cti(self, ctx, security) -> None:
+        """CTI clients at /cti on the web face's listeners (hpbx.cti.service); failed CTI
+        logins feed the ban engine as failed web logins do."""
+        from hpbx.cti.service import CtiService
+
+        self.cti = CtiService(asyncio.get_running_loop(), self.calls, self.provisioning, self.registrar)
+        self.web.route_hooks.append(self.cti.add_routes)
+        if security is not None and hasattr(security, "auth_failed"):
+            self.cti.auth_failure_hooks.append(
+                lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
+            self.cti.source_allowed = security.guard.allowed
+        ctx.cti = self.cti
+        ctx.stats_sources["cti"] = self.cti.counts
+        self._stop_order.append(self.cti.close)
 
     # ---- what the admin layer reads
     def list_registrations(self, tenant: str | None, user: str | None):

@@ -485,6 +485,7 @@ class User:
     presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
     conference_pin: str = ""  # digits: picks the user's personal room on the dial-in number (10.2)
     mailbox: UserMailbox = field(default_factory=UserMailbox)  # FEATURES 8.2
+    cti_groups: tuple[str, ...] = ()  # CTI groups: the sections of the CTI colleague list (14.3)
 
     @property
     def id(self) -> str:
@@ -519,6 +520,7 @@ class User:
             presence_groups=_usernames(r, "presence_groups"),
             conference_pin=_pin(r, "conference_pin"),
             mailbox=UserMailbox.from_dict(r.get("mailbox", Mapping, {}), r.name("mailbox")),
+            cti_groups=tuple(r.strings("cti_groups", _OBJNAME_RE, "group name")),
         )
         r.finish()
         return obj
@@ -532,7 +534,7 @@ class User:
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
              "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
              "conference_pin": self.conference_pin,
-             "mailbox": self.mailbox.to_dict(compact)}
+             "mailbox": self.mailbox.to_dict(compact), "cti_groups": list(self.cti_groups)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -546,7 +548,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise", "presence_groups", "mailbox"):
+            for key in ("pickup", "supervise", "presence_groups", "mailbox", "cti_groups"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
