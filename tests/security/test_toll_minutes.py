@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -307,3 +308,60 @@ def test_an_unreachable_webhook_is_counted_and_the_refusal_stands():
     assert p.admit("a1", "t", "anna", "0791") is None
     assert p.admit("a2", "t", "anna", "0791").rule == "calls_per_hour_user"
     assert p.counts()["toll_alerts_failed"] == 1 and p.counts()["toll_alerts_sent"] == 0
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.mark.sipp
+def test_the_running_server_cuts_calls_that_spent_the_budget_and_alerts(tmp_path, receivers):
+    """The real server, a SIPp gateway as the trunk, 10 trunk calls up at once against a
+    tenant budget of 1 minute: all 10 get BYE after ~6 s (60 s shared by 10), the CDRs say
+    why, the next call is refused, and the alert arrives by webhook and, through the
+    server's own mail spool, at the SMTP server."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sip"))
+    from harness import have_sipp, reserved_port
+    from callrig import CallRig, trunk, user
+    if not have_sipp():
+        pytest.skip("sipp is not installed (sip-tester)")
+    web_port, spool, box = receivers  # the test's own spool stays unused: the server has one
+    smtp_port = spool.settings.port
+    gw = reserved_port()
+    rig = CallRig(tmp_path / "rig", '[tenant]\nname = "mins"\ntrunk = "gateway"\n' + trunk("gateway", gw)
+                  + user("m1", "501") + user("m2", "502"))
+    with open(rig.server.config, "a") as f:
+        f.write(f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsender = "pbx@example.net"\n'
+                f"retry_min = 1\n\n[security.toll]\nmax_outbound_per_user = 0\nmax_outbound_per_tenant = 0\n"
+                f"minutes_per_hour_tenant = 1\nalert_webhook = \"http://127.0.0.1:{web_port}/toll\"\n"
+                f'alert_mail = "noc@example.net"\n')
+    scen = str(Path(__file__).resolve().parent / "scenarios" / "call_uac_auth_wait_bye.xml")
+    with rig:
+        g = rig.sipp("call_uas.xml", port=gw, pause_ms=100, calls=10, timeout=25, name="gateway")
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        callers = rig.sipp(scen, service="0791110001", calls=10, rate=100, timeout=25,
+                           extra=["-au", "m1", "-ap", "m1-pw", "-l", "10"], name="ten").finish()
+        took = time.monotonic() - t0
+        seen = g.finish()
+        state = rig.admin("toll.get", tenant="mins")
+        from test_toll import refused  # noqa: E402 - the raw INVITE helper of the toll tests
+        after = refused(rig, "m2", "0791110002")
+        deadline = time.monotonic() + 15
+        while (not Hook.received or not box.messages) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = rig.server.log()
+        cdrs = rig.cdrs(count=10)
+        rig.assert_idle()
+    assert callers.successful == 10, callers.describe() + log
+    assert seen.successful == 10 and len(seen.received("BYE")) == 10, seen.describe()
+    print(f"10 trunk calls, 1 minute of budget: all cut after {took:.1f} s")
+    assert 5.5 <= took < 10, took  # 60 s of budget spent by 10 calls at once: ~6 s, not 60
+    assert [c["end_reason"] for c in cdrs].count("outbound minutes exceeded") == 10, cdrs
+    assert 0.95 <= state["minutes_last_hour"] <= 1.1, state
+    assert after == "SIP/2.0 403 Outbound minutes of this tenant exceeded"
+    assert re.search(r'SECURITY event=toll_cut tenant=mins user="" rule=minutes_per_hour_tenant calls=10', log), log[-3000:]
+    [(path, ctype, event)] = Hook.received
+    assert path == "/toll" and event["tenant"] == "mins" and event["rule"] == "minutes_per_hour_tenant"
+    [(rcpt, text)] = box.messages
+    assert rcpt == ["noc@example.net"] and "hpbx toll-fraud limit: mins minutes_per_hour_tenant" in text
+    assert "X-Hpbx-Mail-Id" in text  # it went through the server's spool
