@@ -265,6 +265,9 @@ class Server:
         self.toll = TollPolicy(self.settings, self.ban_store)
         self.calls.toll = self.toll
         self.toll.on_block = self.calls.hangup_trunk_calls
+        self.toll.zone_of = lambda t: getattr(self.provisioning.directory.tenant(t), "timezone", None)
+        self.toll.call_later = self.wheel.call_later  # minutes budgets: cut the calls that spent it
+        self.toll.on_cut = lambda cid, why: (c := self.calls.calls.get(cid)) is not None and c.guarded(c.hangup, why)
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 
@@ -284,6 +287,7 @@ class Server:
         self.mail = MailSpool(smtp, directory)
         self.mail.open()
         await self.mail.start()
+        self.toll.mail = self.mail  # toll-fraud alert mails
         self._stop_order.append(self.mail.stop)
         from hpbx.pbx import voicemail  # Voice2Mail, user mailboxes, MWI (issue 11)
         self.voicemail = voicemail.install(self.calls, self.mail, self.dispatcher, self.settings)
