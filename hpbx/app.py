@@ -251,7 +251,8 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
-        from hpbx.pbx import media_channel
+        from hpbx.pbx import announcements, media_channel
+        announcements.install(self.calls, self.settings)  # prompts, announcement steps, *200/*201
         media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart

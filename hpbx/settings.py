@@ -150,6 +150,29 @@ class HepSettings:
     password: str = ""
 
 
+DEBIAN_MOH = "/usr/share/asterisk/moh"  # asterisk-moh-opsound-wav
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """Prompts, music on hold and announcements (hpbx/media/prompts.py, README "System
+    prompts"). Empty paths take the defaults the methods give."""
+
+    dir: str = ""  # announcements (converted WAV); "" = "media" beside the store file
+    prompts: str = ""  # built prompt sets <lang>/<name>.wav; "" = the project's build/prompts
+    custom_prompts: str = ""  # operator drop-in <lang>/<name>.wav, moh/<class>/; "" = <dir>/prompts
+    moh: str = DEBIAN_MOH  # the music class "default"
+
+    def media_dir(self, store_path: str) -> str:
+        return self.dir or str(Path(store_path).resolve().parent / "media")
+
+    def prompts_dir(self) -> str:
+        return self.prompts or str(Path(__file__).resolve().parent.parent / "build" / "prompts")
+
+    def custom_dir(self, store_path: str) -> str:
+        return self.custom_prompts or str(Path(self.media_dir(store_path)) / "prompts")
+
+
 def parse_http_listener(text: str) -> HttpListener:
     """``http:127.0.0.1:8080``, ``https:[::1]:8443``."""
     scheme, sep, rest = text.partition(":")
@@ -172,6 +195,7 @@ class Settings:
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
     http: HttpSettings = field(default_factory=HttpSettings)
     hep: HepSettings = field(default_factory=HepSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
 
 class _Reader:
@@ -275,7 +299,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep"}
+             "hep", "media"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -395,10 +419,15 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     security = security_config.from_dict(_Reader, path, data.get("security"))
     http = _http_settings(path, data.get("http"))
     hep = _hep_settings(path, data.get("hep"))
+    r = _Reader(path, "media", data.get("media"))
+    media = MediaSettings(dir=r.get("dir", str, ""), prompts=r.get("prompts", str, ""),
+                          custom_prompts=r.get("custom_prompts", str, ""),
+                          moh=r.get("moh", str, DEBIAN_MOH))
+    r.finish()
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep)
+                    hep=hep, media=media)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

@@ -350,7 +350,9 @@ _add_crud(
            help="public number presented to the network for users with no displayed number"),
      Param("caller_id_fallback", "str", choices=("default_number", "withheld"),
            help="caller ID of users with no displayed number: the default number, or withheld "
-                "(anonymous, P-Asserted-Identity + Privacy: id)")),
+                "(anonymous, P-Asserted-Identity + Privacy: id)"),
+     Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
+     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -512,6 +514,7 @@ _add("tenant.import", tenant_import,
 
 from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
 from hpbx.admin import mail_methods  # noqa: E402,F401  (mail.*: the outgoing mail spool)
+from hpbx.admin import announcement_methods  # noqa: E402,F401  (announcement.* with the audio itself)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 

@@ -247,6 +247,10 @@ class Tenant:
     # From anonymous with P-Asserted-Identity (the default number) and Privacy: id (RFC 3325)
     default_number: str = ""  # one of the tenant's public numbers; "" = none
     caller_id_fallback: str = "default_number"
+    # media services (hpbx/media/prompts.py): the prompt folder callers hear, and the music on
+    # hold: a music class ("default" ships) or "announcement:<id>" of an announcement of kind music
+    language: str = "de"
+    music_on_hold: str = "default"
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -264,18 +268,25 @@ class Tenant:
         obj = cls(name=name, domain=r.text("domain", "", _HOST_RE, "domain"), timezone=tz,
                   trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"), default_number=default_number,
                   caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
-                                              "default_number"))
+                                              "default_number"),
+                  language=r.text("language", "de", _LANGUAGE_RE, "language (en, de, fr_CH ...)"),
+                  music_on_hold=r.text("music_on_hold", "default", _MOH_RE,
+                                       "music class name or announcement:<id>"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
         d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
-             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback}
+             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
+             "language": self.language, "music_on_hold": self.music_on_hold}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
 _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
-                    "caller_id_fallback": "default_number"}
+                    "caller_id_fallback": "default_number", "language": "de",
+                    "music_on_hold": "default"}
+_LANGUAGE_RE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+_MOH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}|announcement:[1-9][0-9]{0,5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1059,6 +1070,8 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
                   if u.displayed_number == key]
         if objs.tenant.default_number == key:
             found.append(f"tenant {objs.tenant.name} (default number)")
+    if kind == "announcement" and objs.tenant.music_on_hold == f"announcement:{key}":
+        found.append(f"tenant {objs.tenant.name} (music on hold)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found
