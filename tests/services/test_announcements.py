@@ -186,3 +186,55 @@ def test_star_201_plays_for_a_permitted_user_and_refuses_others(rig):
         else:  # the "not permitted" prompt (speech), not the announcement's steady tone
             assert power(pcm, 700) < 1e5 and np.abs(pcm).max() > 500
     rig.assert_idle()
+
+
+def classify(pcm_frames, freqs=(425, 700, 1300)):
+    """Per 20 ms frame: the dominant one of ``freqs``, or 0 for silence."""
+    out = []
+    for f in pcm_frames:
+        if np.abs(f).max() < 300:
+            out.append(0)
+        else:
+            out.append(dominant(f, freqs))
+    return out
+
+
+def runs(labels, min_len=5):
+    """The sequence of labels that last at least ``min_len`` frames, silence left out."""
+    seq, cur, n = [], None, 0
+    for x in labels + [None]:
+        if x == cur:
+            n += 1
+            continue
+        if cur and n >= min_len and (not seq or seq[-1] != cur):
+            seq.append(cur)
+        cur, n = x, 1
+    return seq
+
+
+def test_before_announcement_then_ringing_then_after_announcement(rig):
+    before = rig.admin("announcement.create", tenant="ann", name="welcome", audio=b64(tone_wav(700, 1.5)))
+    after = rig.admin("announcement.create", tenant="ann", name="all busy", audio=b64(tone_wav(1300, 1.0)))
+    rig.admin("number.set_slots", number="044777100",
+              slots=[{"active": True, "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                      "announcement_before": before["id"], "announcement_after": after["id"],
+                      "rows": [{"duration": 3, "targets": ["user:mgr"]}]}])
+    phone = rig.phone("mgr", "call_uas_ring.xml", timeout=15)
+    peer = Peer()
+    try:
+        t0 = time.monotonic()
+        caller = rig.sipp(str(SCEN / "uac_early_rtp.xml"), service="044777100", port=CARRIER, timeout=20,
+                          extra=["-key", "rtp_port", str(peer.port)], name="before-after")
+        pkts = peer.recv(n=400, timeout=8)
+        res = caller.finish()
+        ph = phone.finish()
+    finally:
+        peer.close()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert res.received("SIP/2.0 183"), "the before-announcement is early media (183)"
+    assert ph.received("INVITE") and ph.received("CANCEL"), ph.describe()
+    labels = classify(frames_of(pkts))
+    assert runs(labels) == [700, 425, 1300], (runs(labels), labels)
+    # the phone rang only after the announcement: at least 1.5 s of 700 Hz came first
+    assert labels.index(425) >= 70, labels.index(425)
+    rig.assert_idle()
