@@ -253,9 +253,10 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
-        from hpbx.pbx import conference, media_channel
+        from hpbx.pbx import announcements, conference, media_channel
         self.conferences = conference.install(self.calls, self.settings)  # usage "conference"
         self._stop_order.append(self.conferences.close)
+        announcements.install(self.calls, self.settings)  # prompts, announcement steps, *200/*201
         media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart

@@ -151,6 +151,29 @@ class HepSettings:
     password: str = ""
 
 
+DEBIAN_MOH = "/usr/share/asterisk/moh"  # asterisk-moh-opsound-wav
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """Prompts, music on hold and announcements (hpbx/media/prompts.py, README "System
+    prompts"). Empty paths take the defaults the methods give."""
+
+    dir: str = ""  # announcements (converted WAV); "" = "media" beside the store file
+    prompts: str = ""  # built prompt sets <lang>/<name>.wav; "" = the project's build/prompts
+    custom_prompts: str = ""  # operator drop-in <lang>/<name>.wav, moh/<class>/; "" = <dir>/prompts
+    moh: str = DEBIAN_MOH  # the music class "default"
+
+    def media_dir(self, store_path: str) -> str:
+        return self.dir or str(Path(store_path).resolve().parent / "media")
+
+    def prompts_dir(self) -> str:
+        return self.prompts or str(Path(__file__).resolve().parent.parent / "build" / "prompts")
+
+    def custom_dir(self, store_path: str) -> str:
+        return self.custom_prompts or str(Path(self.media_dir(store_path)) / "prompts")
+
+
 def parse_http_listener(text: str) -> HttpListener:
     """``http:127.0.0.1:8080``, ``https:[::1]:8443``."""
     scheme, sep, rest = text.partition(":")
@@ -184,6 +207,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     hep: HepSettings = field(default_factory=HepSettings)
     conference: ConferenceSettings = field(default_factory=ConferenceSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
 
 class _Reader:
@@ -287,7 +311,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep", "conference"}
+             "hep", "conference", "media"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -413,10 +437,15 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
                                     pin_attempts=r.int_in("pin_attempts", 3, 1, 10),
                                     pin_timeout=r.int_in("pin_timeout", 6, 2, 60))
     r.finish()
+    r = _Reader(path, "media", data.get("media"))
+    media = MediaSettings(dir=r.get("dir", str, ""), prompts=r.get("prompts", str, ""),
+                          custom_prompts=r.get("custom_prompts", str, ""),
+                          moh=r.get("moh", str, DEBIAN_MOH))
+    r.finish()
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep, conference=conference)
+                    hep=hep, conference=conference, media=media)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

@@ -350,7 +350,9 @@ _add_crud(
            help="public number presented to the network for users with no displayed number"),
      Param("caller_id_fallback", "str", choices=("default_number", "withheld"),
            help="caller ID of users with no displayed number: the default number, or withheld "
-                "(anonymous, P-Asserted-Identity + Privacy: id)")),
+                "(anonymous, P-Asserted-Identity + Privacy: id)"),
+     Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
+     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -521,6 +523,7 @@ from hpbx.admin import mail_methods  # noqa: E402,F401  (mail.*: the outgoing ma
 from hpbx.admin import conference_methods  # noqa: E402,F401  (conference.*: rooms, schedules)
 from hpbx.admin import mailbox_methods  # noqa: E402,F401  (mailbox.*: user mailboxes, issue 11)
 from hpbx.admin import recording_methods  # noqa: E402,F401  (call.record, recording.*: issue 11)
+from hpbx.admin import announcement_methods  # noqa: E402,F401  (announcement.* with the audio itself)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 

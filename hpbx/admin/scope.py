@@ -49,6 +49,9 @@ for _noun in ("group", "trunk", "switch", "announcement"):
 RULES["switch.set"] = RULES["switch.clear"] = "tenant"
 
 
+# parameters that name files on the server's machine (read by the server): socket peers only
+LOCAL_ONLY_PARAMS = {"announcement.create": ("path",), "announcement.update": ("path",)}
+
 # operator-only methods whose tenant the audit log still records
 OPERATOR_RULES = {"tenant.create": "name", "tenant.delete": "name", "admin.create": "tenant",
                   "admin.update": "tenant"}
@@ -152,6 +155,11 @@ class WebAccount:
         return params
 
     def authorize(self, ctx, method: str, params: dict) -> str:
+        for name in LOCAL_ONLY_PARAMS.get(method, ()):
+            if name in params:
+                raise RpcError(PERMISSION_DENIED, f"permission denied: {name} is read on the server's "
+                                                  "machine: only the admin socket may give it",
+                               {"field": name, "reason": "admin socket only"})
         if self.account.operator:
             return resolve(ctx, method, params)
         own = self.account.tenant

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor, callerid, media_channel, router, transfer
+from hpbx.pbx import anchor, callerid, media_channel, moh, router, transfer
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
@@ -116,6 +116,8 @@ class Call:
         self.b_offer = b""
         self.b_ack_pending = False  # late offer: the callee's ACK waits for the caller's answer
         self.max_timer = None  # ends an answered trunk call at its maximum duration
+        self.early_codec = None  # the caller has early media from hpbx (hpbx.pbx.moh: ring-back)
+        self.moh = None  # music on hold in progress (hpbx.pbx.moh)
         a_host, a_port = service.transports.local_address(tx.channel.kind, tx.addr[0])
         transport = "" if tx.channel.kind == "udp" else f";transport={tx.channel.kind}"
         user = plan.dialled or "hpbx"
@@ -471,6 +473,7 @@ class Call:
         if body:
             headers.append(("Content-Type", "application/sdp"))
         reason = msg.reason if msg is not None and msg.reason else None
+        moh.ringback(self, body)  # a caller with hpbx's early media hears ring-back meanwhile
         self.a_tx.respond(status, reason, headers, body)
 
     def _answer(self, leg: BLeg) -> None:
@@ -493,6 +496,7 @@ class Call:
     def _answer_caller(self, leg: BLeg, body: bytes) -> None:
         """The caller's 200 for the winning leg (also a pickup's, hpbx.pbx.pickup)."""
         svc = self.service
+        moh.stop_ringback(self)
         headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -583,6 +587,8 @@ class Call:
     def _final(self, status: int, leg: BLeg | None) -> None:
         if status != 487 and media_channel.after_rows(self, status):
             return  # Voice2Mail / the callee's mailbox answered the caller (hpbx.pbx.voicemail)
+        if status != 487 and media_channel.take_over_step(self, "announcement_after"):
+            return  # rows exhausted: the slot's after-announcement answers the caller
         reason = None
         if leg is not None and leg.last is not None and leg.last.status == status:
             reason = leg.last.reason or None
@@ -626,7 +632,7 @@ class Call:
         body = msg.body
         ctype = msg.header("Content-Type")
         if body and method in ("INVITE", "UPDATE") and self.media is not None:
-            body = self._reanchor(side, body, towards_b=side == "a")
+            body = moh.offer(self, side, msg.body, self._reanchor(side, body, towards_b=side == "a"))
         if msg.contacts:
             mine.remote_target = str(msg.contacts[0].uri)
         headers = other.headers(method)
@@ -675,7 +681,7 @@ class Call:
                 body = resp.body
                 if method in ("INVITE", "UPDATE") and self.media is not None and status < 300:
                     back = "b" if side == "a" else "a"
-                    body = self._reanchor(back, body, towards_b=back == "a")
+                    body = moh.answer(self, side, resp.body, self._reanchor(back, body, towards_b=back == "a"))
                 ctype = resp.header("Content-Type")
                 if ctype:
                     headers.append(("Content-Type", ctype))

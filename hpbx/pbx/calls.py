@@ -185,6 +185,9 @@ class CallService:
             self.stats["calls_rejected"] += 1
             tx.respond(480, f"number usage {plan.kind} not available")
             return
+        # an announcement before the rows, or a slot of announcements only (hpbx.pbx.announcements)
+        if media_channel.run_step("slot", self, tx, plan, caller, caller_user, trunk):
+            return
         if not plan.rows and not plan.voice2mail:  # a Voice2Mail slot answers without rows
             self.stats["calls_rejected"] += 1
             tx.respond(480, "no target in the dial plan")

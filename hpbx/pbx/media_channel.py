@@ -55,7 +55,9 @@ Service API (all on ``ch``; coroutines are marked async)::
     await ch.sleep(seconds)
     await ch.ring(rows, plan=None)         early channel only: ring rows (router.Row tuple)
                                            with relayed audio; returns the Call (the channel
-                                           is done: the service should return)
+                                           is done: the service should return); the Call
+                                           keeps ``early_codec``: the caller has early media
+                                           from hpbx (ring-back is played while it rings)
     await ch.hangup(reason="service ended")  BYE (answered) or final_status (early); the
                                            service coroutine may also just return
     ch.held                                True while the caller holds the call (re-INVITE)
@@ -76,6 +78,13 @@ CANCEL), call.py asks ``after_rows(call, status)``; ``factory(call, status)`` re
 itself, on the call's relay session (ports and latching kept); the ringing Call ends without
 a final response and without a CDR of its own: the channel's CDR keeps its start and the
 targets it tried. Voice2Mail and the user mailbox (hpbx.pbx.voicemail) register here.
+
+Steps (the call flow runs a media step before/after ringing rows): ``run_step(step, svc, tx,
+plan, ...)`` is how calls.py asks "is there a step for this plan" (step "slot": before the rows
+ring, or a slot without rows); ``take_over_step(call, step)`` is how call.py hands a caller whose
+rows are exhausted to step "announcement_after". The registered factory returns None, a
+service coroutine, or (service, answer mode, name). Issue 10's announcement steps register
+here (hpbx/pbx/announcements.py).
 """
 from __future__ import annotations
 
@@ -297,6 +306,32 @@ def negotiated(offer: bytes, answer: bytes) -> dict:
 def _inherit(ch, call) -> None:
     ch.start_iso, ch.start_time = call.start_iso, call.start_time
     ch.targets_tried = list(call.targets_tried)
+
+
+def run_step(step: str, svc, tx, plan, caller, caller_user, trunk, *, media=None) -> bool:
+    """calls.py / call.py: run the media step ``step`` for ``plan`` if one is registered and its
+    factory wants it; True when a channel took the caller's INVITE. The factory returns None,
+    a Service, or (Service, answer mode, name)."""
+    found = step_for(step, svc, plan)
+    if found is None:
+        return False
+    service, answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
+    start(svc, tx, plan, caller, caller_user, trunk, service, name=name, answer=answer, media=media)
+    return True
+
+
+def take_over_step(call, step: str) -> bool:
+    """call.py: a ringing Call gives up (rows exhausted); if ``step`` wants the caller, the
+    Call ends quietly (its relay session is kept) and a channel answers the same INVITE."""
+    svc = call.service
+    if step_for(step, svc, call.plan) is None:
+        return False
+    media, call.media = call.media, None
+    if media is not None and svc.media.is_terminated(call.id, "a"):
+        svc.media.stop_tone(call.id, "a")  # the ring-back of a caller with early media
+    call._end(f"rows exhausted: {step}")
+    return run_step(step, svc, call.a_tx, call.plan, call.caller, call.caller_user, call.from_trunk,
+                    media=media)
 
 
 def load_modules(call_service) -> None:
@@ -826,6 +861,7 @@ class MediaChannel:
         self.clear_digits()
         call = Call(svc, self.a_tx, plan, self.caller, self.caller_user, self.from_trunk)
         call.media = self.media
+        call.early_codec = dict(self.codec)  # the caller hears our early media (ring-back)
         call.start_iso, call.start_time = self.start_iso, self.start_time
         self.handed_to = call
         self.state = ENDED

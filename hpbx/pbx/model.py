@@ -263,6 +263,10 @@ class Tenant:
     push_url: str = ""  # "" = none
     push_secret: str = ""
     voicemail_format: str = "wav"  # attachment of voice messages: "wav" or "mp3" (hpbx.pbx.voicemail)
+    # media services (hpbx/media/prompts.py): the prompt folder callers hear, and the music on
+    # hold: a music class ("default" ships) or "announcement:<id>" of an announcement of kind music
+    language: str = "de"
+    music_on_hold: str = "default"
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -283,7 +287,10 @@ class Tenant:
                                               "default_number"),
                   push_url=r.text("push_url", "", _URL_RE, "http(s) URL", max_len=1024),
                   push_secret=r.text("push_secret", "", max_len=256),
-                  voicemail_format=r.choice("voicemail_format", VOICEMAIL_FORMATS, "wav"))
+                  voicemail_format=r.choice("voicemail_format", VOICEMAIL_FORMATS, "wav"),
+                  language=r.text("language", "de", _LANGUAGE_RE, "language (en, de, fr_CH ...)"),
+                  music_on_hold=r.text("music_on_hold", "default", _MOH_RE,
+                                       "music class name or announcement:<id>"))
         r.finish()
         return obj
 
@@ -291,13 +298,18 @@ class Tenant:
         d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
              "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
              "push_url": self.push_url, "push_secret": self.push_secret,
-             "voicemail_format": self.voicemail_format}
+             "voicemail_format": self.voicemail_format,
+             "language": self.language, "music_on_hold": self.music_on_hold}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
 _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
                     "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
-                    "voicemail_format": "wav"}
+                    "voicemail_format": "wav",
+                    "language": "de",
+                    "music_on_hold": "default"}
+_LANGUAGE_RE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+_MOH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}|announcement:[1-9][0-9]{0,5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1148,6 +1160,8 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
                   if u.displayed_number == key]
         if objs.tenant.default_number == key:
             found.append(f"tenant {objs.tenant.name} (default number)")
+    if kind == "announcement" and objs.tenant.music_on_hold == f"announcement:{key}":
+        found.append(f"tenant {objs.tenant.name} (music on hold)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found
