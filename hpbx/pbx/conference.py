@@ -251,18 +251,18 @@ class Conferences:
             for m in rest:
                 self._tone(m.ch, "leave")
 
-    def _hold_prompt(self, tenant: str) -> str:
-        moh = getattr(self.svc, "moh", None)  # the tenant's music class, when the server has one
-        if moh is not None:
-            try:
-                name = moh.prompt_for(tenant)
-                if name and self.engine.has_prompt(name):
-                    return name
-            except Exception:
-                log.exception("music on hold of %s unavailable", tenant)
+    def _hold_prompt(self, tenant: str) -> list[str]:
+        """The tenant's music on hold (hpbx.pbx.moh), else a built-in loop."""
+        from hpbx.pbx import moh
+        try:
+            names = [n for n in moh.music_for(self.svc, tenant) if self.engine.has_prompt(n)]
+            if names:
+                return names
+        except Exception:
+            log.exception("music on hold of %s unavailable", tenant)
         if not self.engine.has_prompt(HOLD_PROMPT):
             self.engine.add_prompt(HOLD_PROMPT, _hold_pcm())
-        return HOLD_PROMPT
+        return [HOLD_PROMPT]
 
     def _hold(self, ch) -> None:
         try:

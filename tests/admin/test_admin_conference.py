@@ -1,6 +1,6 @@
-"""The conference methods (conference.*) over the real socket: without a conference service
-they answer "not available"; unknown rooms and calls are NotFound naming the room; the rooms
-themselves, end to end with SIPp callers: tests/conference."""
+"""The conference and CTI methods (conference.*, cti.session.list) over the real socket: without
+their services they answer "not available"; the rooms themselves, end to end with SIPp callers:
+tests/conference; CTI sessions: tests/cti."""
 from __future__ import annotations
 
 import pytest
@@ -24,3 +24,12 @@ def test_conference_methods_without_the_service_answer_not_available(start_admin
             with pytest.raises(RpcError) as err:
                 c.call(method, params)
             assert err.value.code == NOT_AVAILABLE and err.value.data["feature"] == "conference", method
+
+
+def test_cti_session_list_without_the_cti_service_answers_not_available(start_admin, tmp_path):
+    """The CTI sessions themselves, with a real WebSocket client: tests/cti."""
+    st = start_admin(AdminContext(settings=make_settings(tmp_path)))
+    with st.client() as c:
+        with pytest.raises(RpcError) as err:
+            c.call("cti.session.list", {})
+        assert err.value.code == NOT_AVAILABLE and err.value.data["feature"] == "cti"
