@@ -35,6 +35,7 @@ DEB_PKGS += baresip-core linphone-cli # real phones (interop)
 DEB_PKGS += sipvicious fail2ban # security
 DEB_PKGS += chromium chromium-driver curl # web face
 DEB_PKGS += postgresql redis-server # scale (databases)
+DEB_PKGS += libtiff-tools ghostscript mpg123 # fax (tiff2pdf; PDF pages checked by Ghostscript), voicemail (MP3 attachments decoded by the tests)
 
 system-deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
