@@ -251,8 +251,10 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
-        from hpbx.pbx import announcements, media_channel
+        from hpbx.pbx import announcements, conference, media_channel
         announcements.install(self.calls, self.settings)  # prompts, announcement steps, *200/*201
+        self.conferences = conference.install(self.calls, self.settings)  # usage "conference"
+        self._stop_order.append(self.conferences.close)
         media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart
@@ -282,6 +284,10 @@ class Server:
         self.mail.open()
         await self.mail.start()
         self._stop_order.append(self.mail.stop)
+        from hpbx.pbx import voicemail  # Voice2Mail, user mailboxes, MWI (issue 11)
+        self.voicemail = voicemail.install(self.calls, self.mail, self.dispatcher, self.settings)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.mwi.close)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.push.close)
 
     async def _start_admin(self) -> None:
         try:
@@ -308,6 +314,14 @@ class Server:
         ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
         ctx.mail = self.mail
         ctx.stats_sources["mail"] = self.mail.counts
+        ctx.conferences = self.conferences
+        self.conferences.mail = self.mail  # invitations to scheduled conferences
+        ctx.stats_sources["conference"] = lambda: {**self.conferences.stats, "rooms": len(self.conferences.rooms)}
+        ctx.voicemail = self.voicemail
+        ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats,
+                                                  **self.voicemail.missed.stats,
+                                                  **self.voicemail.recorder.stats,
+                                                  **self.voicemail.push.stats}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()
@@ -388,6 +402,7 @@ class Server:
         self.security.configure(new)
         self.toll.configure(new)
         self.calls.configure(new)
+        self.conferences.configure(new)
         self.mail.configure(new.smtp)
         if self.admin is not None:
             self.admin.configure(new)

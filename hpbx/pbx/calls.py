@@ -62,6 +62,8 @@ class CallService:
         self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
+        self.ended_hooks: list = []  # each called with every ended call (hpbx.pbx.missed, push)
+        self.started_hooks: list = []  # each called with every call that starts ringing (push)
         self.blf = blf.DialogEvents(self)
         self.presence = presence.Presence(self)
 
@@ -184,7 +186,7 @@ class CallService:
         # an announcement before the rows, or a slot of announcements only (hpbx.pbx.announcements)
         if media_channel.run_step("slot", self, tx, plan, caller, caller_user, trunk):
             return
-        if not plan.rows:
+        if not plan.rows and not plan.voice2mail:  # a Voice2Mail slot answers without rows
             self.stats["calls_rejected"] += 1
             tx.respond(480, "no target in the dial plan")
             self._write_cdr({"tenant": plan.tenant, "call_id": msg.call_id, "caller": caller,
@@ -197,6 +199,11 @@ class CallService:
         if self.owners is not None:
             self.owners.started(call)
         call.guarded(call.start)
+        for hook in self.started_hooks:
+            try:
+                hook(call)
+            except Exception:
+                log.exception("[%s] call-started hook failed", call.id)
 
     def _star_code(self, tx, user, code) -> None:
         """Apply a star code to the caller's own settings; the final response says the result
@@ -251,6 +258,11 @@ class CallService:
         else:
             self.stats["calls_failed"] += 1
         self._write_cdr(call.cdr())
+        for hook in self.ended_hooks:
+            try:
+                hook(call)
+            except Exception:
+                log.exception("[%s] call-ended hook failed", call.id)
 
     def hangup_trunk_calls(self, tenant: str) -> int:
         """Hang up every call of ``tenant`` that rings or talks through the trunk (a toll-fraud

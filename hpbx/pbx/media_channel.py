@@ -68,12 +68,20 @@ the channel: the service task is cancelled (CancelledError inside its current aw
 try/finally for clean-up), the relay session is deleted (ports, players, recorders go with it:
 a recording in progress completes with reason "hangup"), the CDR is written.
 
-Steps (the call flow runs a media step before/after ringing rows): ``run_step(step, svc, tx,
-plan, ...)`` is how calls.py asks "is there a step for this plan" (step "slot": before the rows
-ring, or a slot without rows); ``take_over(call, step)`` is how call.py hands a caller whose
-rows are exhausted to step "announcement_after". The registered factory returns None, a
-service coroutine, or (service, answer mode, name). Issue 10's announcement steps register
-here (hpbx/pbx/announcements.py).
+Steps (the call flow runs a media step before/after ringing rows): ``run_step(svc, tx, plan,
+...)`` is how calls.py asks "is there a step for this plan"; the registered factory returns a
+service coroutine or None. Issue 10's announcement slot steps register here.
+
+After the rows (``register_after_rows(factory)``): when a call's rows end unanswered (not a
+CANCEL), call.py asks ``after_rows(call, status)``; ``factory(call, status)`` returns
+``(name, service)`` or None. A service taking over answers the caller's still open INVITE
+itself, on the call's relay session (ports and latching kept); the ringing Call ends without
+a final response and without a CDR of its own: the channel's CDR keeps its start and the
+targets it tried. Voice2Mail and the user mailbox (hpbx.pbx.voicemail) register here.
+Issue 10's steps (hpbx/pbx/announcements.py): ``run_step(step, svc, tx, plan, ...)``
+(step "slot": before the rows ring, or a slot without rows) and ``after_step(call, step)``
+(step "announcement_after", asked after ``after_rows``); their factory returns None, a
+service coroutine, or (service, answer mode, name).
 """
 from __future__ import annotations
 
@@ -166,9 +174,9 @@ def step_for(step: str, svc, plan):
 
 
 def run_step(step: str, svc, tx, plan, caller, caller_user, trunk, *, media=None) -> bool:
-    """calls.py / call.py: run the media step ``step`` for ``plan`` if one is registered and its
-    factory wants it; True when a channel took the caller's INVITE. The factory returns None,
-    a Service, or (Service, answer mode, name)."""
+    """calls.py: run the media step ``step`` for ``plan`` if one is registered and its factory
+    wants it; True when a channel took the caller's INVITE. The factory returns None, a
+    Service, or (Service, answer mode, name)."""
     found = step_for(step, svc, plan)
     if found is None:
         return False
@@ -177,18 +185,142 @@ def run_step(step: str, svc, tx, plan, caller, caller_user, trunk, *, media=None
     return True
 
 
-def take_over(call, step: str) -> bool:
-    """call.py: a ringing Call gives up (rows exhausted); if ``step`` wants the caller, the
-    Call ends quietly (its relay session is kept) and a channel answers the same INVITE."""
+def after_step(call, step: str) -> bool:
+    """call.py: the rows are exhausted and no after_rows service took the caller; if ``step``
+    wants it, a channel answers the caller on the call's relay session (take_over)."""
     svc = call.service
-    if step_for(step, svc, call.plan) is None:
+    if call.state != RINGING:
         return False
-    media, call.media = call.media, None
-    if media is not None and svc.media.is_terminated(call.id, "a"):
+    found = step_for(step, svc, call.plan)
+    if found is None:
+        return False
+    service, _answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
+    if call.media is not None and svc.media.is_terminated(call.id, "a"):
         svc.media.stop_tone(call.id, "a")  # the ring-back of a caller with early media
-    call._end(f"rows exhausted: {step}")
-    return run_step(step, svc, call.a_tx, call.plan, call.caller, call.caller_user, call.from_trunk,
-                    media=media)
+    take_over(call, service, name=name)
+    return True
+
+
+def register_after_rows(factory: Callable | None) -> None:
+    """``factory(call, status)`` -> (name, Service) or None (see "After the rows")."""
+    _steps["after_rows"] = factory
+
+
+def after_rows(call, status: int) -> bool:
+    """call.py: ``call``'s rows ended unanswered with ``status``; True when a service took the
+    caller over (the Call is then ended quietly: no final response, no CDR)."""
+    factory = _steps.get("after_rows")
+    if factory is None or call.state != RINGING:
+        return False
+    try:
+        found = factory(call, status)
+    except Exception:
+        log.exception("[%s] after-rows step failed to start: skipped", call.id)
+        return False
+    if found is None:
+        return False
+    name, service = found
+    take_over(call, service, name=name)
+    return True
+
+
+def take_over(call, service: Service, *, name: str) -> "MediaChannel | None":
+    """Answer a ringing ``Call``'s caller with ``service`` on the call's own relay session."""
+    svc = call.service
+    call.state = ENDED
+    call.end_iso = _iso()
+    call.end_reason = f"to service {name}"
+    for attr in ("timer", "a_ok_timer", "max_timer"):
+        t = getattr(call, attr, None)
+        if t is not None:
+            t.cancel()
+            setattr(call, attr, None)
+    for leg in call.legs.values():
+        svc.legs.pop(leg.call_id, None)
+    svc.legs.pop(call.id, None)
+    svc.calls.pop(call.id, None)
+    svc.blf.changed(call, ended=True)
+    if svc.toll is not None:
+        svc.toll.release(call.id)
+    if svc.owners is not None:
+        svc.owners.ended(call)
+    svc.stats["calls_started"] -= 1  # counted once, when the Call started
+    media = call.media
+    ch = start(svc, call.a_tx, call.plan, call.caller, call.caller_user, call.from_trunk, service,
+               name=name, media=media, before=lambda ch: _inherit(ch, call))
+    return ch
+
+
+def take_over_answered(call, service: Service, *, name: str, plan=None) -> "MediaChannel":
+    """An answered ``Call``'s caller (leg "a", its dialog with hpbx kept) is handed to
+    ``service`` (a blind transfer whose target failed, to the target's mailbox): the call's
+    CDR is written as it stands, the far side gets a BYE (after what the caller of this
+    function sends it in the same loop iteration), the channel carries on in the caller's
+    dialog with the same relay session (leg "a" terminated), CDR of its own at its end."""
+    from hpbx.pbx import call as call_mod
+    svc = call.service
+    far = call.winner.dialog if call.winner is not None else None
+    ch = MediaChannel(svc, call.a_tx, plan or call.plan, call.caller, call.caller_user, call.from_trunk,
+                      name=name, mode="answered")
+    ch.media = call.media
+    ch.codec = negotiated(call.a_msg.body, call.winner.last.body if call.winner is not None
+                          and call.winner.last is not None else b"")
+    # the call as it was ends here (its CDR), without BYE to the caller and keeping the media
+    call.state = call_mod.ENDED
+    call.end_iso = _iso()
+    call.end_reason = f"to service {name}"
+    for attr in ("timer", "a_ok_timer", "max_timer"):
+        t = getattr(call, attr, None)
+        if t is not None:
+            t.cancel()
+            setattr(call, attr, None)
+    for user in call._users_in_call():
+        svc.count_active(user, -1)
+    for leg in call.legs.values():
+        svc.legs.pop(leg.call_id, None)
+    svc.legs.pop(call.id, None)
+    svc.call_ended(call)
+    if far is not None:
+        svc.loop.call_soon(call._send_bye, far, None)
+    # the channel: answered already, in the caller's dialog
+    ch.a_dialog = call.a_dialog
+    ch.to_tag = call.a_dialog.local_tag
+    ch.state = ANSWERED
+    ch.answer_iso = _iso()
+    ch.winner = ch
+    ch.targets_tried = list(call.targets_tried)
+    svc.calls[ch.id] = ch
+    svc.legs[ch.id] = (ch, "a")
+    if ch.caller_user is not None:
+        svc.count_active(ch.caller_user.username, 1)
+    ch._terminate()
+    svc.dialog_changed(ch)
+    ch.task = svc.loop.create_task(ch._run(service))
+    log.info("[%s] answered call handed to media service %s", ch.id, name)
+    return ch
+
+
+def negotiated(offer: bytes, answer: bytes) -> dict:
+    """The codec both sides agreed on: the answer's first one the offer has (parse_offer's dict)."""
+    try:
+        mine = parse_offer(offer)
+    except (HpbxError, ValueError):
+        return {"codec": "PCMA", "pt": 8, "dtmf_pt": 101, "ptime": 20}
+    try:
+        theirs = parse_offer(answer)
+    except (HpbxError, ValueError):
+        return mine
+    text = offer.decode("latin-1")
+    offered = re.search(r"(?m)^m=audio \d+ [A-Z/]+ ([0-9 ]+)", text)
+    pts = offered.group(1).split() if offered else []
+    if str(theirs["pt"]) in pts:
+        return {**theirs, "dtmf_pt": mine["dtmf_pt"] if theirs["dtmf_pt"] is None else theirs["dtmf_pt"]}
+    return mine
+
+
+def _inherit(ch, call) -> None:
+    ch.start_iso, ch.start_time = call.start_iso, call.start_time
+    ch.targets_tried = list(call.targets_tried)
 
 
 def load_modules(call_service) -> None:
@@ -234,11 +366,14 @@ def dispatch_star(svc, tx, user, dialled: str, plan_factory) -> bool:
 
 
 def start(svc, tx, plan, caller, caller_user, trunk, service: Service, *, name: str,
-          answer: str = "answered", media=None) -> "MediaChannel | None":
-    """Answer ``tx`` with a media channel and run ``service`` on it (None: the call was refused)."""
+          answer: str = "answered", media=None, before=None) -> "MediaChannel | None":
+    """Answer ``tx`` with a media channel and run ``service`` on it (None: the call was refused).
+    ``before(ch)`` runs before the channel is prepared (take_over: the call's start time)."""
     ch = MediaChannel(svc, tx, plan, caller, caller_user, trunk, name=name, mode=answer)
     if media is not None:
         ch.media = media
+    if before is not None:
+        before(ch)
     svc.calls[ch.id] = ch
     svc.stats["calls_started"] += 1
     if not ch.prepare():
@@ -321,6 +456,7 @@ class MediaChannel:
         self.end_iso = ""
         self.end_reason = ""
         self.handed_to = None  # the Call that took the caller over (ring)
+        self.targets_tried: list[str] = []  # of the Call this channel took over (take_over)
         self._ok: bytes | None = None
         self._ok_timer = None
         self._ok_interval = 0.0
@@ -754,7 +890,8 @@ class MediaChannel:
         d = {"call_id": self.id, "tenant": self.tenant, "caller": self.caller,
              "called": self.plan.dialled, "state": self.state, "slot": self.plan.slot,
              "trunk": self.from_trunk.name if self.from_trunk is not None else "",
-             "targets_tried": [], "answered_by": self.answered_by(), "started_at": self.start_time,
+             "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
+             "started_at": self.start_time,
              "start": self.start_iso, "answer": self.answer_iso, "ringing": [],
              "service": self.name, "held": self.held}
         try:
@@ -767,7 +904,8 @@ class MediaChannel:
         plan = self.plan
         return {"tenant": self.tenant, "call_id": self.id, "caller": self.caller,
                 "called": plan.dialled, "slot": plan.slot, "switch": plan.switch,
-                "targets_tried": [], "answered_by": self.answered_by(), "service": self.name,
+                "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
+                "service": self.name,
                 "service_result": self.result, "start": self.start_iso, "answer": self.answer_iso,
                 "end": self.end_iso, "end_reason": self.end_reason}
 
