@@ -140,6 +140,8 @@ class Server:
             await self._start_ownership()
         self._start_retention()
         await self._start_mail()
+        from hpbx.fax.service import install as install_fax
+        install_fax(self)  # usage fax numbers: the virtual fax (issue 15)
         await self._start_admin()
         log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
                  self.registrar.count())
@@ -264,6 +266,9 @@ class Server:
         self.toll = TollPolicy(self.settings, self.ban_store)
         self.calls.toll = self.toll
         self.toll.on_block = self.calls.hangup_trunk_calls
+        self.toll.zone_of = lambda t: getattr(self.provisioning.directory.tenant(t), "timezone", None)
+        self.toll.call_later = self.wheel.call_later  # minutes budgets: cut the calls that spent it
+        self.toll.on_cut = lambda cid, why: (c := self.calls.calls.get(cid)) is not None and c.guarded(c.hangup, why)
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 
@@ -283,6 +288,7 @@ class Server:
         self.mail = MailSpool(smtp, directory)
         self.mail.open()
         await self.mail.start()
+        self.toll.mail = self.mail  # toll-fraud alert mails
         self._stop_order.append(self.mail.stop)
         from hpbx.pbx import voicemail  # Voice2Mail, user mailboxes, MWI (issue 11)
         self.voicemail = voicemail.install(self.calls, self.mail, self.dispatcher, self.settings)
@@ -359,8 +365,24 @@ class Server:
             self.web.auth_failure_hooks.append(
                 lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
             self.web.source_allowed = security.guard.allowed
+        self._start_cti(ctx, security)
         await self.web.start()
         self._stop_order.append(self.web.stop)
+
+    def _start_cti(self, ctx, security) -> None:
+        """CTI clients at /cti on the web face's listeners (hpbx.cti.service); failed CTI
+        logins feed the ban engine as failed web logins do."""
+        from hpbx.cti.service import CtiService
+
+        self.cti = CtiService(asyncio.get_running_loop(), self.calls, self.provisioning, self.registrar)
+        self.web.route_hooks.append(self.cti.add_routes)
+        if security is not None and hasattr(security, "auth_failed"):
+            self.cti.auth_failure_hooks.append(
+                lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
+            self.cti.source_allowed = security.guard.allowed
+        ctx.cti = self.cti
+        ctx.stats_sources["cti"] = self.cti.counts
+        self._stop_order.append(self.cti.close)
 
     # ---- what the admin layer reads
     def list_registrations(self, tenant: str | None, user: str | None):

@@ -41,6 +41,8 @@ class AdminContext:
     accounts: Any = None
     audit: Any = None
     phones: Any = None
+    # hpbx.cti.service.CtiService: online(username), sessions (None without a web face)
+    cti: Any = None
     # hpbx.mail.spool.MailSpool: the outgoing mail spool (mail.queue, mail.retry, ...)
     mail: Any = None
     # hpbx.pbx.conference.Conferences: rooms, participants, scheduled conferences

@@ -371,6 +371,7 @@ _add_crud(
      Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
      Param("presence_groups", "array", help="presence groups: presence is seen inside a shared group"),
      Param("conference_pin", "str", help="digits picking the user's personal conference room"),
+     Param("cti_groups", "array", help="CTI groups: the sections of the colleague list"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
                 "each an internal or external number, \"\" = off")),
@@ -405,7 +406,8 @@ _add_crud(
      Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)"),
      Param("pin", "str", help="conference or FollowMe: the PIN callers enter (digits)"),
      Param("personal_rooms", "bool", help="conference: the dial-in of every user's personal room"),
-     Param("max_participants", "int", help="conference: participants per room (0 = [conference] default)")),
+     Param("max_participants", "int", help="conference: participants per room (0 = [conference] default)"),
+     Param("fax_mail", "str", help="usage fax: mail address(es) for received faxes, comma-separated")),
     (Param("tenant", "str", help="only this tenant"),
      Param("filter", "str", help="digits the number contains (508 finds 0445081111)")),
     ("number", "tenant", "usage", "name"))
@@ -712,3 +714,6 @@ _add("dashboard.get", dashboard_get,
      "Per tenant: active calls, registrations, users online, calls and answered calls per hour.",
      Param("tenant", "str", help="only this tenant"),
      Param("hours", "int", help="hours back (default 24)", min=1, max=24 * 31))
+
+# CTI (hpbx.cti): cti.session.list, and user.get shows CTI and phone online status
+from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401

@@ -515,7 +515,7 @@ class Call:
             self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
         svc.dialog_changed(self)
         log.info("[%s] answered by %s", self.id, leg.label)
-        limit = svc.toll.max_call_secs(self.tenant) if svc.toll is not None and leg.ring.kind == "external" else 0
+        limit = svc.toll.max_call_secs(self.tenant, self.id) if svc.toll is not None and leg.ring.kind == "external" else 0
         if limit:  # toll fraud: a call through the trunk ends at the tenant's maximum
             self.max_timer = svc.wheel.call_later(limit, self.guarded, self.hangup, "maximum call duration")
 

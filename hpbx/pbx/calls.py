@@ -66,6 +66,8 @@ class CallService:
         self.started_hooks: list = []  # each called with every call that starts ringing (push)
         self.blf = blf.DialogEvents(self)
         self.presence = presence.Presence(self)
+        # callables (call, ended) told of every dialog change and end, after BLF (hpbx.cti)
+        self.observers: list = []
 
     def count_active(self, user: str, delta: int) -> None:
         """Add ``delta`` to the answered calls ``user`` is in (busy handling, presence)."""
@@ -229,7 +231,9 @@ class CallService:
             ok = msg.to_tag == (call.a_dialog.local_tag if call.a_dialog else None)
         else:
             ok = msg.to_tag == side.tag
-        if not ok or call.winner is None or (side != "a" and side is not call.winner):
+        # a caller leg hpbx itself connected (click-to-dial, hpbx.cti) may hang up before an answer
+        early = side == "a" and call.winner is None and getattr(call, "early_caller_dialog", False)
+        if not ok or (call.winner is None and not early) or (side != "a" and side is not call.winner):
             tx.respond(481)
             return
         call.guarded(call.in_dialog, side, tx)
@@ -245,12 +249,16 @@ class CallService:
     def dialog_changed(self, call: Call) -> None:
         """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
         self.blf.changed(call)
+        for observe in self.observers:
+            observe(call, False)
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         if self.owners is not None:
             self.owners.ended(call)
         self.blf.changed(call, ended=True)
+        for observe in self.observers:
+            observe(call, True)
         if self.toll is not None:
             self.toll.release(call.id)
         if call.answer_iso:

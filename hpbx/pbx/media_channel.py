@@ -107,6 +107,7 @@ RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"  # the same words as h
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 
 _services: dict[str, tuple[str, Service, str]] = {}  # usage -> (name, service, answer mode)
+_admit: dict[str, Callable] = {}  # usage -> admit(call_service, plan) -> None | (status, reason)
 _star_codes: dict[str, tuple[str, Service]] = {}  # prefix -> (name, service)
 _steps: dict[str, Callable] = {}  # step name -> factory(svc, plan, ...) -> Service | None
 _loaded_modules = False
@@ -116,17 +117,26 @@ MIN_SE = 90
 
 
 # ---------------------------------------------------------------------- registry
-def register_service(usage: str, service: Service, *, name: str = "", answer: str = "answered") -> None:
-    """Numbers of ``usage`` are answered by ``service`` (``answer`` "answered" or "early")."""
+def register_service(usage: str, service: Service, *, name: str = "", answer: str = "answered",
+                     admit: Callable | None = None) -> None:
+    """Numbers of ``usage`` are answered by ``service`` (``answer`` "answered" or "early").
+    ``admit(call_service, plan)``, when given, runs before anything is answered: it returns
+    None to go on or (status, reason) to refuse the call (e.g. a fax number without a mail
+    address: 480), with a CDR like any refused call."""
     if answer not in ("answered", "early"):
         raise ValueError("answer must be 'answered' or 'early'")
     if usage in _services:
         log.info("media service for usage %r replaced", usage)
     _services[usage] = (name or usage, service, answer)
+    if admit is not None:
+        _admit[usage] = admit
+    else:
+        _admit.pop(usage, None)
 
 
 def unregister_service(usage: str) -> None:
     _services.pop(usage, None)
+    _admit.pop(usage, None)
 
 
 def service_for(usage: str):
@@ -347,6 +357,20 @@ def dispatch_usage(svc, tx, plan, caller, caller_user, trunk) -> bool:
     if found is None:
         return False
     name, service, answer = found
+    admit = _admit.get(plan.kind)
+    refusal = None
+    if admit is not None:
+        try:
+            refusal = admit(svc, plan)
+        except Exception:
+            log.exception("admit check of media service %s failed: refused", name)
+            refusal = (500, "Service Check Failed")
+    if refusal:
+        ch = MediaChannel(svc, tx, plan, caller, caller_user, trunk, name=name, mode=answer)
+        svc.calls[ch.id] = ch
+        svc.stats["calls_started"] += 1
+        ch._refuse(refusal[0], refusal[1])
+        return True
     start(svc, tx, plan, caller, caller_user, trunk, service, name=name, answer=answer)
     return True
 

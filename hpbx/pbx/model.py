@@ -187,6 +187,16 @@ def _email(r: _Reader, key: str) -> str:
     return r.text(key, "", _EMAIL_RE, "e-mail address")
 
 
+def _email_list(r: _Reader, key: str) -> str:
+    """Comma-separated e-mail addresses (fax numbers), normalised to "a@x, b@y"."""
+    value = r.text(key, "", max_len=1024)
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    for p in parts:
+        if not _EMAIL_RE.fullmatch(p):
+            raise r.fail(key, f"{p!r} is not a valid e-mail address")
+    return ", ".join(parts)
+
+
 def _compact(d: dict, defaults: dict) -> dict:
     """Drops keys whose value equals the default: keeps exported TOML short and stable."""
     return {k: v for k, v in d.items() if defaults.get(k, _REQUIRED) != v}
@@ -486,6 +496,7 @@ class User:
     presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
     conference_pin: str = ""  # digits: picks the user's personal room on the dial-in number (10.2)
     mailbox: UserMailbox = field(default_factory=UserMailbox)  # FEATURES 8.2
+    cti_groups: tuple[str, ...] = ()  # CTI groups: the sections of the CTI colleague list (14.3)
 
     @property
     def id(self) -> str:
@@ -520,6 +531,7 @@ class User:
             presence_groups=_usernames(r, "presence_groups"),
             conference_pin=_pin(r, "conference_pin"),
             mailbox=UserMailbox.from_dict(r.get("mailbox", Mapping, {}), r.name("mailbox")),
+            cti_groups=tuple(r.strings("cti_groups", _OBJNAME_RE, "group name")),
         )
         r.finish()
         return obj
@@ -533,7 +545,7 @@ class User:
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
              "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
              "conference_pin": self.conference_pin,
-             "mailbox": self.mailbox.to_dict(compact)}
+             "mailbox": self.mailbox.to_dict(compact), "cti_groups": list(self.cti_groups)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -547,7 +559,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise", "presence_groups", "mailbox"):
+            for key in ("pickup", "supervise", "presence_groups", "mailbox", "cti_groups"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
@@ -815,6 +827,7 @@ class PublicNumber:
     pin: str = ""  # conference room: the PIN callers enter (FEATURES 10.1); "" = none
     personal_rooms: bool = False  # conference: the dial-in of every user's personal room (10.2)
     max_participants: int = 0  # conference: per room; 0 = the [conference] default
+    fax_mail: str = ""  # usage fax: where received faxes are mailed (comma-separated addresses)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "PublicNumber":
@@ -827,7 +840,8 @@ class PublicNumber:
                   alert_info=r.text("alert_info", "", max_len=512),
                   slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")),
                   pin=_pin(r, "pin"), personal_rooms=r.flag("personal_rooms"),
-                  max_participants=r.integer("max_participants", 0, 0, 10000))
+                  max_participants=r.integer("max_participants", 0, 0, 10000),
+                  fax_mail=_email_list(r, "fax_mail"))
         r.finish()
         if obj.personal_rooms and obj.pin:
             raise r.fail("pin", "a dial-in for personal rooms has no PIN of its own: the users' PINs pick the room")
@@ -839,11 +853,11 @@ class PublicNumber:
         d = {"tenant": self.tenant, "number": self.number, "usage": self.usage, "name": self.name,
              "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact),
              "pin": self.pin, "personal_rooms": self.personal_rooms,
-             "max_participants": self.max_participants}
+             "max_participants": self.max_participants, "fax_mail": self.fax_mail}
         if not with_tenant:
             del d["tenant"]
         return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": [], "pin": "",
-                            "personal_rooms": False, "max_participants": 0}) if compact else d
+                            "personal_rooms": False, "max_participants": 0, "fax_mail": ""}) if compact else d
 
 
 @dataclass(frozen=True, slots=True)

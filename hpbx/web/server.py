@@ -95,6 +95,8 @@ class WebServer:
         self.auth_failure_hooks: list[Callable[[str, int, str, str], Any]] = []
         # host -> False when the ban engine has banned it: its logins and phone fetches get 403
         self.source_allowed: Callable[[str], bool] = lambda host: True
+        # callables (app) adding routes of other services to this listener (CTI's /cti)
+        self.route_hooks: list[Callable[[web.Application], Any]] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self._basic_cache: dict[bytes, tuple[Any, float]] = {}
         self._device_by_user: dict[str, _DeviceCredential] = {}
@@ -126,6 +128,8 @@ class WebServer:
         app.router.add_get("/prov/phonebook/{mac}.xml", self.phonebook)
         app.router.add_get("/prov/{mac}.{ext}", self.phone_config)
         app.on_response_prepare.append(self._headers)
+        for hook in self.route_hooks:
+            hook(app)
         return app
 
     async def start(self) -> None:
