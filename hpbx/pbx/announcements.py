@@ -113,6 +113,8 @@ def slot_step(svc, plan):
     if getattr(svc, "prompts", None) is None or plan.kind != "dialplan":
         return None
     if not plan.rows:
+        if plan.voice2mail:
+            return None  # Voice2Mail answers (its greeting is the after-announcement)
         if plan.announcement_before or plan.announcement_after:
             return announcements_only, "answered", "announcement"
         return None

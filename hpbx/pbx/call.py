@@ -585,10 +585,9 @@ class Call:
         svc.legs.pop(leg.call_id, None)
 
     def _final(self, status: int, leg: BLeg | None) -> None:
-        if status != 487 and media_channel.after_rows(self, status):
-            return  # Voice2Mail / the callee's mailbox answered the caller (hpbx.pbx.voicemail)
-        if status != 487 and media_channel.take_over_step(self, "announcement_after"):
-            return  # rows exhausted: the slot's after-announcement answers the caller
+        if status != 487 and (media_channel.after_rows(self, status)
+                              or media_channel.after_step(self, "announcement_after")):
+            return  # Voice2Mail / the mailbox, or the slot's after-announcement answered the caller
         reason = None
         if leg is not None and leg.last is not None and leg.last.status == status:
             reason = leg.last.reason or None

@@ -78,13 +78,10 @@ CANCEL), call.py asks ``after_rows(call, status)``; ``factory(call, status)`` re
 itself, on the call's relay session (ports and latching kept); the ringing Call ends without
 a final response and without a CDR of its own: the channel's CDR keeps its start and the
 targets it tried. Voice2Mail and the user mailbox (hpbx.pbx.voicemail) register here.
-
-Steps (the call flow runs a media step before/after ringing rows): ``run_step(step, svc, tx,
-plan, ...)`` is how calls.py asks "is there a step for this plan" (step "slot": before the rows
-ring, or a slot without rows); ``take_over_step(call, step)`` is how call.py hands a caller whose
-rows are exhausted to step "announcement_after". The registered factory returns None, a
-service coroutine, or (service, answer mode, name). Issue 10's announcement steps register
-here (hpbx/pbx/announcements.py).
+Issue 10's steps (hpbx/pbx/announcements.py): ``run_step(step, svc, tx, plan, ...)``
+(step "slot": before the rows ring, or a slot without rows) and ``after_step(call, step)``
+(step "announcement_after", asked after ``after_rows``); their factory returns None, a
+service coroutine, or (service, answer mode, name).
 """
 from __future__ import annotations
 
@@ -184,6 +181,34 @@ def step_for(step: str, svc, plan):
     except Exception:
         log.exception("media step %s failed to start: skipped", step)
         return None
+
+
+def run_step(step: str, svc, tx, plan, caller, caller_user, trunk, *, media=None) -> bool:
+    """calls.py: run the media step ``step`` for ``plan`` if one is registered and its factory
+    wants it; True when a channel took the caller's INVITE. The factory returns None, a
+    Service, or (Service, answer mode, name)."""
+    found = step_for(step, svc, plan)
+    if found is None:
+        return False
+    service, answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
+    start(svc, tx, plan, caller, caller_user, trunk, service, name=name, answer=answer, media=media)
+    return True
+
+
+def after_step(call, step: str) -> bool:
+    """call.py: the rows are exhausted and no after_rows service took the caller; if ``step``
+    wants it, a channel answers the caller on the call's relay session (take_over)."""
+    svc = call.service
+    if call.state != RINGING:
+        return False
+    found = step_for(step, svc, call.plan)
+    if found is None:
+        return False
+    service, _answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
+    if call.media is not None and svc.media.is_terminated(call.id, "a"):
+        svc.media.stop_tone(call.id, "a")  # the ring-back of a caller with early media
+    take_over(call, service, name=name)
+    return True
 
 
 def register_after_rows(factory: Callable | None) -> None:
@@ -306,32 +331,6 @@ def negotiated(offer: bytes, answer: bytes) -> dict:
 def _inherit(ch, call) -> None:
     ch.start_iso, ch.start_time = call.start_iso, call.start_time
     ch.targets_tried = list(call.targets_tried)
-
-
-def run_step(step: str, svc, tx, plan, caller, caller_user, trunk, *, media=None) -> bool:
-    """calls.py / call.py: run the media step ``step`` for ``plan`` if one is registered and its
-    factory wants it; True when a channel took the caller's INVITE. The factory returns None,
-    a Service, or (Service, answer mode, name)."""
-    found = step_for(step, svc, plan)
-    if found is None:
-        return False
-    service, answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
-    start(svc, tx, plan, caller, caller_user, trunk, service, name=name, answer=answer, media=media)
-    return True
-
-
-def take_over_step(call, step: str) -> bool:
-    """call.py: a ringing Call gives up (rows exhausted); if ``step`` wants the caller, the
-    Call ends quietly (its relay session is kept) and a channel answers the same INVITE."""
-    svc = call.service
-    if step_for(step, svc, call.plan) is None:
-        return False
-    media, call.media = call.media, None
-    if media is not None and svc.media.is_terminated(call.id, "a"):
-        svc.media.stop_tone(call.id, "a")  # the ring-back of a caller with early media
-    call._end(f"rows exhausted: {step}")
-    return run_step(step, svc, call.a_tx, call.plan, call.caller, call.caller_user, call.from_trunk,
-                    media=media)
 
 
 def load_modules(call_service) -> None:
