@@ -234,10 +234,10 @@ def after_rows(call, status: int) -> bool:
     return True
 
 
-def take_over(call, service: Service, *, name: str) -> "MediaChannel | None":
-    """Answer a ringing ``Call``'s caller with ``service`` on the call's own relay session."""
-    svc = call.service
-    call.state = ENDED
+def _end_for_service(call, name: str) -> None:
+    """A Call handed to a media service ends without a final response or BYE to its caller:
+    state, end time and reason, and its timers stopped."""
+    call.state = ENDED  # the same word as hpbx.pbx.call.ENDED
     call.end_iso = _iso()
     call.end_reason = f"to service {name}"
     for attr in ("timer", "a_ok_timer", "max_timer"):
@@ -245,6 +245,12 @@ def take_over(call, service: Service, *, name: str) -> "MediaChannel | None":
         if t is not None:
             t.cancel()
             setattr(call, attr, None)
+
+
+def take_over(call, service: Service, *, name: str) -> "MediaChannel | None":
+    """Answer a ringing ``Call``'s caller with ``service`` on the call's own relay session."""
+    svc = call.service
+    _end_for_service(call, name)
     for leg in call.legs.values():
         svc.legs.pop(leg.call_id, None)
     svc.legs.pop(call.id, None)
@@ -267,7 +273,6 @@ def take_over_answered(call, service: Service, *, name: str, plan=None) -> "Medi
     CDR is written as it stands, the far side gets a BYE (after what the caller of this
     function sends it in the same loop iteration), the channel carries on in the caller's
     dialog with the same relay session (leg "a" terminated), CDR of its own at its end."""
-    from hpbx.pbx import call as call_mod
     svc = call.service
     far = call.winner.dialog if call.winner is not None else None
     ch = MediaChannel(svc, call.a_tx, plan or call.plan, call.caller, call.caller_user, call.from_trunk,
@@ -276,14 +281,7 @@ def take_over_answered(call, service: Service, *, name: str, plan=None) -> "Medi
     ch.codec = negotiated(call.a_msg.body, call.winner.last.body if call.winner is not None
                           and call.winner.last is not None else b"")
     # the call as it was ends here (its CDR), without BYE to the caller and keeping the media
-    call.state = call_mod.ENDED
-    call.end_iso = _iso()
-    call.end_reason = f"to service {name}"
-    for attr in ("timer", "a_ok_timer", "max_timer"):
-        t = getattr(call, attr, None)
-        if t is not None:
-            t.cancel()
-            setattr(call, attr, None)
+    _end_for_service(call, name)
     for user in call._users_in_call():
         svc.count_active(user, -1)
     for leg in call.legs.values():
