@@ -109,6 +109,23 @@ def answer(call, side, raw: bytes, body: bytes) -> bytes:
     return body
 
 
+def stop(call) -> None:
+    """The held party is moved (blind or attended transfer): the music stops, its relay leg
+    relays again (the party it now talks to is heard)."""
+    m = call.moh
+    if m is None:
+        return
+    call.moh = None
+    if m.get("state") != "playing":
+        return
+    leg = "b" if m.get("holder") == "a" else "a"
+    try:
+        call.service.media.bridge(call.id, leg)
+    except HpbxError:
+        pass
+    log.info("[%s] transferred: music on hold stopped", call.id)
+
+
 # ---------------------------------------------------------------------- ring-back
 def ringback(call, body: bytes) -> None:
     """A provisional response is passed to the caller (``body``: its anchored SDP or b"")."""
