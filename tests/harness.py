@@ -288,7 +288,12 @@ class HpbxServer:
         raise AssertionError(f"hpbx did not answer OPTIONS within {timeout}s:\n{self.log()}")
 
     def ready(self) -> bool:
-        """Does the server answer OPTIONS? Asked from inside ``wrap`` (e.g. a netns) if given."""
+        """Does the server answer OPTIONS (asked from inside ``wrap``, e.g. a netns, if given)
+        and accept connections on its admin socket? SIP listens before the admin socket is up
+        (hpbx logs "hpbx ready" after both), so OPTIONS alone let tests reach a half-started
+        server's admin socket (the two-node test's FileNotFoundError)."""
+        if not self._admin_up():
+            return False
         if not self.wrap:
             return sip_options(self.host, self.port, 0.3, transport=self.transports[0]) is not None
         probe = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harness; "
@@ -296,6 +301,26 @@ class HpbxServer:
                  f"transport={self.transports[0]!r}) else 1)")
         return subprocess.run(self.wrap + [sys.executable, "-c", probe], cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+    def _admin_up(self) -> bool:
+        """The configured admin socket accepts a connection (a stale file of a killed run does
+        not); True when the config has no admin socket."""
+        import tomllib
+        try:
+            path = tomllib.loads(Path(self.config).read_text()).get("admin", {}).get("socket", "")
+        except (OSError, tomllib.TOMLDecodeError):
+            return True
+        if not path:
+            return True
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(0.3)
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
 
     def log(self) -> str:
         try:
