@@ -2,5 +2,5 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-for p in (HERE, HERE.parent, HERE.parent / "sip", HERE.parent / "unit"):
+for p in (HERE, HERE.parent, HERE.parent / "sip", HERE.parent / "unit", HERE.parent / "mail"):
     sys.path.insert(0, str(p))

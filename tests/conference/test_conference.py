@@ -7,16 +7,15 @@ the PIN; a scheduled conference's PIN works only inside its window and its invit
 at a real SMTP server with an iCalendar part."""
 from __future__ import annotations
 
-import importlib.util
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness import have_sipp, reserved_port
 from callrig import CallRig, number, trunk, user
+from mailsink import SmtpSink
 from phone import Phone, level
 
 pytestmark = [pytest.mark.sipp,
@@ -35,17 +34,9 @@ TENANT = ('[tenant]\nname = "conf"\n' + "".join(trunk(f"carrier{i}", p) for i, p
 TONES = {"p1": 300.0, "p2": 1150.0, "p3": 1800.0}
 
 
-def _sink_class():
-    spec = importlib.util.spec_from_file_location("mail_sink_conftest",
-                                                  Path(__file__).parent.parent / "mail" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.SmtpSink
-
-
 @pytest.fixture(scope="module")
 def sink(tmp_path_factory):
-    s = _sink_class()(tmp_path_factory.mktemp("inbox"), port=SMTP_PORT).start()
+    s = SmtpSink(tmp_path_factory.mktemp("inbox"), port=SMTP_PORT).start()
     yield s
     s.stop()
 

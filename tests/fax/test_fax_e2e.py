@@ -20,12 +20,7 @@ sys.path.insert(0, str(HERE.parent / "sip"))
 sys.path.insert(0, str(HERE.parent / "mail"))
 
 from callrig import CallRig, number, trunk  # noqa: E402
-import importlib.util  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("mail_sink_conftest", HERE.parent / "mail" / "conftest.py")
-_mail = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mail)
-SmtpSink = _mail.SmtpSink  # the real aiosmtpd server of tests/mail
+from mailsink import SmtpSink  # noqa: E402  (the real aiosmtpd server of tests/mail)
 from faxpages import fax_page, make_tiff, similarity  # noqa: E402
 from harness import have_sipp, reserved_port  # noqa: E402
 from hpbx.media import MediaEngine  # noqa: E402

@@ -14,7 +14,7 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import SCEN, Caller, SmtpSink, mail_rig, wait_answered, wav_of
+from mailrig import SCEN, Caller, wait_answered, wav_of
 from harness import have_sipp, reserved_port
 from callrig import number, trunk, user
 from media_peer import decode, power
@@ -31,21 +31,6 @@ TENANT = ('[tenant]\nname = "rec"\n' + trunk("carrier", CARRIER)
           + '[users.details]\nemail = "rita@example.com"\n[users.flags]\nmay_record = true\n'
           + number("044555700", (10, ["user:plain"])) + number("044555701", (10, ["user:rita"])))
 
-
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory):
-    s = SmtpSink(tmp_path_factory.mktemp("inbox"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory, sink):
-    r = mail_rig(tmp_path_factory.mktemp("rec"), TENANT, sink.port)
-    r.start()
-    yield r
-    r.stop()
 
 
 def _talk(rig, who: str, called: str, seconds: int):

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from conftest import SmtpSink, mail_rig
 from harness import have_sipp, reserved_port
 from callrig import number, trunk
 
@@ -22,21 +21,6 @@ TENANT = ('[tenant]\nname = "miss"\n' + trunk("carrier", CARRIER)
           + '\n[[users]]\nusername = "eve"\nsip_password = "eve-pw"\ninternal_number = "25"\n'
           + number("044555600", (10, ["user:anna"])) + number("044555601", (10, ["user:anna", "user:eve"])))
 
-
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory):
-    s = SmtpSink(tmp_path_factory.mktemp("inbox"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory, sink):
-    r = mail_rig(tmp_path_factory.mktemp("missed"), TENANT, sink.port)
-    r.start()
-    yield r
-    r.stop()
 
 
 def test_caller_hangs_up_while_anna_rings_one_mail(rig, sink):

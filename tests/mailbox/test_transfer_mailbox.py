@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Caller, SmtpSink, mail_rig, wait_answered
+from mailrig import Caller, SmtpSink, mail_rig, wait_answered
 from harness import have_sipp, reserved_port
 from callrig import number, trunk, user
 

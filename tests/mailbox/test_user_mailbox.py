@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from conftest import SCEN, Caller, SmtpSink, dominant_freq, mail_rig, wait_answered, wav_of
+from mailrig import SCEN, Caller, dominant_freq, wait_answered, wav_of
 from harness import have_sipp, reserved_port, sipp_port
 from callrig import number, trunk, user
 from media_peer import decode
@@ -31,21 +31,6 @@ TENANT = ('[tenant]\nname = "mbx"\n' + trunk("carrier", CARRIER)
           + '[users.mailbox]\nenabled = true\nmwi_unsolicited = true\nkeep = true\n'
           + number("044555400", (2, ["user:anna"])))
 
-
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory):
-    s = SmtpSink(tmp_path_factory.mktemp("inbox"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory, sink):
-    r = mail_rig(tmp_path_factory.mktemp("mbx"), TENANT, sink.port)
-    r.start()
-    yield r
-    r.stop()
 
 
 def _heard(caller: Caller, seconds: float) -> np.ndarray:

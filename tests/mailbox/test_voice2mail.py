@@ -14,7 +14,7 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import SCEN, Caller, SmtpSink, dominant_freq, mail_rig, wait_answered, wav_of
+from mailrig import SCEN, Caller, dominant_freq, wait_answered, wav_of
 from harness import have_sipp, reserved_port
 from callrig import ALLDAYS, trunk, user
 
@@ -42,21 +42,6 @@ TENANT = ('[tenant]\nname = "vm"\ntimezone = "Europe/Zurich"\n' + trunk("carrier
           + slot(True, "Late", "three@example.com")
           + '\n[[numbers]]\nnumber = "044555301"\n' + slot(True, "Nobody", "norows@example.com", rows=()))
 
-
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory):
-    s = SmtpSink(tmp_path_factory.mktemp("inbox"))
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory, sink):
-    r = mail_rig(tmp_path_factory.mktemp("v2m"), TENANT, sink.port)
-    r.start()
-    yield r
-    r.stop()
 
 
 def _new_mail(sink, before: int, timeout: float = 15.0):

@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import Caller, SmtpSink, dominant_freq, mail_rig, wait_answered, wav_of
+from mailrig import Caller, SmtpSink, dominant_freq, mail_rig, wait_answered, wav_of
 from harness import have_sipp, reserved_port
 from callrig import trunk
 
