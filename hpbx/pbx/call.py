@@ -25,7 +25,7 @@ from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
 from hpbx.pbx import anchor, callerid, media_channel, moh, router, transfer
 from hpbx.sip.auth import parse_digest
-from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
+from hpbx.sip.dialog import Dialog, OkResender, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
 
 log = logging.getLogger("hpbx.pbx.call")
@@ -103,10 +103,7 @@ class Call:
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
-        self.a_ok: bytes | None = None  # our 2xx to the caller, re-sent until the ACK
-        self.a_ok_timer = None
-        self.a_ok_interval = 0.0
-        self.a_ok_since = 0.0
+        self.a_ok: OkResender | None = None  # our 2xx to the caller, re-sent until the ACK
         self.media = None  # MediaSession
         self.start_iso = iso_now()
         self.start_time = time.time()
@@ -508,11 +505,7 @@ class Call:
         svc.legs[leg.call_id] = (self, leg)
         if svc.owners is not None:
             svc.owners.changed(self)
-        if data is not None and not self.a_tx.channel.reliable:
-            self.a_ok = data
-            self.a_ok_interval = svc.transactions.t1
-            self.a_ok_since = self.now()
-            self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
+        self.a_ok = OkResender(svc.wheel, svc.loop, svc.transactions, self.a_tx, data, self._no_ack)
         svc.dialog_changed(self)
         log.info("[%s] answered by %s", self.id, leg.label)
         limit = svc.toll.max_call_secs(self.tenant, self.id) if svc.toll is not None and leg.ring.kind == "external" else 0
@@ -527,27 +520,17 @@ class Call:
             users.append(self.winner.user)
         return users
 
-    def _resend_ok(self) -> None:
-        self.a_ok_timer = None
-        if self.a_ok is None or self.state != ANSWERED:
-            return
-        svc = self.service
-        if self.now() - self.a_ok_since >= 64 * svc.transactions.t1:
+    def _no_ack(self) -> None:
+        if self.state == ANSWERED:
             log.info("[%s] no ACK for our 200: hanging up", self.id)
-            self.hangup("no ACK from caller")
-            return
-        self.a_tx.channel.send(self.a_ok, self.a_tx.reply_addr)
-        self.a_ok_interval = min(self.a_ok_interval * 2, svc.transactions.t2)
-        self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
+            self.guarded(self.hangup, "no ACK from caller")
 
     def on_ack(self, msg) -> None:
         if msg.cseq != self.a_msg.cseq:
             return
         if self.a_ok is not None:
+            self.a_ok.cancel()
             self.a_ok = None
-            if self.a_ok_timer is not None:
-                self.a_ok_timer.cancel()
-                self.a_ok_timer = None
         if self.b_ack_pending and self.state == ANSWERED:
             self.b_ack_pending = False
             body = msg.body
@@ -729,9 +712,8 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.a_ok_timer is not None:
-            self.a_ok_timer.cancel()
-            self.a_ok_timer = None
+        if self.a_ok is not None:
+            self.a_ok.cancel()
         if was_answered:
             for user in self._users_in_call():
                 svc.count_active(user, -1)

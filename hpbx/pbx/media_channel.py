@@ -96,7 +96,7 @@ from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, NotFoundError, SdpError
 from hpbx.pbx import anchor
-from hpbx.sip.dialog import Dialog
+from hpbx.sip.dialog import Dialog, OkResender
 from hpbx.sip.transaction import Target
 
 log = logging.getLogger("hpbx.pbx.media_channel")
@@ -240,7 +240,7 @@ def _end_for_service(call, name: str) -> None:
     call.state = ENDED  # the same word as hpbx.pbx.call.ENDED
     call.end_iso = _iso()
     call.end_reason = f"to service {name}"
-    for attr in ("timer", "a_ok_timer", "max_timer"):
+    for attr in ("timer", "a_ok", "max_timer"):
         t = getattr(call, attr, None)
         if t is not None:
             t.cancel()
@@ -479,10 +479,7 @@ class MediaChannel:
         self.end_reason = ""
         self.handed_to = None  # the Call that took the caller over (ring)
         self.targets_tried: list[str] = []  # of the Call this channel took over (take_over)
-        self._ok: bytes | None = None
-        self._ok_timer = None
-        self._ok_interval = 0.0
-        self._ok_since = 0.0
+        self._ok: OkResender | None = None  # our 200, re-sent until the ACK
         self._se_timer = None
         self.session_expires = 0
         self._sdp_version = 1
@@ -612,37 +609,20 @@ class MediaChannel:
             svc.count_active(self.caller_user.username, 1)
         svc.dialog_changed(self)
         self._acked = svc.loop.create_future()
-        if data is not None and not self.a_tx.channel.reliable:
-            self._ok = data
-            self._ok_interval = svc.transactions.t1
-            self._ok_since = svc.loop.time()
-            self._ok_timer = svc.wheel.call_later(self._ok_interval, self._resend_ok)
-        else:
-            self._acked.set_result(True) if not self._late_offer else None
+        self._ok = OkResender(svc.wheel, svc.loop, svc.transactions, self.a_tx, data,
+                              lambda: self.guarded(self.hangup_now, "no ACK from caller"))
+        if not self._ok.pending and not self._late_offer:
+            self._acked.set_result(True)
         self._arm_session_timer()
         log.info("[%s] answered by media service %s (%s)", self.id, self.name, self.codec.get("codec"))
         if self._late_offer:
             await asyncio.wait_for(asyncio.shield(self._acked), 64 * svc.transactions.t1)
 
-    def _resend_ok(self) -> None:
-        self._ok_timer = None
-        if self._ok is None or self.state != ANSWERED:
-            return
-        svc = self.service
-        if svc.loop.time() - self._ok_since >= 64 * svc.transactions.t1:
-            self.hangup_now("no ACK from caller")
-            return
-        self.a_tx.channel.send(self._ok, self.a_tx.reply_addr)
-        self._ok_interval = min(self._ok_interval * 2, svc.transactions.t2)
-        self._ok_timer = svc.wheel.call_later(self._ok_interval, self._resend_ok)
-
     def on_ack(self, msg) -> None:
         if msg.cseq != self.a_msg.cseq:
             return
-        self._ok = None
-        if self._ok_timer is not None:
-            self._ok_timer.cancel()
-            self._ok_timer = None
+        if self._ok is not None:
+            self._ok.cancel()
         if self._late_offer and msg.body:
             try:
                 peer = anchor.peer(msg.body)
@@ -887,10 +867,10 @@ class MediaChannel:
         self.state = ENDED
         self.end_iso = _iso()
         self.end_reason = why
-        for t in (self._ok_timer, self._se_timer):
+        for t in (self._ok, self._se_timer):
             if t is not None:
                 t.cancel()
-        self._ok_timer = self._se_timer = None
+        self._ok = self._se_timer = None
         if was_answered and self.caller_user is not None:
             svc.count_active(self.caller_user.username, -1)
         svc.legs.pop(self.id, None)
