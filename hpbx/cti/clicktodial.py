@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from hpbx._fast import fork as F
 from hpbx._fast import sdp as fast_sdp
 from hpbx._fast import sipmsg
 from hpbx.admin.protocol import INVALID_PARAMS, RpcError
@@ -80,14 +79,7 @@ class ClickCall(Call):
     def start(self) -> None:
         self.media = self.click.media
         self.b_offer = anchor.rewrite(self.a_msg.body, self.media.address, self.media.port_b)
-        rows = []
-        for row in self.plan.rows:
-            keys = []
-            for ring in row.targets:
-                self.rings[ring.key] = ring
-                keys.append(ring.key)
-            rows.append((float(row.duration), keys))
-        self.fork = F.Fork(rows)
+        self._make_fork()
         self.run(self.fork.start(self.now()))
 
     def _answer_caller(self, leg, body: bytes) -> None:

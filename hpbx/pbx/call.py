@@ -147,6 +147,12 @@ class Call:
                 self._reject(488, None, f"unusable media address: {exc}")
                 return
             self.b_offer = anchor.rewrite(body, self.media.address, self.media.port_b)  # IPv4 callees
+        self._make_fork()
+        self.a_tx.on_cancel = lambda tx: self.guarded(self._caller_cancel, tx)
+        self.run(self.fork.start(self.now()))
+
+    def _make_fork(self) -> None:
+        """The fork of the plan's rows (native hpbx._fast.fork), its targets known by key."""
         rows = []
         for row in self.plan.rows:
             keys = []
@@ -155,8 +161,6 @@ class Call:
                 keys.append(ring.key)
             rows.append((float(row.duration), keys))
         self.fork = F.Fork(rows)
-        self.a_tx.on_cancel = lambda tx: self.guarded(self._caller_cancel, tx)
-        self.run(self.fork.start(self.now()))
 
     def guarded(self, method, *args) -> None:
         """Run an event handler; a bug in it ends this call (ports and CDR included) instead of
