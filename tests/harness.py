@@ -109,6 +109,28 @@ def sipp_media_port(host: str = "127.0.0.1") -> int:
     return _MEDIA_PORTS.take(host)
 
 
+def reserved_pair(host: str = "127.0.0.1") -> int:
+    """A port P below the ephemeral range with P and P + 1 free (UDP and TCP) and neither handed
+    out here before or after: for baresip, whose ``sip_listen P`` binds UDP and TCP on P and TLS
+    on P + 1 (two phones given neighbouring reserved ports collided: EADDRINUSE, exit 98)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    free = set(_RESERVED)
+    for port in list(reversed(_RESERVED)):
+        if port + 1 not in free:
+            continue
+        try:
+            for p in (port, port + 1):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(family, kind) as s:
+                        s.bind((host, p))
+        except OSError:
+            continue
+        _RESERVED.remove(port)
+        _RESERVED.remove(port + 1)
+        return port
+    raise RuntimeError("no reserved port pair left")
+
+
 def reserved_port(host: str = "127.0.0.1") -> int:
     """A UDP port below the ephemeral range, free now, and not handed out twice here."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -11,7 +11,7 @@ import tomllib
 import tomli_w
 
 from clients import Baresip
-from harness import REPO, HpbxServer, reserved_port
+from harness import HpbxServer, REPO, reserved_pair, reserved_port
 
 
 def shipped_config(directory, sip_port: int, rtp_base: int):
@@ -45,9 +45,9 @@ def test_baresip_registers_and_calls_on_the_shipped_defaults(tmp_path):
     assert "digest_algorithms" not in cfg["sip"], "the shipped file must rely on the default"
     with srv:
         target = srv.sip_target
-        with Baresip(tmp_path / "alice", "alice", "alice-secret", target, sip_port=reserved_port(),
+        with Baresip(tmp_path / "alice", "alice", "alice-secret", target, sip_port=reserved_pair(),
                      tone=440) as alice, \
-             Baresip(tmp_path / "bob", "bob", "bob-secret", target, sip_port=reserved_port(),
+             Baresip(tmp_path / "bob", "bob", "bob-secret", target, sip_port=reserved_pair(),
                      tone=1000) as bob:
             assert alice.wait_event("REGISTER_OK")["param"].startswith("200")
             assert bob.wait_event("REGISTER_OK")["param"].startswith("200")
@@ -82,9 +82,9 @@ def test_two_baresip_phones_meet_in_a_conference_room_on_the_shipped_defaults(tm
                 except Exception:
                     return []
 
-        with Baresip(tmp_path / "alice", "alice", "alice-secret", target, sip_port=reserved_port(),
+        with Baresip(tmp_path / "alice", "alice", "alice-secret", target, sip_port=reserved_pair(),
                      tone=440) as alice, \
-             Baresip(tmp_path / "bob", "bob", "bob-secret", target, sip_port=reserved_port(),
+             Baresip(tmp_path / "bob", "bob", "bob-secret", target, sip_port=reserved_pair(),
                      tone=1000) as bob:
             for phone, count in ((alice, 1), (bob, 2)):
                 assert phone.wait_event("REGISTER_OK")["param"].startswith("200")

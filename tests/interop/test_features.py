@@ -12,7 +12,7 @@ import time
 import pytest
 
 from clients import Baresip
-from harness import HpbxServer, have_sipp, header, reserved_port, wait_bound, write_config
+from harness import HpbxServer, have_sipp, header, reserved_pair, reserved_port, wait_bound, write_config
 from callrig import SCEN, CallRig, trunk, user
 from test_default_config import wait_heard
 
@@ -36,7 +36,7 @@ def rig(tmp_path_factory):
 
 
 def phone(rig, tmp_path, name, answermode="auto", tone=440):
-    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_port(),
+    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_pair(),
                 answermode=answermode, tone=tone)
     p.wait_event("REGISTER_OK")
     return p
