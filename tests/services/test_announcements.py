@@ -358,3 +358,40 @@ def test_star_200_records_an_announcement_anew_live_for_the_next_call(rig):
     pcm = np.concatenate(frames_of(pkts[5:50]))
     assert dominant(pcm, (500, 900, 1300)) == 900 and power(pcm, 900) > 1e5
     rig.assert_idle()
+
+
+def test_unknown_announcement_in_a_slot_is_refused_naming_the_field(rig):
+    before = rig.admin("number.get", number="044777100")
+    with pytest.raises(RpcError) as err:
+        rig.admin("number.set_slots", number="044777100",
+                  slots=[{"active": True, "days": ["mon"], "announcement_before": 99999}])
+    assert err.value.code == -32602 and err.value.data["field"].endswith("announcement_before"), err.value
+    assert "announcement 99999 does not exist" in err.value.message
+    with pytest.raises(RpcError) as err:
+        rig.admin("announcement.get", tenant="ann", id=99999)
+    assert "not found" in err.value.message.lower(), err.value
+    assert rig.admin("number.get", number="044777100") == before
+
+
+def test_an_announcement_whose_audio_is_gone_is_skipped_and_the_call_goes_on(rig):
+    """The audio file of a slot's before-announcement vanished from disk (an operator's
+    clean-up): the step is skipped and logged, the rows ring and the callee answers."""
+    a = rig.admin("announcement.create", tenant="ann", name="vanishing", audio=b64(tone_wav(700, 1.0)))
+    (rig.dir / "media" / rig.admin("announcement.get", tenant="ann", id=a["id"])["file"]).unlink()
+    rig.admin("number.set_slots", number="044777100",
+              slots=[{"active": True, "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                      "announcement_before": a["id"], "rows": [{"duration": 10, "targets": ["user:mgr"]}]}])
+    phone = rig.phone("mgr", "call_uas.xml", pause_ms=200, timeout=15)
+    res = rig.call("call_uac.xml", "044777100", port=CARRIER, pause_ms=500, timeout=15)
+    ph = phone.finish()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert ph.successful == 1 and ph.received("INVITE"), ph.describe()
+    cid = re.search(r"(?im)^Call-ID:\s*(\S+)", res.messages).group(1)
+    deadline, cdr = time.monotonic() + 3, []
+    while not cdr and time.monotonic() < deadline:  # CDRs are written in batches
+        cdr = [c for c in rig.cdrs(wait=0) if c["call_id"] == cid]
+        time.sleep(0.1)
+    assert cdr and cdr[-1]["answered_by"] == "mgr" and cdr[-1]["answer"], cdr
+    assert re.search(rf"announcement ann/{a['id']}: audio file .* missing or unreadable: skipped",
+                     rig.server.log()), rig.server.log()[-3000:]
+    rig.assert_idle()
