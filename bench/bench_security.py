@@ -286,6 +286,8 @@ def step_up(work: Path, users) -> dict:
 
 
 def inside() -> dict:
+    with open("/proc/loadavg") as f:
+        print(f"load average at the start: {' '.join(f.read().split()[:3])} ({os.cpu_count()} CPUs)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-security-"))
     users = [(str(u), f"pw{u}") for u in range(USER_FIRST, USER_FIRST + NUSERS)]
     results = {"check": check_cost(), "recv": recv_cost(), "flood": flood_compare(work),
