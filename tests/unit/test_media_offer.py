@@ -28,3 +28,13 @@ def test_no_audio_or_no_common_codec_is_an_sdp_error():
         parse_offer(b"v=0\r\nm=video 4000 RTP/AVP 96\r\n")
     with pytest.raises(SdpError, match="no common codec"):
         parse_offer(offer("18", "a=rtpmap:18 G729/8000"))
+
+
+def test_g722_when_the_phone_prefers_it_and_the_build_has_it():
+    from hpbx._fast.relay import CODECS
+
+    got = parse_offer(offer("9 8 101", "a=rtpmap:9 G722/8000", "a=rtpmap:101 telephone-event/8000"))
+    if "G722" in CODECS:  # built with libspandsp-dev
+        assert (got["codec"], got["pt"]) == ("G722", 9)
+    else:
+        assert (got["codec"], got["pt"]) == ("PCMA", 8)
