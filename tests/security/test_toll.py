@@ -388,3 +388,32 @@ def test_night_hours_on_the_servers_clock_in_the_tenants_zone(rig):
     assert re.search(r"SECURITY event=toll_refused [^\n]*dialled=004930123456 rule=night_hours",
                      rig.server.log())
     rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_toll_counters_survive_a_kill_of_the_server(rig):
+    """kill -9 of the server while t2's trunk call is up, then a new start on the same store:
+    t2's attempt of the hour is still counted and so is the talk time up to the restart (a
+    restart must not give a fraudster a fresh hour or day)."""
+    def t2():
+        return rig.admin("toll.get", tenant="toll")["users"].get("t2", {})
+
+    before = t2()
+    g = gateway(rig, 1, pause_ms=100, timeout=30)
+    caller = rig.sipp(str(Path(__file__).resolve().parent / "scenarios" / "call_uac_auth_wait_bye.xml"),
+                      service="0791110012", extra=["-au", "t2", "-ap", "t2-pw"], timeout=30, name="killed")
+    deadline = time.monotonic() + 5
+    while t2().get("outbound_calls", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(5.0)  # talking through the trunk
+    up = t2()
+    rig.server.kill()
+    caller.kill()
+    g.kill()
+    rig.server.start()
+    after = t2()
+    assert up["outbound_calls"] == 1 and up["minutes_last_day"] > before.get("minutes_last_day", 0), up
+    assert after["attempts_last_hour"] == before.get("attempts_last_hour", 0) + 1, (before, after)
+    assert after["outbound_calls"] == 0, after  # the call died with the server
+    assert after["minutes_last_day"] >= up["minutes_last_day"] > 0, (up, after)
+    assert re.search(r"toll counters restored: \d+ trunk calls", rig.server.log())
