@@ -335,7 +335,7 @@ def test_star_200_records_an_announcement_anew_live_for_the_next_call(rig):
     assert len(after) > 50, "after #: 'saved, goodbye' is played before the BYE"
     cdr = cdrs_of(rig, "announcement-record", 2)[-1]
     m = re.fullmatch(rf"recorded {a['id']}: (\d+) ms", cdr["service_result"])
-    assert m and 1000 <= int(m.group(1)) <= 1700, cdr
+    assert m and 1000 <= int(m.group(1)) <= 3000, cdr  # 1.2 s of tone, then "#" (slack: a loaded box)
     rec = rig.admin("announcement.get", tenant="ann", id=a["id"])
     assert rec["file"] != old_file and rec["duration_ms"] == int(m.group(1)), rec
     assert not (rig.dir / "media" / old_file).exists(), "the old audio file was removed"

@@ -1,6 +1,7 @@
 """System prompts as callers hear them (issue 10): a SIPp caller's own RTP socket receives the
 refusal of ``*201`` ("not permitted", then "goodbye"), and the test finds in it, byte for byte,
-the A-law of the prompt file the lookup should have chosen (encoded here by CPython's own G.711):
+the A-law of the prompt file the lookup should have chosen (encoded here by CPython's own G.711),
+frame by frame:
 
 * the tenant's language picks the folder: German (the espeak-ng set ``make build`` wrote) by
   default, English (Debian's recordings) after ``tenant.update language=en``;
@@ -81,13 +82,30 @@ def refusal_heard(rig, name: str) -> bytes:
     return b"".join(p.payload for p in pkts)
 
 
+def frames_heard(heard: bytes, f: Path) -> list[int]:
+    """Where each 20 ms frame of ``f`` that is not (near) silence was found in ``heard`` (-1:
+    not found). Frame by frame, so that a slot the engine skipped under a loaded box (a stall
+    of 3 ptimes skips audio, README "Media engine") costs one frame, not the whole match."""
+    want = alaw_of(f)
+    frames = [want[i:i + 160] for i in range(0, len(want), 160)]
+    return [heard.find(c) for c in frames if len(set(c)) > 8]
+
+
 def assert_heard_in_order(heard: bytes, *files: Path) -> None:
-    at = 0
+    """Each file heard (at least 90 % of its frames, byte for byte), in this order."""
+    last = -1
     for f in files:
-        want = alaw_of(f)
-        i = heard.find(want, at)
-        assert i >= 0, f"{f} not heard (after byte {at} of {len(heard)})"
-        at = i + len(want)
+        pos = frames_heard(heard, f)
+        found = sorted(p for p in pos if p >= 0)
+        assert pos and len(found) >= 0.9 * len(pos), f"{f}: {len(found)} of {len(pos)} frames heard"
+        middle = found[len(found) // 2]
+        assert middle > last, f"{f} heard before the file that should come first"
+        last = middle
+
+
+def assert_not_heard(heard: bytes, f: Path) -> None:
+    pos = frames_heard(heard, f)
+    assert sum(p >= 0 for p in pos) < 0.1 * len(pos), f"{f} was heard"
 
 
 def test_tenant_language_drop_in_and_operator_language(rig):
@@ -96,17 +114,17 @@ def test_tenant_language_drop_in_and_operator_language(rig):
     # the tenant's language: German by default (the espeak-ng set), then English
     heard = refusal_heard(rig, "de")
     assert_heard_in_order(heard, BUILT / "de" / "not-permitted.wav", BUILT / "de" / "goodbye.wav")
-    assert alaw_of(BUILT / "en" / "not-permitted.wav")[:1600] not in heard
+    assert_not_heard(heard, BUILT / "en" / "not-permitted.wav")
     rig.admin("tenant.update", name="sp", language="en")
     heard = refusal_heard(rig, "en")
     assert_heard_in_order(heard, BUILT / "en" / "not-permitted.wav", BUILT / "en" / "goodbye.wav")
-    assert alaw_of(BUILT / "de" / "not-permitted.wav")[:1600] not in heard
+    assert_not_heard(heard, BUILT / "de" / "not-permitted.wav")
 
     # an operator's recording replaces one prompt; the other still comes from the built set
     own = tone_wav(custom / "en" / "not-permitted.wav", 1234, 1000)
     heard = refusal_heard(rig, "en-drop-in")
     assert_heard_in_order(heard, own, BUILT / "en" / "goodbye.wav")
-    assert alaw_of(BUILT / "en" / "not-permitted.wav")[:1600] not in heard
+    assert_not_heard(heard, BUILT / "en" / "not-permitted.wav")
 
     # a language of the operator's own: its file where it has one, English elsewhere
     fr = tone_wav(custom / "fr" / "goodbye.wav", 777, 600)
