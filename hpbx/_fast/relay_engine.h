@@ -918,8 +918,22 @@ static inline rl_session *rl_find(rl_relay *r, uint64_t h)
 	return s->in_use && s->gen == gen ? s : NULL;
 }
 
+static int rl_allocate_once(rl_relay *r, uint64_t *out);
+
 /* Allocate a session (two legs, two port pairs). Returns 0 and *out, or an errno value. */
 static int rl_allocate(rl_relay *r, uint64_t *out)
+{
+	int e = rl_allocate_once(r, out);
+	/* io_uring: deleted sessions' sockets are closed by their worker shortly after rl_delete;
+	 * when no free pair could be bound, wait for those closes and try once more */
+	if (e == EADDRINUSE && r->uring) {
+		rlu_wait_closed(r);
+		e = rl_allocate_once(r, out);
+	}
+	return e;
+}
+
+static int rl_allocate_once(rl_relay *r, uint64_t *out)
 {
 	pthread_mutex_lock(&r->mu);
 	if (!r->nfree_slots || r->pool_len < 2) {
@@ -1000,7 +1014,7 @@ static inline void rl_unlock(rl_relay *r, rl_session *s)
 	pthread_mutex_unlock(&r->w[s->worker].mu);
 }
 
-static int rl_delete(rl_relay *r, uint64_t h)
+static int rl_delete(rl_relay *r, uint64_t h, int wait)
 {
 	rl_session *s = rl_lock(r, h);
 	if (!s)
@@ -1012,7 +1026,7 @@ static int rl_delete(rl_relay *r, uint64_t h)
 	s->in_use = 0;
 	s->gen++;
 	if (r->uring) {
-		rlu_delete(r, w, s, tag); /* may wait for the worker, releasing the mutex meanwhile */
+		rlu_delete(r, w, s, tag, wait); /* may wait for the worker, releasing the mutex meanwhile */
 	} else {
 		for (int i = 0; i < 2; i++) {
 			for (int k = 0; k < 2; k++)

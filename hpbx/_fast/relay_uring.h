@@ -610,7 +610,7 @@ static void rlu_wait(rl_worker *w, int64_t ns)
  * them, and the kernel may hold them in a receive), and this waits, bounded, until it has
  * closed them. Returns with the mutex held.
  */
-static void rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag)
+static void rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag, int wait)
 {
 	rl_uring *u = w->u;
 	(void)r;
@@ -639,8 +639,32 @@ static void rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag)
 	if (write(w->wakefd, &one, sizeof one) < 0) {
 		/* the counter is full: the worker is already due to wake */
 	}
-	while (u->enabled && rlu_dead_pending(u, id) && rl_now() < deadline)
+	/* Without ``wait`` (the call path) the ports go back to the pool at once: the pool is a
+	 * FIFO queue, so a pair is taken again only after every other free one; should it still be
+	 * bound then (pool nearly exhausted), rl_take_pair skips it and rl_allocate waits for the
+	 * workers to close their deleted sockets (rlu_wait_closed) before it gives up. Waiting
+	 * cost the signalling thread a round trip to the worker for every call. */
+	while (wait && u->enabled && rlu_dead_pending(u, id) && rl_now() < deadline)
 		rlu_wait(w, 10000000);
+}
+
+/* rl_allocate found no pair it could bind: wait (bounded) until every worker has closed the
+ * sockets of the sessions deleted so far. Returns 1 if some were pending. No lock held. */
+static int rlu_wait_closed(rl_relay *r)
+{
+	int waited = 0;
+	int64_t deadline = rl_now() + 2000000000LL;
+	for (int i = 0; i < r->nworkers; i++) {
+		rl_worker *w = &r->w[i];
+		pthread_mutex_lock(&w->mu);
+		rl_uring *u = w->u;
+		while (u && u->enabled && u->ndead && rl_now() < deadline) {
+			waited = 1;
+			rlu_wait(w, 10000000);
+		}
+		pthread_mutex_unlock(&w->mu);
+	}
+	return waited;
 }
 
 #endif

@@ -334,7 +334,7 @@ class MediaEngine:
             final = self.relay.stats(ms.handle)
         except RelayError:
             final = None
-        self.relay.delete(ms.handle)
+        self.relay.delete(ms.handle, False)  # no round trip to the relay worker per call
         for lg in LEGS:
             self._endpoints.pop((key, lg), None)
         if any(k == key for k, _, _ in self._recordings.values()):

@@ -196,6 +196,19 @@ class Store:
                        (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
         return cdr_id
 
+    def cdr_add_many(self, docs: list[dict]) -> list[int]:
+        """``cdr_add`` for a batch, in one transaction (one commit for the lot)."""
+        ids = []
+        with self.transaction() as tx:
+            for doc in docs:
+                cur = tx.execute("INSERT INTO cdrs (tenant, call_id, start, doc) VALUES (?, ?, ?, '{}')",
+                                 (doc["tenant"], doc.get("call_id", ""), doc.get("start", "")))
+                cdr_id = cur.lastrowid
+                tx.execute("UPDATE cdrs SET doc = ? WHERE id = ?",
+                           (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
+                ids.append(cdr_id)
+        return ids
+
     def cdr_list(self, tenant: str | None = None, since: str = "", until: str = "",
                  limit: int = 100, offset: int = 0) -> list[dict]:
         """Newest first. ``since``/``until`` compare the start timestamps as text (same offset)."""

@@ -733,3 +733,18 @@ def test_dual_stack_needs_an_ipv4_address_beside_the_ipv6_one():
         Relay("::1", 41940, 41959, address6="::1")
     with pytest.raises(RelayError, match="cannot create relay"):
         Relay(LO, 41940, 41959, address6="127.0.0.2")
+
+
+def test_delete_without_wait_ports_come_back_for_the_next_allocate(io):
+    """The call path deletes without waiting for the worker to close the sockets: with the
+    pool exhausted, the next allocate still gets the freed pair (it waits for the close)."""
+    with Relay(LO, 41320, 41327, workers=1, io=io) as r:  # 4 pairs = 2 sessions
+        for _ in range(50):
+            hs = [r.allocate(), r.allocate()]
+            with pytest.raises(RelayError, match="no free RTP port pair"):
+                r.allocate()
+            r.delete(hs[0], False)
+            hs[0] = r.allocate()
+            for h in hs:
+                r.delete(h, False)
+        assert r.free_pairs() == 4 and r.used_pairs() == 0
