@@ -324,7 +324,8 @@ def run_server(server) -> tuple[list[dict], dict | None]:
             r = step(server, rate, workdir)
             results.append(r)
             print(f"  {server.name:9s} {rate:6d} cps: ok {r['ok']}/{r['calls']} fail {r['fail_pct']:.3f}% "
-                  f"cpu {r['cpu_pct']:.0f}% {'clean' if r['clean'] else 'FAIL'}", flush=True)
+                  f"cpu {r['cpu_pct']:.0f}% ({r['cpu_pct'] * 10 / rate:.3f} ms per call) "
+                  f"{'clean' if r['clean'] else 'FAIL'}", flush=True)
             if not r["clean"]:
                 break
             time.sleep(2)  # let the previous step's calls and timers drain
