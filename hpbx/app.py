@@ -251,6 +251,8 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
+        from hpbx.pbx import media_channel
+        media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart
             for notifier in (self.calls.blf, self.calls.presence):

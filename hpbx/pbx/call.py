@@ -133,7 +133,8 @@ class Call:
                 self._reject(488, None, f"bad SDP: {exc}")
                 return
             try:
-                self.media = svc.media.allocate(self.id)
+                # a media channel handing its caller over (hpbx.pbx.media_channel) brings its session
+                self.media = self.media or svc.media.allocate(self.id)
             except HpbxError as exc:
                 log.warning("[%s] no media ports: %s", self.id, exc)
                 self._reject(503, "No Media Ports", "no media ports")

@@ -21,7 +21,7 @@ import logging
 from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, ValidationError
-from hpbx.pbx import blf, pickup, presence, replaces, router, starcodes
+from hpbx.pbx import blf, media_channel, pickup, presence, replaces, router, starcodes
 from hpbx.pbx.call import Call
 from hpbx.sip.auth import Verdict
 
@@ -143,6 +143,9 @@ class CallService:
                                                               stale=verdict is Verdict.STALE))
                 return
             caller_user = user
+            if media_channel.dispatch_star(self, tx, user, dialled, lambda: router.Plan(
+                    kind="starcode", tenant=user.tenant, dialled=dialled)):
+                return
             code = starcodes.parse(dialled)
             if code is not None:
                 self._star_code(tx, user, code)
@@ -172,7 +175,9 @@ class CallService:
                              "end_reason": f"{plan.status} {plan.reason}"})
             return
         if plan.kind != "dialplan" and plan.kind not in ("internal", "external"):
-            # fax, conference and FollowMe numbers are handled by later issues
+            # fax, conference and FollowMe numbers: the media service registered for the usage
+            if media_channel.dispatch_usage(self, tx, plan, caller, caller_user, trunk):
+                return
             self.stats["calls_rejected"] += 1
             tx.respond(480, f"number usage {plan.kind} not available")
             return

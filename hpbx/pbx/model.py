@@ -851,6 +851,8 @@ class Cdr:
     end: str = ""
     end_reason: str = ""
     linked_call: str = ""  # Call-IDs of calls joined with this one by attended transfer
+    service: str = ""  # the media service that answered (hpbx.pbx.media_channel), if any
+    service_result: str = ""  # what that service reports (a digit, a recording, a fax)
     id: int = 0  # assigned by the store
 
     @classmethod
@@ -866,6 +868,7 @@ class Cdr:
                   answered_by=r.text("answered_by"), start=_instant(r, "start"),
                   answer=_instant(r, "answer"), end=_instant(r, "end"),
                   end_reason=r.text("end_reason"), linked_call=r.text("linked_call", "", max_len=2048),
+                  service=r.text("service"), service_result=r.text("service_result", "", max_len=2048),
                   id=r.integer("id", 0, 0, 2**62))
         r.finish()
         return obj

@@ -97,7 +97,7 @@ class SippProcess:
 class CallRig:
     def __init__(self, directory: Path, tenant_toml: str, *, rtp_ports: tuple[int, int] | None = None,
                  media_timeout: int = 60, log_level: str = "info", host: str = "127.0.0.1",
-                 wrap: list[str] | None = None):
+                 wrap: list[str] | None = None, env: dict | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -106,7 +106,7 @@ class CallRig:
         # below the ephemeral range (see harness.reserved_port), and per process
         base = rtp_ports or (10000 + (os.getpid() % 100) * 200, 10000 + (os.getpid() % 100) * 200 + 99)
         self.rtp_ports = base
-        self.server = HpbxServer(self.dir, log_level=log_level, host=host, wrap=wrap)
+        self.server = HpbxServer(self.dir, log_level=log_level, host=host, wrap=wrap, env=env)
         config = write_config(self.dir, self.server.port, host=host, provision=(self.tenant_path,),
                               log_level=log_level)
         with open(config, "a") as f:
