@@ -17,18 +17,25 @@ $(STAMP): pyproject.toml setup.py
 	touch $@
 
 # Compile the Cython hot paths in place (only what changed is rebuilt).
-build: $(STAMP)
+build: $(STAMP) build/prompts/.built
 	$(PY) setup.py -q build_ext --inplace -j 2
+
+# System prompts: en converted from Debian's asterisk sounds, de spoken by espeak-ng (the
+# prompt list is hpbx/media/prompts.py; a missing package leaves its set out, with a note).
+build/prompts/.built: hpbx/media/prompts.py hpbx/media/audio.py $(STAMP)
+	$(PY) -m hpbx.media.prompts build build/prompts
+	touch $@
 
 # Debian packages the tests drive, one line per concern (append to your own line).
 # Installed when running as root and any of them is missing.
 DEB_PKGS := sip-tester iptables iproute2
 DEB_PKGS += asterisk-core-sounds-en-wav asterisk-moh-opsound-wav libspandsp-dev # media engine (prompt corpus, G.722)
-DEB_PKGS += # media services (prompts, music on hold)
+DEB_PKGS += espeak-ng lame asterisk-core-sounds-en-wav asterisk-moh-opsound-wav # media services (German prompts, MP3 test files, prompts, music on hold)
 DEB_PKGS += baresip-core linphone-cli # real phones (interop)
 DEB_PKGS += sipvicious fail2ban # security
 DEB_PKGS += chromium chromium-driver curl # web face
 DEB_PKGS += postgresql redis-server # scale (databases)
+DEB_PKGS += libtiff-tools ghostscript mpg123 # fax (tiff2pdf; PDF pages checked by Ghostscript), voicemail (MP3 attachments decoded by the tests)
 
 system-deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -35,6 +35,8 @@ EXTRA = {
 if os.path.exists("/usr/include/spandsp/g722.h"):
     EXTRA["relay"]["libraries"].append("spandsp")
     EXTRA["relay"]["define_macros"].append(("HPBX_G722", "1"))
+    # the fax endpoint (media_fax.h): spandsp's T.30 / T.38 terminal (issue 15)
+    EXTRA["relay"]["define_macros"].append(("HPBX_FAX", "1"))
 
 # HPBX_ONLY=sipmsg,sdp limits a development build to some modules.
 ONLY = {n for n in os.environ.get("HPBX_ONLY", "").split(",") if n}

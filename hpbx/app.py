@@ -129,6 +129,12 @@ class Server:
             self.transports.sink = self.transports.mirror.wrap_sink(self.transports.sink)
             self._stop_order.append(self.transports.mirror.close)
             log.info("SIP mirrored as HEP v3 to %s", settings.hep.collector)
+        # Messages that arrive before the services below are installed are held, not answered
+        # by a half-built server (MWI's SUBSCRIBE would get 489, a fax number's INVITE 480, an
+        # INVITE before the call service 405), and handed over in arrival order once started.
+        serve = self.transports.sink
+        self._held: list | None = []
+        self.transports.sink = self._hold
         await self.transports.start()
         self._stop_order.append(self.transports.close)
         self.keepalive = KeepaliveService(self.wheel, self.registrar, self.transactions,
@@ -140,9 +146,25 @@ class Server:
             await self._start_ownership()
         self._start_retention()
         await self._start_mail()
+        from hpbx.fax.service import install as install_fax
+        install_fax(self)  # usage fax numbers: the virtual fax (issue 15)
         await self._start_admin()
-        log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
-                 self.registrar.count())
+        held, self._held = self._held, None
+        self.transports.sink = serve
+        for data, channel, addr in held:
+            try:
+                serve(data, channel, addr)
+            except Exception:
+                log.exception("message held during start-up from %s not handled", addr)
+        log.info("hpbx ready (%d users, %d bindings; %d messages held during start-up)",
+                 len(self.provisioning.directory), self.registrar.count(), len(held))
+
+    HOLD_MAX = 10_000  # messages kept while starting; more are dropped (UDP senders re-send)
+
+    def _hold(self, data, channel, addr) -> None:
+        held = self._held
+        if held is not None and len(held) < self.HOLD_MAX:
+            held.append((data, channel, addr))
 
     # ---- several nodes: shared registrations, provisioning changes, call ownership
     async def _open_shared_registrations(self, loop) -> None:
@@ -251,7 +273,10 @@ class Server:
         self.calls = CallService(loop, self.wheel, self.transactions, self.transports, self.registrar,
                                  self.auth, self.provisioning, self.media, self.settings)
         self.media.on_timeout = self.calls.media_timeout
-        from hpbx.pbx import media_channel
+        from hpbx.pbx import announcements, conference, media_channel
+        self.conferences = conference.install(self.calls, self.settings)  # usage "conference"
+        self._stop_order.append(self.conferences.close)
+        announcements.install(self.calls, self.settings)  # prompts, announcement steps, *200/*201
         media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
         if not self.settings.store.redis:  # BLF and presence subscriptions survive a restart
@@ -261,6 +286,9 @@ class Server:
         self.toll = TollPolicy(self.settings, self.ban_store)
         self.calls.toll = self.toll
         self.toll.on_block = self.calls.hangup_trunk_calls
+        self.toll.zone_of = lambda t: getattr(self.provisioning.directory.tenant(t), "timezone", None)
+        self.toll.call_later = self.wheel.call_later  # minutes budgets: cut the calls that spent it
+        self.toll.on_cut = lambda cid, why: (c := self.calls.calls.get(cid)) is not None and c.guarded(c.hangup, why)
         self._stop_order.append(self.calls.close)
         watch = loop.create_task(self.media.watch())
 
@@ -280,7 +308,12 @@ class Server:
         self.mail = MailSpool(smtp, directory)
         self.mail.open()
         await self.mail.start()
+        self.toll.mail = self.mail  # toll-fraud alert mails
         self._stop_order.append(self.mail.stop)
+        from hpbx.pbx import voicemail  # Voice2Mail, user mailboxes, MWI (issue 11)
+        self.voicemail = voicemail.install(self.calls, self.mail, self.dispatcher, self.settings)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.mwi.close)
+        self._stop_order.insert(self._stop_order.index(self.calls.close), self.voicemail.push.close)
 
     async def _start_admin(self) -> None:
         try:
@@ -307,6 +340,14 @@ class Server:
         ctx.stats_sources["media"] = self.media.media_stats  # players, recorders, rooms, jitter
         ctx.mail = self.mail
         ctx.stats_sources["mail"] = self.mail.counts
+        ctx.conferences = self.conferences
+        self.conferences.mail = self.mail  # invitations to scheduled conferences
+        ctx.stats_sources["conference"] = lambda: {**self.conferences.stats, "rooms": len(self.conferences.rooms)}
+        ctx.voicemail = self.voicemail
+        ctx.stats_sources["voicemail"] = lambda: {**self.voicemail.stats, **self.voicemail.mwi.stats,
+                                                  **self.voicemail.missed.stats,
+                                                  **self.voicemail.recorder.stats,
+                                                  **self.voicemail.push.stats}
         self._open_web_data(ctx)
         self.admin = AdminServer(ctx)
         await self.admin.start()
@@ -344,8 +385,24 @@ class Server:
             self.web.auth_failure_hooks.append(
                 lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
             self.web.source_allowed = security.guard.allowed
+        self._start_cti(ctx, security)
         await self.web.start()
         self._stop_order.append(self.web.stop)
+
+    def _start_cti(self, ctx, security) -> None:
+        """CTI clients at /cti on the web face's listeners (hpbx.cti.service); failed CTI
+        logins feed the ban engine as failed web logins do."""
+        from hpbx.cti.service import CtiService
+
+        self.cti = CtiService(asyncio.get_running_loop(), self.calls, self.provisioning, self.registrar)
+        self.web.route_hooks.append(self.cti.add_routes)
+        if security is not None and hasattr(security, "auth_failed"):
+            self.cti.auth_failure_hooks.append(
+                lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
+            self.cti.source_allowed = security.guard.allowed
+        ctx.cti = self.cti
+        ctx.stats_sources["cti"] = self.cti.counts
+        self._stop_order.append(self.cti.close)
 
     # ---- what the admin layer reads
     def list_registrations(self, tenant: str | None, user: str | None):
@@ -387,6 +444,7 @@ class Server:
         self.security.configure(new)
         self.toll.configure(new)
         self.calls.configure(new)
+        self.conferences.configure(new)
         self.mail.configure(new.smtp)
         if self.admin is not None:
             self.admin.configure(new)

@@ -139,6 +139,7 @@ class HttpSettings:
     login_failures: int = 5  # failed logins per source within login_window before lockout
     login_window: int = 300
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # /metrics without a login
+    media_dir: str = ""  # announcement audio (hpbx/web/media.py); "" = "media" beside the store file
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,29 @@ class HepSettings:
     password: str = ""
 
 
+DEBIAN_MOH = "/usr/share/asterisk/moh"  # asterisk-moh-opsound-wav
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """Prompts, music on hold and announcements (hpbx/media/prompts.py, README "System
+    prompts"). Empty paths take the defaults the methods give."""
+
+    dir: str = ""  # announcements (converted WAV); "" = "media" beside the store file
+    prompts: str = ""  # built prompt sets <lang>/<name>.wav; "" = the project's build/prompts
+    custom_prompts: str = ""  # operator drop-in <lang>/<name>.wav, moh/<class>/; "" = <dir>/prompts
+    moh: str = DEBIAN_MOH  # the music class "default"
+
+    def media_dir(self, store_path: str) -> str:
+        return self.dir or str(Path(store_path).resolve().parent / "media")
+
+    def prompts_dir(self) -> str:
+        return self.prompts or str(Path(__file__).resolve().parent.parent / "build" / "prompts")
+
+    def custom_dir(self, store_path: str) -> str:
+        return self.custom_prompts or str(Path(self.media_dir(store_path)) / "prompts")
+
+
 def parse_http_listener(text: str) -> HttpListener:
     """``http:127.0.0.1:8080``, ``https:[::1]:8443``."""
     scheme, sep, rest = text.partition(":")
@@ -157,6 +181,16 @@ def parse_http_listener(text: str) -> HttpListener:
         raise ValueError(f"scheme must be http or https in {text!r}")
     probe = parse_listener("tcp:" + rest)
     return HttpListener(scheme, probe.host, probe.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceSettings:
+    """Conference rooms (hpbx/pbx/conference.py)."""
+
+    max_participants: int = 50  # per room, unless the number sets its own
+    max_rooms: int = 20  # open rooms per tenant
+    pin_attempts: int = 3  # wrong PINs before the call is released
+    pin_timeout: int = 6  # seconds to type a PIN (and between its digits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +206,8 @@ class Settings:
     provision: tuple[str, ...] = ()  # tenant TOML files imported when the store is empty
     http: HttpSettings = field(default_factory=HttpSettings)
     hep: HepSettings = field(default_factory=HepSettings)
+    conference: ConferenceSettings = field(default_factory=ConferenceSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
 
 
 class _Reader:
@@ -275,7 +311,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep"}
+             "hep", "conference", "media"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -395,10 +431,21 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
     security = security_config.from_dict(_Reader, path, data.get("security"))
     http = _http_settings(path, data.get("http"))
     hep = _hep_settings(path, data.get("hep"))
+    r = _Reader(path, "conference", data.get("conference"))
+    conference = ConferenceSettings(max_participants=r.int_in("max_participants", 50, 2, 10000),
+                                    max_rooms=r.int_in("max_rooms", 20, 1, 100000),
+                                    pin_attempts=r.int_in("pin_attempts", 3, 1, 10),
+                                    pin_timeout=r.int_in("pin_timeout", 6, 2, 60))
+    r.finish()
+    r = _Reader(path, "media", data.get("media"))
+    media = MediaSettings(dir=r.get("dir", str, ""), prompts=r.get("prompts", str, ""),
+                          custom_prompts=r.get("custom_prompts", str, ""),
+                          moh=r.get("moh", str, DEBIAN_MOH))
+    r.finish()
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep)
+                    hep=hep, conference=conference, media=media)
 
 
 SMTP_TLS = ("none", "starttls", "tls")
@@ -480,6 +527,7 @@ def _http_settings(path: str, table: Any) -> HttpSettings:
         login_failures=r.int_in("login_failures", 5, 1, 1000),
         login_window=r.int_in("login_window", 300, 1, 86400),
         metrics_allow=tuple(allow),
+        media_dir=r.get("media_dir", str, ""),
     )
     r.finish()
     return http

@@ -109,6 +109,28 @@ def sipp_media_port(host: str = "127.0.0.1") -> int:
     return _MEDIA_PORTS.take(host)
 
 
+def reserved_pair(host: str = "127.0.0.1") -> int:
+    """A port P below the ephemeral range with P and P + 1 free (UDP and TCP) and neither handed
+    out here before or after: for baresip, whose ``sip_listen P`` binds UDP and TCP on P and TLS
+    on P + 1 (two phones given neighbouring reserved ports collided: EADDRINUSE, exit 98)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    free = set(_RESERVED)
+    for port in list(reversed(_RESERVED)):
+        if port + 1 not in free:
+            continue
+        try:
+            for p in (port, port + 1):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(family, kind) as s:
+                        s.bind((host, p))
+        except OSError:
+            continue
+        _RESERVED.remove(port)
+        _RESERVED.remove(port + 1)
+        return port
+    raise RuntimeError("no reserved port pair left")
+
+
 def reserved_port(host: str = "127.0.0.1") -> int:
     """A UDP port below the ephemeral range, free now, and not handed out twice here."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -288,7 +310,12 @@ class HpbxServer:
         raise AssertionError(f"hpbx did not answer OPTIONS within {timeout}s:\n{self.log()}")
 
     def ready(self) -> bool:
-        """Does the server answer OPTIONS? Asked from inside ``wrap`` (e.g. a netns) if given."""
+        """Does the server answer OPTIONS (asked from inside ``wrap``, e.g. a netns, if given)
+        and accept connections on its admin socket? SIP listens before the admin socket is up
+        (hpbx logs "hpbx ready" after both), so OPTIONS alone let tests reach a half-started
+        server's admin socket (the two-node test's FileNotFoundError)."""
+        if not self._admin_up():
+            return False
         if not self.wrap:
             return sip_options(self.host, self.port, 0.3, transport=self.transports[0]) is not None
         probe = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harness; "
@@ -296,6 +323,26 @@ class HpbxServer:
                  f"transport={self.transports[0]!r}) else 1)")
         return subprocess.run(self.wrap + [sys.executable, "-c", probe], cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+    def _admin_up(self) -> bool:
+        """The configured admin socket accepts a connection (a stale file of a killed run does
+        not); True when the config has no admin socket."""
+        import tomllib
+        try:
+            path = tomllib.loads(Path(self.config).read_text()).get("admin", {}).get("socket", "")
+        except (OSError, tomllib.TOMLDecodeError):
+            return True
+        if not path:
+            return True
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(0.3)
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
 
     def log(self) -> str:
         try:

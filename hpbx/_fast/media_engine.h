@@ -271,6 +271,7 @@ typedef struct me_ep {
 	uint32_t dt_ts;
 	float dt_ph[2];             /* in-band digit oscillators */
 	uint64_t sent, rx, dropped_digits;
+	struct me_fax *fax;         /* a fax runs on this endpoint (media_fax.h) */
 } me_ep;
 
 /* ------------------------------------------------------------------ per worker, per relay */
@@ -1009,12 +1010,16 @@ next:
 	return 1;
 }
 
+#include "media_fax.h"
+
 /* One slot of an endpoint: produce at most one packet. */
 static void me_ep_slot(rl_relay *r, rl_worker *w, me_ep *ep, int64_t now)
 {
 	uint8_t b[ME_PKT];
 	int len = 0;
-	if (me_dtmf_slot(ep, b, &len, now)) {
+	if (ep->fax && me_fax_slot(r, w, ep, now)) {
+		/* the fax modem owns the leg's audio */
+	} else if (me_dtmf_slot(ep, b, &len, now)) {
 		me_send(r, w, ep, b, len);
 	} else if (ep->pl.list) {
 		int done;
@@ -1161,6 +1166,10 @@ static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t le
 #endif
 	if (codec < 0)
 		return 1;
+	if (ep->fax) {
+		me_fax_rx(r, ep, seq, ts, codec, pay, plen, now);
+		return 1;
+	}
 	if (ep->rec)
 		me_rec_rx(r, ep, seq, ts, codec, pay, plen, now);
 	if (ep->ib || ep->mem) {
@@ -1258,6 +1267,8 @@ static void me_tick(rl_relay *r, rl_worker *w)
 		}
 		if (ep->rec)
 			me_rec_tick(r, ep, now);
+		if (ep->fax)
+			me_fax_tick(r, ep, now);
 	slot:
 		if (ep->next_tick > mw->tick)
 			continue;
@@ -1486,6 +1497,8 @@ static void me_room_detach(rl_relay *r, me_ep *ep);
 static void me_ep_free(rl_relay *r, rl_worker *w, me_ep *ep, int hangup)
 {
 	me_worker *mw = w->mw;
+	if (ep->fax)
+		me_fax_free(r, ep);
 	if (ep->rec && me_rec_drain(r, ep, 1, rl_now())) /* what is held is written first */
 		me_rec_stop(r, ep, hangup ? ME_REC_HANGUP : ME_REC_STOPPED, 0);
 	if (ep->pl.list) {

@@ -371,3 +371,4 @@ cdef int _errno():
 
 # The media engine's command interface (media endpoints, prompts, rooms, events).
 include "relay_media.pxi"
+include "relay_fax.pxi"

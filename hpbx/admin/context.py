@@ -41,7 +41,13 @@ class AdminContext:
     accounts: Any = None
     audit: Any = None
     phones: Any = None
+    # hpbx.cti.service.CtiService: online(username), sessions (None without a web face)
+    cti: Any = None
     # hpbx.mail.spool.MailSpool: the outgoing mail spool (mail.queue, mail.retry, ...)
     mail: Any = None
+    # hpbx.pbx.conference.Conferences: rooms, participants, scheduled conferences
+    conferences: Any = None
+    # hpbx.pbx.voicemail.Voicemail: user mailboxes (mailbox.list, mailbox.delete, ...)
+    voicemail: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

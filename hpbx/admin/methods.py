@@ -350,7 +350,9 @@ _add_crud(
            help="public number presented to the network for users with no displayed number"),
      Param("caller_id_fallback", "str", choices=("default_number", "withheld"),
            help="caller ID of users with no displayed number: the default number, or withheld "
-                "(anonymous, P-Asserted-Identity + Privacy: id)")),
+                "(anonymous, P-Asserted-Identity + Privacy: id)"),
+     Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
+     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -368,6 +370,8 @@ _add_crud(
      Param("pickup", "array", help="usernames whose ringing calls this user may pick up"),
      Param("supervise", "array", help="usernames whose dialog state (BLF) this user may watch"),
      Param("presence_groups", "array", help="presence groups: presence is seen inside a shared group"),
+     Param("conference_pin", "str", help="digits picking the user's personal conference room"),
+     Param("cti_groups", "array", help="CTI groups: the sections of the colleague list"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
                 "each an internal or external number, \"\" = off")),
@@ -399,7 +403,11 @@ _add_crud(
      Param("usage", "str", help="what the number does", choices=("telephone", "fax", "conference", "followme")),
      Param("name", "str", help="label"),
      Param("alert_info", "str", help="Alert-Info sent to the rung devices"),
-     Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)")),
+     Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)"),
+     Param("pin", "str", help="conference or FollowMe: the PIN callers enter (digits)"),
+     Param("personal_rooms", "bool", help="conference: the dial-in of every user's personal room"),
+     Param("max_participants", "int", help="conference: participants per room (0 = [conference] default)"),
+     Param("fax_mail", "str", help="usage fax: mail address(es) for received faxes, comma-separated")),
     (Param("tenant", "str", help="only this tenant"),
      Param("filter", "str", help="digits the number contains (508 finds 0445081111)")),
     ("number", "tenant", "usage", "name"))
@@ -512,6 +520,10 @@ _add("tenant.import", tenant_import,
 
 from hpbx.admin import security_methods  # noqa: E402,F401  (ban.*, toll.*: the security layer's methods)
 from hpbx.admin import mail_methods  # noqa: E402,F401  (mail.*: the outgoing mail spool)
+from hpbx.admin import conference_methods  # noqa: E402,F401  (conference.*: rooms, schedules)
+from hpbx.admin import mailbox_methods  # noqa: E402,F401  (mailbox.*: user mailboxes, issue 11)
+from hpbx.admin import recording_methods  # noqa: E402,F401  (call.record, recording.*: issue 11)
+from hpbx.admin import announcement_methods  # noqa: E402,F401  (announcement.* with the audio itself)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 
@@ -702,3 +714,6 @@ _add("dashboard.get", dashboard_get,
      "Per tenant: active calls, registrations, users online, calls and answered calls per hour.",
      Param("tenant", "str", help="only this tenant"),
      Param("hours", "int", help="hours back (default 24)", min=1, max=24 * 31))
+
+# CTI (hpbx.cti): cti.session.list, and user.get shows CTI and phone online status
+from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401

@@ -49,6 +49,9 @@ for _noun in ("group", "trunk", "switch", "announcement"):
 RULES["switch.set"] = RULES["switch.clear"] = "tenant"
 
 
+# parameters that name files on the server's machine (read by the server): socket peers only
+LOCAL_ONLY_PARAMS = {"announcement.create": ("path",), "announcement.update": ("path",)}
+
 # operator-only methods whose tenant the audit log still records
 OPERATOR_RULES = {"tenant.create": "name", "tenant.delete": "name", "admin.create": "tenant",
                   "admin.update": "tenant"}
@@ -96,6 +99,28 @@ def resolve(ctx, method: str, params: dict, rule: str | None = None) -> str:
     return ""
 
 
+def _current_files(ctx, tenant: str) -> set[str]:
+    objs = ctx.provisioning.directory.objects(tenant) if ctx.provisioning is not None else None
+    return {a.file for a in objs.announcements.values()} if objs is not None else set()
+
+
+def _own_audio_only(ctx, own: str, text: str) -> None:
+    """An import of a tenant admin names audio files of its own folder only (or the files its
+    announcements already have, so that its own export imports again)."""
+    from hpbx.web.media import own_file, tenant_folder
+    current = _current_files(ctx, own)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return  # the import itself says what is wrong
+    items = doc.get("announcements")
+    for i, a in enumerate(items if isinstance(items, list) else []):
+        file = a.get("file") if isinstance(a, dict) else None
+        if isinstance(file, str) and file and not own_file(own, file) and file not in current:
+            raise RpcError(PERMISSION_DENIED, f"permission denied: file must lie in {tenant_folder(own)}",
+                           {"field": f"announcements[{i}].file", "reason": f"must lie in {tenant_folder(own)}"})
+
+
 class SocketPeer:
     """A process on the admin socket: every method, every tenant."""
 
@@ -130,6 +155,11 @@ class WebAccount:
         return params
 
     def authorize(self, ctx, method: str, params: dict) -> str:
+        for name in LOCAL_ONLY_PARAMS.get(method, ()):
+            if name in params:
+                raise RpcError(PERMISSION_DENIED, f"permission denied: {name} is read on the server's "
+                                                  "machine: only the admin socket may give it",
+                               {"field": name, "reason": "admin socket only"})
         if self.account.operator:
             return resolve(ctx, method, params)
         own = self.account.tenant
@@ -143,6 +173,12 @@ class WebAccount:
             elif params["tenant"] != own:
                 raise RpcError(PERMISSION_DENIED, f"permission denied: tenant {params['tenant']!r} is not yours",
                                {"field": "tenant", "reason": "not your tenant"})
+            if method in ("announcement.create", "announcement.update") and params.get("file"):
+                # audio of its own folder only: no other tenant's file plays through its numbers
+                from hpbx.web.media import own_file, tenant_folder
+                if not own_file(own, params["file"]) and params["file"] not in _current_files(ctx, own):
+                    raise RpcError(PERMISSION_DENIED, f"permission denied: file must lie in {tenant_folder(own)}",
+                                   {"field": "file", "reason": f"must lie in {tenant_folder(own)} (upload it on the page)"})
             return own
         if rule == "server":
             return ""
@@ -153,6 +189,8 @@ class WebAccount:
             if named and named != own:
                 raise RpcError(PERMISSION_DENIED, f"permission denied: tenant {named!r} is not yours",
                                {"field": "toml", "reason": "not your tenant"})
+            if method == "tenant.import":
+                _own_audio_only(ctx, own, params.get("toml", ""))
             return own
         found = resolve(ctx, method, params, rule)
         if found != own:

@@ -5,12 +5,13 @@ address or network is -32602 naming the field.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hpbx.admin.context import AdminContext
 from hpbx.admin.methods import PAGE, Param, _add, _need, _page
 from hpbx.admin.protocol import NOT_FOUND, RpcError, invalid_params
-from hpbx.security.config import RATE_ACTIONS, TOLL_KEYS
+from hpbx.security.config import NIGHT_RE, RATE_ACTIONS, TOLL_KEYS
 
 
 def _security(ctx: AdminContext):
@@ -106,6 +107,9 @@ def toll_set(ctx: AdminContext, p: dict) -> dict:
         for v in p.get(key, ()):
             if not isinstance(v, str) or not v or not (v.isdigit() or v[0] == "+" and v[1:].isdigit()):
                 raise invalid_params(key, f"entries must be digit strings, optionally starting with +, got {v!r}")
+    night = p.get("night_hours")
+    if isinstance(night, str) and night and not re.match(NIGHT_RE, night):
+        raise invalid_params("night_hours", f'must be "HH:MM-HH:MM" or "", got {night!r}')
     return toll.set(tenant, p)
 
 
@@ -127,11 +131,16 @@ _TOLL_HELP = {
     "blocked": "the tenant's trunk calls are refused (set by on_rate_exceeded = block; false lifts it)",
     "allow_prefixes": "normalised prefixes always allowed, e.g. [\"+49\"]",
     "deny_prefixes": "normalised prefixes always refused",
+    "minutes_per_hour_user": "talk minutes through the trunk of one user in any 60 minutes (0: no limit)",
+    "minutes_per_hour_tenant": "talk minutes through the trunk of the tenant in any 60 minutes (0: no limit)",
+    "minutes_per_day_user": "talk minutes through the trunk of one user in any 24 hours (0: no limit)",
+    "minutes_per_day_tenant": "talk minutes through the trunk of the tenant in any 24 hours (0: no limit)",
+    "night_hours": "\"HH:MM-HH:MM\" in the tenant's zone: only national numbers then (\"\": off)",
 }
 _TOLL_PARAMS = tuple(
     Param(name, {int: "int", bool: "bool", tuple: "array", str: "str"}[kind], help=_TOLL_HELP[name],
           **({"min": 0, "max": 1_000_000} if kind is int else {}),
-          **({"choices": RATE_ACTIONS} if kind is str else {}))
+          **({"choices": RATE_ACTIONS} if name == "on_rate_exceeded" else {}))
     for name, kind in TOLL_KEYS.items())
 TENANT = Param("tenant", "str", required=True, help="tenant name")
 

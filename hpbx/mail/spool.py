@@ -140,7 +140,8 @@ class MailSpool:
     # ---- the API other services use
     def submit(self, *, to: Iterable[str] | str, subject: str, body: str,
                attachments: Iterable[Attachment] = (), tenant: str = "", kind: str = "mail",
-               bounce_to: str = "", timezone_name: str = "", sender: str = "") -> str:
+               bounce_to: str = "", timezone_name: str = "", sender: str = "",
+               reply_to: str = "") -> str:
         """Build the message, write it to the spool (fsync'd) and return its id. Raises
         ``ValidationError`` for a bad address and ``MailQuotaError`` when the tenant's spool
         quota is used up. Safe to call from any thread."""
@@ -152,12 +153,16 @@ class MailSpool:
                 raise ValidationError("to", f"not an e-mail address: {addr!r}")
         if bounce_to and not valid_address(bounce_to):
             raise ValidationError("bounce_to", f"not an e-mail address: {bounce_to!r}")
+        if reply_to and not valid_address(reply_to):
+            raise ValidationError("reply_to", f"not an e-mail address: {reply_to!r}")
         sender = sender or self.settings.sender
         mail_id = f"{time.time_ns() // 1000:016d}-{secrets.token_hex(4)}"
         msg = EmailMessage()
         msg["From"] = sender
         msg["To"] = ", ".join(recipients)
         msg["Subject"] = subject
+        if reply_to:
+            msg["Reply-To"] = reply_to
         zone = timezone.utc
         if timezone_name:
             try:

@@ -48,6 +48,9 @@ timeout)`` returns the next one of a call (events not yet asked for wait, up to 
     tone_done    {"reason": "end"|"stopped"}
     record_done  {"path", "ms", "reason": "digit"|"silence"|"max"|"stopped"|"hangup"|"error",
                   "digit"}
+    fax_done     {"id", "path", "pages", "ok", "status" (spandsp T30_ERR_* code), "reason" (its
+                  text), "phase", "remote_ident", "bit_rate", "ecm", "x_resolution",
+                  "y_resolution", "transfer_ms", "lost_packets", ...}  (see fax_receive)
 
 Bad input raises ValidationError naming the field, or NotFoundError (unknown prompt, tone,
 room or call).
@@ -66,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from hpbx._fast.relay import CODECS, DIGITS, PLAY_REASONS, RECORD_REASONS, MediaCore, Prompt, Relay
+from hpbx._fast.relay import CODECS, DIGITS, FAX, PLAY_REASONS, RECORD_REASONS, FaxCore, MediaCore, Prompt, Relay
 from hpbx.errors import NotFoundError, RelayError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -184,6 +187,8 @@ class MediaEngine:
         self._tones = {name: Prompt(tone_pcm(segs)) for name, segs in TONES.items()}
         self._endpoints: dict[tuple[str, str], dict[str, Any]] = {}
         self._recordings: dict[int, tuple[str, str, str]] = {}  # id -> key, leg, path
+        self.fax = FaxCore(self.media) if FAX else None
+        self._faxes: dict[int, tuple[str, str, str]] = {}  # fax id -> key, leg, path
         # deleted calls whose events can still be taken: until this monotonic time (inf while a
         # recording of theirs is still being finished)
         self._ended: dict[str, float] = {}
@@ -340,7 +345,8 @@ class MediaEngine:
         self.relay.delete(ms.handle, False)  # no round trip to the relay worker per call
         for lg in LEGS:
             self._endpoints.pop((key, lg), None)
-        if any(k == key for k, _, _ in self._recordings.values()):
+        if any(k == key for k, _, _ in self._recordings.values()) or any(
+                k == key for k, _, _ in self._faxes.values()):
             # its record_done ("hangup") comes once the file is complete: keep the call's
             # events readable until then, and a while after
             self._ended[key] = float("inf")
@@ -635,6 +641,9 @@ class MediaEngine:
         while True:
             batch = self.media.events()
             for kind, handle, li, t, digit, source, value, rid, reason in batch:
+                if kind == "fax_done":
+                    self._fax_done(rid, t)
+                    continue
                 if kind == "record_done":
                     rec = self._recordings.pop(rid, None)
                     if rec is None:
@@ -659,6 +668,61 @@ class MediaEngine:
                 self._deliver(MediaEvent(kind, key, LEGS[li], data, t))
             if len(batch) < 256:
                 return
+
+    # ------------------------------------------------------------------ fax (media_fax.h)
+    def _fax_start(self, key: str, leg: str, path: str, send: bool, ident: str, header: str,
+                   ecm: bool) -> int:
+        ms, ep = self._endpoint(key, leg)
+        if self.fax is None:
+            raise ValidationError("fax", "this build has no fax (spandsp missing)")
+        if ep["codec"] not in ("PCMA", "PCMU"):
+            raise ValidationError("codec", f"fax runs over PCMA or PCMU, not {ep['codec']}")
+        if not path or not isinstance(path, str):
+            raise ValidationError("path", "must be a file path")
+        for fieldname, v, n in (("ident", ident, 20), ("header", header, 50)):
+            if not isinstance(v, str) or len(v) > n or not v.isascii() or not v.isprintable():
+                raise ValidationError(fieldname, f"must be printable ASCII of at most {n} characters")
+        try:
+            fid = self.fax.start(ms.handle, leg, path, send=send, ident=ident, header=header, ecm=ecm)
+        except RelayError as e:
+            raise ValidationError("leg", str(e)) from None
+        self._faxes[fid] = (key, leg, path)
+        return fid
+
+    def fax_receive(self, key: str, leg: str, path: str, *, ident: str = "", ecm: bool = True) -> int:
+        """Answer a fax on a terminated G.711 leg (T.30 as the called party), writing the pages
+        to ``path`` (TIFF-F); ``ident`` is our CSID. Ends with fax_done. Returns the fax id."""
+        return self._fax_start(key, leg, path, False, ident, "", ecm)
+
+    def fax_send(self, key: str, leg: str, path: str, *, ident: str = "", header: str = "",
+                 ecm: bool = True) -> int:
+        """Send the pages of the TIFF-F ``path`` (T.4/T.6, fax widths and resolutions) as the
+        calling party; ``header`` is printed on top of each page. Ends with fax_done."""
+        if not isinstance(path, str) or not os.path.isfile(path):
+            raise ValidationError("path", f"no such file {path!r}")
+        return self._fax_start(key, leg, path, True, ident, header, ecm)
+
+    def fax_stop(self, key: str, leg: str) -> None:
+        """End the fax now (fax_done comes, reason call dropped, with the pages so far)."""
+        ms, _ = self._endpoint(key, leg)
+        if self.fax is not None:
+            self.fax.stop(ms.handle, leg)
+
+    def _fax_done(self, fid: int, t: float) -> None:
+        rec = self._faxes.pop(fid, None)
+        if rec is None:
+            return
+        key, leg, path = rec
+        info = FaxCore.info(fid) or {"id": fid, "status": -1, "reason": "unknown", "pages": 0}
+        info["path"] = path
+        info["ok"] = info.get("status") == 0
+        self._deliver(MediaEvent("fax_done", key, leg, info, t))
+        if key in self._ended and not any(k == key for k, _, _ in self._recordings.values()) \
+                and not any(k == key for k, _, _ in self._faxes.values()):
+            if self._backlog.get(key):
+                self._ended[key] = time.monotonic() + _ENDED_KEEP
+            else:
+                self._forget_events(key)
 
     def _deliver(self, ev: MediaEvent) -> None:
         if self.on_event is not None:

@@ -248,6 +248,8 @@ def reoffer_caller(call, sdp: bytes, identity: str = "", relatch: bool = False) 
     ms = call.media
     if dialog is None or ms is None or not sdp:
         return
+    from hpbx.pbx import moh
+    moh.stop(call)  # a held caller that is moved hears its new party, not the music
     try:
         body = anchor.rewrite(sdp, ms.address_for(call.a_target.host), ms.port_a)
     except HpbxError:

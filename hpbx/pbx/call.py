@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
-from hpbx.pbx import anchor, callerid, router, transfer
+from hpbx.pbx import anchor, callerid, media_channel, moh, router, transfer
 from hpbx.sip.auth import parse_digest
-from hpbx.sip.dialog import Dialog, cancel_with_reason, new_leg_id
+from hpbx.sip.dialog import Dialog, OkResender, cancel_with_reason, new_leg_id
 from hpbx.sip.transaction import REASONS, Target
 
 log = logging.getLogger("hpbx.pbx.call")
@@ -103,10 +103,7 @@ class Call:
         self.fork = None
         self.timer = None
         self.deadline: float | None = None
-        self.a_ok: bytes | None = None  # our 2xx to the caller, re-sent until the ACK
-        self.a_ok_timer = None
-        self.a_ok_interval = 0.0
-        self.a_ok_since = 0.0
+        self.a_ok: OkResender | None = None  # our 2xx to the caller, re-sent until the ACK
         self.media = None  # MediaSession
         self.start_iso = iso_now()
         self.start_time = time.time()
@@ -116,6 +113,8 @@ class Call:
         self.b_offer = b""
         self.b_ack_pending = False  # late offer: the callee's ACK waits for the caller's answer
         self.max_timer = None  # ends an answered trunk call at its maximum duration
+        self.early_codec = None  # the caller has early media from hpbx (hpbx.pbx.moh: ring-back)
+        self.moh = None  # music on hold in progress (hpbx.pbx.moh)
         a_host, a_port = service.transports.local_address(tx.channel.kind, tx.addr[0])
         transport = "" if tx.channel.kind == "udp" else f";transport={tx.channel.kind}"
         user = plan.dialled or "hpbx"
@@ -148,6 +147,12 @@ class Call:
                 self._reject(488, None, f"unusable media address: {exc}")
                 return
             self.b_offer = anchor.rewrite(body, self.media.address, self.media.port_b)  # IPv4 callees
+        self._make_fork()
+        self.a_tx.on_cancel = lambda tx: self.guarded(self._caller_cancel, tx)
+        self.run(self.fork.start(self.now()))
+
+    def _make_fork(self) -> None:
+        """The fork of the plan's rows (native hpbx._fast.fork), its targets known by key."""
         rows = []
         for row in self.plan.rows:
             keys = []
@@ -156,8 +161,6 @@ class Call:
                 keys.append(ring.key)
             rows.append((float(row.duration), keys))
         self.fork = F.Fork(rows)
-        self.a_tx.on_cancel = lambda tx: self.guarded(self._caller_cancel, tx)
-        self.run(self.fork.start(self.now()))
 
     def guarded(self, method, *args) -> None:
         """Run an event handler; a bug in it ends this call (ports and CDR included) instead of
@@ -471,6 +474,7 @@ class Call:
         if body:
             headers.append(("Content-Type", "application/sdp"))
         reason = msg.reason if msg is not None and msg.reason else None
+        moh.ringback(self, body)  # a caller with hpbx's early media hears ring-back meanwhile
         self.a_tx.respond(status, reason, headers, body)
 
     def _answer(self, leg: BLeg) -> None:
@@ -493,6 +497,7 @@ class Call:
     def _answer_caller(self, leg: BLeg, body: bytes) -> None:
         """The caller's 200 for the winning leg (also a pickup's, hpbx.pbx.pickup)."""
         svc = self.service
+        moh.stop_ringback(self)
         headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -504,14 +509,10 @@ class Call:
         svc.legs[leg.call_id] = (self, leg)
         if svc.owners is not None:
             svc.owners.changed(self)
-        if data is not None and not self.a_tx.channel.reliable:
-            self.a_ok = data
-            self.a_ok_interval = svc.transactions.t1
-            self.a_ok_since = self.now()
-            self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
+        self.a_ok = OkResender(svc.wheel, svc.loop, svc.transactions, self.a_tx, data, self._no_ack)
         svc.dialog_changed(self)
         log.info("[%s] answered by %s", self.id, leg.label)
-        limit = svc.toll.max_call_secs(self.tenant) if svc.toll is not None and leg.ring.kind == "external" else 0
+        limit = svc.toll.max_call_secs(self.tenant, self.id) if svc.toll is not None and leg.ring.kind == "external" else 0
         if limit:  # toll fraud: a call through the trunk ends at the tenant's maximum
             self.max_timer = svc.wheel.call_later(limit, self.guarded, self.hangup, "maximum call duration")
 
@@ -523,27 +524,17 @@ class Call:
             users.append(self.winner.user)
         return users
 
-    def _resend_ok(self) -> None:
-        self.a_ok_timer = None
-        if self.a_ok is None or self.state != ANSWERED:
-            return
-        svc = self.service
-        if self.now() - self.a_ok_since >= 64 * svc.transactions.t1:
+    def _no_ack(self) -> None:
+        if self.state == ANSWERED:
             log.info("[%s] no ACK for our 200: hanging up", self.id)
-            self.hangup("no ACK from caller")
-            return
-        self.a_tx.channel.send(self.a_ok, self.a_tx.reply_addr)
-        self.a_ok_interval = min(self.a_ok_interval * 2, svc.transactions.t2)
-        self.a_ok_timer = svc.wheel.call_later(self.a_ok_interval, self._resend_ok)
+            self.guarded(self.hangup, "no ACK from caller")
 
     def on_ack(self, msg) -> None:
         if msg.cseq != self.a_msg.cseq:
             return
         if self.a_ok is not None:
+            self.a_ok.cancel()
             self.a_ok = None
-            if self.a_ok_timer is not None:
-                self.a_ok_timer.cancel()
-                self.a_ok_timer = None
         if self.b_ack_pending and self.state == ANSWERED:
             self.b_ack_pending = False
             body = msg.body
@@ -581,6 +572,9 @@ class Call:
         svc.legs.pop(leg.call_id, None)
 
     def _final(self, status: int, leg: BLeg | None) -> None:
+        if status != 487 and (media_channel.after_rows(self, status)
+                              or media_channel.after_step(self, "announcement_after")):
+            return  # Voice2Mail / the mailbox, or the slot's after-announcement answered the caller
         reason = None
         if leg is not None and leg.last is not None and leg.last.status == status:
             reason = leg.last.reason or None
@@ -624,7 +618,7 @@ class Call:
         body = msg.body
         ctype = msg.header("Content-Type")
         if body and method in ("INVITE", "UPDATE") and self.media is not None:
-            body = self._reanchor(side, body, towards_b=side == "a")
+            body = moh.offer(self, side, msg.body, self._reanchor(side, body, towards_b=side == "a"))
         if msg.contacts:
             mine.remote_target = str(msg.contacts[0].uri)
         headers = other.headers(method)
@@ -673,7 +667,7 @@ class Call:
                 body = resp.body
                 if method in ("INVITE", "UPDATE") and self.media is not None and status < 300:
                     back = "b" if side == "a" else "a"
-                    body = self._reanchor(back, body, towards_b=back == "a")
+                    body = moh.answer(self, side, resp.body, self._reanchor(back, body, towards_b=back == "a"))
                 ctype = resp.header("Content-Type")
                 if ctype:
                     headers.append(("Content-Type", ctype))
@@ -722,9 +716,8 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.a_ok_timer is not None:
-            self.a_ok_timer.cancel()
-            self.a_ok_timer = None
+        if self.a_ok is not None:
+            self.a_ok.cancel()
         if was_answered:
             for user in self._users_in_call():
                 svc.count_active(user, -1)

@@ -62,8 +62,12 @@ class CallService:
         self.toll = None  # hpbx.security.toll.TollPolicy: admits (or refuses) trunk calls
         self.stats = {"calls_started": 0, "calls_answered": 0, "calls_failed": 0,
                       "calls_rejected": 0, "invite_407": 0, "cdr_errors": 0}
+        self.ended_hooks: list = []  # each called with every ended call (hpbx.pbx.missed, push)
+        self.started_hooks: list = []  # each called with every call that starts ringing (push)
         self.blf = blf.DialogEvents(self)
         self.presence = presence.Presence(self)
+        # callables (call, ended) told of every dialog change and end, after BLF (hpbx.cti)
+        self.observers: list = []
 
     def count_active(self, user: str, delta: int) -> None:
         """Add ``delta`` to the answered calls ``user`` is in (busy handling, presence)."""
@@ -181,7 +185,10 @@ class CallService:
             self.stats["calls_rejected"] += 1
             tx.respond(480, f"number usage {plan.kind} not available")
             return
-        if not plan.rows:
+        # an announcement before the rows, or a slot of announcements only (hpbx.pbx.announcements)
+        if media_channel.run_step("slot", self, tx, plan, caller, caller_user, trunk):
+            return
+        if not plan.rows and not plan.voice2mail:  # a Voice2Mail slot answers without rows
             self.stats["calls_rejected"] += 1
             tx.respond(480, "no target in the dial plan")
             self._write_cdr({"tenant": plan.tenant, "call_id": msg.call_id, "caller": caller,
@@ -194,6 +201,11 @@ class CallService:
         if self.owners is not None:
             self.owners.started(call)
         call.guarded(call.start)
+        for hook in self.started_hooks:
+            try:
+                hook(call)
+            except Exception:
+                log.exception("[%s] call-started hook failed", call.id)
 
     def _star_code(self, tx, user, code) -> None:
         """Apply a star code to the caller's own settings; the final response says the result
@@ -219,7 +231,9 @@ class CallService:
             ok = msg.to_tag == (call.a_dialog.local_tag if call.a_dialog else None)
         else:
             ok = msg.to_tag == side.tag
-        if not ok or call.winner is None or (side != "a" and side is not call.winner):
+        # a caller leg hpbx itself connected (click-to-dial, hpbx.cti) may hang up before an answer
+        early = side == "a" and call.winner is None and getattr(call, "early_caller_dialog", False)
+        if not ok or (call.winner is None and not early) or (side != "a" and side is not call.winner):
             tx.respond(481)
             return
         call.guarded(call.in_dialog, side, tx)
@@ -235,12 +249,16 @@ class CallService:
     def dialog_changed(self, call: Call) -> None:
         """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
         self.blf.changed(call)
+        for observe in self.observers:
+            observe(call, False)
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         if self.owners is not None:
             self.owners.ended(call)
         self.blf.changed(call, ended=True)
+        for observe in self.observers:
+            observe(call, True)
         if self.toll is not None:
             self.toll.release(call.id)
         if call.answer_iso:
@@ -248,6 +266,11 @@ class CallService:
         else:
             self.stats["calls_failed"] += 1
         self._write_cdr(call.cdr())
+        for hook in self.ended_hooks:
+            try:
+                hook(call)
+            except Exception:
+                log.exception("[%s] call-ended hook failed", call.id)
 
     def hangup_trunk_calls(self, tenant: str) -> int:
         """Hang up every call of ``tenant`` that rings or talks through the trunk (a toll-fraud

@@ -55,7 +55,9 @@ Service API (all on ``ch``; coroutines are marked async)::
     await ch.sleep(seconds)
     await ch.ring(rows, plan=None)         early channel only: ring rows (router.Row tuple)
                                            with relayed audio; returns the Call (the channel
-                                           is done: the service should return)
+                                           is done: the service should return); the Call
+                                           keeps ``early_codec``: the caller has early media
+                                           from hpbx (ring-back is played while it rings)
     await ch.hangup(reason="service ended")  BYE (answered) or final_status (early); the
                                            service coroutine may also just return
     ch.held                                True while the caller holds the call (re-INVITE)
@@ -69,6 +71,17 @@ a recording in progress completes with reason "hangup"), the CDR is written.
 Steps (the call flow runs a media step before/after ringing rows): ``run_step(svc, tx, plan,
 ...)`` is how calls.py asks "is there a step for this plan"; the registered factory returns a
 service coroutine or None. Issue 10's announcement slot steps register here.
+
+After the rows (``register_after_rows(factory)``): when a call's rows end unanswered (not a
+CANCEL), call.py asks ``after_rows(call, status)``; ``factory(call, status)`` returns
+``(name, service)`` or None. A service taking over answers the caller's still open INVITE
+itself, on the call's relay session (ports and latching kept); the ringing Call ends without
+a final response and without a CDR of its own: the channel's CDR keeps its start and the
+targets it tried. Voice2Mail and the user mailbox (hpbx.pbx.voicemail) register here.
+Issue 10's steps (hpbx/pbx/announcements.py): ``run_step(step, svc, tx, plan, ...)``
+(step "slot": before the rows ring, or a slot without rows) and ``after_step(call, step)``
+(step "announcement_after", asked after ``after_rows``); their factory returns None, a
+service coroutine, or (service, answer mode, name).
 """
 from __future__ import annotations
 
@@ -83,7 +96,7 @@ from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, NotFoundError, SdpError
 from hpbx.pbx import anchor
-from hpbx.sip.dialog import Dialog
+from hpbx.sip.dialog import Dialog, OkResender
 from hpbx.sip.transaction import Target
 
 log = logging.getLogger("hpbx.pbx.media_channel")
@@ -94,6 +107,7 @@ RINGING, ANSWERED, ENDED = "ringing", "answered", "ended"  # the same words as h
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 
 _services: dict[str, tuple[str, Service, str]] = {}  # usage -> (name, service, answer mode)
+_admit: dict[str, Callable] = {}  # usage -> admit(call_service, plan) -> None | (status, reason)
 _star_codes: dict[str, tuple[str, Service]] = {}  # prefix -> (name, service)
 _steps: dict[str, Callable] = {}  # step name -> factory(svc, plan, ...) -> Service | None
 _loaded_modules = False
@@ -103,17 +117,26 @@ MIN_SE = 90
 
 
 # ---------------------------------------------------------------------- registry
-def register_service(usage: str, service: Service, *, name: str = "", answer: str = "answered") -> None:
-    """Numbers of ``usage`` are answered by ``service`` (``answer`` "answered" or "early")."""
+def register_service(usage: str, service: Service, *, name: str = "", answer: str = "answered",
+                     admit: Callable | None = None) -> None:
+    """Numbers of ``usage`` are answered by ``service`` (``answer`` "answered" or "early").
+    ``admit(call_service, plan)``, when given, runs before anything is answered: it returns
+    None to go on or (status, reason) to refuse the call (e.g. a fax number without a mail
+    address: 480), with a CDR like any refused call."""
     if answer not in ("answered", "early"):
         raise ValueError("answer must be 'answered' or 'early'")
     if usage in _services:
         log.info("media service for usage %r replaced", usage)
     _services[usage] = (name or usage, service, answer)
+    if admit is not None:
+        _admit[usage] = admit
+    else:
+        _admit.pop(usage, None)
 
 
 def unregister_service(usage: str) -> None:
     _services.pop(usage, None)
+    _admit.pop(usage, None)
 
 
 def service_for(usage: str):
@@ -160,6 +183,154 @@ def step_for(step: str, svc, plan):
         return None
 
 
+def run_step(step: str, svc, tx, plan, caller, caller_user, trunk, *, media=None) -> bool:
+    """calls.py: run the media step ``step`` for ``plan`` if one is registered and its factory
+    wants it; True when a channel took the caller's INVITE. The factory returns None, a
+    Service, or (Service, answer mode, name)."""
+    found = step_for(step, svc, plan)
+    if found is None:
+        return False
+    service, answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
+    start(svc, tx, plan, caller, caller_user, trunk, service, name=name, answer=answer, media=media)
+    return True
+
+
+def after_step(call, step: str) -> bool:
+    """call.py: the rows are exhausted and no after_rows service took the caller; if ``step``
+    wants it, a channel answers the caller on the call's relay session (take_over)."""
+    svc = call.service
+    if call.state != RINGING:
+        return False
+    found = step_for(step, svc, call.plan)
+    if found is None:
+        return False
+    service, _answer, name = (found if isinstance(found, tuple) else (found, "answered", step))
+    if call.media is not None and svc.media.is_terminated(call.id, "a"):
+        svc.media.stop_tone(call.id, "a")  # the ring-back of a caller with early media
+    take_over(call, service, name=name)
+    return True
+
+
+def register_after_rows(factory: Callable | None) -> None:
+    """``factory(call, status)`` -> (name, Service) or None (see "After the rows")."""
+    _steps["after_rows"] = factory
+
+
+def after_rows(call, status: int) -> bool:
+    """call.py: ``call``'s rows ended unanswered with ``status``; True when a service took the
+    caller over (the Call is then ended quietly: no final response, no CDR)."""
+    factory = _steps.get("after_rows")
+    if factory is None or call.state != RINGING:
+        return False
+    try:
+        found = factory(call, status)
+    except Exception:
+        log.exception("[%s] after-rows step failed to start: skipped", call.id)
+        return False
+    if found is None:
+        return False
+    name, service = found
+    take_over(call, service, name=name)
+    return True
+
+
+def _end_for_service(call, name: str) -> None:
+    """A Call handed to a media service ends without a final response or BYE to its caller:
+    state, end time and reason, and its timers stopped."""
+    call.state = ENDED  # the same word as hpbx.pbx.call.ENDED
+    call.end_iso = _iso()
+    call.end_reason = f"to service {name}"
+    for attr in ("timer", "a_ok", "max_timer"):
+        t = getattr(call, attr, None)
+        if t is not None:
+            t.cancel()
+            setattr(call, attr, None)
+
+
+def take_over(call, service: Service, *, name: str) -> "MediaChannel | None":
+    """Answer a ringing ``Call``'s caller with ``service`` on the call's own relay session."""
+    svc = call.service
+    _end_for_service(call, name)
+    for leg in call.legs.values():
+        svc.legs.pop(leg.call_id, None)
+    svc.legs.pop(call.id, None)
+    svc.calls.pop(call.id, None)
+    svc.blf.changed(call, ended=True)
+    if svc.toll is not None:
+        svc.toll.release(call.id)
+    if svc.owners is not None:
+        svc.owners.ended(call)
+    svc.stats["calls_started"] -= 1  # counted once, when the Call started
+    media = call.media
+    ch = start(svc, call.a_tx, call.plan, call.caller, call.caller_user, call.from_trunk, service,
+               name=name, media=media, before=lambda ch: _inherit(ch, call))
+    return ch
+
+
+def take_over_answered(call, service: Service, *, name: str, plan=None) -> "MediaChannel":
+    """An answered ``Call``'s caller (leg "a", its dialog with hpbx kept) is handed to
+    ``service`` (a blind transfer whose target failed, to the target's mailbox): the call's
+    CDR is written as it stands, the far side gets a BYE (after what the caller of this
+    function sends it in the same loop iteration), the channel carries on in the caller's
+    dialog with the same relay session (leg "a" terminated), CDR of its own at its end."""
+    svc = call.service
+    far = call.winner.dialog if call.winner is not None else None
+    ch = MediaChannel(svc, call.a_tx, plan or call.plan, call.caller, call.caller_user, call.from_trunk,
+                      name=name, mode="answered")
+    ch.media = call.media
+    ch.codec = negotiated(call.a_msg.body, call.winner.last.body if call.winner is not None
+                          and call.winner.last is not None else b"")
+    # the call as it was ends here (its CDR), without BYE to the caller and keeping the media
+    _end_for_service(call, name)
+    for user in call._users_in_call():
+        svc.count_active(user, -1)
+    for leg in call.legs.values():
+        svc.legs.pop(leg.call_id, None)
+    svc.legs.pop(call.id, None)
+    svc.call_ended(call)
+    if far is not None:
+        svc.loop.call_soon(call._send_bye, far, None)
+    # the channel: answered already, in the caller's dialog
+    ch.a_dialog = call.a_dialog
+    ch.to_tag = call.a_dialog.local_tag
+    ch.state = ANSWERED
+    ch.answer_iso = _iso()
+    ch.winner = ch
+    ch.targets_tried = list(call.targets_tried)
+    svc.calls[ch.id] = ch
+    svc.legs[ch.id] = (ch, "a")
+    if ch.caller_user is not None:
+        svc.count_active(ch.caller_user.username, 1)
+    ch._terminate()
+    svc.dialog_changed(ch)
+    ch.task = svc.loop.create_task(ch._run(service))
+    log.info("[%s] answered call handed to media service %s", ch.id, name)
+    return ch
+
+
+def negotiated(offer: bytes, answer: bytes) -> dict:
+    """The codec both sides agreed on: the answer's first one the offer has (parse_offer's dict)."""
+    try:
+        mine = parse_offer(offer)
+    except (HpbxError, ValueError):
+        return {"codec": "PCMA", "pt": 8, "dtmf_pt": 101, "ptime": 20}
+    try:
+        theirs = parse_offer(answer)
+    except (HpbxError, ValueError):
+        return mine
+    text = offer.decode("latin-1")
+    offered = re.search(r"(?m)^m=audio \d+ [A-Z/]+ ([0-9 ]+)", text)
+    pts = offered.group(1).split() if offered else []
+    if str(theirs["pt"]) in pts:
+        return {**theirs, "dtmf_pt": mine["dtmf_pt"] if theirs["dtmf_pt"] is None else theirs["dtmf_pt"]}
+    return mine
+
+
+def _inherit(ch, call) -> None:
+    ch.start_iso, ch.start_time = call.start_iso, call.start_time
+    ch.targets_tried = list(call.targets_tried)
+
+
 def load_modules(call_service) -> None:
     """Import the service modules named in HPBX_SERVICE_MODULES (once)."""
     global _loaded_modules
@@ -184,6 +355,20 @@ def dispatch_usage(svc, tx, plan, caller, caller_user, trunk) -> bool:
     if found is None:
         return False
     name, service, answer = found
+    admit = _admit.get(plan.kind)
+    refusal = None
+    if admit is not None:
+        try:
+            refusal = admit(svc, plan)
+        except Exception:
+            log.exception("admit check of media service %s failed: refused", name)
+            refusal = (500, "Service Check Failed")
+    if refusal:
+        ch = MediaChannel(svc, tx, plan, caller, caller_user, trunk, name=name, mode=answer)
+        svc.calls[ch.id] = ch
+        svc.stats["calls_started"] += 1
+        ch._refuse(refusal[0], refusal[1])
+        return True
     start(svc, tx, plan, caller, caller_user, trunk, service, name=name, answer=answer)
     return True
 
@@ -203,11 +388,14 @@ def dispatch_star(svc, tx, user, dialled: str, plan_factory) -> bool:
 
 
 def start(svc, tx, plan, caller, caller_user, trunk, service: Service, *, name: str,
-          answer: str = "answered", media=None) -> "MediaChannel | None":
-    """Answer ``tx`` with a media channel and run ``service`` on it (None: the call was refused)."""
+          answer: str = "answered", media=None, before=None) -> "MediaChannel | None":
+    """Answer ``tx`` with a media channel and run ``service`` on it (None: the call was refused).
+    ``before(ch)`` runs before the channel is prepared (take_over: the call's start time)."""
     ch = MediaChannel(svc, tx, plan, caller, caller_user, trunk, name=name, mode=answer)
     if media is not None:
         ch.media = media
+    if before is not None:
+        before(ch)
     svc.calls[ch.id] = ch
     svc.stats["calls_started"] += 1
     if not ch.prepare():
@@ -290,10 +478,8 @@ class MediaChannel:
         self.end_iso = ""
         self.end_reason = ""
         self.handed_to = None  # the Call that took the caller over (ring)
-        self._ok: bytes | None = None
-        self._ok_timer = None
-        self._ok_interval = 0.0
-        self._ok_since = 0.0
+        self.targets_tried: list[str] = []  # of the Call this channel took over (take_over)
+        self._ok: OkResender | None = None  # our 200, re-sent until the ACK
         self._se_timer = None
         self.session_expires = 0
         self._sdp_version = 1
@@ -423,37 +609,20 @@ class MediaChannel:
             svc.count_active(self.caller_user.username, 1)
         svc.dialog_changed(self)
         self._acked = svc.loop.create_future()
-        if data is not None and not self.a_tx.channel.reliable:
-            self._ok = data
-            self._ok_interval = svc.transactions.t1
-            self._ok_since = svc.loop.time()
-            self._ok_timer = svc.wheel.call_later(self._ok_interval, self._resend_ok)
-        else:
-            self._acked.set_result(True) if not self._late_offer else None
+        self._ok = OkResender(svc.wheel, svc.loop, svc.transactions, self.a_tx, data,
+                              lambda: self.guarded(self.hangup_now, "no ACK from caller"))
+        if not self._ok.pending and not self._late_offer:
+            self._acked.set_result(True)
         self._arm_session_timer()
         log.info("[%s] answered by media service %s (%s)", self.id, self.name, self.codec.get("codec"))
         if self._late_offer:
             await asyncio.wait_for(asyncio.shield(self._acked), 64 * svc.transactions.t1)
 
-    def _resend_ok(self) -> None:
-        self._ok_timer = None
-        if self._ok is None or self.state != ANSWERED:
-            return
-        svc = self.service
-        if svc.loop.time() - self._ok_since >= 64 * svc.transactions.t1:
-            self.hangup_now("no ACK from caller")
-            return
-        self.a_tx.channel.send(self._ok, self.a_tx.reply_addr)
-        self._ok_interval = min(self._ok_interval * 2, svc.transactions.t2)
-        self._ok_timer = svc.wheel.call_later(self._ok_interval, self._resend_ok)
-
     def on_ack(self, msg) -> None:
         if msg.cseq != self.a_msg.cseq:
             return
-        self._ok = None
-        if self._ok_timer is not None:
-            self._ok_timer.cancel()
-            self._ok_timer = None
+        if self._ok is not None:
+            self._ok.cancel()
         if self._late_offer and msg.body:
             try:
                 peer = anchor.peer(msg.body)
@@ -669,6 +838,7 @@ class MediaChannel:
         self.clear_digits()
         call = Call(svc, self.a_tx, plan, self.caller, self.caller_user, self.from_trunk)
         call.media = self.media
+        call.early_codec = dict(self.codec)  # the caller hears our early media (ring-back)
         call.start_iso, call.start_time = self.start_iso, self.start_time
         self.handed_to = call
         self.state = ENDED
@@ -697,10 +867,10 @@ class MediaChannel:
         self.state = ENDED
         self.end_iso = _iso()
         self.end_reason = why
-        for t in (self._ok_timer, self._se_timer):
+        for t in (self._ok, self._se_timer):
             if t is not None:
                 t.cancel()
-        self._ok_timer = self._se_timer = None
+        self._ok = self._se_timer = None
         if was_answered and self.caller_user is not None:
             svc.count_active(self.caller_user.username, -1)
         svc.legs.pop(self.id, None)
@@ -722,7 +892,8 @@ class MediaChannel:
         d = {"call_id": self.id, "tenant": self.tenant, "caller": self.caller,
              "called": self.plan.dialled, "state": self.state, "slot": self.plan.slot,
              "trunk": self.from_trunk.name if self.from_trunk is not None else "",
-             "targets_tried": [], "answered_by": self.answered_by(), "started_at": self.start_time,
+             "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
+             "started_at": self.start_time,
              "start": self.start_iso, "answer": self.answer_iso, "ringing": [],
              "service": self.name, "held": self.held}
         try:
@@ -735,7 +906,8 @@ class MediaChannel:
         plan = self.plan
         return {"tenant": self.tenant, "call_id": self.id, "caller": self.caller,
                 "called": plan.dialled, "slot": plan.slot, "switch": plan.switch,
-                "targets_tried": [], "answered_by": self.answered_by(), "service": self.name,
+                "targets_tried": list(self.targets_tried), "answered_by": self.answered_by(),
+                "service": self.name,
                 "service_result": self.result, "start": self.start_iso, "answer": self.answer_iso,
                 "end": self.end_iso, "end_reason": self.end_reason}
 

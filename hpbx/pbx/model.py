@@ -39,6 +39,7 @@ TRANSPORTS = ("udp", "tcp", "tls")
 DIVERSION_POLICIES = ("displayed", "original_caller", "dialled")
 CALLER_ID_FALLBACKS = ("default_number", "withheld")
 ANNOUNCEMENT_KINDS = ("announcement", "music")
+VOICEMAIL_FORMATS = ("wav", "mp3")
 MAX_LINK_HOPS = 5
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -50,6 +51,7 @@ _EXTERNAL_RE = re.compile(r"\+?[0-9*#]{2,32}")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _TIME_RE = re.compile(r"([0-9]{2}):([0-9]{2})")
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_URL_RE = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 
 # ---------------------------------------------------------------- field reading
@@ -185,6 +187,16 @@ def _email(r: _Reader, key: str) -> str:
     return r.text(key, "", _EMAIL_RE, "e-mail address")
 
 
+def _email_list(r: _Reader, key: str) -> str:
+    """Comma-separated e-mail addresses (fax numbers), normalised to "a@x, b@y"."""
+    value = r.text(key, "", max_len=1024)
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    for p in parts:
+        if not _EMAIL_RE.fullmatch(p):
+            raise r.fail(key, f"{p!r} is not a valid e-mail address")
+    return ", ".join(parts)
+
+
 def _compact(d: dict, defaults: dict) -> dict:
     """Drops keys whose value equals the default: keeps exported TOML short and stable."""
     return {k: v for k, v in d.items() if defaults.get(k, _REQUIRED) != v}
@@ -247,6 +259,14 @@ class Tenant:
     # From anonymous with P-Asserted-Identity (the default number) and Privacy: id (RFC 3325)
     default_number: str = ""  # one of the tenant's public numbers; "" = none
     caller_id_fallback: str = "default_number"
+    # push notifications (hpbx.pbx.push): JSON POSTs signed with HMAC-SHA256 of the body
+    push_url: str = ""  # "" = none
+    push_secret: str = ""
+    voicemail_format: str = "wav"  # attachment of voice messages: "wav" or "mp3" (hpbx.pbx.voicemail)
+    # media services (hpbx/media/prompts.py): the prompt folder callers hear, and the music on
+    # hold: a music class ("default" ships) or "announcement:<id>" of an announcement of kind music
+    language: str = "de"
+    music_on_hold: str = "default"
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -264,18 +284,32 @@ class Tenant:
         obj = cls(name=name, domain=r.text("domain", "", _HOST_RE, "domain"), timezone=tz,
                   trunk=r.text("trunk", "", _OBJNAME_RE, "trunk name"), default_number=default_number,
                   caller_id_fallback=r.choice("caller_id_fallback", CALLER_ID_FALLBACKS,
-                                              "default_number"))
+                                              "default_number"),
+                  push_url=r.text("push_url", "", _URL_RE, "http(s) URL", max_len=1024),
+                  push_secret=r.text("push_secret", "", max_len=256),
+                  voicemail_format=r.choice("voicemail_format", VOICEMAIL_FORMATS, "wav"),
+                  language=r.text("language", "de", _LANGUAGE_RE, "language (en, de, fr_CH ...)"),
+                  music_on_hold=r.text("music_on_hold", "default", _MOH_RE,
+                                       "music class name or announcement:<id>"))
         r.finish()
         return obj
 
     def to_dict(self, compact: bool = False) -> dict:
         d = {"name": self.name, "domain": self.domain, "timezone": self.timezone, "trunk": self.trunk,
-             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback}
+             "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
+             "push_url": self.push_url, "push_secret": self.push_secret,
+             "voicemail_format": self.voicemail_format,
+             "language": self.language, "music_on_hold": self.music_on_hold}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
 _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "default_number": "",
-                    "caller_id_fallback": "default_number"}
+                    "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
+                    "voicemail_format": "wav",
+                    "language": "de",
+                    "music_on_hold": "default"}
+_LANGUAGE_RE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
+_MOH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}|announcement:[1-9][0-9]{0,5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +361,7 @@ class UserFlags:
     # others get MD5 alone, since phones such as baresip 1.0 give up on a 401 with two challenges
     sha256_digest: bool = False
     dnd: bool = False  # do not disturb: calls to the user fail with 486 (star codes *78/*79)
+    personal_conference_room: bool = False  # FEATURES 4.8.5 / 10.2: a room on the personal dial-in
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "UserFlags":
@@ -410,6 +445,40 @@ class UserForwarding:
         return {k: v for k, v in d.items() if v != default[k]}
 
 
+_PIN_RE = re.compile(r"[0-9]{4,12}")
+
+
+@dataclass(frozen=True, slots=True)
+class UserMailbox:
+    """The user's mailbox tab (FEATURES 8.2; hpbx.pbx.voicemail): messages left when an
+    internal call is not answered within ``timeout`` s (or the user is busy or unreachable)."""
+
+    enabled: bool = False
+    email: str = ""  # messages are mailed here ("" = the user's details.email, else not mailed)
+    greeting: int = 0  # announcement id; 0 = the default prompt with the user's name or number
+    timeout: int = 20  # seconds an internal call rings before the mailbox answers
+    pin: str = ""  # 4-12 digits for access from another phone ("" = only from the user's own)
+    keep: bool = True  # keep messages on the server (False: only mail them)
+    mwi_unsolicited: bool = False  # NOTIFY message-summary to registered phones without SUBSCRIBE
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "UserMailbox":
+        r = _Reader(data, path)
+        obj = cls(enabled=r.flag("enabled"), email=_email(r, "email"),
+                  greeting=r.integer("greeting", 0, 0, 999_999), timeout=r.integer("timeout", 20, 1, 600),
+                  pin=r.text("pin", "", _PIN_RE, "PIN (4-12 digits)"), keep=r.flag("keep", True),
+                  mwi_unsolicited=r.flag("mwi_unsolicited"))
+        r.finish()
+        return obj
+
+    def to_dict(self, compact: bool = False) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if compact:
+            default = UserMailbox().to_dict()
+            d = {k: v for k, v in d.items() if v != default[k]}
+        return d
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     tenant: str
@@ -426,6 +495,9 @@ class User:
     pickup: tuple[str, ...] = ()  # users whose ringing calls this user may pick up (FEATURES 13.1)
     supervise: tuple[str, ...] = ()  # users whose dialog state (BLF) this user may watch (14.2)
     presence_groups: tuple[str, ...] = ()  # presence is seen inside a shared group (14.3); () = the default group
+    conference_pin: str = ""  # digits: picks the user's personal room on the dial-in number (10.2)
+    mailbox: UserMailbox = field(default_factory=UserMailbox)  # FEATURES 8.2
+    cti_groups: tuple[str, ...] = ()  # CTI groups: the sections of the CTI colleague list (14.3)
 
     @property
     def id(self) -> str:
@@ -458,6 +530,9 @@ class User:
             pickup=_usernames(r, "pickup"),
             supervise=_usernames(r, "supervise"),
             presence_groups=_usernames(r, "presence_groups"),
+            conference_pin=_pin(r, "conference_pin"),
+            mailbox=UserMailbox.from_dict(r.get("mailbox", Mapping, {}), r.name("mailbox")),
+            cti_groups=tuple(r.strings("cti_groups", _OBJNAME_RE, "group name")),
         )
         r.finish()
         return obj
@@ -469,7 +544,9 @@ class User:
              "cti_password": self.cti_password, "details": self.details.to_dict(),
              "flags": self.flags.to_dict(compact), "max_calls": self.max_calls,
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
-             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups)}
+             "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
+             "conference_pin": self.conference_pin,
+             "mailbox": self.mailbox.to_dict(compact), "cti_groups": list(self.cti_groups)}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -483,14 +560,24 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise", "presence_groups"):
+            for key in ("pickup", "supervise", "presence_groups", "mailbox", "cti_groups"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
 
 
 _USER_DEFAULTS = {"internal_number": "", "displayed_number": "", "displayed_number_diversion": "displayed",
-                  "cti_password": "", "max_calls": 0}
+                  "cti_password": "", "max_calls": 0, "conference_pin": ""}
+
+_PIN_RE = re.compile(r"[0-9]{1,16}")
+
+
+def _pin(r: "_Reader", key: str) -> str:
+    """A PIN typed on a keypad: 1-16 digits, or "" for none."""
+    pin = r.text(key, "", max_len=16)
+    if pin and not _PIN_RE.fullmatch(pin):
+        raise r.fail(key, "must be 1-16 digits")
+    return pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,6 +825,10 @@ class PublicNumber:
     name: str = ""
     alert_info: str = ""  # Alert-Info header value sent to the rung devices
     slots: tuple[DialPlan, ...] = (EMPTY_PLAN,) * SLOT_COUNT
+    pin: str = ""  # conference room: the PIN callers enter (FEATURES 10.1); "" = none
+    personal_rooms: bool = False  # conference: the dial-in of every user's personal room (10.2)
+    max_participants: int = 0  # conference: per room; 0 = the [conference] default
+    fax_mail: str = ""  # usage fax: where received faxes are mailed (comma-separated addresses)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "PublicNumber":
@@ -748,16 +839,26 @@ class PublicNumber:
         obj = cls(tenant=tenant, number=number, usage=r.choice("usage", USAGES, "telephone"),
                   name=r.text("name", "", max_len=64),
                   alert_info=r.text("alert_info", "", max_len=512),
-                  slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")))
+                  slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")),
+                  pin=_pin(r, "pin"), personal_rooms=r.flag("personal_rooms"),
+                  max_participants=r.integer("max_participants", 0, 0, 10000),
+                  fax_mail=_email_list(r, "fax_mail"))
         r.finish()
+        if obj.personal_rooms and obj.pin:
+            raise r.fail("pin", "a dial-in for personal rooms has no PIN of its own: the users' PINs pick the room")
+        if obj.usage != "conference" and (obj.personal_rooms or obj.max_participants):
+            raise r.fail("usage", "personal_rooms and max_participants belong to a conference number")
         return obj
 
     def to_dict(self, compact: bool = False, with_tenant: bool = True) -> dict:
         d = {"tenant": self.tenant, "number": self.number, "usage": self.usage, "name": self.name,
-             "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact)}
+             "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact),
+             "pin": self.pin, "personal_rooms": self.personal_rooms,
+             "max_participants": self.max_participants, "fax_mail": self.fax_mail}
         if not with_tenant:
             del d["tenant"]
-        return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": []}) if compact else d
+        return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": [], "pin": "",
+                            "personal_rooms": False, "max_participants": 0, "fax_mail": ""}) if compact else d
 
 
 @dataclass(frozen=True, slots=True)
@@ -1059,6 +1160,8 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
                   if u.displayed_number == key]
         if objs.tenant.default_number == key:
             found.append(f"tenant {objs.tenant.name} (default number)")
+    if kind == "announcement" and objs.tenant.music_on_hold == f"announcement:{key}":
+        found.append(f"tenant {objs.tenant.name} (music on hold)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found

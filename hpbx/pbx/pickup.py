@@ -11,7 +11,7 @@ import logging
 
 from hpbx.errors import HpbxError
 from hpbx.pbx import anchor, router
-from hpbx.sip.dialog import Dialog
+from hpbx.sip.dialog import Dialog, OkResender
 from hpbx.sip.transaction import Target
 
 log = logging.getLogger("hpbx.pbx.pickup")
@@ -96,37 +96,27 @@ def pick_up(call, tx, user) -> None:
 
 
 # ---- the 200 to a picking (or call-moving) device: re-sent until its ACK (RFC 3261 §13.3.1.4)
-_UNACKED: dict[str, object] = {}  # Call-ID of the device's INVITE -> its resend timer
+_UNACKED: dict[str, OkResender] = {}  # Call-ID of the device's INVITE -> its 200's re-sender
 
 
 def resend_ok_until_ack(call, tx, data) -> None:
-    """Re-send ``data`` (our 200) over UDP at T1, 2·T1, … up to T2 until ``acked``; after 64·T1
-    without an ACK the call is hung up (as for a caller's missing ACK)."""
-    if data is None or tx.channel.reliable:
-        return
+    """Re-send ``data`` (our 200) until ``acked``; after 64·T1 without an ACK the call is hung
+    up (as for a caller's missing ACK)."""
+    from hpbx.pbx.call import ENDED
     svc = call.service
-    t1, t2 = svc.transactions.t1, svc.transactions.t2
-    call_id, since = tx.msg.call_id, svc.loop.time()
+    call_id = tx.msg.call_id
 
-    def again(interval: float) -> None:
-        from hpbx.pbx.call import ENDED
-        if call_id not in _UNACKED:
-            return
-        if call.state == ENDED:
-            _UNACKED.pop(call_id, None)
-            return
-        if svc.loop.time() - since >= 64 * t1:
-            _UNACKED.pop(call_id, None)
-            call.hangup("no ACK from the picking device")
-            return
-        tx.channel.send(data, tx.reply_addr)
-        nxt = min(interval * 2, t2)
-        _UNACKED[call_id] = svc.wheel.call_later(nxt, call.guarded, again, nxt)
+    def no_ack() -> None:
+        _UNACKED.pop(call_id, None)
+        if call.state != ENDED:
+            call.guarded(call.hangup, "no ACK from the picking device")
 
-    _UNACKED[call_id] = svc.wheel.call_later(t1, call.guarded, again, t1)
+    resender = OkResender(svc.wheel, svc.loop, svc.transactions, tx, data, no_ack)
+    if resender.pending:
+        _UNACKED[call_id] = resender
 
 
 def acked(call_id: str) -> None:
-    timer = _UNACKED.pop(call_id, None)
-    if timer is not None:
-        timer.cancel()
+    resender = _UNACKED.pop(call_id, None)
+    if resender is not None:
+        resender.cancel()

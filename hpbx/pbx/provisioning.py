@@ -375,7 +375,7 @@ class Provisioning:
     def number_set_slots(self, number: str, slots: list) -> dict:
         current = self._number(number)
         n = PublicNumber(current.tenant, current.number, current.usage, current.name, current.alert_info,
-                         slots_from_list(slots))
+                         slots_from_list(slots), fax_mail=current.fax_mail)
         return self._put_number(self._objs(current.tenant), n)
 
     def number_delete(self, number: str) -> dict:

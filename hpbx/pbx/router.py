@@ -280,7 +280,9 @@ def forwarded_rows(directory: Directory, callee: User, ring: Ring, ring_seconds:
     for kind in ("busy", "no_answer", "unavailable"):
         if rule(kind):
             conditions.setdefault(rule(kind), set()).add(kind)
-    first = Row(fw.no_answer_after if rule("no_answer") else ring_seconds, (ring,))
+    # an enabled mailbox answers after its timeout (hpbx.pbx.voicemail), unless a rule forwards first
+    alone = callee.mailbox.timeout if callee.mailbox.enabled else ring_seconds
+    first = Row(fw.no_answer_after if rule("no_answer") else alone, (ring,))
     second = []
     for target, kinds in conditions.items():
         reason = _REASONS[sorted(kinds)[0]] if len(kinds) == 1 else "unknown"

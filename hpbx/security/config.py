@@ -10,6 +10,7 @@ password: for such a source only that (source, user) pair is blocked.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +35,15 @@ class TollLimits:
     blocked: bool = False
     allow_prefixes: tuple[str, ...] = ()  # always allowed (normalised, e.g. "+49")
     deny_prefixes: tuple[str, ...] = ()   # always refused
+    # talk minutes through the trunk in any 60 minutes / any 24 hours; 0 = no limit. An answered
+    # call is hung up when the budget left at its answer is spent.
+    minutes_per_hour_user: int = 0
+    minutes_per_hour_tenant: int = 0
+    minutes_per_day_user: int = 600
+    minutes_per_day_tenant: int = 3000
+    # "HH:MM-HH:MM" in the tenant's time zone ("" = off): then only national numbers (and
+    # allow_prefixes) reach the trunk, international and premium are refused even if allowed
+    night_hours: str = ""
 
     def as_dict(self) -> dict:
         return {name: (list(v) if isinstance(v, tuple) else v)
@@ -41,6 +51,15 @@ class TollLimits:
 
 
 RATE_ACTIONS = ("refuse", "block")
+NIGHT_RE = r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def night_window(text: str) -> tuple[int, int] | None:
+    """"22:00-06:00" -> (1320, 360) minutes of the day; "" -> None."""
+    if not text:
+        return None
+    a, b = text.split("-")
+    return int(a[:2]) * 60 + int(a[3:]), int(b[:2]) * 60 + int(b[3:])
 TOLL_KEYS = {name: type(getattr(TollLimits(), name)) for name in TollLimits.__slots__}
 
 
@@ -50,6 +69,10 @@ class TollSettings:
     premium_prefixes: tuple[str, ...] = PREMIUM_PREFIXES
     defaults: TollLimits = field(default_factory=TollLimits)
     tenants: tuple[tuple[str, TollLimits], ...] = ()
+    # a velocity or minutes cap exceeded, or a tenant blocked: POST a JSON event here and/or
+    # mail it (through [smtp]); "" = no alert. At most one alert per tenant and rule per hour.
+    alert_webhook: str = ""
+    alert_mail: str = ""
 
     def limits(self, tenant: str) -> TollLimits:
         for name, limits in self.tenants:
@@ -114,6 +137,10 @@ def limits_from(r, base: TollLimits) -> TollLimits:
             values[name] = r.int_in(name, getattr(base, name), 0, 1_000_000)
         elif kind is bool:
             values[name] = r.get(name, bool, getattr(base, name))
+        elif name == "night_hours":
+            values[name] = r.get(name, str, getattr(base, name))
+            if values[name] and not re.match(NIGHT_RE, values[name]):
+                raise r.fail(name, f'must be "HH:MM-HH:MM" or "", got {values[name]!r}')
         elif kind is str:
             values[name] = r.get(name, str, getattr(base, name))
             if values[name] not in RATE_ACTIONS:
@@ -180,6 +207,12 @@ def from_dict(reader, path: str, table) -> SecuritySettings:
     if not cc.isdigit() or not 1 <= len(cc) <= 3:
         raise t.fail("country_code", f"must be 1-3 digits, got {cc!r}")
     premium = _prefixes(t, "premium_prefixes", PREMIUM_PREFIXES)
+    webhook = t.get("alert_webhook", str, "")
+    if webhook and not re.match(r"^https?://[^\s/]+", webhook):
+        raise t.fail("alert_webhook", f"must be an http:// or https:// URL, got {webhook!r}")
+    mail = t.get("alert_mail", str, "")
+    if mail and not re.match(r"^[^@\s,]+@[^@\s,]+$", mail):
+        raise t.fail("alert_mail", f"must be one mail address, got {mail!r}")
     defaults = limits_from(t, TollLimits())
     tenants_table = t.get("tenants", dict, {})
     t.finish()
@@ -189,4 +222,5 @@ def from_dict(reader, path: str, table) -> SecuritySettings:
         tenants.append((name, limits_from(tr, defaults)))
         tr.finish()
     return replace(sec, toll=TollSettings(country_code=cc, premium_prefixes=premium,
-                                          defaults=defaults, tenants=tuple(tenants)))
+                                          defaults=defaults, tenants=tuple(tenants),
+                                          alert_webhook=webhook, alert_mail=mail))

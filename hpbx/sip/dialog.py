@@ -151,3 +151,42 @@ _ids = itertools.count(1)
 def new_leg_id() -> int:
     """A small process-unique integer naming one leg (the fork engine's branch key)."""
     return next(_ids)
+
+
+class OkResender:
+    """Our 2xx to an INVITE, re-sent over UDP at T1, 2·T1, … capped at T2 until the ACK
+    (RFC 3261 §13.3.1.4); ``on_timeout()`` runs once 64·T1 passed without one. Over a reliable
+    transport (or with no data) nothing is re-sent. ``cancel()`` on the ACK or when the call ends.
+    One class for the B2BUA's caller leg, media channels and picking / call-moving devices."""
+
+    __slots__ = ("_wheel", "_loop", "_tx", "_data", "_t2", "_deadline", "_interval", "_timer",
+                 "_on_timeout")
+
+    def __init__(self, wheel, loop, transactions, tx, data: bytes | None, on_timeout) -> None:
+        self._timer = None
+        if data is None or tx.channel.reliable:
+            return
+        self._wheel, self._loop, self._tx, self._data = wheel, loop, tx, data
+        self._t2 = transactions.t2
+        self._deadline = loop.time() + 64 * transactions.t1
+        self._interval = transactions.t1
+        self._on_timeout = on_timeout
+        self._timer = wheel.call_later(self._interval, self._again)
+
+    @property
+    def pending(self) -> bool:
+        return self._timer is not None
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _again(self) -> None:
+        self._timer = None
+        if self._loop.time() >= self._deadline:
+            self._on_timeout()
+            return
+        self._tx.channel.send(self._data, self._tx.reply_addr)
+        self._interval = min(self._interval * 2, self._t2)
+        self._timer = self._wheel.call_later(self._interval, self._again)

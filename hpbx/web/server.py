@@ -9,6 +9,8 @@ there for CTI. Routes:
   POST /api/logout, GET /api/session
   POST /rpc                  JSON-RPC 2.0 (object or batch) through the admin dispatch, as the
                              logged-in account (cookie + X-CSRF-Token, or HTTP Basic)
+  POST /api/announcements    multipart upload of an announcement's audio (WAV/MP3; hpbx/web/media.py)
+  GET  /api/announcements/<tenant>/<id>.wav   its audio, for the page's player
   GET  /prov/<mac>.xml|.cfg  a phone's configuration (digest, or basic over TLS/loopback)
   GET  /prov/phonebook/<mac>.xml
   GET  /metrics              Prometheus text; from ``metrics_allow`` networks or an operator
@@ -27,6 +29,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import ssl
 import time
 from pathlib import Path
@@ -35,12 +38,12 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-from hpbx.admin.protocol import INVALID_REQUEST, PERMISSION_DENIED, RpcError, encode
+from hpbx.admin.protocol import INVALID_PARAMS, INVALID_REQUEST, PERMISSION_DENIED, RpcError, encode
 from hpbx.admin.scope import WebAccount
 from hpbx.pbx.phones import normalize_mac
 from hpbx.errors import ValidationError
 from hpbx.sip.auth import Authenticator, Verdict
-from hpbx.web import metrics
+from hpbx.web import media, metrics
 from hpbx.web.provisioning import EXTENSION, Renderer
 from hpbx.web.sessions import LoginLimiter, Sessions
 
@@ -92,6 +95,8 @@ class WebServer:
         self.auth_failure_hooks: list[Callable[[str, int, str, str], Any]] = []
         # host -> False when the ban engine has banned it: its logins and phone fetches get 403
         self.source_allowed: Callable[[str], bool] = lambda host: True
+        # callables (app) adding routes of other services to this listener (CTI's /cti)
+        self.route_hooks: list[Callable[[web.Application], Any]] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self._basic_cache: dict[bytes, tuple[Any, float]] = {}
         self._device_by_user: dict[str, _DeviceCredential] = {}
@@ -117,10 +122,14 @@ class WebServer:
         app.router.add_post("/api/logout", self.logout)
         app.router.add_get("/api/session", self.session_info)
         app.router.add_post("/rpc", self.rpc)
+        app.router.add_post("/api/announcements", self.announcement_upload)
+        app.router.add_get("/api/announcements/{tenant}/{id}.wav", self.announcement_audio)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/prov/phonebook/{mac}.xml", self.phonebook)
         app.router.add_get("/prov/{mac}.{ext}", self.phone_config)
         app.on_response_prepare.append(self._headers)
+        for hook in self.route_hooks:
+            hook(app)
         return app
 
     async def start(self) -> None:
@@ -406,3 +415,113 @@ class WebServer:
             return denied
         body = self.renderer.phonebook(phone, self.ctx.provisioning.directory)
         return web.Response(text=body, content_type="application/xml", charset="utf-8")
+
+    # -- announcement audio (hpbx/web/media.py) ------------------------------------------------
+
+    @staticmethod
+    def _rpc_answer(result: Any = None, error: RpcError | None = None, status: int = 200) -> web.Response:
+        body = {"jsonrpc": "2.0", "id": None}
+        if error is not None:
+            body["error"] = error.to_json()
+        else:
+            body["result"] = result
+        return web.Response(body=encode(body), status=status, content_type="application/json")
+
+    async def announcement_upload(self, request: web.Request) -> web.Response:
+        """multipart/form-data: ``audio`` (the file) and optional ``tenant``, ``id``, ``name``,
+        ``kind``. An existing id gets the new audio (announcement.update), else
+        announcement.create; both through the dispatch as the logged-in account (scoped,
+        audited). The converted file is kept only when that call succeeds."""
+        principal, denied = await self._principal(request)
+        if denied is not None:
+            return denied
+        if not request.content_type.startswith("multipart/"):
+            return self._rpc_answer(error=RpcError(INVALID_PARAMS, "expected multipart/form-data",
+                                                   {"field": "audio", "reason": "expected multipart/form-data"}), status=400)
+        root = media.media_dir(self.settings)
+        spool = root / ".upload"
+        spool.mkdir(parents=True, exist_ok=True)
+        upload = spool / f"{base64.urlsafe_b64encode(os.urandom(9)).decode()}.in"
+        params: dict[str, Any] = {}
+        got_audio = False
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "audio":
+                    size = 0
+                    with open(upload, "wb") as fh:
+                        while chunk := await part.read_chunk(1 << 16):
+                            size += len(chunk)
+                            if size > media.MAX_UPLOAD:
+                                raise web.HTTPRequestEntityTooLarge(max_size=media.MAX_UPLOAD, actual_size=size)
+                            fh.write(chunk)
+                    got_audio = size > 0
+                elif part.name in ("tenant", "name", "kind", "id"):
+                    value = (await part.read(decode=True)).decode("utf-8", "replace")[:256]
+                    if value != "":
+                        params[part.name] = value
+            if "id" in params:
+                try:
+                    params["id"] = int(params["id"])
+                except ValueError:
+                    raise RpcError(INVALID_PARAMS, "id: must be a number", {"field": "id", "reason": "must be a number"})
+            if not got_audio:
+                raise RpcError(INVALID_PARAMS, "audio: no file was sent", {"field": "audio", "reason": "no file was sent"})
+            params = principal.fill("announcement.create", params)
+            tenant = params.get("tenant")
+            if not isinstance(tenant, str) or not tenant:
+                raise RpcError(INVALID_PARAMS, "tenant: is required", {"field": "tenant", "reason": "is required"})
+            principal.authorize(self.ctx, "announcement.create", dict(params))  # before anything is written
+            existing = None
+            if "id" in params:
+                try:
+                    existing = await self.admin.call("announcement.get", {"tenant": tenant, "id": params["id"]}, principal)
+                except RpcError:
+                    existing = None
+            kind = params.get("kind") or (existing or {}).get("kind") or "announcement"
+            name = media.new_name(tenant)
+            try:
+                ms = await media.convert(upload, root / name, kind)
+            except ValidationError as exc:
+                field = "audio" if exc.field == "file" else exc.field
+                raise RpcError(INVALID_PARAMS, f"{field}: {exc.reason}", {"field": field, "reason": exc.reason}) from None
+            fields = {**params, "file": name, "duration_ms": ms}
+            try:
+                result = await self.admin.call("announcement.update" if existing else "announcement.create",
+                                               fields, principal)
+            except BaseException:
+                (root / name).unlink(missing_ok=True)
+                raise
+            old = (existing or {}).get("file", "")
+            if old and old != name and media.own_file(tenant, old):
+                (root / old).unlink(missing_ok=True)
+            self.counters["announcement_uploads"] += 1
+            return self._rpc_answer(result)
+        except RpcError as exc:
+            return self._rpc_answer(error=exc)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    async def announcement_audio(self, request: web.Request) -> web.StreamResponse:
+        """The audio of one announcement, for a logged-in account that may read it (a tenant
+        admin: its own tenant's only; another tenant's answers 404 like a missing one)."""
+        header = request.headers.get("Authorization", "")
+        if header[:6].lower() == "basic ":
+            principal, denied = await self._principal(request)
+            if denied is not None:
+                return denied
+        else:
+            session = self._session(request)
+            if session is None:
+                return web.Response(status=401, text="401: not logged in\n")
+            principal = WebAccount(session.account)  # a GET changes nothing: no CSRF token needed
+        try:
+            ident = int(request.match_info["id"])
+            a = await self.admin.call("announcement.get", {"tenant": request.match_info["tenant"], "id": ident},
+                                      principal)
+        except (ValueError, RpcError):
+            return web.Response(status=404, text="404: no such announcement\n")
+        path = media.resolve(self.settings, a.get("file", ""))
+        if path is None:
+            return web.Response(status=404, text="404: the announcement has no audio file\n")
+        return web.FileResponse(path, headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from clients import Baresip
-from harness import header, reserved_port
+from harness import header, reserved_pair
 from callrig import CallRig, user
 from sipdevice import Device
 from test_default_config import wait_heard
@@ -32,7 +32,7 @@ def rig(tmp_path_factory):
 
 
 def phone(rig, tmp_path, name, tone):
-    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_port(), tone=tone)
+    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_pair(), tone=tone)
     p.wait_event("REGISTER_OK")
     return p
 
@@ -119,7 +119,11 @@ class Transferor(Device):
             f"From: {local};tag={dialog['local_tag']}", f"To: {remote};tag={dialog['remote_tag']}",
             f"Call-ID: {dialog['call_id']}", f"CSeq: {dialog['cseq']} {method}",
             f"Contact: <sip:{self.user}@127.0.0.1:{self.port}>", *extra, "Content-Length: 0", "", ""]))
-        return self.recv(want=lambda m: m.startswith("SIP/2.0") and " 100 " not in m[:12])
+        cseq = f"{dialog['cseq']} {method}"
+        # this request's own final response: a re-sent answer of an earlier transaction (the 407
+        # to our first INVITE, arriving late) must not pass for it
+        return self.recv(want=lambda m: m.startswith("SIP/2.0") and " 100 " not in m[:12]
+                         and header(m, "CSeq") == [cseq])
 
     def sipfrags(self, call_id: str, want_final=True, timeout=10.0) -> list[str]:
         """The sipfrag bodies of the refer NOTIFYs in ``call_id``, until a terminated one."""

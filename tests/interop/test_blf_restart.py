@@ -10,7 +10,7 @@ import time
 import pytest
 
 from clients import Baresip
-from harness import header, reserved_port
+from harness import header, reserved_pair
 from callrig import CallRig, user
 from sipdevice import Device
 
@@ -64,9 +64,9 @@ def test_blf_subscription_is_resumed_after_a_restart(rig, tmp_path, how):
         stats = rig.admin("stats.get", layer="calls")
         assert stats.get("calls", stats)["blf_subscriptions"] == 1
         assert rob.refresh(600).startswith("SIP/2.0 200")
-        with Baresip(tmp_path / "ria", "ria", "ria-pw", rig.target, sip_port=reserved_port(),
+        with Baresip(tmp_path / "ria", "ria", "ria-pw", rig.target, sip_port=reserved_pair(),
                      answermode="manual") as ria, \
-                Baresip(tmp_path / "rex", "rex", "rex-pw", rig.target, sip_port=reserved_port()) as rex:
+                Baresip(tmp_path / "rex", "rex", "rex-pw", rig.target, sip_port=reserved_pair()) as rex:
             ria.wait_event("REGISTER_OK")
             rex.wait_event("REGISTER_OK")
             rex.command("dial", f"sip:{NAMES['ria']}@{rig.target}")

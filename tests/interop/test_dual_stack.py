@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from clients import Baresip
-from harness import HpbxServer, reserved_port, write_config
+from harness import HpbxServer, reserved_pair, reserved_port, write_config
 from callrig import user
 from test_default_config import wait_heard
 
@@ -51,10 +51,10 @@ def admin(server, method, **params):
 @pytest.mark.parametrize("caller", ["six", "four"])
 def test_ipv6_and_ipv4_phones_hear_each_other(server, tmp_path, caller):
     port = server.port
-    six = Baresip(tmp_path / "six", "six", "six-pw", f"[::1]:{port}", sip_port=reserved_port("::1"),
+    six = Baresip(tmp_path / "six", "six", "six-pw", f"[::1]:{port}", sip_port=reserved_pair("::1"),
                   host="::1", tone=440)
     four = Baresip(tmp_path / "four", "four", "four-pw", f"127.0.0.1:{port}",
-                   sip_port=reserved_port(), tone=1000)
+                   sip_port=reserved_pair(), tone=1000)
     with six, four:
         six.wait_event("REGISTER_OK")
         four.wait_event("REGISTER_OK")

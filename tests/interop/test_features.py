@@ -12,7 +12,7 @@ import time
 import pytest
 
 from clients import Baresip
-from harness import HpbxServer, have_sipp, header, reserved_port, wait_bound, write_config
+from harness import HpbxServer, have_sipp, header, reserved_pair, reserved_port, wait_bound, write_config
 from callrig import SCEN, CallRig, trunk, user
 from test_default_config import wait_heard
 
@@ -36,7 +36,7 @@ def rig(tmp_path_factory):
 
 
 def phone(rig, tmp_path, name, answermode="auto", tone=440):
-    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_port(),
+    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_pair(),
                 answermode=answermode, tone=tone)
     p.wait_event("REGISTER_OK")
     return p
@@ -351,7 +351,7 @@ def test_blf_refuses_non_supervisors_and_other_event_packages(rig):
             return p.recv_until(lambda m: m.startswith("SIP/2.0") and " 100 " not in m[:12])
         bad = subscribe("presence.winfo")
         assert bad.startswith("SIP/2.0 489"), bad
-        assert header(bad, "Allow-Events") == ["dialog, presence"]
+        assert header(bad, "Allow-Events") == ["dialog, presence, message-summary"]
         challenge = subscribe("dialog")
         assert challenge.startswith("SIP/2.0 407"), challenge
         auth = digest_authorization(header(challenge, "Proxy-Authenticate")[0], "eve", "eve-pw",

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from clients import Baresip, Linphone
-from harness import REPO, HpbxServer, SippRun, have_sipp, reserved_port, run_sipp, sipp_port
+from harness import HpbxServer, REPO, SippRun, have_sipp, reserved_pair, reserved_port, run_sipp, sipp_port
 from callrig import SCEN, user
 from pathlib import Path
 
@@ -108,7 +108,7 @@ class BaresipCase:
         port = server.tls_port if transport == "tls" else server.port
         self.server = server
         self.phone = Baresip(tmp / name, name, f"{name}-pw", f"127.0.0.1:{port}",
-                             sip_port=reserved_port(), transport=transport, tone=TONE["baresip"])
+                             sip_port=reserved_pair(), transport=transport, tone=TONE["baresip"])
         self.phone.wait_event("REGISTER_OK", timeout=15)
 
     def call(self, number):
@@ -191,7 +191,7 @@ CASES = {"baresip": BaresipCase, "linphone": LinphoneCase}
 
 def reference_peer(server, tmp, client, feature, prefix="ref", tone=REF_TONE) -> Baresip:
     name = prefix + uname(client, feature)
-    ref = Baresip(tmp / name, name, f"{name}-pw", server.sip_target, sip_port=reserved_port(),
+    ref = Baresip(tmp / name, name, f"{name}-pw", server.sip_target, sip_port=reserved_pair(),
                   tone=tone)
     ref.wait_event("REGISTER_OK")
     return ref
@@ -417,7 +417,7 @@ def presence(server, tmp, client):
     name = uname(client, feature)
     watched_uri = f"sip:{_num(client, feature, 4000)}@{server.sip_target}"
     watched = Baresip(tmp / "watched", "to" + name, f"to{name}-pw", server.sip_target,
-                      sip_port=reserved_port(), answermode="manual")
+                      sip_port=reserved_pair(), answermode="manual")
     ref = reference_peer(server, tmp, client, feature)
     run = watcher = None
     try:
@@ -431,7 +431,7 @@ def presence(server, tmp, client):
             shows = None
         else:
             watcher = Baresip(tmp / name, name, f"{name}-pw", server.sip_target,
-                              sip_port=reserved_port(), presence_of=(watched_uri,))
+                              sip_port=reserved_pair(), presence_of=(watched_uri,))
             watcher.wait_event("REGISTER_OK")
 
             def shows(word, timeout=8.0):
@@ -488,7 +488,7 @@ def blf(server, tmp, client):
                          "-inf", str(inf)]).start()
     ref = reference_peer(server, tmp, client, feature)
     watched = Baresip(tmp / "watched", "to" + name, f"to{name}-pw", server.sip_target,
-                      sip_port=reserved_port(), answermode="manual")
+                      sip_port=reserved_pair(), answermode="manual")
     try:
         watched.wait_event("REGISTER_OK")
         deadline = time.monotonic() + 5

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from clients import Baresip
-from harness import header, reserved_port
+from harness import header, reserved_pair
 from callrig import CallRig, user
 from sipdevice import Device
 
@@ -75,7 +75,7 @@ def test_presence_follows_registration_dnd_and_calls(rig, tmp_path):
         assert header(first["raw"], "Content-Type") == ["application/pidf+xml"]
         assert header(first["raw"], "Subscription-State")[0].startswith("active;expires=")
         t = time.monotonic()
-        pat = Baresip(tmp_path / "pat", "pat", "pat-pw", rig.target, sip_port=reserved_port())
+        pat = Baresip(tmp_path / "pat", "pat", "pat-pw", rig.target, sip_port=reserved_pair())
         try:
             pat.wait_event("REGISTER_OK")
             up = wait_state(pia, "Available", t)
@@ -86,7 +86,7 @@ def test_presence_follows_registration_dnd_and_calls(rig, tmp_path):
             assert dnd["activities"] == ["busy"] and dnd["after"] < 2.0, dnd
             rig.admin("user.update", username="pat", flags={"dnd": False})
             wait_state(pia, "Available", t)
-            with Baresip(tmp_path / "dee", "dee", "dee-pw", rig.target, sip_port=reserved_port()) as dee:
+            with Baresip(tmp_path / "dee", "dee", "dee-pw", rig.target, sip_port=reserved_pair()) as dee:
                 dee.wait_event("REGISTER_OK")
                 t = time.monotonic()
                 dee.command("dial", f"sip:{NAMES['pat']}@{rig.target}")
@@ -122,7 +122,7 @@ def test_presence_visibility_groups_hidden_and_unknown_packages(rig):
         assert hidden.startswith("SIP/2.0 404 No such user") and unknown.startswith("SIP/2.0 404 No such user")
         assert subscribe(dee, NAMES["dan"]).startswith("SIP/2.0 200")  # both in the default group
         bad = subscribe(pia, NAMES["pat"], event="message-summary.x")
-        assert bad.startswith("SIP/2.0 489") and header(bad, "Allow-Events") == ["dialog, presence"], bad
+        assert bad.startswith("SIP/2.0 489") and header(bad, "Allow-Events") == ["dialog, presence, message-summary"], bad
         assert subscriptions() == before + 1  # dee's only
         assert not [n for n in pia.notifies if f"sip:{NAMES['hid']}@" in n]
     finally:
@@ -134,7 +134,7 @@ def test_baresip_watches_presence(rig, tmp_path):
     """baresip's presence module (contacts with presence=p2p) subscribes to pat and shows what
     hpbx NOTIFYs: Offline, Online once pat's phone registers, Busy during pat's call."""
     uri = f"sip:{NAMES['pat']}@{rig.target}"
-    with Baresip(tmp_path / "pia", "pia", "pia-pw", rig.target, sip_port=reserved_port(),
+    with Baresip(tmp_path / "pia", "pia", "pia-pw", rig.target, sip_port=reserved_pair(),
                  presence_of=(uri,)) as watcher:
         watcher.wait_event("REGISTER_OK")
 
@@ -148,10 +148,10 @@ def test_baresip_watches_presence(rig, tmp_path):
                 time.sleep(0.3)
             raise AssertionError(f"baresip never showed {word}: {data!r}\n{watcher.output()[-2000:]}")
         shows("Offline")
-        with Baresip(tmp_path / "pat", "pat", "pat-pw", rig.target, sip_port=reserved_port()) as pat:
+        with Baresip(tmp_path / "pat", "pat", "pat-pw", rig.target, sip_port=reserved_pair()) as pat:
             pat.wait_event("REGISTER_OK")
             shows("Online")
-            with Baresip(tmp_path / "dee", "dee", "dee-pw", rig.target, sip_port=reserved_port()) as dee:
+            with Baresip(tmp_path / "dee", "dee", "dee-pw", rig.target, sip_port=reserved_pair()) as dee:
                 dee.wait_event("REGISTER_OK")
                 dee.command("dial", uri)
                 pat.wait_event("CALL_ESTABLISHED")

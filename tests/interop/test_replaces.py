@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from clients import Baresip
-from harness import header, reserved_port
+from harness import header, reserved_pair
 from callrig import CallRig, user
 from sipdevice import Device
 from test_default_config import wait_heard
@@ -28,7 +28,7 @@ def rig(tmp_path_factory):
 
 
 def phone(rig, tmp_path, name, answermode="auto", tone=440):
-    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_port(),
+    p = Baresip(tmp_path / name, name, f"{name}-pw", rig.target, sip_port=reserved_pair(),
                 answermode=answermode, tone=tone)
     p.wait_event("REGISTER_OK")
     return p

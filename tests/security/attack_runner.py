@@ -1,10 +1,13 @@
-"""Real attacker tools (Debian sipvicious: svwar, svcrack, svmap; SIPp as a flooder) against the
+"""Real attacker tools (sipvicious: svwar, svcrack, svmap; SIPp as a flooder) against the
 real server. Run only inside a fresh loopback-only namespace (test_attack_tools.py starts it
 with ``unshare -n``): ``python attack_runner.py SCENARIO WORKDIR`` prints one JSON line.
 
 Every run is bounded: extension ranges, dictionary lines, SIPp -m, --maximumtime, timeouts.
 The attacker is 127.0.0.1 (sipvicious cannot bind elsewhere) or 127.0.0.4 (the SIPp flood);
 legitimate phones register from 127.0.0.3.
+
+sipvicious is PyPI's 0.3.8 (``sipvicious_svwar`` …, a test extra; exit code 40 when it finds
+something) when installed beside this Python, else Debian's 0.3.3 (``svwar`` …).
 """
 from __future__ import annotations
 
@@ -33,12 +36,23 @@ TOOL_TIMEOUT = 60
 BAN_SECS = 16  # longer than an svcrack run (it stops 2 s after its last answer, then lingers 10 s)
 
 
+def sipvicious(name: str) -> str:
+    """The path of sipvicious' ``name`` (svwar, svcrack, svmap): PyPI's if installed."""
+    import shutil
+    beside = Path(sys.executable).parent / f"sipvicious_{name}"
+    if beside.exists():
+        return str(beside)
+    return shutil.which(f"sipvicious_{name}") or shutil.which(name) or name
+
+
 def tool(cmd: list[str], timeout: float = TOOL_TIMEOUT) -> dict:
+    if cmd[0] in ("svwar", "svcrack", "svmap"):
+        cmd = [sipvicious(cmd[0]), *cmd[1:]]
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env=dict(os.environ, HOME=os.environ.get("HOME", "/tmp")))
     out = r.stdout + r.stderr
-    return {"cmd": " ".join(cmd[:1] + [c for c in cmd[1:] if not c.startswith("/")]),
+    return {"cmd": " ".join([Path(cmd[0]).name] + [c for c in cmd[1:] if not c.startswith("/")]),
             "rc": r.returncode, "secs": round(time.monotonic() - t0, 2), "out": out[-3000:]}
 
 

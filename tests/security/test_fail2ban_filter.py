@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,38 @@ def test_fail2ban_regex_agrees(lines):
     out = subprocess.run(["fail2ban-regex", str(lines), str(FILTER)], capture_output=True,
                          text=True, timeout=60).stdout
     assert re.search(r"Failregex: 5 total", out), out
+
+
+@pytest.mark.skipif(shutil.which("fail2ban-regex") is None, reason="fail2ban is not installed")
+def test_fail2ban_regex_on_the_running_servers_own_log(tmp_path):
+    """The lines are not rebuilt here: the real server is guessed at (wrong passwords and an
+    unknown user from 127.0.0.1) until it bans, and fail2ban-regex reads its log file as
+    written, finding the attacker's address in every security event and nowhere else."""
+    import uuid
+    from harness import HpbxServer, RawPhone, digest_authorization, header
+
+    srv = HpbxServer(tmp_path, users=[("100", "right-password")],
+                     security={"auth_failures": 3, "flood_threshold": 0})
+    with srv:
+        with RawPhone(srv.host, srv.port) as phone:
+            for user in ("100", "999", "100"):
+                phone.call_id = uuid.uuid4().hex
+                phone.request("REGISTER", f"sip:{srv.host}", ["Expires: 60"], from_user=user)
+                challenge = phone.recv_until(lambda m: m.startswith("SIP/2.0 401"), 3)
+                assert challenge, srv.log()
+                auth = digest_authorization(header(challenge, "WWW-Authenticate")[0], user, "guess",
+                                            "REGISTER", f"sip:{srv.host}")
+                phone.request("REGISTER", f"sip:{srv.host}", ["Expires: 60", f"Authorization: {auth}"],
+                              from_user=user)
+                assert phone.recv_until(lambda m: m.startswith("SIP/2.0 403"), 3), srv.log()
+        deadline = time.monotonic() + 5
+        while "event=banned" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    text = srv.log_path.read_text()
+    assert text.count("SECURITY event=auth_failed") == 3 and "SECURITY event=banned" in text, text[-3000:]
+    out = subprocess.run(["fail2ban-regex", "-o", "ip", str(srv.log_path), str(FILTER)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["127.0.0.1"] * 4, out.stdout + out.stderr
+    summary = subprocess.run(["fail2ban-regex", str(srv.log_path), str(FILTER)], capture_output=True,
+                             text=True, timeout=60).stdout
+    assert re.search(r"Failregex: 4 total", summary), summary

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sip"))
 
 from harness import RawPhone, digest_authorization, have_sipp, header, reserved_port  # noqa: E402
-from callrig import CallRig, trunk, user  # noqa: E402
+from callrig import CallRig, number, trunk, user  # noqa: E402
 
 from hpbx import settings as settings_mod  # noqa: E402
 from hpbx.security.toll import TollPolicy, normalise  # noqa: E402
@@ -111,7 +111,8 @@ def test_toll_settings_are_validated():
 # ---------------------------------------------------------------------- end to end
 GATEWAY = reserved_port()
 TENANT = ('[tenant]\nname = "toll"\ntrunk = "gateway"\n' + trunk("gateway", GATEWAY)
-          + user("t1", "401") + user("t2", "402") + user("t3", "403"))
+          + user("t1", "401") + user("t2", "402") + user("t3", "403")
+          + number("0441110403", (30, ["user:t3"])) + number("0441110499", (30, ["external:004930123456"])))
 sipp = pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")
 
 
@@ -299,4 +300,49 @@ def test_block_hangs_up_the_tenants_trunk_calls(rig):
     assert state["limits"]["blocked"] is True and state["outbound_calls"] == 0
     assert re.search(r"SECURITY event=toll_blocked tenant=toll ", rig.server.log())
     assert "toll fraud block" in [c.get("end_reason") for c in rig.cdrs(count=1)]
+    rig.assert_idle()
+
+
+def inbound(rig, dialled: str, host: str = "127.0.0.1", port: int = 0) -> tuple[str, list[str]]:
+    """An INVITE without credentials as a carrier sends it, from ``host``:``port``: (status line
+    of the final answer, requests the server sent to that address meanwhile)."""
+    srv = rig.server
+    ruri = f"sip:{dialled}@{srv.host}:{srv.port}"
+    with RawPhone(srv.host, srv.port, host=host, port=port) as phone:
+        phone.call_id = uuid.uuid4().hex
+        text = phone.request("INVITE", ruri, [f"Contact: <sip:carrier@{host}:{phone.port}>"],
+                             from_user="0311112222")
+        seen: list[str] = []
+
+        def final(m):
+            if not m.startswith("SIP/2.0"):
+                seen.append(m.split("\r\n")[0])
+            return m.startswith("SIP/2.0") and not m.startswith("SIP/2.0 1")
+        resp = phone.recv_until(final, 5)
+        assert resp is not None, rig.server.log()
+        branch = re.search(r"branch=([^;\s]+)", text).group(1)
+        phone.request("ACK", ruri, branch=branch, cseq=phone.cseq, from_user="0311112222")
+        return resp.split("\r\n")[0], seen
+
+
+@pytest.mark.sipp
+def test_calls_from_a_trunk_are_taken_only_from_the_trunks_address(rig):
+    """The gateway is 127.0.0.1:GATEWAY. The same INVITE from another address or another port
+    is a stranger's: challenged, never routed; from the gateway it rings the user. A trusted
+    trunk's call that a dial plan sends out again is still held to the tenant's destination
+    policy (international here: refused, nothing goes back to the trunk)."""
+    spoof_addr = inbound(rig, "0441110403", host="127.0.0.2", port=GATEWAY)
+    spoof_port = inbound(rig, "0441110403", host="127.0.0.1")
+    assert spoof_addr == ("SIP/2.0 407 Proxy Authentication Required", []), spoof_addr
+    assert spoof_port == ("SIP/2.0 407 Proxy Authentication Required", []), spoof_port
+    t3 = rig.phone("t3", "call_uas.xml", pause_ms=100, timeout=10)
+    real = rig.call("call_uac.xml", "0441110403", port=GATEWAY, pause_ms=100)
+    assert real.successful == 1, real.describe() + rig.server.log()
+    assert len(t3.finish().received("INVITE")) == 1
+    status, sent_back = inbound(rig, "0441110499", port=GATEWAY)
+    print(f"hairpin to an international number from the trusted trunk: {status}")
+    assert status.startswith("SIP/2.0 403"), status
+    assert [r for r in sent_back if r.startswith("INVITE")] == [], sent_back
+    assert re.search(r"SECURITY event=toll_refused src=127\.0\.0\.1 tenant=toll user=\"\" "
+                     r"dialled=004930123456 rule=international", rig.server.log())
     rig.assert_idle()

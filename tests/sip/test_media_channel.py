@@ -118,3 +118,56 @@ def test_usage_without_a_service_is_still_refused(rig):
     assert res.successful == 1, res.describe()
     assert res.received("SIP/2.0 480"), res.describe()
     rig.assert_idle()
+
+
+def test_200_is_resent_until_the_ack_and_a_caller_that_never_acks_gets_bye(rig):
+    """RFC 3261 §13.3.1.4: hpbx re-sends its 200 at T1, 2·T1 … T2 (the rig: 100/400 ms) and, with
+    no ACK after 64·T1 (6.4 s), ends the call with a BYE; the caller here is a bare UDP socket
+    that never acknowledges."""
+    import socket
+    import uuid
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", CARRIER))  # from the carrier trunk: no challenge
+    s.settimeout(0.5)
+    peer = Peer()
+    try:
+        host, port = rig.target.rsplit(":", 1)
+        cid = uuid.uuid4().hex
+        sdp = (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+               f"m=audio {peer.port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+        invite = (f"INVITE sip:044555100@{host}:{port} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{CARRIER};branch=z9hG4bK{cid[:10]};rport\r\n"
+                  f"Max-Forwards: 70\r\nFrom: <sip:0311112222@127.0.0.1:{CARRIER}>;tag=noack\r\n"
+                  f"To: <sip:044555100@{host}:{port}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n"
+                  f"Contact: <sip:0311112222@127.0.0.1:{CARRIER}>\r\nContent-Type: application/sdp\r\n"
+                  f"Content-Length: {len(sdp)}\r\n\r\n{sdp}")
+        s.sendto(invite.encode(), (host, int(port)))
+        oks, bye, t0 = [], None, time.monotonic()
+        while time.monotonic() - t0 < 12 and bye is None:
+            try:
+                data = s.recv(65535).decode("latin-1")
+            except socket.timeout:
+                continue
+            if data.startswith("SIP/2.0 200"):
+                oks.append(time.monotonic() - t0)
+            elif data.startswith("BYE "):
+                bye = time.monotonic() - t0
+                via = next(l for l in data.split("\r\n") if l.lower().startswith("via:"))
+                head = {l.split(":", 1)[0].lower(): l for l in data.split("\r\n") if ":" in l}
+                s.sendto((f"SIP/2.0 200 OK\r\n{via}\r\n{head['from']}\r\n{head['to']}\r\n"
+                          f"{head['call-id']}\r\n{head['cseq']}\r\nContent-Length: 0\r\n\r\n").encode(),
+                         (host, int(port)))
+    finally:
+        s.close()
+        peer.close()
+    assert len(oks) >= 10, oks  # the first 200 and its re-sends
+    gaps = [b - a for a, b in zip(oks, oks[1:])]
+    assert 0.05 < gaps[0] < 0.3 and max(gaps) < 0.7, gaps  # T1 first, never beyond T2 (+ slack)
+    assert bye is not None and 6.0 < bye < 9.0, (bye, oks)
+    deadline, cdr = time.monotonic() + 3, []
+    while not cdr and time.monotonic() < deadline:  # CDRs are written in batches
+        cdr = [c for c in rig.cdrs() if c["call_id"] == cid]
+        time.sleep(0.1)
+    assert cdr and cdr[-1]["end_reason"] == "no ACK from caller", cdr
+    rig.assert_idle()

@@ -190,3 +190,53 @@ def test_admin_page_end_to_end(rig, browser, tmp_path):
     go(d, "system")
     wait(d, lambda d: d.find_elements("css selector", "#sys-lic"))
     assert css(d, "#sysline").text.startswith("Lic: ")
+
+
+def test_announcement_upload_and_play_and_crafted_requests(rig, browser, tmp_path):
+    """Logged in as the demo admin (the module's first test left the session): upload a WAV
+    through the file input, play it in the page's <audio> player (it decodes and runs), and
+    from the page's own session try the other tenant with crafted fetches and a forged tenant
+    selector: refused, nothing of "other" shows."""
+    import subprocess
+    if not shutil.which("sox"):
+        pytest.skip("sox is not installed")
+    d = browser
+    wav = tmp_path / "browser.wav"
+    subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(wav), "synth", "1.5", "sine", "440"],
+                   check=True, timeout=60)
+    go(d, "announcements")
+    wait(d, lambda d: d.find_elements("css selector", "#ann-form"))
+    css(d, "#ann-name").send_keys("Browser hello")
+    css(d, "#ann-upload").click()
+    err = wait(d, lambda d: d.find_elements("css selector", '.field-error[data-for="audio"]'))[0]
+    assert "no file" in err.text
+    css(d, "#ann-file").send_keys(str(wav))
+    css(d, "#ann-upload").click()
+    player = wait(d, lambda d: d.find_elements("css selector", "#ann-table audio"))[0]
+    wait(d, lambda d: d.execute_script("return arguments[0].readyState >= 1 && arguments[0].duration > 1.4", player))
+    d.execute_script("arguments[0].muted = true; arguments[0].play();", player)
+    wait(d, lambda d: d.execute_script("return arguments[0].currentTime > 0.2", player), 10)
+    shot(d, "09-announcement-uploaded")
+    with rig.admin() as a:
+        anns = a.call("announcement.list", tenant="demo")
+    assert [x["name"] for x in anns if x["file"].startswith("announcements/demo/")] == ["Browser hello"]
+
+    # crafted requests from the page's own session (its cookie and CSRF token)
+    answers = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const calls = [["user.list", {tenant: "other"}], ["user.get", {username: "olga"}],
+                       ["switch.set", {tenant: "other", name: "other-closed"}], ["tenant.delete", {name: "other"}]];
+        Promise.all(calls.map(([m, p]) => rpc(m, p).then(r => ({ok: r}), e => ({code: e.code}))))
+          .then(done, e => done(String(e)));""")
+    assert [a.get("code") for a in answers] == [-32004, -32001, -32004, -32004], answers
+    # a forged tenant selector: the page asks for "other", the server answers with a refusal
+    d.execute_script("""const s = document.querySelector('#tenant-select'); s.disabled = false;
+        s.append(new Option('other', 'other')); s.value = 'other';
+        s.dispatchEvent(new Event('change'));""")
+    go(d, "users")
+    wait(d, lambda d: "not your tenant" in css(d, "#view").text or "permission denied" in css(d, "#view").text)
+    assert "olga" not in css(d, "#view").text
+    shot(d, "10-forged-tenant-refused")
+    with rig.admin() as a:
+        assert not a.call("switch.get", tenant="other", name="other-closed")["on"]
+        assert [t["name"] for t in a.call("tenant.list")] == ["demo", "other"]

@@ -44,13 +44,19 @@ ACCOUNTS = {"op": ("operator-secret", "operator", ""), "demoadm": ("demoadm-secr
 
 
 class WebRig:
-    def __init__(self, directory: Path, http_extra: str = "", security: dict | None = None):
+    def __init__(self, directory: Path, http_extra: str = "", security: dict | None = None,
+                 https: tuple[Path, Path] | None = None):
         directory.mkdir(parents=True, exist_ok=True)
         other = directory / "other.toml"
         other.write_text(OTHER_TENANT)
         self.http_port = free_port()
+        listen = [f"http:127.0.0.1:{self.http_port}"]
+        if https is not None:  # (certificate, key): an https: listener beside the http: one
+            self.https_port = free_port()
+            listen.append(f"https:127.0.0.1:{self.https_port}")
+            http_extra = f'tls_cert = "{https[0]}"\ntls_key = "{https[1]}"\n{http_extra}'
         self.server = HpbxServer(directory, provision_files=(REPO / "config" / "demo.toml", other),
-                                 security=security, extra_toml=f'[http]\nlisten = ["http:127.0.0.1:{self.http_port}"]\n{http_extra}')
+                                 security=security, extra_toml=f'[http]\nlisten = {json.dumps(listen)}\n{http_extra}')
         self.base = f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> "WebRig":

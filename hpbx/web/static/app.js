@@ -488,9 +488,37 @@ function groupPanel(panel, g) {
 }
 VIEWS.announcements = async main => {
   const as = await rpc("announcement.list", tenantParam());
-  main.replaceChildren(h("h2", { text: "Announcements / music on hold" }), table([["ID", a => a.id], ["Name", a => a.name], ["Kind", a => a.kind],
-    ["File", a => a.file], ["Length", a => a.duration_ms ? (a.duration_ms / 1000).toFixed(1) + " s" : ""]], as),
-    h("p", { class: "muted", text: "Dial *201 + ID + # to listen to an announcement by phone." }));
+  const audio = a => a.file ? h("audio", { controls: true, preload: "metadata", "data-ann": a.id,
+    src: `/api/announcements/${encodeURIComponent(a.tenant)}/${a.id}.wav` }) : h("span", { class: "muted", text: "no audio" });
+  const del = a => h("button", { type: "button", class: "danger", "data-del": a.id, text: "Delete", onclick: async () => {
+    if (!confirm(`Delete announcement ${a.id}?`)) return;
+    try { await rpc("announcement.delete", { tenant: a.tenant, id: a.id }); route(); } catch (e) { showError(form, e); }
+  } });
+  const file = h("input", { type: "file", "data-field": "audio", name: "audio", id: "ann-file", accept: "audio/wav,audio/x-wav,audio/mpeg,.wav,.mp3" });
+  const form = h("form", { class: "card", id: "ann-form", onsubmit: async e => {
+    e.preventDefault();
+    const fd = new FormData();
+    for (const k of ["id", "name", "kind"]) { const v = $(`[data-field="${k}"]`, form).value; if (v) fd.append(k, v); }
+    if (tenant()) fd.append("tenant", tenant());
+    if (file.files[0]) fd.append("audio", file.files[0]);
+    $("#ann-saved").textContent = "uploading…";
+    const r = await fetch("/api/announcements", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }, body: fd });
+    if (r.status === 401) { showLogin(); return; }
+    const a = await r.json();
+    if (a.error) { $("#ann-saved").textContent = ""; showError(form, new RpcError(a.error)); return; }
+    route();
+  } }, h("h3", { text: "Upload (WAV or MP3; announcements up to 3 min, music up to 10 min)" }),
+    h("div", { class: "grid2" }, labelled("Audio file", file),
+      labelled("ID (empty: the next free one; an existing ID gets the new audio)", input("id", "", { type: "number", min: 1, id: "ann-id" })),
+      labelled("Name", input("name", "", { id: "ann-name" })),
+      labelled("Kind", h("select", { "data-field": "kind", name: "kind", id: "ann-kind" }, ["announcement", "music"].map(k => h("option", { value: k, text: k }))))),
+    h("div", { class: "row" }, h("button", { type: "submit", id: "ann-upload", text: "Upload" }), h("span", { id: "ann-saved", class: "muted" })),
+    h("div", { class: "field-error form-error" }));
+  const t = table([["ID", a => a.id], ["Name", a => a.name], ["Kind", a => a.kind],
+    ["Length", a => a.duration_ms ? (a.duration_ms / 1000).toFixed(1) + " s" : ""], ["Listen", audio, "listen"], ["", del]], as, null, a => String(a.id));
+  t.id = "ann-table";
+  main.replaceChildren(h("h2", { text: "Announcements / music on hold" }), t,
+    h("p", { class: "muted", text: "Dial *201 + ID + # to listen to an announcement by phone." }), form);
 };
 
 // ---------------------------------------------------------------- provisioning, CDRs, audit, system

@@ -1,0 +1,178 @@
+"""Voice2Mail end to end (issue 11, FEATURES 8.1): a SIPp caller from the trunk (its RTP from
+the test's own socket) calls a number whose rows nobody answers; hpbx answers, beeps, records
+the caller's 10 s tone sequence until '#', and a real SMTP server (aiosmtpd) receives exactly
+one mail, at the address of the slot that was active, with the WAV holding those tones. The
+caller hanging up ends the recording too; a silent or too short message is not mailed; a slot
+without rows goes to Voice2Mail at once; SMTP down during the recording delivers once it is
+back."""
+from __future__ import annotations
+
+import io
+import time
+import wave
+
+import numpy as np
+import pytest
+
+from mailrig import SCEN, Caller, dominant_freq, wait_answered, wav_of
+from harness import have_sipp, reserved_port
+from callrig import ALLDAYS, trunk, user
+
+pytestmark = [pytest.mark.sipp,
+              pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
+
+CARRIER = reserved_port()
+TONES = [500.0, 700.0, 900.0, 1200.0, 1500.0, 600.0, 800.0, 1100.0, 1400.0, 1700.0]
+
+
+def slot(active: bool, name: str, v2m: str, rows=(("user:anna",),)) -> str:
+    text = (f"[[numbers.slots]]\nactive = {'true' if active else 'false'}\nname = \"{name}\"\n"
+            f"days = {ALLDAYS}\nvoice2mail = \"{v2m}\"\n")
+    for targets in rows:
+        quoted = ", ".join(f'"{t}"' for t in targets)
+        text += f"[[numbers.slots.rows]]\nduration = 5\ntargets = [{quoted}]\n"
+    return text
+
+
+# anna is never registered: her row fails at once (480), and the rows are exhausted
+TENANT = ('[tenant]\nname = "vm"\ntimezone = "Europe/Zurich"\n' + trunk("carrier", CARRIER)
+          + user("anna", internal="21")
+          + '\n[[numbers]]\nnumber = "044555300"\n'
+          + slot(False, "Closed", "one@example.com") + slot(True, "Day", "two@example.com")
+          + slot(True, "Late", "three@example.com")
+          + '\n[[numbers]]\nnumber = "044555301"\n' + slot(True, "Nobody", "norows@example.com", rows=()))
+
+
+
+def _new_mail(sink, before: int, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msgs = sink.messages()
+        if len(msgs) > before:
+            return msgs[before:]
+        time.sleep(0.1)
+    raise AssertionError("no mail arrived")
+
+
+def _wait_beep(caller: Caller) -> None:
+    pkts = caller.peer.recv(n=8, timeout=5)
+    assert len(pkts) == 8, f"no beep reached the caller ({len(pkts)} packets)"
+
+
+def test_rows_exhausted_caller_records_tones_mail_goes_to_the_active_slot_only(rig, sink):
+    before = len(sink.messages())
+    caller = Caller()
+    try:
+        sipp = rig.sipp("call_uac_service.xml", service="044555300", port=CARRIER, timeout=40,
+                        extra=["-key", "rtp_port", str(caller.port)], name="v2m")
+        call = wait_answered(rig, "044555300")
+        assert call["service"] == "voice2mail" and call["slot"] == 2, call
+        port = call["media"]["a"]["port"]
+        _wait_beep(caller)
+        time.sleep(0.3)  # the beep is 250 ms; recording starts right after it
+        caller.tones(port, TONES)
+        caller.digit(port, "#")
+        res = sipp.finish()  # the service ends the call: BYE from hpbx
+        assert res.successful == 1, res.describe() + rig.server.log()
+    finally:
+        caller.close()
+    [msg] = _new_mail(sink, before)
+    time.sleep(1.0)
+    assert len(sink.messages()) == before + 1, "exactly one mail"
+    assert msg["X-Envelope-To"] == "two@example.com", msg["X-Envelope-To"]
+    assert "0311112222" in msg["Subject"] and "044555300" in msg["Subject"], msg["Subject"]
+    body = msg.get_body(("plain",)).get_content()
+    for needle in ("Caller: 0311112222 (Caller 1)", "Dialled number: 044555300", 'slot 2 "Day"',
+                   "Europe/Zurich", "Duration: 0:1"):
+        assert needle in body, (needle, body)
+    name, data = wav_of(msg)
+    assert name.endswith(".wav")
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    secs = len(pcm) / 8000
+    assert 9.8 <= secs <= 11.0, secs
+    loud = np.flatnonzero(np.abs(pcm) > 2000)
+    start = loud[0]
+    assert start < 8000, f"{start / 8000:.2f} s of silence before the tones"
+    got = [dominant_freq(pcm[start + i * 8000 + 2000:start + i * 8000 + 6000]) for i in range(10)]
+    assert all(abs(g - f) < 20 for g, f in zip(got, TONES)), got
+    cdr = [c for c in rig.cdrs(count=1) if c.get("called") == "044555300"][-1]
+    assert cdr["answered_by"] == "service:voice2mail" and cdr["targets_tried"] == ["user:anna"], cdr
+    assert "mailed to two@example.com" in cdr["service_result"], cdr
+    rig.assert_idle()
+
+
+def test_caller_hanging_up_ends_the_recording_and_it_is_mailed(rig, sink):
+    before = len(sink.messages())
+    caller = Caller()
+    try:
+        sipp = rig.sipp(str(SCEN / "uac_hangup.xml"), service="044555300", port=CARRIER, timeout=30,
+                        pause_ms=5000, extra=["-key", "rtp_port", str(caller.port)], name="v2m-bye")
+        port = wait_answered(rig, "044555300")["media"]["a"]["port"]
+        _wait_beep(caller)
+        time.sleep(0.3)
+        caller.tones(port, [440.0, 440.0, 440.0])
+        res = sipp.finish()
+        assert res.successful == 1, res.describe() + rig.server.log()
+    finally:
+        caller.close()
+    [msg] = _new_mail(sink, before)
+    assert msg["X-Envelope-To"] == "two@example.com"
+    _, data = wav_of(msg)
+    with wave.open(io.BytesIO(data)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    assert 2.9 <= len(pcm) / 8000 <= 5.5, len(pcm) / 8000
+    assert abs(dominant_freq(pcm[:24000]) - 440) < 20
+    rig.assert_idle()
+
+
+def test_a_silent_message_is_not_mailed(rig, sink):
+    before = len(sink.messages())
+    caller = Caller()
+    try:
+        sipp = rig.sipp(str(SCEN / "uac_hangup.xml"), service="044555300", port=CARRIER, timeout=30,
+                        pause_ms=4000, extra=["-key", "rtp_port", str(caller.port)], name="v2m-silent")
+        port = wait_answered(rig, "044555300")["media"]["a"]["port"]
+        _wait_beep(caller)
+        caller.tones(port, [0.0, 0.0, 0.0], amp=0.0)  # RTP, but all silence
+        res = sipp.finish()
+        assert res.successful == 1, res.describe()
+    finally:
+        caller.close()
+    # the caller hung up: the CDR is written then, the message is judged once the file is complete
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stats = rig.admin("stats.get", layer="voicemail")["voicemail"]
+        if stats["voicemail_discarded"]:
+            break
+        time.sleep(0.2)
+    assert stats["voicemail_discarded"] == 1, stats
+    assert "discarded: no audio" in rig.server.log()
+    cdr = rig.cdrs(count=1)[-1]
+    assert cdr["service_result"] == "voice2mail: recording", cdr
+    time.sleep(1.5)
+    assert len(sink.messages()) == before
+    rig.assert_idle()
+
+
+def test_slot_without_rows_goes_to_voice2mail_at_once(rig, sink):
+    before = len(sink.messages())
+    caller = Caller()
+    try:
+        sipp = rig.sipp("call_uac_service.xml", service="044555301", port=CARRIER, timeout=30,
+                        extra=["-key", "rtp_port", str(caller.port)], name="v2m-norows")
+        call = wait_answered(rig, "044555301")
+        assert call["targets_tried"] == [], call
+        port = call["media"]["a"]["port"]
+        _wait_beep(caller)
+        time.sleep(0.3)
+        caller.tones(port, [900.0, 900.0, 900.0])
+        caller.digit(port, "#")
+        assert sipp.finish().successful == 1
+    finally:
+        caller.close()
+    [msg] = _new_mail(sink, before)
+    assert msg["X-Envelope-To"] == "norows@example.com"
+    assert 'slot 1 "Nobody"' in msg.get_body(("plain",)).get_content()
+    rig.assert_idle()
