@@ -178,6 +178,23 @@ class Store:
                 out[kind] = [orjson.loads(doc) for (doc,) in rows]
         return out
 
+    def load_tenant(self, name: str) -> dict[str, list[dict]]:
+        """The documents of one tenant, by kind (an empty ``tenant`` list: it is gone), read in
+        one transaction: another process sharing the file (``[server] workers``) changed it."""
+        out = {}
+        with self._lock:
+            self.connection.execute("BEGIN")
+            try:
+                for kind in LOAD_ORDER:
+                    table, keys, _ = KINDS[kind]
+                    column = "name" if table == "tenants" else "tenant"
+                    rows = self.connection.execute(
+                        f"SELECT doc FROM {table} WHERE {column} = ? ORDER BY {', '.join(keys)}", (name,))
+                    out[kind] = [orjson.loads(doc) for (doc,) in rows]
+            finally:
+                self.connection.execute("COMMIT")
+        return out
+
     def count(self, kind: str) -> int:
         table = KINDS[kind][0] if kind != "cdr" else "cdrs"
         return self.connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
