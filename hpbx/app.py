@@ -435,6 +435,10 @@ class Server:
     def reload(self) -> dict:
         """Re-read the settings file and apply what can change while running."""
         new = settings_mod.load(self.settings.path)
+        if self.workers is not None:  # this worker's share of ports, sockets and spool
+            new = self.workers.settings_for(new)
+            if self.workers.primary:
+                self.workers.reload_others()
         old = self.settings
         changed = []
         # certificates first: a broken file refuses the whole reload (the old ones stay)
@@ -515,9 +519,22 @@ def keep_heap() -> None:
         pass
 
 
+def raise_nofile() -> None:
+    """A forked call holds 8 relay sockets: take the hard limit of open files, not the soft
+    one (often 1,024 under systemd, or 20,000: 2,500 calls)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def run(settings: settings_mod.Settings) -> int:
     setup_logging(settings.log_level)
     keep_heap()
+    raise_nofile()
     from hpbx.cluster.workers import Workers
     workers = Workers.for_process(settings)  # [server] workers > 1: this process's place
     if workers is not None:

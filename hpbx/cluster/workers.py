@@ -46,7 +46,6 @@ import time
 import orjson
 
 from hpbx._fast import shard
-from hpbx.errors import ConfigError
 
 log = logging.getLogger("hpbx.workers")
 
@@ -451,6 +450,14 @@ class Workers:
         self.loop = asyncio.get_running_loop()
         registrar = server.registrar
         registrar.store = SharedRegistrations(registrar.store, self)
+        if not getattr(server, "clustered", False):
+            # a binding belongs to the worker owning its REGISTER's Call-ID: only that one
+            # sends its NAT keepalives and deletes its row when it expires
+            registrar.node = f"w{self.index}"
+            for bindings in registrar.bindings.values():
+                for b in bindings:
+                    if not b.node:
+                        b.node = f"w{max(0, shard.owner_of(b.call_id or '', self.count))}"
         self._share_provisioning(server.provisioning)
         self._share_bans(server.security)
         for sock in self.peers.values():
@@ -482,6 +489,12 @@ class Workers:
                 s.close()
             rpc.close()
         self._child_ends = {}
+
+    def reload_others(self) -> None:
+        """(primary) A settings reload here is one in every worker (SIGHUP)."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGHUP)
 
     async def _watch_workers(self) -> None:
         while not self._stopping:
@@ -523,8 +536,3 @@ class Workers:
                 log.error("worker %d did not stop: killed", j)
                 p.kill()
                 p.wait()
-
-
-def check(settings) -> None:
-    if settings.server.workers > 1 and not settings.sip.listen:
-        raise ConfigError(f"{settings.path}: server.workers: needs a UDP listener")
