@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ANCHORS = REPO.parent / "shared" / "anchors"
+ANCHORS = Path(os.environ.get("HPBX_ANCHORS", REPO.parent / "shared" / "anchors"))  # a copy: its run/ is written
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import HpbxServer  # noqa: E402

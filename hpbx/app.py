@@ -539,6 +539,8 @@ def run(settings: settings_mod.Settings) -> int:
     workers = Workers.for_process(settings)  # [server] workers > 1: this process's place
     if workers is not None:
         settings = workers.settings_for(settings)
+        if workers.primary:
+            workers.spawn_early(settings)
     loop = new_loop()
     asyncio.set_event_loop(loop)
     server = Server(settings)

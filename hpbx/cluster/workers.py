@@ -1,7 +1,8 @@
 """Signalling on every core: ``[server] workers = N`` runs N hpbx processes on one node.
 
-Each worker binds the same SIP UDP listeners with SO_REUSEPORT, so the kernel spreads the
-datagrams over them (by source address and port). Every SIP message belongs to one worker, the
+Each worker binds the same SIP UDP listeners with SO_REUSEPORT; a classic BPF program on the
+group hands each datagram to a random worker (``spread_evenly``: the kernel's own hash by
+source address would give one worker everything a trunk sends from its one address and port). Every SIP message belongs to one worker, the
 owner of its Call-ID (``hpbx._fast.shard``: FNV-1a of the Call-ID value modulo N): a worker
 that receives a datagram of another worker's Call-ID forwards it, with its source address, over
 a Unix datagram socket pair, and the owner handles it as if it had read it itself. The owner
@@ -23,7 +24,8 @@ limit, only their 4 MiB buffers):
 - bans: a ban or unban on one worker holds on all.
 
 Worker 0 is the primary: the admin socket, the web face, CTI, TCP/TLS listeners and CDR
-retention are its own; it starts the others once it is ready and stops them when it stops (a
+retention are its own; it starts the others at once when the store is provisioned (they load
+it in parallel), else once it has imported ``[provision] files``, and stops them when it stops (a
 worker that dies stops the whole group: a supervisor restarts it). ``call.list`` and
 ``hangup`` on its admin socket reach the calls of every worker (``rpc``), and the
 ``workers`` stats section lists what each one holds and forwarded. The others also have an
@@ -96,6 +98,36 @@ def _decode_binding(row: list, now: float):
     return Binding(*row, last_seen=now, node=node)
 
 
+SO_ATTACH_REUSEPORT_CBPF = 51
+
+
+def spread_evenly(sock: socket.socket, workers: int) -> bool:
+    """Have the kernel hand each datagram to a random worker of the SO_REUSEPORT group (a
+    classic BPF program: random % N) instead of hashing the source: a trunk or a load
+    generator sends everything from one address and port, and the hash would put all of it on
+    one worker, which would then forward half of it. Returns False where the kernel refuses."""
+    import ctypes
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Insn))]
+
+    SKF_AD_RANDOM = 0xFFFFF000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM
+    insns = (Insn * 3)(Insn(0x20, 0, 0, SKF_AD_RANDOM),  # ld rand
+                       Insn(0x94, 0, 0, workers),        # mod #N
+                       Insn(0x16, 0, 0, 0))              # ret a
+    prog = Prog(3, insns)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(prog))
+    except OSError as exc:
+        log.warning("SO_ATTACH_REUSEPORT_CBPF refused (%s): datagrams spread by source", exc)
+        return False
+    return True
+
+
 class SharedRegistrations:
     """The registrar's store in a worker: the shared SQLite table, and every batch sent on."""
 
@@ -129,7 +161,7 @@ class Workers:
         self.server = None
         self.sink = None
         self.loop = None
-        self.stats = {"forwarded": 0, "received_forwarded": 0, "dropped": 0, "bindings_shared": 0,
+        self.stats = {"received": 0, "forwarded": 0, "received_forwarded": 0, "dropped": 0, "bindings_shared": 0,
                       "bindings_received": 0, "tenants_reloaded": 0}
         self._rpc_seq = 0
         self._backlog: dict[int, list[bytes]] = {}
@@ -221,8 +253,11 @@ class Workers:
         index, count, owner = self.index, self.count, shard.owner
         forward = self._forward
 
+        stats = self.stats
+
         def shard_sink(data, channel, addr):
             if channel.kind == "udp":
+                stats["received"] += 1
                 o = owner(data, count)
                 if o >= 0 and o != index:
                     forward(o, data, channel, addr)
@@ -462,19 +497,40 @@ class Workers:
         self._share_bans(server.security)
         for sock in self.peers.values():
             self.loop.add_reader(sock.fileno(), self._readable, sock)
+        for channel in server.transports.udp:
+            spread_evenly(channel.sock, self.count)
         if self.primary:
             if server.admin is not None:
                 ctx = server.admin.ctx
                 ctx.list_calls = self.list_calls
                 ctx.hangup_call = self.hangup
                 ctx.stats_sources["workers"] = self.workers_stats
-            self._spawn(server.settings)
+            if self._child_ends:  # not started early
+                self._spawn(server.settings)
             self._watch = self.loop.create_task(self._watch_workers())
         else:
             self.rpc.setblocking(False)
             self.loop.add_reader(self.rpc.fileno(), self._rpc_answer, self.rpc)
             if server.admin is not None:
                 server.admin.ctx.stats_sources["workers"] = self.summary
+
+    def spawn_early(self, settings) -> None:
+        """(primary) With a provisioned SQLite store the others start at once, loading it
+        beside us on the other cores (an empty store is imported by the primary first)."""
+        path = settings.store.path
+        if getattr(settings.store, "backend", "sqlite") != "sqlite" or not os.path.exists(path):
+            return
+        import sqlite3
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                provisioned = db.execute("SELECT 1 FROM tenants LIMIT 1").fetchone() is not None
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return
+        if provisioned:
+            self._spawn(settings)
 
     def _spawn(self, settings) -> None:
         cmd = [sys.executable, "-m", "hpbx", "serve", "--config", settings.path]

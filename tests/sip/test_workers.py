@@ -5,6 +5,7 @@ forwarded to the worker owning their Call-ID, bindings, provisioning changes and
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import pytest
@@ -53,6 +54,34 @@ def test_two_processes_share_the_port(rig):
     assert len({r["pid"] for r in rows}) == 2 and [r["worker"] for r in rows] == [0, 1]
     # OPTIONS from many source ports (the kernel spreads them) and Call-IDs: all answered
     assert all(sip_options(rig.host, rig.server.port, 1.0) for _ in range(20))
+
+
+def test_datagrams_from_one_socket_reach_both_workers(rig):
+    """A trunk sends everything from one address and port: the group's BPF program spreads
+    its datagrams over the workers (the kernel's hash alone would give all to one), and each
+    is answered by the owner of its Call-ID."""
+    before = {r["worker"]: r["received"] for r in workers(rig)}
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((rig.host, 0))
+    s.settimeout(2)
+    port = s.getsockname()[1]
+    n = 60
+    try:
+        for i in range(n):
+            s.sendto((f"OPTIONS sip:{rig.host}:{rig.server.port} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP {rig.host}:{port};branch=z9hG4bK-spread-{i};rport\r\n"
+                      f"Max-Forwards: 70\r\nFrom: <sip:t@{rig.host}>;tag={i}\r\n"
+                      f"To: <sip:{rig.host}>\r\nCall-ID: spread-{i}@test\r\nCSeq: 1 OPTIONS\r\n"
+                      f"Content-Length: 0\r\n\r\n").encode(), (rig.host, rig.server.port))
+        answers = set()
+        while len(answers) < n:
+            data = s.recv(4096).decode()
+            answers.add(re.search(r"(?mi)^Call-ID: (\S+)", data).group(1))
+    finally:
+        s.close()
+    assert answers == {f"spread-{i}@test" for i in range(n)}
+    got = {r["worker"]: r["received"] - before[r["worker"]] for r in workers(rig)}
+    assert sum(got.values()) >= n and all(v >= n // 6 for v in got.values()), got
 
 
 def test_registrations_spread_over_workers_all_seen_by_admin(rig):
