@@ -198,6 +198,7 @@ class ServerSettings:
     """``[server]``: signalling processes (hpbx/cluster/workers.py, README "Signalling on every
     core")."""
     workers: int = 1  # SIP worker processes sharing the UDP listeners; 0 = one per core
+    spread: str = "source"  # how the kernel picks a worker: "source" (its hash) or "random" (BPF)
 
 
 @dataclass(frozen=True, slots=True)

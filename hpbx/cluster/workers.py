@@ -1,8 +1,13 @@
 """Signalling on every core: ``[server] workers = N`` runs N hpbx processes on one node.
 
-Each worker binds the same SIP UDP listeners with SO_REUSEPORT; a classic BPF program on the
-group hands each datagram to a random worker (``spread_evenly``: the kernel's own hash by
-source address would give one worker everything a trunk sends from its one address and port). Every SIP message belongs to one worker, the
+Each worker binds the same SIP UDP listeners with SO_REUSEPORT; the kernel picks the worker
+by a hash of the source address and port (``[server] spread = "source"``, the default), or at
+random per datagram (``"random"``: a classic BPF program, ``spread_evenly``), so that a trunk
+sending everything from one address and port is not received by one worker alone. Measured
+(REGISTER at 12,000/s, 2 workers, shared box): "source" 92 of 96,000 failed, 63 us CPU per
+registration; "random" 7,553 failed (both workers forwarding to each other at once filled the
+socket pairs), so "source" stays the default: receiving and forwarding is ~3 us of the ~30 us
+a message costs, and which worker receives matters little. Every SIP message belongs to one worker, the
 owner of its Call-ID (``hpbx._fast.shard``: FNV-1a of the Call-ID value modulo N): a worker
 that receives a datagram of another worker's Call-ID forwards it, with its source address, over
 a Unix datagram socket pair, and the owner handles it as if it had read it itself. The owner
@@ -63,6 +68,9 @@ def server_settings(r, sip, rtp):
     from hpbx.settings import ServerSettings
 
     workers = r.int_in("workers", 1, 0, 64)
+    spread = r.get("spread", str, "source")
+    if spread not in ("random", "source"):
+        raise r.fail("spread", f'must be "random" or "source", got {spread!r}')
     r.finish()
     if workers == 0:
         workers = os.cpu_count() or 1
@@ -72,7 +80,7 @@ def server_settings(r, sip, rtp):
         if (rtp.port_max - rtp.port_min + 1) // 2 < 4 * workers:
             raise r.fail("workers", f"[rtp] ports {rtp.port_min}-{rtp.port_max} is too small to "
                                     f"give {workers} workers two sessions each")
-    return ServerSettings(workers=workers)
+    return ServerSettings(workers=workers, spread=spread)
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -497,8 +505,9 @@ class Workers:
         self._share_bans(server.security)
         for sock in self.peers.values():
             self.loop.add_reader(sock.fileno(), self._readable, sock)
-        for channel in server.transports.udp:
-            spread_evenly(channel.sock, self.count)
+        if server.settings.server.spread == "random":
+            for channel in server.transports.udp:
+                spread_evenly(channel.sock, self.count)
         if self.primary:
             if server.admin is not None:
                 ctx = server.admin.ctx
