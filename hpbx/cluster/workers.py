@@ -414,6 +414,16 @@ class Workers:
                 return getattr(local, name)
 
         security.store = WorkerBans()
+        add = security.ban_add
+
+        def ban_add(host, secs=None):
+            """An admin ban is stored and shared at once (bans the receive path makes go
+            with the ban service's drain, within a second)."""
+            result = add(host, secs)
+            security.drain()
+            return result
+
+        security.ban_add = ban_add
 
     # ---- admin: calls of every worker
     def _rpc_answer(self, sock: socket.socket) -> None:

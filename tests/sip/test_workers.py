@@ -165,3 +165,41 @@ def test_call_list_sees_calls_of_every_worker(rig):
     res = trunk_run.finish()
     phone.finish()
     assert res.successful == calls, res.describe()
+
+
+def options_from(rig, source: str, n: int, timeout: float = 0.5) -> int:
+    """OPTIONS from ``n`` fresh sockets on ``source`` (so on every worker): how many answered."""
+    answered = 0
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((source, 0))
+        s.settimeout(timeout)
+        port = s.getsockname()[1]
+        try:
+            s.sendto((f"OPTIONS sip:{rig.host}:{rig.server.port} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK-ban-{i}-{time.time_ns()};rport\r\n"
+                      f"Max-Forwards: 70\r\nFrom: <sip:t@{source}>;tag={i}\r\nTo: <sip:{rig.host}>\r\n"
+                      f"Call-ID: ban-{i}-{time.time_ns()}@test\r\nCSeq: 1 OPTIONS\r\n"
+                      f"Content-Length: 0\r\n\r\n").encode(), (rig.host, rig.server.port))
+            s.recv(4096)
+            answered += 1
+        except socket.timeout:
+            pass
+        finally:
+            s.close()
+    return answered
+
+
+def test_a_ban_holds_on_every_worker(rig):
+    banned = "127.0.0.23"
+    assert options_from(rig, banned, 8) == 8
+    rig.admin("ban.add", host=banned, secs=60)
+    try:
+        time.sleep(0.2)
+        # from sockets the kernel spreads over both workers: none answered, others are
+        assert options_from(rig, banned, 12, timeout=0.3) == 0
+        assert options_from(rig, "127.0.0.1", 4) == 4
+    finally:
+        rig.admin("ban.remove", host=banned)
+    time.sleep(0.2)
+    assert options_from(rig, banned, 8) == 8
