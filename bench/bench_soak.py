@@ -39,7 +39,7 @@ class SoakHpbx(bc.Hpbx):
     """bench_calls' hpbx with ``USERS`` more users to keep registered."""
 
     def start(self) -> None:
-        extra = "".join(bc.user(f"soak{i}", f"6{i:04d}", password=f"pw{i}") for i in range(USERS))
+        extra = "".join(bc.user(f"soak{i}", f"6{i:04d}", password=f"soak-pw-{i}") for i in range(USERS))
         orig = bc.number
 
         def number(*a, **kw):  # the tenant's users go in with the number (same TOML)
@@ -89,7 +89,7 @@ def main() -> dict:
         reg_rate = USERS / REFRESH
         regs = bc.sipp(bc.ANCHOR_SIPP / "reg_auth.xml", f"{bc.IP}:{server.port}", REG_PORT, workdir,
                        calls=int(reg_rate * SECS), rate=reg_rate, timeout=SECS + 60,
-                       inf=[(f"soak{i}", f"pw{i}") for i in range(USERS)])
+                       inf=[(f"soak{i}", f"soak-pw-{i}") for i in range(USERS)])
         calls = bc.sipp(bc.CALLER, f"{bc.IP}:{server.port}", bc.TRUNK_PORT, workdir,
                         calls=int(RATE * SECS), rate=RATE, service=server.service,
                         timeout=SECS + 60, inf=[("0311112222",)], media_port=17200)
