@@ -102,6 +102,8 @@ PROMPTS: dict[str, tuple[str, str, str]] = {
                       "you are calling", "Bitte warten Sie, die gewünschte Person wird gesucht."),
     "followme-sorry": ("followme/sorry", "I'm sorry, but I was unable to locate the person you are "
                        "calling", "Die gewünschte Person ist leider nicht erreichbar."),
+    # Debian's sound set has no "this call is recorded": espeak-ng speaks the English too
+    "call-recorded": ("", "This call is being recorded.", "Dieses Gespräch wird aufgezeichnet."),
     "star": ("digits/star", "star", "Stern"),
     "pound": ("digits/pound", "pound", "Raute"),
 }
@@ -149,6 +151,10 @@ def build(out: str, debian: str = DEBIAN_SOUNDS, languages=("en", "de")) -> dict
         for name, (src, _en, _de) in PROMPTS.items():
             target = root / "en" / f"{name}.wav"
             if target.exists():
+                continue
+            if not src:  # no Debian recording of it: spoken by espeak-ng
+                _write(target, espeak(_en, "en"))
+                n += 1
                 continue
             source = Path(debian) / f"{src}.wav"
             if not source.exists():
@@ -226,7 +232,7 @@ class PromptLibrary:
             yield lang, self.custom_dir / lang / f"{name}.wav"
             yield lang, self.prompts_dir / lang / f"{name}.wav"
         src = PROMPTS.get(name)
-        if src is not None:
+        if src is not None and src[0]:
             yield "en", self.debian / f"{src[0]}.wav"  # first start without make build
 
     def system(self, language: str, name: str) -> str:
