@@ -149,6 +149,7 @@ class Recording:
     dialled: str
     slot: int = 0
     slot_name: str = ""
+    linked: str = ""  # after a LINK: the number whose slot took the message (slot is its slot)
     to: str = ""  # e-mail address ("" = not mailed)
     owner: str = ""  # mailbox: the username
     keep: bool = False
@@ -276,9 +277,14 @@ class Voicemail:
 
     def _voice2mail(self, ch) -> Recording:
         plan = ch.plan
+        # after a LINK the linked number's slot took the call (its address, its name in the mail)
+        linked = len(plan.links) > 1 and bool(getattr(plan, "voice2mail_slot", 0))
         return Recording(id=_new_id(), kind="voice2mail", tenant=ch.tenant, caller=ch.caller,
-                         caller_name=self._caller_name(ch), dialled=plan.dialled, slot=plan.slot,
-                         slot_name=plan.slot_name, to=plan.voice2mail, started_at=time.time())
+                         caller_name=self._caller_name(ch), dialled=plan.dialled,
+                         slot=plan.voice2mail_slot if linked else plan.slot,
+                         slot_name=plan.voice2mail_slot_name if linked else plan.slot_name,
+                         linked=plan.links[-1] if linked else "", to=plan.voice2mail,
+                         started_at=time.time())
 
     def _mailbox(self, ch, owner) -> Recording:
         box = owner.mailbox
@@ -423,7 +429,9 @@ class Voicemail:
         if rec.kind == "voice2mail":
             subject = f"Voice message from {who} for {rec.dialled}"
             where = [f"Dialled number: {rec.dialled}",
-                     f"Dial plan: slot {rec.slot}" + (f" \"{rec.slot_name}\"" if rec.slot_name else "")]
+                     (f"Dial plan: {rec.linked} (LINK from {rec.dialled}) slot {rec.slot}" if rec.linked
+                      else f"Dial plan: slot {rec.slot}")
+                     + (f" \"{rec.slot_name}\"" if rec.slot_name else "")]
         else:
             subject = f"Voice message from {who} in mailbox {rec.dialled}"
             where = [f"Mailbox: {rec.owner} ({rec.dialled})"]

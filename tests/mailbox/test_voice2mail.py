@@ -2,7 +2,8 @@
 the test's own socket) calls a number whose rows nobody answers; hpbx answers, beeps, records
 the caller's 10 s tone sequence until '#', and a real SMTP server (aiosmtpd) receives exactly
 one mail, at the address of the slot that was active, with the WAV holding those tones. The
-caller hanging up ends the recording too; a silent or too short message is not mailed; a slot
+caller hanging up ends the recording too; a LINKed number's call takes the linked plan's
+Voice2Mail (never the first number's); a silent or too short message is not mailed; a slot
 without rows goes to Voice2Mail at once; SMTP down during the recording delivers once it is
 back."""
 from __future__ import annotations
@@ -40,7 +41,12 @@ TENANT = ('[tenant]\nname = "vm"\ntimezone = "Europe/Zurich"\n' + trunk("carrier
           + '\n[[numbers]]\nnumber = "044555300"\n'
           + slot(False, "Closed", "one@example.com") + slot(True, "Day", "two@example.com")
           + slot(True, "Late", "three@example.com")
-          + '\n[[numbers]]\nnumber = "044555301"\n' + slot(True, "Nobody", "norows@example.com", rows=()))
+          + '\n[[numbers]]\nnumber = "044555301"\n' + slot(True, "Nobody", "norows@example.com", rows=())
+          # LINK (FEATURES 2.8): 044555302's second row hands the call to 044555303's plan
+          + '\n[[numbers]]\nnumber = "044555302"\n'
+          + slot(True, "Front", "front@example.com", rows=(("user:anna",), ("link:044555303",)))
+          + '\n[[numbers]]\nnumber = "044555303"\n' + slot(False, "Off", "off@example.com")
+          + slot(True, "Linked", "linked@example.com"))
 
 
 
@@ -175,4 +181,43 @@ def test_slot_without_rows_goes_to_voice2mail_at_once(rig, sink):
     [msg] = _new_mail(sink, before)
     assert msg["X-Envelope-To"] == "norows@example.com"
     assert 'slot 1 "Nobody"' in msg.get_body(("plain",)).get_content()
+    rig.assert_idle()
+
+
+def test_linked_number_uses_the_link_targets_voice2mail_never_its_own(rig, sink):
+    """FEATURES 2.8/8.1: 044555302 rings anna, then LINKs to 044555303, whose active slot 2
+    rings anna too; when that plan ends, 044555303's slot-2 address gets the message (the
+    dialled number stays 044555302), never 044555302's own Voice2Mail nor the inactive slot's."""
+    before = len(sink.messages())
+    caller = Caller()
+    try:
+        sipp = rig.sipp("call_uac_service.xml", service="044555302", port=CARRIER, timeout=40,
+                        extra=["-key", "rtp_port", str(caller.port)], name="v2m-link")
+        call = wait_answered(rig, "044555302")
+        assert call["service"] == "voice2mail" and call["slot"] == 1, call  # where the call arrived
+        port = call["media"]["a"]["port"]
+        _wait_beep(caller)
+        time.sleep(0.3)
+        caller.tones(port, [650.0, 1250.0, 650.0])
+        caller.digit(port, "#")
+        res = sipp.finish()
+        assert res.successful == 1, res.describe() + rig.server.log()
+    finally:
+        caller.close()
+    [msg] = _new_mail(sink, before)
+    time.sleep(1.0)
+    assert len(sink.messages()) == before + 1, "exactly one mail"
+    assert msg["X-Envelope-To"] == "linked@example.com", msg["X-Envelope-To"]
+    body = msg.get_body(("plain",)).get_content()
+    for needle in ("Dialled number: 044555302", 'Dial plan: 044555303 (LINK from 044555302) slot 2 "Linked"'):
+        assert needle in body, (needle, body)
+    _, data = wav_of(msg)
+    with wave.open(io.BytesIO(data)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    start = np.flatnonzero(np.abs(pcm) > 2000)[0]
+    got = [dominant_freq(pcm[start + i * 8000 + 2000:start + i * 8000 + 6000]) for i in range(3)]
+    assert all(abs(g - f) < 20 for g, f in zip(got, [650.0, 1250.0, 650.0])), got
+    cdr = [c for c in rig.cdrs(count=1) if c.get("called") == "044555302"][-1]
+    assert cdr["answered_by"] == "service:voice2mail", cdr
+    assert "mailed to linked@example.com" in cdr["service_result"], cdr
     rig.assert_idle()
