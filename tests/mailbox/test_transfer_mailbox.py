@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailrig import Caller, SmtpSink, mail_rig, wait_answered
+from mailrig import wait_beep, Caller, SmtpSink, mail_rig, wait_answered
 from harness import have_sipp, reserved_port
 from callrig import number, trunk, user
 
@@ -45,8 +45,7 @@ def test_transfer_to_an_unreachable_or_busy_user_reaches_her_mailbox(tmp_path, t
             busy = uma.finish()
             assert busy.successful == 1 and busy.received("INVITE sip:uma"), busy.describe()
         port = call["media"]["a"]["port"]
-        assert len(caller.peer.recv(n=8, timeout=5)) == 8, "no beep"
-        time.sleep(0.3)
+        wait_beep(caller)
         caller.tones(port, [750.0] * 3)
         caller.digit(port, "#")
         assert sipp.finish().successful == 1, rig.server.log()
