@@ -1231,6 +1231,25 @@ static void me_watch_rx(void *relay, void *session, int li, const uint8_t *p, si
 	me_ep_in(r, ep, p, len, now);
 }
 
+/*
+ * A leg switching between a watcher and an endpoint hands its RFC 4733 receive state over, so
+ * a digit is reported once: the end retransmissions of a digit the endpoint already reported
+ * (or a digit still held) reach the watcher after bridge, and the reverse after terminate.
+ */
+static void me_rfc_handover(me_ep *to, const me_ep *from)
+{
+	memcpy(to->done_ssrc, from->done_ssrc, sizeof to->done_ssrc);
+	memcpy(to->done_ts, from->done_ts, sizeof to->done_ts);
+	to->done_i = from->done_i;
+	to->ev_ssrc = from->ev_ssrc;
+	to->ev_ts = from->ev_ts;
+	to->ev_last_ns = from->ev_last_ns;
+	to->ev_dur = from->ev_dur;
+	to->ev_code = from->ev_code;
+	to->ev_pending = from->ev_pending;
+	to->last_digit_ns = from->last_digit_ns;
+}
+
 static void me_watch_free(rl_leg *l)
 {
 	me_ep *ep = l->dw;
@@ -1645,6 +1664,8 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 		mw->eps = ep;
 		mw->nep++;
 		l->ep = ep;
+		if (l->dw)
+			me_rfc_handover(ep, l->dw);
 	}
 	ep->codec = (uint8_t)codec;
 	ep->pt = (uint8_t)pt;
@@ -1730,6 +1751,8 @@ static int me_bridge(rl_relay *r, uint64_t h, int li)
 	if (!s)
 		return ENOENT;
 	if (s->leg[li].ep) {
+		if (s->leg[li].dw)
+			me_rfc_handover(s->leg[li].dw, s->leg[li].ep);
 		me_ep_free(r, &r->w[s->worker], s->leg[li].ep, 0);
 		s->leg[li].tx.mapped = 0; /* the next relayed packet follows on in the leg's identity */
 	}
