@@ -286,3 +286,32 @@ def test_after_announcement_is_the_greeting_and_an_rfc4733_flood_neither_stops_n
     assert abs(dominant_freq(pcm[-7000:-1000]) - 1250) < 20
     assert rig.admin("stats.get", layer="voicemail")["voicemail"]["voicemail_discarded"] <= 1
     rig.assert_idle()
+
+
+def test_five_seconds_of_silence_end_the_message_and_the_silence_is_cut(rig, sink):
+    """FEATURES 8.1: the recording ends after 5 s of silence (the caller still on the line,
+    sending silent RTP); hpbx ends the call, and the mailed WAV holds the tone, not the 5 s."""
+    before = len(sink.messages())
+    caller = Caller()
+    try:
+        sipp = rig.sipp("call_uac_service.xml", service="044555300", port=CARRIER, timeout=40,
+                        extra=["-key", "rtp_port", str(caller.port)], name="v2m-quiet")
+        port = wait_answered(rig, "044555300")["media"]["a"]["port"]
+        _wait_beep(caller)
+        caller.tones(port, [880.0, 880.0, 880.0])
+        caller.tones(port, [0.0] * 8, amp=0.0)  # 8 s of silent RTP: no '#', no hang-up
+        res = sipp.finish()  # hpbx hung up (BYE) once 5 s of silence had passed
+        assert res.successful == 1, res.describe() + rig.server.log()
+    finally:
+        caller.close()
+    [msg] = _new_mail(sink, before)
+    assert msg["X-Envelope-To"] == "two@example.com"
+    _, data = wav_of(msg)
+    with wave.open(io.BytesIO(data)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    assert 2.8 <= len(pcm) / 8000 <= 3.6, len(pcm) / 8000  # the 3 s tone; the silence was cut
+    assert abs(dominant_freq(pcm[4000:20000]) - 880) < 20
+    cdr = [c for c in rig.cdrs(count=1) if c.get("called") == "044555300"][-1]
+    assert "mailed to two@example.com" in cdr["service_result"], cdr
+    assert "Duration: 0:03" in msg.get_body(("plain",)).get_content()
+    rig.assert_idle()
