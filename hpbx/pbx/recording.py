@@ -188,8 +188,9 @@ class CallRecorder:
         room = engine.room_create()
         try:
             for leg in ("a", "b"):
+                # no telephone-event negotiated: the stop code comes in-band
                 engine.terminate(key, leg, codec=codec["codec"], pt=codec["pt"], ptime_ms=codec["ptime"],
-                                 dtmf_pt=codec["dtmf_pt"], inband=False)
+                                 dtmf_pt=codec["dtmf_pt"], inband=codec["dtmf_pt"] is None)
                 engine.room_join(room, key, leg)
             waits = [asyncio.ensure_future(engine.next_event(key, "record_done")) for _ in ("a", "b")]
             for leg in ("a", "b"):

@@ -72,6 +72,17 @@ class Caller:
             self.seq += 1
             self.ts += 160
 
+    def pcm(self, to: int, pcm: np.ndarray) -> None:
+        """8 kHz samples as PCMA, 20 ms a packet, paced (e.g. in-band DTMF)."""
+        start = time.monotonic()
+        for i in range(0, len(pcm) - 159, 160):
+            d = start + (i // 160) * 0.02 - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+            self._send(rtp_packet(self.seq, self.ts, self.ssrc, encode("PCMA", pcm[i:i + 160]), pt=8), to)
+            self.seq += 1
+            self.ts += 160
+
     def digit(self, to: int, digit: str, pt: int = 101) -> None:
         event = "0123456789*#".index(digit)
         ts = self.ts

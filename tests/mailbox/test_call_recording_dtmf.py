@@ -77,11 +77,12 @@ def _runs(seq):
     return [tuple(r) for r in runs]
 
 
-def _call(rig, who, called, seconds):
+def _call(rig, who, called, seconds, inband=False):
     a, b = Caller(ssrc=0xA), Caller(ssrc=0xB)
-    phone = rig.phone(who, str(SCEN / "uas_answer_rtp.xml"), pause_ms=100, timeout=40,
+    sfx = "_inband" if inband else ""
+    phone = rig.phone(who, str(SCEN / f"uas_answer_rtp{sfx}.xml"), pause_ms=100, timeout=40,
                       extra=["-key", "rtp_port", str(b.port)])
-    caller = rig.sipp(str(SCEN / "uac_hangup.xml"), service=called, port=CARRIER, timeout=40,
+    caller = rig.sipp(str(SCEN / f"uac_hangup{sfx}.xml"), service=called, port=CARRIER, timeout=40,
                       pause_ms=seconds * 1000 + 1500, extra=["-key", "rtp_port", str(a.port)], name="recd")
     call = wait_answered(rig, called)
     pa, pb = call["media"]["a"]["port"], call["media"]["b"]["port"]
@@ -162,4 +163,34 @@ def test_star1_without_the_flag_is_refused_and_no_file_is_made(rig):
     time.sleep(1.0)
     assert len(rig.admin("recording.list")) == n_recs
     assert len(list((rig.dir / "recordings").glob("*/*.wav"))) == n_recs  # no part file either
+    rig.assert_idle()
+
+
+def test_star1_in_band_when_no_telephone_event_was_negotiated(rig, sink):
+    """Neither side offered telephone-event: the relay's worker runs the in-band detector on
+    rita's relayed leg, so *1 as DTMF tones in her audio starts the recording; *1 again (now at
+    the recording's endpoint, in-band too) stops it."""
+    from media_peer import dtmf_pcm
+    n_recs = len(rig.admin("recording.list"))
+    n_mail = len(sink.messages())
+    call, a, b, pa, pb, phone, caller, talk_a = _call(rig, "rita", "044555711", 8, inband=True)
+    try:
+        b.tones(pb, [1300.0])
+        b.pcm(pb, dtmf_pcm("*1", 120, 120))
+        b.tones(pb, [1300.0] * 3)
+        b.pcm(pb, dtmf_pcm("*1", 120, 120))
+        b.tones(pb, [1300.0] * 2)
+    finally:
+        _end(a, b, phone, caller, talk_a)
+    deadline = time.monotonic() + 10
+    while len(recs := rig.admin("recording.list")) == n_recs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(recs) == n_recs + 1, recs
+    meta = recs[-1]
+    assert meta["user"] == "rita" and meta["call_id"] == call["call_id"], meta
+    assert 2500 <= meta["duration_ms"] <= 5000, meta  # from the first *1 to the second
+    [msg] = sink.wait_count(n_mail + 1)[n_mail:]
+    with wave.open(io.BytesIO(wav_of(msg)[1])) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    assert power(pcm, 500) > 100 * power(pcm, 900) and power(pcm, 1300) > 100 * power(pcm, 900)
     rig.assert_idle()
