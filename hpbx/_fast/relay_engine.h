@@ -87,6 +87,7 @@ typedef struct {
 	rl_stream st;
 	me_txid tx;         /* outgoing RTP identity (media_rtp.h) */
 	struct me_ep *ep;   /* non-NULL: the leg ends at a media endpoint (media_engine.h) */
+	struct me_ep *dw;   /* non-NULL: digits are watched while the leg relays (me_watch) */
 } rl_leg;
 
 typedef struct {
@@ -409,6 +410,8 @@ static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_s
 		l->st.bytes += len;
 		l->st.last_ns = now;
 		rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+		if (l->dw) /* digits reported to Python, the packet relayed all the same */
+			me_watch_rx(r, s, li, p, len, now);
 		me_tx_relayed(&o->tx, (uint8_t *)p, len, now); /* the buffer is the worker's own */
 	}
 	*out_fd = o->fd[dk];
