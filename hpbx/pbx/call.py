@@ -726,6 +726,8 @@ class Call:
                 self._cancel_leg(leg, "")
             svc.legs.pop(leg.call_id, None)
         svc.legs.pop(self.id, None)
+        if self.a_dialog is not None:  # a caller seat that changed hands (hpbx.pbx.seat)
+            svc.legs.pop(self.a_dialog.call_id, None)
         rtp = ""
         if self.media is not None:
             final = svc.media.delete(self.id)

@@ -29,14 +29,14 @@ from test_default_config import wait_heard
 
 CLIENTS = ("baresip", "linphone", "sipp")
 FEATURES = ("register_udp", "register_tcp", "register_tls", "call_audio", "hold_resume", "dtmf",
-            "blind_transfer", "blf", "attended_transfer", "presence")
+            "blind_transfer", "blf", "attended_transfer", "presence", "caller_transfer")
 TONE = {"baresip": 440, "linphone": 660, "sipp": 550}
 REF_TONE = 1000
 DIGITS = "159"
 
 
 def _num(client: str, feature: str, base: int) -> str:
-    return str(base + CLIENTS.index(client) * 10 + FEATURES.index(feature))
+    return str(base + CLIENTS.index(client) * 20 + FEATURES.index(feature))
 
 
 def uname(client: str, feature: str) -> str:
@@ -248,6 +248,8 @@ def test_interop(server, tmp_path, client, feature):
         return
     if feature == "blind_transfer":
         return blind_transfer(server, tmp_path, client)
+    if feature == "caller_transfer":
+        return caller_transfer(server, tmp_path, client)
     if feature == "blf":
         return blf(server, tmp_path, client)
     if feature == "attended_transfer":
@@ -342,6 +344,48 @@ def blind_transfer(server, tmp, client):
         assert abs(wait_heard(ref, TRANSFER_TONE) - TRANSFER_TONE) <= 20, ref.received_wavs()
         assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
         ref.command("hangup")
+    finally:
+        ref.close()
+        to.close()
+
+
+def caller_transfer(server, tmp, client):
+    """The client calls a baresip peer and transfers it blind (REFER from the caller side) to
+    a second baresip phone: the peer stays, the target takes the client's place, and the two
+    hear each other; the client gets hpbx's BYE (SIPp also checks the NOTIFYs)."""
+    feature = "caller_transfer"
+    name = uname(client, feature)
+    ref = reference_peer(server, tmp, client, feature)
+    to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
+    try:
+        if client == "sipp":
+            pcap = tone_pcap(tmp / "tone.pcap", TONE["sipp"])
+            scen = scenario(tmp / "caller.xml", pcap, refer_to=_num(client, feature, 4000))
+            run = SippRun(scen, server.sip_target, tmp, inf=[(name,)], name="caller", timeout=30,
+                          extra=["-s", _num(client, feature, 3000), "-au", name, "-ap", f"{name}-pw",
+                                 "-mi", "127.0.0.1", "-mp", str(sipp_port())]).start()
+            try:
+                ref.wait_event("CALL_ESTABLISHED", timeout=10)
+                to.wait_event("CALL_ESTABLISHED", timeout=15)
+            finally:
+                res = run.wait()
+            assert res.returncode == 0 and res.successful == 1, res.describe()
+        else:
+            case = CASES[client](server, tmp, name)
+            try:
+                case.call(_num(client, feature, 3000))
+                ref.wait_event("CALL_ESTABLISHED")
+                case.transfer(_num(client, feature, 4000))
+                to.wait_event("CALL_ESTABLISHED", timeout=15)
+            finally:
+                case.close()
+        calls = admin(server, "call.list")
+        assert len(calls) == 1 and calls[0]["answered_by"] == "ref" + name, calls
+        assert calls[0]["targets_tried"][-1] == "caller:user:to" + name, calls
+        assert abs(wait_heard(ref, TRANSFER_TONE) - TRANSFER_TONE) <= 20, ref.received_wavs()
+        assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
+        ref.command("hangup")
+        to.wait_event("CALL_CLOSED")
     finally:
         ref.close()
         to.close()
