@@ -53,6 +53,7 @@ cdef extern from "relay_engine.h" nogil:
     int rl_delete(rl_relay *r, uint64_t h)
     int rl_set_peer(rl_relay *r, uint64_t h, int li, const char *host, int port, int rtcp_port, int mux)
     int rl_relatch(rl_relay *r, uint64_t h, int li)
+    int rl_switch(rl_relay *r, uint64_t h, int li)
     int rl_set_hold(rl_relay *r, uint64_t h, int hold)
     int rl_set_clock_rate(rl_relay *r, uint64_t h, int li, uint32_t rate)
     int rl_query(rl_relay *r, uint64_t h, rl_leg_info *a, rl_leg_info *b, int *hold, int64_t *created_ns)
@@ -275,6 +276,14 @@ cdef class Relay:
         """Accept the next source of this leg as its new peer (after a re-INVITE)."""
         cdef int li = _leg(leg)  # before _live(): comparing ``leg`` may run Python code
         if rl_relatch(self._live(), session, li):
+            raise RelayError(f"unknown relay session {session}")
+
+    def switch(self, uint64_t session, leg):
+        """The leg's party changes (a transfer, pickup, call move): send to its SDP address now
+        and latch its first packet; the old party's packets are relayed until then but cannot
+        latch (for at most ``silence`` seconds)."""
+        cdef int li = _leg(leg)
+        if rl_switch(self._live(), session, li):
             raise RelayError(f"unknown relay session {session}")
 
     def set_hold(self, uint64_t session, bint hold):

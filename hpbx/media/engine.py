@@ -309,6 +309,13 @@ class MediaEngine:
         for lg in (_check_leg(leg),) if leg else LEGS:
             self.relay.relatch(ms.handle, lg)
 
+    def switch(self, key: str, leg: str) -> None:
+        """A new party on one leg (transfer, pickup, call move; after set_peer with its SDP):
+        the relay sends to it at once and latches its first packet; the old party's packets
+        are relayed meanwhile but cannot take the leg back (hpbx._fast.relay ``switch``)."""
+        ms = self.get(key)
+        self.relay.switch(ms.handle, _check_leg(leg))
+
     def set_hold(self, key: str, hold: bool) -> None:
         """A held call (sendonly/inactive) is never reported as a media timeout."""
         ms = self.get(key)
