@@ -200,7 +200,7 @@ class AttendedTransfer:
             peer = anchor.peer(resp.body)
             svc.media.set_peer(host.id, leg_name, peer.host, peer.port, rtcp_port=peer.rtcp_port,
                                rtcp_mux=peer.rtcp_mux)
-            svc.media.relatch(host.id, leg_name)
+            svc.media.switch(host.id, leg_name)
             svc.media.set_hold(host.id, False)
         except HpbxError as exc:
             log.info("[%s] transfer target's SDP not usable: %s", host.id, exc)

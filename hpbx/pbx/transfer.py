@@ -190,7 +190,7 @@ class BlindTransfer:
             peer = anchor.peer(msg.body)
             media = call.service.media
             media.answer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port, rtcp_mux=peer.rtcp_mux)
-            media.relatch(call.id, "b")
+            media.switch(call.id, "b")  # the transferor may talk until its BYE
         except HpbxError as exc:
             log.info("[%s] transfer target's SDP not usable: %s", call.id, exc)
         for other in self.legs:
@@ -219,7 +219,7 @@ class BlindTransfer:
         try:
             peer = anchor.peer(msg.body)
             svc.media.offer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port, rtcp_mux=peer.rtcp_mux)
-            svc.media.relatch(call.id, "a")
+            svc.media.switch(call.id, "a")  # the transferor may talk until its BYE
         except HpbxError as exc:
             log.info("[%s] transfer target's SDP not usable: %s", call.id, exc)
         for other in self.legs:
