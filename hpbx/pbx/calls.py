@@ -89,6 +89,7 @@ class CallService:
         for method in ("BYE", "UPDATE", "INFO", "REFER"):
             handlers[method] = self.on_in_dialog
         handlers["SUBSCRIBE"] = lambda tx: presence.dispatch(self, tx)
+        handlers["NOTIFY"] = presence.refuse_notify  # issue 18: no subscription of ours (481)
 
     # ------------------------------------------------------------------ who is calling
     def trunk_for(self, host: str, port: int):
