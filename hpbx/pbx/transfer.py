@@ -205,7 +205,7 @@ class BlindTransfer:
         self.finish("SIP/2.0 200 OK")
         call._send_bye(old.dialog, None)
         # the target answered the caller's original offer and may have picked another codec
-        attended.reoffer_caller(call, msg.body)
+        attended.reoffer_caller(call, msg.body, attended.identity(call, leg))  # the caller sees whom it talks to
         svc.legs.pop(old.call_id, None)
         call.targets_tried.append(leg.ring.key)
         svc.dialog_changed(call)

@@ -74,12 +74,18 @@ class Staying(Transferor):
     """The party that stays: records every RTP packet it receives and sends its own tone;
     answers hpbx's re-INVITE after the transfer (200 with its SDP)."""
 
-    reinvites = 0
+    def __init__(self, rig, username):
+        super().__init__(rig, username)
+        self.reinvites: list[str] = []
+
+    def asserted(self) -> list[str]:
+        """P-Asserted-Identity of each re-INVITE hpbx sent (who the party now talks to)."""
+        return [(header(m, "P-Asserted-Identity") or [""])[0] for m in self.reinvites]
 
     def recv(self, timeout=5.0, want=lambda m: True):
         def wanted(m):
             if m.startswith("INVITE ") and re.search(r"(?im)^To:.*;tag=", m):
-                self.reinvites += 1
+                self.reinvites.append(m)
                 keep = [h for h in m.split("\r\n\r\n")[0].split("\r\n")[1:]
                         if re.match(r"(?i)(via|from|to|call-id|cseq):", h)]
                 body = SDP.format(port=self.rtp.getsockname()[1])
@@ -196,6 +202,7 @@ def test_callee_transfers_the_staying_caller(rig, tmp_path):
             check_continuous(ada.packets[lo:first_new + 40], first_new - lo)
             assert gap <= MAX_GAP_MS, f"{gap:.0f} ms of silence after the transfer"
             assert abs(wait_heard(cal, OWN) - OWN) <= 20, cal.received_wavs()
+            assert any(f"sip:{NAMES['cal']}@" in a for a in ada.asserted()), ada.reinvites  # caller ID
     finally:
         ada.close()
     rig.wait_idle(timeout=10)
@@ -226,6 +233,7 @@ def test_caller_transfers_the_staying_callee(rig, tmp_path):
             check_continuous(ada.packets[lo:first_new + 40], first_new - lo)
             assert gap <= MAX_GAP_MS, f"{gap:.0f} ms of silence after the transfer"
             assert abs(wait_heard(cal, OWN) - OWN) <= 20, cal.received_wavs()
+            assert any(f"sip:{NAMES['cal']}@" in a for a in ada.asserted()), ada.reinvites  # caller ID
     finally:
         ada.close()
     rig.wait_idle(timeout=10)
