@@ -233,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `hpbxctl ... | head`: the reader has gone; stop quietly as other Unix tools do
+        # (stdout is pointed at /dev/null so the interpreter's final flush does not raise again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     rest = [a for a in args.args if a != "--json"]
     as_json = args.json or len(rest) != len(args.args)

@@ -31,7 +31,7 @@ from hpbx.sip.transaction import Target
 log = logging.getLogger("hpbx.pbx.blf")
 
 MAX_EXPIRES, DEFAULT_EXPIRES = 3600, 3600  # the shortest is [sip] min_expires (as for REGISTER)
-ALLOW_EVENTS = "dialog, presence"  # the packages hpbx's notifiers serve (hpbx.pbx.presence)
+ALLOW_EVENTS = "dialog, presence, message-summary"  # the packages hpbx's notifiers serve (presence.py, mwi.py)
 RESUME_MARGIN = 100  # CSeq and version steps skipped at a resume (writes lost in a crash)
 MAX_PER_USER = 50  # subscriptions one user may hold (a flood of SUBSCRIBEs stays bounded)
 

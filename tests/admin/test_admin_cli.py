@@ -125,3 +125,15 @@ def test_dotted_keys_fill_object_parameters():
         "flags": {"cti_access": True}}
     # a dot in a key of a string parameter is just a (wrong) name the server will refuse
     assert parse_args(m, ["user.name=x"]) == {"user.name": "x"}
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`hpbxctl help | head -1`: the reader leaves after one line; hpbxctl stops without a
+    BrokenPipeError traceback and with the exit status a shell gives for SIGPIPE."""
+    proc = subprocess.Popen([str(HPBXCTL), "help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the "head" is gone before hpbxctl has written everything
+    _, err = proc.communicate(timeout=20)
+    assert first.strip(), "hpbxctl help printed nothing"
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert proc.returncode in (0, 141), proc.returncode

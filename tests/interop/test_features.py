@@ -351,7 +351,7 @@ def test_blf_refuses_non_supervisors_and_other_event_packages(rig):
             return p.recv_until(lambda m: m.startswith("SIP/2.0") and " 100 " not in m[:12])
         bad = subscribe("presence.winfo")
         assert bad.startswith("SIP/2.0 489"), bad
-        assert header(bad, "Allow-Events") == ["dialog, presence"]
+        assert header(bad, "Allow-Events") == ["dialog, presence, message-summary"]
         challenge = subscribe("dialog")
         assert challenge.startswith("SIP/2.0 407"), challenge
         auth = digest_authorization(header(challenge, "Proxy-Authenticate")[0], "eve", "eve-pw",
