@@ -283,7 +283,7 @@ class Call:
                     if leg.ring.diverted_by:
                         extra.append(("Diversion", f"<sip:{leg.ring.diverted_by}@{self._trunk_domain(leg)}>"
                                                    f";reason={leg.ring.reason};counter=1"))
-                elif plan.kind != "external":
+                elif plan.kind == "dialplan":  # not a transfer of an internal call: no internal number
                     extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
                                                ";reason=unconditional;counter=1"))
                 if ident.asserted:
