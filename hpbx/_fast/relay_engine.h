@@ -1104,6 +1104,38 @@ static int rl_switch(rl_relay *r, uint64_t h, int li)
 	return 0;
 }
 
+/*
+ * A party moves from session `from` (leg fli faced it) to session `h` (leg li faces it now):
+ * the stream leg li sends continues the one the party was receiving from `from` (its SSRC,
+ * sequence and timestamp), rewritten from the next relayed packet on (media_rtp.h). Without
+ * it the party sees another relay port's stream with a new SSRC and lower sequence numbers,
+ * which some jitter buffers drop as late (an attended transfer's target).
+ */
+static int rl_adopt_tx(rl_relay *r, uint64_t h, int li, uint64_t from, int fli)
+{
+	rl_session *o = rl_lock(r, from);
+	if (!o)
+		return ENOENT;
+	me_txid t = o->leg[fli].tx;
+	rl_unlock(r, o);
+	rl_session *s = rl_lock(r, h);
+	if (!s)
+		return ENOENT;
+	if (t.have) {
+		me_txid *d = &s->leg[li].tx;
+		d->ssrc = t.ssrc;
+		d->seq = t.seq;
+		d->ts = t.ts;
+		d->dur = t.dur;
+		d->ns = t.ns;
+		d->have = 1;
+		d->rewrite = 1;
+		d->mapped = 0;
+	}
+	rl_unlock(r, s);
+	return 0;
+}
+
 static int rl_set_hold(rl_relay *r, uint64_t h, int hold)
 {
 	rl_session *s = rl_lock(r, h);

@@ -260,6 +260,24 @@ def test_switch_relays_the_old_party_until_the_new_one_speaks(relay, peers):
     assert st["peer"] == new.addr and st["dropped_source"] == 1
 
 
+def test_a_party_moving_to_another_session_keeps_its_stream(relay, peers):
+    """adopt_stream: c heard session 1's leg b; it moves to session 2's leg b (an attended
+    transfer's target). What session 2 sends it continues session 1's stream."""
+    a, c, d = peers(), peers(), peers()
+    h1, pa1, _ = call(relay, a, c)
+    for n in range(3):
+        a.rtp.sendto(rtp(500 + n, 160 * n, ssrc=0xAAAA), (LO, pa1))
+        recv(c.rtp)
+    h2, pa2, _ = call(relay, d, c)
+    relay.adopt_stream(h2, "b", h1, "b")
+    relay.delete(h1)
+    d.rtp.sendto(rtp(9, 77777, ssrc=0xDDDD), (LO, pa2))
+    b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", recv(c.rtp)[0][:12])
+    assert (ssrc, seq) == (0xAAAA, 503) and b1 & 0x80, (hex(ssrc), seq)
+    with pytest.raises(RelayError, match="unknown relay session"):
+        relay.adopt_stream(h2, "b", h1, "b")  # the source is gone
+
+
 def test_new_source_accepted_after_the_old_one_fell_silent(peers, io):
     a, b, moved = peers(), peers(), peers()
     with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.6, io=io) as r:
