@@ -202,6 +202,8 @@ class AttendedTransfer:
                                rtcp_mux=peer.rtcp_mux)
             svc.media.switch(host.id, leg_name)
             svc.media.set_hold(host.id, False)
+            if mover.media is not None:  # C goes on hearing one stream (before mover's ends)
+                svc.media.adopt_stream(host.id, leg_name, mover.id, "a" if self.mover_far == "a" else "b")
         except HpbxError as exc:
             log.info("[%s] transfer target's SDP not usable: %s", host.id, exc)
             self.finish("SIP/2.0 488 Not Acceptable Here")

@@ -122,6 +122,8 @@ def reoffer_callee(call, sdp: bytes, identity: str = "") -> None:
     if winner is None or winner.dialog is None or ms is None or not sdp:
         return
     dialog = winner.dialog
+    from hpbx.pbx import moh
+    moh.stop(call)  # a held answered party that is moved hears its new party, not the music
     try:
         body = anchor.rewrite(sdp, ms.address_for(winner.target.host), ms.port_b)
     except HpbxError:

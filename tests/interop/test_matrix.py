@@ -29,7 +29,8 @@ from test_default_config import wait_heard
 
 CLIENTS = ("baresip", "linphone", "sipp")
 FEATURES = ("register_udp", "register_tcp", "register_tls", "call_audio", "hold_resume", "dtmf",
-            "blind_transfer", "blf", "attended_transfer", "presence", "caller_transfer")
+            "blind_transfer", "blf", "attended_transfer", "presence", "caller_transfer",
+            "attended_caller")
 TONE = {"baresip": 440, "linphone": 660, "sipp": 550}
 REF_TONE = 1000
 DIGITS = "159"
@@ -252,8 +253,8 @@ def test_interop(server, tmp_path, client, feature):
         return caller_transfer(server, tmp_path, client)
     if feature == "blf":
         return blf(server, tmp_path, client)
-    if feature == "attended_transfer":
-        return attended_transfer(server, tmp_path, client)
+    if feature in ("attended_transfer", "attended_caller"):
+        return attended_transfer(server, tmp_path, client, by_caller=feature == "attended_caller")
     if feature == "presence":
         return presence(server, tmp_path, client)
     ref = reference_peer(server, tmp_path, client, feature)
@@ -391,10 +392,12 @@ def caller_transfer(server, tmp, client):
         to.close()
 
 
-def attended_transfer(server, tmp, client):
-    """A baresip peer calls the client; the client puts it on hold, calls a second baresip
-    phone, and transfers the first call onto the second (REFER with Replaces, RFC 5589):
-    peer and target hear each other, the client's two calls end, and the CDRs link the calls."""
+def attended_transfer(server, tmp, client, by_caller=False):
+    """A baresip peer calls the client (``by_caller``: the client calls it); the client puts it
+    on hold, calls a second baresip phone, and transfers the first call onto the second (REFER
+    with Replaces, RFC 5589): peer and target hear each other, the client's two calls end, one
+    call remains, and the CDRs link the calls. With ``by_caller`` the client called both far
+    parties: the target takes the client's caller seat of the first call."""
     if client == "baresip":
         pytest.skip("not supported by the client: baresip 1.0.0 has no attended transfer "
                     "(atransferstart/Replaces first appear in v2.0.0)")
@@ -402,15 +405,19 @@ def attended_transfer(server, tmp, client):
         pytest.skip("not written for SIPp: it would need two dialogs and a REFER built from "
                     "another dialog's tags in one scenario (tests/interop/test_attended.py covers "
                     "the exact messages with a raw SIP device)")
-    feature = "attended_transfer"
+    feature = "attended_caller" if by_caller else "attended_transfer"
     name = uname(client, feature)
     ref = reference_peer(server, tmp, client, feature)
     to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
     case = CASES[client](server, tmp, name)
     try:
-        ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
-        ref.wait_event("CALL_ESTABLISHED")
-        case.answered()
+        if by_caller:
+            case.call(_num(client, feature, 3000))
+            ref.wait_event("CALL_ESTABLISHED")
+        else:
+            ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+            ref.wait_event("CALL_ESTABLISHED")
+            case.answered()
         first = case.id
         second = case.phone.ok(f"call sip:{_num(client, feature, 4000)}@{server.sip_target}")["Id"]
         to.wait_event("CALL_ESTABLISHED", timeout=15)
@@ -418,21 +425,29 @@ def attended_transfer(server, tmp, client):
                         command=f"call-status {second}")
         case.phone.ok(f"call-transfer {first} {second}")
         deadline = time.monotonic() + 10
+        # kept: the call whose far party is its caller (the peer's); by_caller: the REFER's call
+        # (the first, answered by the peer), the target in the client's caller seat
+        stays = "ref" + name if by_caller else "to" + name
         while time.monotonic() < deadline:
             calls = admin(server, "call.list")
-            if len(calls) == 1 and calls[0]["answered_by"] == "to" + name:
+            if len(calls) == 1 and calls[0]["answered_by"] == stays:
                 break
             time.sleep(0.2)
-        assert len(calls) == 1 and calls[0]["answered_by"] == "to" + name, calls
+        assert len(calls) == 1 and calls[0]["answered_by"] == stays, calls
+        if by_caller:
+            assert calls[0]["targets_tried"][-1] == "caller:user:to" + name, calls
         assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
         # the other way: the target's RTP reaches the kept call's relay port (baresip 1.0, once
         # put on hold by the far end, stops decoding for good, even after a plain resume, so
         # the transferee's recording cannot show it; README "Transfers")
         kept = calls[0]["call_id"]
-        before = calls[0]["media"]["b"]["packets"]
+        target_leg = "a" if by_caller else "b"  # the relay leg facing the target
+        before = calls[0]["media"][target_leg]["packets"]
         time.sleep(1.0)
         now = [c for c in admin(server, "call.list") if c["call_id"] == kept][0]["media"]
-        assert now["b"]["packets"] > before + 30 and now["a"]["packets"] > 30 and not now["hold"], now
+        other_leg = "b" if by_caller else "a"
+        assert now[target_leg]["packets"] > before + 30 and now[other_leg]["packets"] > 30, now
+        assert not now["hold"], now
         ref.command("hangup")
         to.wait_event("CALL_CLOSED")
     finally:
@@ -446,7 +461,7 @@ def attended_transfer(server, tmp, client):
             break
         time.sleep(0.2)
     host = cdrs[kept]
-    assert host["answered_by"] == "to" + name and host["linked_call"], host
+    assert host["answered_by"] == stays and host["linked_call"], host
     other = cdrs[host["linked_call"]]
     assert other["linked_call"] == kept and other["end_reason"].startswith("attended transfer"), other
 

@@ -114,8 +114,8 @@ class Staying(Transferor):
         self.start_media(seen[0].split("\r\n\r\n", 1)[1], tone, seconds)
         return dialog
 
-    def call_media(self, number) -> str:
-        """Call ``number`` (INVITE with digest, ACK) and start media; the Call-ID."""
+    def call_media(self, number, tone=OWN) -> dict:
+        """Call ``number`` (INVITE with digest, ACK) and start media; the dialog."""
         call_id = "rtpc-" + str(time.time_ns())
         resp = self.authed("INVITE", f"sip:{number}@{self.rig.target}", [],
                            SDP.format(port=self.rtp.getsockname()[1]), call_id)
@@ -125,8 +125,11 @@ class Staying(Transferor):
                    f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKack{time.time_ns()};rport\r\n"
                    f"Max-Forwards: 70\r\nFrom: <sip:{self.user}@127.0.0.1>;tag={self.tag}\r\nTo: {to}\r\n"
                    f"Call-ID: {call_id}\r\nCSeq: {self.cseq} ACK\r\nContent-Length: 0\r\n\r\n")
-        self.start_media(resp.split("\r\n\r\n", 1)[1])
-        return call_id
+        self.start_media(resp.split("\r\n\r\n", 1)[1], tone)
+        return {"call_id": call_id, "local_tag": self.tag,
+                "remote_tag": re.search(r";tag=([^;\s>]+)", to).group(1),
+                "local": f"<sip:{self.user}@127.0.0.1>", "remote": re.sub(r";tag=.*$", "", to),
+                "target": header(resp, "Contact")[0].strip("<>"), "cseq": self.cseq + 100}
 
     def start_media(self, sdp_answer: str, tone=OWN, seconds=12.0):
         self.media_to = (re.search(r"c=IN IP4 (\S+)", sdp_answer).group(1),
@@ -317,4 +320,40 @@ def test_a_transferor_still_talking_does_not_lock_the_target_out(rig, tmp_path):
     finally:
         ada.close()
         bob.close()
+    rig.wait_idle(timeout=10)
+
+
+def test_the_moved_party_of_an_attended_transfer_keeps_one_stream(rig, tmp_path):
+    """ada (baresip, 1000 Hz) calls bob (raw); bob calls cal (raw, recording) and talks to her
+    (440 Hz), then REFERs with Replaces: cal moves into ada's call, i.e. to another relay
+    session and port. What cal receives stays one stream (the SSRC and sequence she had from
+    bob's call go on, marker on ada's first packet), with no gap."""
+    from test_attended import replaces_uri
+    bob, cal = Staying(rig, "bob"), Staying(rig, "cal")
+    try:
+        bob.register()
+        cal.register()
+        with phone(rig, tmp_path, "ada", NEW) as ada:
+            ada.command("dial", f"sip:{NAMES['bob']}@{rig.target}")
+            taken = bob.take_call()
+            ada.wait_event("CALL_ESTABLISHED")
+            answering = threading.Thread(target=cal.take_call_media)
+            answering.start()
+            made = bob.call_media(NAMES["cal"], tone=OLD)
+            answering.join(10)
+            time.sleep(1.0)
+            resp = bob.refer(taken, replaces_uri(NAMES["cal"], rig, made))
+            assert resp.startswith("SIP/2.0 202"), resp
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and sum(1 for p in cal.packets if p[5] == NEW) < 50:
+                cal.recv(0.2)
+            gap, first_new, last_old = analyse(cal.packets)
+            print(f"\nattended transfer, moved party: gap {gap:.0f} ms between bob's last packet and ada's first")
+            lo = max(0, last_old - 20)
+            check_continuous(cal.packets[lo:first_new + 40], first_new - lo)
+            assert gap <= MAX_GAP_MS, f"{gap:.0f} ms of silence after the transfer"
+            ada.command("hangup")
+    finally:
+        bob.close()
+        cal.close()
     rig.wait_idle(timeout=10)
