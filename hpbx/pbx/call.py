@@ -612,6 +612,8 @@ class Call:
             return
         if method == "BYE":
             tx.respond(200)
+            if transfer.transferor_left(self, side):
+                return  # a blind transferor may leave after its 202: the call waits for the target
             self._send_bye(other, None)
             self._end("caller hung up" if side == "a" else "callee hung up")
             return

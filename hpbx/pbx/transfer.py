@@ -78,12 +78,13 @@ class BlindTransfer:
         self.plan = plan
         self.legs = []
         self.done = False
+        self.transferor_gone = False  # it sent BYE after the 202 (RFC 5589 §6.1 allows it)
 
     # ---- the subscription the REFER created (RFC 3515 §2.4.4): its NOTIFYs
     def notify(self, sipfrag: str, final: bool) -> None:
         call = self.call
         dialog = self.dialog
-        if dialog is None:
+        if dialog is None or self.transferor_gone:
             return
         headers = dialog.headers("NOTIFY")
         headers += [("Event", "refer"),
@@ -159,6 +160,13 @@ class BlindTransfer:
         self.notify(sipfrag, final=True)
         if self.call.transfer is self:
             self.call.transfer = None
+        if self.transferor_gone and not sipfrag.startswith("SIP/2.0 200"):
+            # the target failed and the transferor is gone: the party left alone is hung up
+            from hpbx.pbx.call import ANSWERED
+            if self.call.state == ANSWERED:
+                stays = self.call.winner.dialog if self.by_caller else self.call.a_dialog
+                self.call._send_bye(stays, None)
+                self.call._end(f"transfer failed ({sipfrag[8:]}) after the transferor left")
 
     def _response(self, leg, status: int, msg) -> None:
         call = self.call
@@ -203,7 +211,8 @@ class BlindTransfer:
                 svc.count_active(user, delta)
         call.winner = leg
         self.finish("SIP/2.0 200 OK")
-        call._send_bye(old.dialog, None)
+        if not self.transferor_gone:
+            call._send_bye(old.dialog, None)
         # the target answered the caller's original offer and may have picked another codec
         attended.reoffer_caller(call, msg.body, attended.identity(call, leg))  # the caller sees whom it talks to
         svc.legs.pop(old.call_id, None)
@@ -231,13 +240,29 @@ class BlindTransfer:
         old = self.a_dialog
         label = self.transferor_user or call.caller
         self.finish("SIP/2.0 200 OK")
-        call._send_bye(old, None)
+        if not self.transferor_gone:
+            call._send_bye(old, None)
         directory = svc.provisioning.directory
         seat.seat_caller(call, leg.dialog, leg.target, directory.auth_user(leg.user) if leg.user else None)
         call.targets_tried.append(f"caller:{leg.ring.key}")
         seat.reoffer_callee(call, msg.body, attended.identity(call, leg))
         svc.dialog_changed(call)
         log.info("[%s] transferred by the caller %s to %s", call.id, label, leg.label)
+
+
+def transferor_left(call, side) -> bool:
+    """call.py: a BYE from ``side`` of an answered call. While that side's blind transfer runs
+    (after its 202, before the target answered) the transferor may leave (RFC 5589 §6.1, as
+    many phones do at once): the call stays for the party being transferred, the target is
+    still connected, and no NOTIFY or BYE goes to the transferor any more. True = handled."""
+    job = call.transfer
+    if not isinstance(job, BlindTransfer) or job.done or job.transferor_gone:
+        return False
+    if (side == "a") != job.by_caller or (side != "a" and side is not job.transferor):
+        return False
+    job.transferor_gone = True
+    log.info("[%s] the transferor left during its transfer; the call waits for the target", call.id)
+    return True
 
 
 def handle_refer(call, side, tx) -> None:

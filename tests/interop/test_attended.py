@@ -386,3 +386,36 @@ def test_blind_transfer_by_the_caller(rig, tmp_path):
     cdr = cdr_of(rig, made["call_id"])
     assert cdr["caller"] == NAMES["bob"] and cdr["answered_by"] == "ada", cdr
     assert cdr["end_reason"] == "callee hung up", cdr
+
+
+@pytest.mark.parametrize("bob_is", ["callee", "caller"])
+def test_a_blind_transferor_may_leave_right_after_the_202(rig, tmp_path, bob_is):
+    """bob REFERs ada to cal and sends BYE at once, before cal answers (RFC 5589 §6.1; many
+    phones do): the BYE gets 200, the call waits for cal instead of ending, ada and cal hear
+    each other, and hpbx sends bob nothing more (no final NOTIFY, no BYE)."""
+    bob = Transferor(rig, "bob")
+    try:
+        bob.register()
+        with phone(rig, tmp_path, "ada", 660) as ada, phone(rig, tmp_path, "cal", 1000) as cal:
+            if bob_is == "callee":
+                ada.command("dial", f"sip:{NAMES['bob']}@{rig.target}")
+                dialog = bob.take_call()
+            else:
+                dialog = bob.make_call(NAMES["ada"])
+            ada.wait_event("CALL_ESTABLISHED")
+            assert bob.refer(dialog, f"<sip:{NAMES['cal']}@{rig.target}>").startswith("SIP/2.0 202")
+            assert bob.bye(dialog).startswith("SIP/2.0 200")
+            cal.wait_event("CALL_ESTABLISHED", timeout=10)
+            assert abs(wait_heard(ada, 1000) - 1000) <= 20, ada.received_wavs()
+            assert abs(wait_heard(cal, 660) - 660) <= 20, cal.received_wavs()
+            calls = wait_calls(rig, 1)
+            assert len(calls) == 1 and calls[0]["state"] == "answered", calls
+            bob.recv(1.0)
+            assert not bob.byes, bob.byes
+            assert not [n for n in bob.notifies if "SIP/2.0 200 OK" in n.split("\r\n\r\n", 1)[1]]
+            assert not [e for e in ada.drain() if e.get("type") == "CALL_CLOSED"]
+            ada.command("hangup")
+            cal.wait_event("CALL_CLOSED")
+    finally:
+        bob.close()
+    rig.wait_idle()
