@@ -402,9 +402,10 @@ def attended_transfer(server, tmp, client, by_caller=False):
         pytest.skip("not supported by the client: baresip 1.0.0 has no attended transfer "
                     "(atransferstart/Replaces first appear in v2.0.0)")
     if client == "sipp":
-        pytest.skip("not written for SIPp: it would need two dialogs and a REFER built from "
-                    "another dialog's tags in one scenario (tests/interop/test_attended.py covers "
-                    "the exact messages with a raw SIP device)")
+        if by_caller:
+            pytest.skip("not written for SIPp: one scenario cannot place two calls "
+                        "(tests/interop/test_attended.py covers it with a raw SIP device)")
+        return sipp_attended(server, tmp)
     feature = "attended_caller" if by_caller else "attended_transfer"
     name = uname(client, feature)
     ref = reference_peer(server, tmp, client, feature)
@@ -464,6 +465,46 @@ def attended_transfer(server, tmp, client, by_caller=False):
     assert host["answered_by"] == stays and host["linked_call"], host
     other = cdrs[host["linked_call"]]
     assert other["linked_call"] == kept and other["end_reason"].startswith("attended transfer"), other
+
+
+def sipp_attended(server, tmp):
+    """SIPp takes two calls, from a baresip peer and then from a second baresip phone, and
+    REFERs in the second with Replaces naming the first (its Call-ID and tags kept in SIPp
+    global variables); it checks 202, NOTIFY sipfrag 100 and 200, and BYE on both dialogs.
+    Both callers: the second call is kept and the peer moves into it; peer and second phone
+    hear each other."""
+    from harness import wait_bound
+    client, feature = "sipp", "attended_transfer"
+    name = uname(client, feature)
+    ref = reference_peer(server, tmp, client, feature)
+    to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
+    try:
+        port = sipp_port()
+        res = run_sipp(SCEN / "register_auth.xml", server.sip_target, tmp, local_port=port,
+                       inf=[(name, f"{name}-pw", name, 300)], name=f"reg-{name}")
+        assert res.successful == 1, res.describe()
+        run = SippRun(HERE_SCEN / "uas_attended.xml", server.sip_target, tmp, local_port=port,
+                      calls=2, name="transferor", timeout=30,
+                      extra=["-key", "refer_to", _num(client, feature, 3000),
+                             "-mi", "127.0.0.1", "-mp", str(sipp_port())]).start()
+        assert wait_bound(port)
+        ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+        ref.wait_event("CALL_ESTABLISHED")
+        time.sleep(0.5)
+        to.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+        to.wait_event("CALL_ESTABLISHED")
+        res = run.wait()
+        assert res.returncode == 0 and res.successful == 2, res.describe()
+        calls = admin(server, "call.list")
+        assert len(calls) == 1 and calls[0]["answered_by"] == "ref" + name, calls
+        assert calls[0]["caller"] == _num(client, feature, 4000), calls
+        assert abs(wait_heard(ref, TRANSFER_TONE) - TRANSFER_TONE) <= 20, ref.received_wavs()
+        assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
+        to.command("hangup")
+        ref.wait_event("CALL_CLOSED")
+    finally:
+        ref.close()
+        to.close()
 
 
 def presence(server, tmp, client):
