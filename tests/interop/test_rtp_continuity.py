@@ -10,7 +10,10 @@ The staying party is a raw UDP device in the test (it records every RTP packet i
 arrival time, SSRC, sequence, timestamp, marker, and which tone the payload carries); the
 transferor and the target are baresip phones, on the default jitter buffer (no workaround).
 Both directions of the relay are exercised: the staying party as caller (the callee transfers,
-relay leg b changes talker) and as callee (the caller transfers, leg a changes talker)."""
+relay leg b changes talker) and as callee (the caller transfers, leg a changes talker); also a
+transferor that goes on talking until it reads its BYE (it must not lock the target out), a
+baresip staying party's own recording, and an attended transfer's target, which moves to
+another relay session and must still see one stream."""
 from __future__ import annotations
 
 import math
@@ -245,7 +248,6 @@ def test_caller_transfers_the_staying_callee(rig, tmp_path):
 def heard_gap_ms(samples, rate=8000):
     """In a recording: ms from the last 20 ms block carrying OLD to the first carrying NEW
     (what the staying party's ear gets: silence or concealment in between)."""
-    import struct as _s  # noqa: F401
     blocks = [samples[i:i + 160] for i in range(0, len(samples) - 160, 160)]
     kinds = []
     for b in blocks:
