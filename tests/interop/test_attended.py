@@ -154,6 +154,18 @@ def wait_calls(rig, n, timeout=8.0):
         time.sleep(0.1)
 
 
+def users_in_calls(rig, want, timeout=5.0) -> int:
+    """stats calls.users_in_calls (the answered-call counts of busy handling and presence)
+    once it is ``want`` (or the last value seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = rig.call_stats()
+        got = s.get("calls", s)["users_in_calls"]
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
 def cdr_of(rig, call_id, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -342,11 +354,13 @@ def test_attended_transfer_of_two_called_parties(rig, tmp_path, refer_in):
             assert abs(wait_heard(ada, 1000) - 1000) <= 20, ada.received_wavs()
             assert abs(wait_heard(cal, 660) - 660) <= 20, cal.received_wavs()
             assert not calls[0]["media"]["hold"], calls
+            assert users_in_calls(rig, 2) == 2  # ada and cal; bob counted off from both calls
             seated.command("hangup")  # the party in bob's old seat hangs up: the call ends
             (ada if seated is cal else cal).wait_event("CALL_CLOSED")
     finally:
         bob.close()
     rig.wait_idle()
+    assert users_in_calls(rig, 0) == 0
     host = cdr_of(rig, kept_dialog["call_id"])
     other = cdr_of(rig, other_dialog["call_id"])
     assert host["linked_call"] == other_dialog["call_id"] and host["end_reason"] == "caller hung up", host
@@ -376,6 +390,7 @@ def test_blind_transfer_by_the_caller(rig, tmp_path):
             assert f"sip:{NAMES['ada']}@" in est.get("peeruri", ""), est  # called on ada's behalf
             calls = wait_calls(rig, 1)
             assert calls[0]["answered_by"] == "ada" and calls[0]["targets_tried"][-1] == "caller:user:cal", calls
+            assert users_in_calls(rig, 2) == 2  # ada and cal; bob counted off
             assert abs(wait_heard(ada, 1000) - 1000) <= 20, ada.received_wavs()
             assert abs(wait_heard(cal, 660) - 660) <= 20, cal.received_wavs()
             ada.command("hangup")
@@ -383,6 +398,7 @@ def test_blind_transfer_by_the_caller(rig, tmp_path):
     finally:
         bob.close()
     rig.wait_idle()
+    assert users_in_calls(rig, 0) == 0
     cdr = cdr_of(rig, made["call_id"])
     assert cdr["caller"] == NAMES["bob"] and cdr["answered_by"] == "ada", cdr
     assert cdr["end_reason"] == "callee hung up", cdr
