@@ -479,6 +479,18 @@ def test_ports_held_by_another_program_are_skipped():
         squatter.close()
 
 
+def threads_gone(tids, timeout: float = 2.0) -> bool:
+    """The joined threads' /proc/self/task entries are gone. pthread_join returns once the
+    kernel has cleared the thread's tid (CLONE_CHILD_CLEARTID, in its exit path); the task
+    entry itself goes a moment later, when the exiting thread is released — so poll briefly."""
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/self/task/{t}") for t in tids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_close_joins_threads_and_closes_sockets(peers, io):
     r = Relay(LO, PORT_MIN, PORT_MAX, workers=3, io=io)
     r.start()
@@ -489,7 +501,7 @@ def test_close_joins_threads_and_closes_sockets(peers, io):
     pa, pb = r.ports(h)
     r.close()
     assert r.closed
-    assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+    assert threads_gone(tids)
     for p in (pa, pa + 1, pb, pb + 1):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((LO, p))
@@ -715,7 +727,7 @@ def test_close_while_traffic_flows_and_other_threads_issue_commands(io):
             assert r.closed
             closer.join(5)
             assert not closer.is_alive()
-            assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+            assert threads_gone(tids)
         finally:
             stop.set()
             for t in threads:
