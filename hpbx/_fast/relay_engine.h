@@ -82,6 +82,8 @@ typedef struct {
 	rl_sa peer[2];      /* where RTP/RTCP leaving through this leg go */
 	int latched[2];     /* peer[k] was learnt from a received packet */
 	int64_t seen_ns[2]; /* last packet from the latched source */
+	rl_sa was[2];       /* the party before rl_switch (a transfer): relayed, never latched */
+	int64_t was_until;  /* ... until the new party's first packet or this time */
 	int rtcp_mux;       /* RTCP shares the RTP socket and address */
 	uint32_t clock_rate;
 	rl_stream st;
@@ -356,7 +358,13 @@ static inline int rl_accept(rl_relay *r, rl_leg *l, int k, const rl_sa *src, int
 		l->st.relatched++;
 	} else if (!rl_src_ok(src)) {
 		return 0;
+	} else if (l->was[k].sa.sa_family && rl_sa_eq(src, &l->was[k]) && now < l->was_until) {
+		/* the party before a switch, still talking until it reads its BYE: relayed, so the
+		 * staying party hears no gap, but not latched: the new party's first packet latches
+		 * (latching the old one would lock the new one out for silence_ns) */
+		return 1;
 	}
+	l->was[k].sa.sa_family = 0;
 	l->peer[k] = *src;
 	l->latched[k] = 1;
 	l->seen_ns[k] = now;
@@ -1101,6 +1109,66 @@ static int rl_relatch(rl_relay *r, uint64_t h, int li)
 	if (!s)
 		return ENOENT;
 	s->leg[li].latched[0] = s->leg[li].latched[1] = 0;
+	s->leg[li].was[0].sa.sa_family = s->leg[li].was[1].sa.sa_family = 0;
+	rl_unlock(r, s);
+	return 0;
+}
+
+/*
+ * The leg's party changes (a transfer, a pickup, a call move): send to the new party's SDP
+ * address (set_peer just before) at once, and let its first packet latch. Until then, and for
+ * at most silence_ns, the old party's packets are still relayed but cannot latch.
+ */
+static int rl_switch(rl_relay *r, uint64_t h, int li)
+{
+	rl_session *s = rl_lock(r, h);
+	if (!s)
+		return ENOENT;
+	rl_leg *l = &s->leg[li];
+	for (int k = 0; k < 2; k++) {
+		if (l->latched[k])
+			l->was[k] = l->peer[k];
+		else
+			l->was[k].sa.sa_family = 0;
+		l->latched[k] = 0;
+		if (l->sdp[k].sa.sa_family && !r->strict)
+			l->peer[k] = l->sdp[k];
+	}
+	if (l->rtcp_mux)
+		l->peer[1] = l->peer[0];
+	l->was_until = rl_now() + r->silence_ns;
+	rl_unlock(r, s);
+	return 0;
+}
+
+/*
+ * A party moves from session `from` (leg fli faced it) to session `h` (leg li faces it now):
+ * the stream leg li sends continues the one the party was receiving from `from` (its SSRC,
+ * sequence and timestamp), rewritten from the next relayed packet on (media_rtp.h). Without
+ * it the party sees another relay port's stream with a new SSRC and lower sequence numbers,
+ * which some jitter buffers drop as late (an attended transfer's target).
+ */
+static int rl_adopt_tx(rl_relay *r, uint64_t h, int li, uint64_t from, int fli)
+{
+	rl_session *o = rl_lock(r, from);
+	if (!o)
+		return ENOENT;
+	me_txid t = o->leg[fli].tx;
+	rl_unlock(r, o);
+	rl_session *s = rl_lock(r, h);
+	if (!s)
+		return ENOENT;
+	if (t.have) {
+		me_txid *d = &s->leg[li].tx;
+		d->ssrc = t.ssrc;
+		d->seq = t.seq;
+		d->ts = t.ts;
+		d->dur = t.dur;
+		d->ns = t.ns;
+		d->have = 1;
+		d->rewrite = 1;
+		d->mapped = 0;
+	}
 	rl_unlock(r, s);
 	return 0;
 }

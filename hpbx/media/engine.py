@@ -322,6 +322,20 @@ class MediaEngine:
         for lg in (_check_leg(leg),) if leg else LEGS:
             self.relay.relatch(ms.handle, lg)
 
+    def switch(self, key: str, leg: str) -> None:
+        """A new party on one leg (transfer, pickup, call move; after set_peer with its SDP):
+        the relay sends to it at once and latches its first packet; the old party's packets
+        are relayed meanwhile but cannot take the leg back (hpbx._fast.relay ``switch``)."""
+        ms = self.get(key)
+        self.relay.switch(ms.handle, _check_leg(leg))
+
+    def adopt_stream(self, key: str, leg: str, source_key: str, source_leg: str) -> None:
+        """A party moves from session ``source_key`` (its ``source_leg`` faced it) to ``key``'s
+        ``leg`` (an attended transfer's target): it goes on receiving one continuous stream.
+        Call before ``source_key`` is deleted."""
+        ms, src = self.get(key), self.get(source_key)
+        self.relay.adopt_stream(ms.handle, _check_leg(leg), src.handle, _check_leg(source_leg))
+
     def set_hold(self, key: str, hold: bool) -> None:
         """A held call (sendonly/inactive) is never reported as a media timeout."""
         ms = self.get(key)

@@ -394,10 +394,13 @@ def _usernames(r: "_Reader", key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+FORWARD_MAILBOX = "mailbox"  # a forwarding target: the user's own mailbox (hpbx.pbx.router)
+
+
 def check_forward_target(value: str, name: str) -> None:
-    """An internal number (2-6 digits) or an external number (0... or +...)."""
-    if not re.fullmatch(r"\+?[0-9]{2,20}", value):
-        raise ValidationError(name, f"{value!r} is not an internal or external number")
+    """An internal number (2-6 digits), an external number (0... or +...) or "mailbox"."""
+    if value != FORWARD_MAILBOX and not re.fullmatch(r"\+?[0-9]{2,20}", value):
+        raise ValidationError(name, f"{value!r} is not an internal or external number, nor \"mailbox\"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,13 @@ with no matching slot is cut and gives no target.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Iterable
 
 from hpbx.pbx.directory import Directory
 from hpbx.pbx.model import (
-    ALLUSERS, MAX_LINK_HOPS, DialStep, Group, PublicNumber, Target, Trunk, User,
+    ALLUSERS, FORWARD_MAILBOX, MAX_LINK_HOPS, DialStep, Group, PublicNumber, Target, Trunk, User,
 )
 from hpbx.pbx.schedule import Selection, plan_matches, select
 
@@ -281,12 +281,16 @@ def forwarded_rows(directory: Directory, callee: User, ring: Ring, ring_seconds:
             return ""
         return target
 
+    if rule("unconditional") == FORWARD_MAILBOX:
+        # straight to the mailbox: the user's branch is skipped (a condition that never holds),
+        # the rows end at once and the user's mailbox answers them (hpbx.pbx.voicemail)
+        return (Row(1, (replace(ring, when=frozenset({FORWARD_MAILBOX})),)),)
     if rule("unconditional"):
         target = _forward_ring(directory, callee, rule("unconditional"), frozenset(), "unconditional")
         return (Row(ring_seconds, (target,)),) if target is not None else ()
     conditions: dict[str, set[str]] = {}
     for kind in ("busy", "no_answer", "unavailable"):
-        if rule(kind):
+        if rule(kind) and rule(kind) != FORWARD_MAILBOX:  # the mailbox answers after the rows
             conditions.setdefault(rule(kind), set()).add(kind)
     # an enabled mailbox answers after its timeout (hpbx.pbx.voicemail), unless a rule forwards first
     alone = callee.mailbox.timeout if callee.mailbox.enabled else ring_seconds

@@ -114,10 +114,6 @@ class Baresip:
             "audio_alert aubridge,nil",
             "audio_path /usr/share/baresip",
             f"rtp_ports {media}-{media + 7}",
-            # no jitter buffer: baresip 1.0 keeps it across a change of sender (SSRC, after a
-            # transfer) and drops the new sender's packets as late while their sequence numbers
-            # are below the old one's (README, "Real phones")
-            "jitter_buffer_delay 0-0",
             f"module_path {MODULES}",
             "module g711.so", "module aufile.so", "module aubridge.so", "module sndfile.so",
             "module_app account.so", "module_app menu.so", "module_app ctrl_tcp.so",

@@ -216,6 +216,68 @@ def test_second_source_is_ignored_until_relatch(relay, peers):
     assert st["peer"] == attacker.addr and st["relatched"] == 0  # relatch by command, not silence
 
 
+def test_a_new_talker_continues_the_stream_the_peer_hears(relay, peers):
+    """A transfer: another SSRC arrives where one was relayed. B keeps receiving one stream:
+    the old SSRC, the sequence going on by one, the timestamp advanced by at least one frame,
+    and the marker bit on the new talker's first packet (RFC 3551 §4.1)."""
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    for n in range(5):
+        a.rtp.sendto(rtp(100 + n, 8000 + 160 * n, ssrc=0x1111), (LO, pa))
+        assert recv(b.rtp)[0][:12] == rtp(100 + n, 8000 + 160 * n, ssrc=0x1111)[:12]
+    time.sleep(0.1)
+    for n in range(3):  # the new talker: its own SSRC, a lower sequence, another timestamp base
+        a.rtp.sendto(rtp(7 + n, 999 + 160 * n, ssrc=0x2222), (LO, pa))
+    got = [struct.unpack("!BBHII", recv(b.rtp)[0][:12]) for _ in range(3)]
+    assert [g[4] for g in got] == [0x1111] * 3
+    assert [g[2] for g in got] == [105, 106, 107]
+    assert got[0][1] & 0x80 and not got[1][1] & 0x80  # marker on the first only
+    step = (got[0][3] - (8000 + 160 * 4)) & 0xFFFFFFFF
+    assert 160 <= step <= 160 + 8 * 400, step  # ~100 ms elapsed: about 800 samples
+    assert [(g[3] - got[0][3]) & 0xFFFFFFFF for g in got] == [0, 160, 320]
+
+
+def test_switch_relays_the_old_party_until_the_new_one_speaks(relay, peers):
+    """switch (a transfer): the relay sends to the new party's SDP address at once; the old
+    party's packets are still relayed until the new party's first one, which latches; after
+    that the old party's packets are dropped (they can no longer take the leg back)."""
+    a, b, new = peers(), peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    recv(b.rtp)
+    relay.set_peer(h, "a", *new.addr, rtcp_port=new.rtcp_port)
+    relay.switch(h, "a")
+    b.rtp.sendto(rtp(1, 160, ssrc=2), (LO, pb))
+    recv(new.rtp)  # towards the new party at once
+    assert nothing(a.rtp)
+    a.rtp.sendto(rtp(2, 320), (LO, pa))
+    recv(b.rtp)  # the old party, still talking: relayed, not latched
+    new.rtp.sendto(rtp(50, 5000, ssrc=9), (LO, pa))
+    recv(b.rtp)
+    a.rtp.sendto(rtp(3, 480), (LO, pa))
+    assert nothing(b.rtp)  # the new party latched: the old one is out
+    st = relay.stats(h)["a"]
+    assert st["peer"] == new.addr and st["dropped_source"] == 1
+
+
+def test_a_party_moving_to_another_session_keeps_its_stream(relay, peers):
+    """adopt_stream: c heard session 1's leg b; it moves to session 2's leg b (an attended
+    transfer's target). What session 2 sends it continues session 1's stream."""
+    a, c, d = peers(), peers(), peers()
+    h1, pa1, _ = call(relay, a, c)
+    for n in range(3):
+        a.rtp.sendto(rtp(500 + n, 160 * n, ssrc=0xAAAA), (LO, pa1))
+        recv(c.rtp)
+    h2, pa2, _ = call(relay, d, c)
+    relay.adopt_stream(h2, "b", h1, "b")
+    relay.delete(h1)
+    d.rtp.sendto(rtp(9, 77777, ssrc=0xDDDD), (LO, pa2))
+    b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", recv(c.rtp)[0][:12])
+    assert (ssrc, seq) == (0xAAAA, 503) and b1 & 0x80, (hex(ssrc), seq)
+    with pytest.raises(RelayError, match="unknown relay session"):
+        relay.adopt_stream(h2, "b", h1, "b")  # the source is gone
+
+
 def test_new_source_accepted_after_the_old_one_fell_silent(peers, io):
     a, b, moved = peers(), peers(), peers()
     with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.6, io=io) as r:
