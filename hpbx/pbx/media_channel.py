@@ -108,6 +108,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 
 _services: dict[str, tuple[str, Service, str]] = {}  # usage -> (name, service, answer mode)
 _admit: dict[str, Callable] = {}  # usage -> admit(call_service, plan) -> None | (status, reason)
+_screen: dict[str, Callable] = {}  # usage -> screen(call_service, plan, caller, caller_user) -> same
 _star_codes: dict[str, tuple[str, Service]] = {}  # prefix -> (name, service)
 _steps: dict[str, Callable] = {}  # step name -> factory(svc, plan, ...) -> Service | None
 _loaded_modules = False
@@ -118,11 +119,13 @@ MIN_SE = 90
 
 # ---------------------------------------------------------------------- registry
 def register_service(usage: str, service: Service, *, name: str = "", answer: str = "answered",
-                     admit: Callable | None = None) -> None:
+                     admit: Callable | None = None, screen: Callable | None = None) -> None:
     """Numbers of ``usage`` are answered by ``service`` (``answer`` "answered" or "early").
     ``admit(call_service, plan)``, when given, runs before anything is answered: it returns
     None to go on or (status, reason) to refuse the call (e.g. a fax number without a mail
-    address: 480), with a CDR like any refused call."""
+    address: 480), with a CDR like any refused call. ``screen(call_service, plan, caller,
+    caller_user)`` is the same check for services that admit by who calls (FollowMe and
+    callthrough: an unknown caller gets 403 before anything is answered)."""
     if answer not in ("answered", "early"):
         raise ValueError("answer must be 'answered' or 'early'")
     if usage in _services:
@@ -132,11 +135,16 @@ def register_service(usage: str, service: Service, *, name: str = "", answer: st
         _admit[usage] = admit
     else:
         _admit.pop(usage, None)
+    if screen is not None:
+        _screen[usage] = screen
+    else:
+        _screen.pop(usage, None)
 
 
 def unregister_service(usage: str) -> None:
     _services.pop(usage, None)
     _admit.pop(usage, None)
+    _screen.pop(usage, None)
 
 
 def service_for(usage: str):
@@ -356,13 +364,16 @@ def dispatch_usage(svc, tx, plan, caller, caller_user, trunk) -> bool:
         return False
     name, service, answer = found
     admit = _admit.get(plan.kind)
+    screen = _screen.get(plan.kind)
     refusal = None
-    if admit is not None:
-        try:
+    try:
+        if admit is not None:
             refusal = admit(svc, plan)
-        except Exception:
-            log.exception("admit check of media service %s failed: refused", name)
-            refusal = (500, "Service Check Failed")
+        if not refusal and screen is not None:
+            refusal = screen(svc, plan, caller, caller_user)
+    except Exception:
+        log.exception("admit check of media service %s failed: refused", name)
+        refusal = (500, "Service Check Failed")
     if refusal:
         ch = MediaChannel(svc, tx, plan, caller, caller_user, trunk, name=name, mode=answer)
         svc.calls[ch.id] = ch
