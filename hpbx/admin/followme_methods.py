@@ -1,0 +1,25 @@
+"""Admin methods of FollowMe numbers and callthrough (``followme.*``, ``callthrough.*``, issue 12),
+added to the one method table. They reach ``hpbx.pbx.followme.FollowMe`` and
+``hpbx.pbx.callthrough.Callthrough`` through ``ctx.followme`` / ``ctx.callthrough``."""
+from __future__ import annotations
+
+from hpbx.admin.context import AdminContext
+from hpbx.admin.methods import Param, _add, _need
+from hpbx.errors import NotFoundError, ValidationError
+
+
+def _state(ctx: AdminContext, p: dict) -> dict:
+    fm = _need(ctx, "followme", "followme")
+    n = ctx.provisioning.directory.number(p["number"])
+    if n is None:
+        raise NotFoundError("number", p["number"])
+    if n.usage != "followme" or not n.followme:
+        raise ValidationError("number", f"{n.number} is not a bound FollowMe number")
+    on, target = fm.state(n)
+    return {"number": n.number, "followme": n.followme, "on": on, "target": target,
+            "authorised": fm.authorised(n), "pin": bool(n.pin)}
+
+
+_add("followme.state", _state,
+     "What a FollowMe number re-programs and its current state (on, target), as its menu's 3 reads it.",
+     Param("number", "str", required=True, help="the FollowMe number"))
