@@ -23,3 +23,9 @@ def _state(ctx: AdminContext, p: dict) -> dict:
 _add("followme.state", _state,
      "What a FollowMe number re-programs and its current state (on, target), as its menu's 3 reads it.",
      Param("number", "str", required=True, help="the FollowMe number"))
+_add("callthrough.prepare",
+     lambda ctx, p: _need(ctx, "callthrough", "callthrough").prepare(p["username"], p["destination"]),
+     "Set the destination of the user's next callthrough call (within 60 s): the access number "
+     "then calls it without asking for digits (the mobile app's way).",
+     Param("username", "str", required=True, help="the user whose callthrough rule is used"),
+     Param("destination", "str", required=True, help="external number to call (0...)"))

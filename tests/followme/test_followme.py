@@ -13,7 +13,7 @@ import pytest
 
 from harness import have_sipp, reserved_port
 from callrig import ALLDAYS, CallRig, number, trunk, user
-from fmrig import SCEN, Caller, cdr_of, refused, wait_for
+from fmrig import SCEN, Caller, cdr_of, refused
 from phone import Phone
 
 pytestmark = [pytest.mark.sipp,
