@@ -133,6 +133,10 @@ class FollowMe:
     async def service(self, ch) -> None:
         n = ch.plan.handled_by
         self.stats["followme_calls"] += 1
+        if not self.bound(n):  # e.g. its switch was deleted since
+            ch.result = f"followme: {n.followme} does not exist"
+            await say(ch, ["not-in-service", "goodbye"])
+            return
         if n.pin and not await ask_pin(ch, n.pin):
             return
         silent = 0
@@ -186,6 +190,18 @@ class FollowMe:
             await say(ch, ["call-forwarding", "de-activated"])
 
     # ------------------------------------------------------------------ what is re-programmed
+    def bound(self, n) -> bool:
+        directory = self.svc.provisioning.directory
+        kind, _, rest = n.followme.partition(":")
+        if kind == "switch":
+            objs = directory.objects(n.tenant)
+            return objs is not None and rest in objs.switches
+        if kind == "forward":
+            return directory.user(rest.split(":")[0]) is not None
+        if kind == "slot":
+            return directory.number(rest.rpartition(":")[0]) is not None
+        return False
+
     def check_target(self, n, digits: str) -> str | None:
         """None when ``digits`` may become the target of FollowMe number ``n``, else why not."""
         directory = self.svc.provisioning.directory

@@ -1218,9 +1218,16 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
         found += [f"group {g.name}" for g in objs.groups.values() if key in g.members]
         found += [f"user {u.username} (pickup)" for u in objs.users.values() if key in u.pickup]
         found += [f"user {u.username} (supervise)" for u in objs.users.values() if key in u.supervise]
+    if kind == "user":
+        found += [f"number {n.number} (FollowMe)" for n in objs.numbers.values()
+                  if n.followme.split(":")[:2] == ["forward", key]]
     if kind == "number":
         found += [f"user {u.username} (displayed number)" for u in objs.users.values()
                   if u.displayed_number == key]
+        found += [f"number {n.number} (FollowMe)" for n in objs.numbers.values()
+                  if n.followme.startswith(f"slot:{key}:")]
+        found += [f"user {u.username} (callthrough)" for u in objs.users.values()
+                  if any(key in (c.access, c.presented) for c in u.callthrough)]
         if objs.tenant.default_number == key:
             found.append(f"tenant {objs.tenant.name} (default number)")
     if kind == "announcement" and objs.tenant.music_on_hold == f"announcement:{key}":

@@ -220,3 +220,19 @@ def test_followme_fields_only_on_a_followme_number(rig):
     with pytest.raises(RpcError) as err:
         rig.admin("number.update", number=MAIN, followme="switch:Pikett")
     assert "usage" in str(err.value)
+
+
+def test_bound_objects_cannot_be_deleted_and_a_deleted_switch_is_told(rig):
+    from hpbx.admin.client import RpcError
+    with pytest.raises(RpcError) as err:
+        rig.admin("user.delete", username="olga")
+    assert f"number {F_FORWARD} (FollowMe)" in str(err.value), err.value
+    with pytest.raises(RpcError) as err:
+        rig.admin("number.delete", number=ONCALL)
+    assert f"number {F_SLOT} (FollowMe)" in str(err.value), err.value
+    # switches may always be deleted (provisioning); the FollowMe number then says so and ends
+    rig.admin("switch.delete", tenant="fm", name="Pikett")
+    c = Caller(rig, F_SWITCH, PIKETT, CARRIERS[0], 0x200A)
+    c.phone.dial("1")
+    assert c.finish().returncode == 0
+    assert cdr_of(rig, c.call_id)["service_result"] == "followme: switch:Pikett does not exist"
