@@ -129,6 +129,12 @@ class Server:
             self.transports.sink = self.transports.mirror.wrap_sink(self.transports.sink)
             self._stop_order.append(self.transports.mirror.close)
             log.info("SIP mirrored as HEP v3 to %s", settings.hep.collector)
+        # Messages that arrive before the services below are installed are held, not answered
+        # by a half-built server (MWI's SUBSCRIBE would get 489, a fax number's INVITE 480, an
+        # INVITE before the call service 405), and handed over in arrival order once started.
+        serve = self.transports.sink
+        self._held: list | None = []
+        self.transports.sink = self._hold
         await self.transports.start()
         self._stop_order.append(self.transports.close)
         self.keepalive = KeepaliveService(self.wheel, self.registrar, self.transactions,
@@ -143,8 +149,22 @@ class Server:
         from hpbx.fax.service import install as install_fax
         install_fax(self)  # usage fax numbers: the virtual fax (issue 15)
         await self._start_admin()
-        log.info("hpbx ready (%d users, %d bindings)", len(self.provisioning.directory),
-                 self.registrar.count())
+        held, self._held = self._held, None
+        self.transports.sink = serve
+        for data, channel, addr in held:
+            try:
+                serve(data, channel, addr)
+            except Exception:
+                log.exception("message held during start-up from %s not handled", addr)
+        log.info("hpbx ready (%d users, %d bindings; %d messages held during start-up)",
+                 len(self.provisioning.directory), self.registrar.count(), len(held))
+
+    HOLD_MAX = 10_000  # messages kept while starting; more are dropped (UDP senders re-send)
+
+    def _hold(self, data, channel, addr) -> None:
+        held = self._held
+        if held is not None and len(held) < self.HOLD_MAX:
+            held.append((data, channel, addr))
 
     # ---- several nodes: shared registrations, provisioning changes, call ownership
     async def _open_shared_registrations(self, loop) -> None:
