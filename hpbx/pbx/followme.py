@@ -226,6 +226,17 @@ class FollowMe:
             return f"{digits} is not an internal number"
         return None
 
+    def set_target(self, n, target: str) -> None:
+        """The admin's (or CTI's) way to do what 1 / 2 do by phone; ValidationError("target")."""
+        from hpbx.errors import ValidationError
+        if not self.bound(n):
+            raise ValidationError("number", f"{n.followme} of {n.number} does not exist")
+        if target:
+            why = self.check_target(n, target) if isinstance(target, str) else "must be a string of digits"
+            if why is not None:
+                raise ValidationError("target", f"{target!r} cannot be a FollowMe target: {why}")
+        self._apply(n, target)
+
     def state(self, n) -> tuple[bool, str]:
         """(on, target) of what ``n`` re-programs."""
         directory = self.svc.provisioning.directory

@@ -40,6 +40,8 @@ def test_followme_and_callthrough_methods_without_the_services_answer_not_availa
     st = start_admin(AdminContext(settings=make_settings(tmp_path)))
     with st.client() as c:
         for method, params, feature in (("followme.state", {"number": "0441112233"}, "followme"),
+                                         ("followme.set", {"number": "0441", "target": "0441"}, "followme"),
+                                         ("followme.clear", {"number": "0441112233"}, "followme"),
                                          ("callthrough.prepare", {"username": "u", "destination": "0441"},
                                           "callthrough")):
             with pytest.raises(RpcError) as err:

@@ -236,3 +236,19 @@ def test_bound_objects_cannot_be_deleted_and_a_deleted_switch_is_told(rig):
     c.phone.dial("1")
     assert c.finish().returncode == 0
     assert cdr_of(rig, c.call_id)["service_result"] == "followme: switch:Pikett does not exist"
+
+
+def test_admin_sets_and_clears_like_the_menu_and_refuses_undialable_targets(rig):
+    from hpbx.admin.client import RpcError
+    st = rig.admin("followme.set", number=F_FORWARD, target="202")  # an internal number: a rule takes it
+    assert st["on"] is True and st["target"] == "202", st
+    assert rig.admin("user.get", username="olga")["forward"]["unconditional"] == "202"
+    for bad in ("0901234567", "999", "07x", "0"):
+        with pytest.raises(RpcError) as err:
+            rig.admin("followme.set", number=F_FORWARD, target=bad)
+        assert "target" in str(err.value), err.value
+    assert rig.admin("user.get", username="olga")["forward"]["unconditional"] == "202"
+    assert rig.admin("followme.clear", number=F_FORWARD)["on"] is False
+    with pytest.raises(RpcError) as err:
+        rig.admin("followme.set", number=MAIN, target="0794440000")
+    assert "number" in str(err.value)
