@@ -126,6 +126,8 @@ typedef struct rl_relay {
 	int port_min, npairs;
 	int *pool;                 /* FIFO ring of free pair indices: freed ports are reused last */
 	int pool_head, pool_len;
+	int pending_pairs;         /* io_uring: pairs of deleted sessions whose worker has not
+	                            * closed their sockets yet (given back by rl_give_back) */
 	int nsess;
 	rl_session *sess;
 	int *free_slots, nfree_slots;
@@ -546,6 +548,7 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 
 static void rl_close_leg(rl_leg *l);
 static void me_tick(rl_relay *r, rl_worker *w);
+static void rl_give_back(rl_relay *r, const int pairs[2], int slot, int pending);
 #include "relay_uring.h"
 
 static void rl_epoll_loop(rl_relay *r, rl_worker *w)
@@ -918,8 +921,23 @@ static inline rl_session *rl_find(rl_relay *r, uint64_t h)
 	return s->in_use && s->gen == gen ? s : NULL;
 }
 
+static int rl_allocate_once(rl_relay *r, uint64_t *out);
+
 /* Allocate a session (two legs, two port pairs). Returns 0 and *out, or an errno value. */
 static int rl_allocate(rl_relay *r, uint64_t *out)
+{
+	int e = rl_allocate_once(r, out);
+	/* io_uring: deleted sessions' sockets are closed by their worker shortly after rl_delete,
+	 * which gives their pairs and slot back only then; when none was free, wait for those
+	 * closes and try once more */
+	if (e == EADDRINUSE && r->uring) {
+		rlu_wait_closed(r);
+		e = rl_allocate_once(r, out);
+	}
+	return e;
+}
+
+static int rl_allocate_once(rl_relay *r, uint64_t *out)
 {
 	pthread_mutex_lock(&r->mu);
 	if (!r->nfree_slots || r->pool_len < 2) {
@@ -1000,7 +1018,7 @@ static inline void rl_unlock(rl_relay *r, rl_session *s)
 	pthread_mutex_unlock(&r->w[s->worker].mu);
 }
 
-static int rl_delete(rl_relay *r, uint64_t h)
+static int rl_delete(rl_relay *r, uint64_t h, int wait)
 {
 	rl_session *s = rl_lock(r, h);
 	if (!s)
@@ -1011,8 +1029,14 @@ static int rl_delete(rl_relay *r, uint64_t h)
 	uint64_t tag = ((uint64_t)s->gen << 32) | ((uint64_t)(s - r->sess) << 2);
 	s->in_use = 0;
 	s->gen++;
+	int slot = (int)(s - r->sess);
 	if (r->uring) {
-		rlu_delete(r, w, s, tag); /* may wait for the worker, releasing the mutex meanwhile */
+		/* may wait for the worker, releasing the mutex meanwhile; when the worker took the
+		 * sockets, it gives pairs and slot back once it has closed them (rl_give_back) */
+		if (rlu_delete(r, w, s, tag, wait, pairs, slot)) {
+			pthread_mutex_unlock(&w->mu);
+			return 0;
+		}
 	} else {
 		for (int i = 0; i < 2; i++) {
 			for (int k = 0; k < 2; k++)
@@ -1020,14 +1044,24 @@ static int rl_delete(rl_relay *r, uint64_t h)
 			rl_close_leg(&s->leg[i]);
 		}
 	}
-	int slot = (int)(s - r->sess);
 	pthread_mutex_unlock(&w->mu);
+	rl_give_back(r, pairs, slot, 0);
+	return 0;
+}
+
+/* A deleted session's sockets are closed: its port pairs go to the back of the pool and its
+ * slot is free again. ``pending`` = they were counted in pending_pairs (closed by the worker).
+ * Takes r->mu; may be called with a worker mutex held (no path takes a worker mutex while
+ * holding r->mu). */
+static void rl_give_back(rl_relay *r, const int pairs[2], int slot, int pending)
+{
 	pthread_mutex_lock(&r->mu);
 	rl_pool_push(r, pairs[0]);
 	rl_pool_push(r, pairs[1]);
 	r->free_slots[r->nfree_slots++] = slot;
+	if (pending)
+		r->pending_pairs -= 2;
 	pthread_mutex_unlock(&r->mu);
-	return 0;
 }
 
 /* Set a leg's SDP address. rtcp_port 0 = port + 1. Returns 0, ENOENT, or a negative parse code. */
@@ -1185,7 +1219,7 @@ static int rl_worker_tid(rl_relay *r, int i)
 static int rl_free_pairs(rl_relay *r)
 {
 	pthread_mutex_lock(&r->mu);
-	int n = r->pool_len;
+	int n = r->pool_len + r->pending_pairs; /* pending: closing, free in a moment */
 	pthread_mutex_unlock(&r->mu);
 	return n;
 }

@@ -297,7 +297,11 @@ class PromptLibrary:
             log.warning("announcement %s/%s has no audio file", tenant, ann.id)
             return ""
         name = f"ann/{tenant}/{ann.id}"
-        return name if self.load_file(name, path) else ""
+        if self.load_file(name, path):
+            return name
+        # the call goes on without it (the caller of this method skips the step)
+        log.warning("announcement %s/%s: audio file %s missing or unreadable: skipped", tenant, ann.id, path)
+        return ""
 
 
 def main(argv=None) -> int:
