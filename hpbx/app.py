@@ -284,6 +284,9 @@ class Server:
         from hpbx.pbx import announcements, conference, media_channel
         self.conferences = conference.install(self.calls, self.settings)  # usage "conference"
         self._stop_order.append(self.conferences.close)
+        from hpbx.pbx import callthrough, followme
+        self.followme = followme.install(self.calls)  # usage "followme" (issue 12)
+        self.callthrough = callthrough.install(self.calls)  # usage "callthrough" (issue 12)
         announcements.install(self.calls, self.settings)  # prompts, announcement steps, *200/*201
         media_channel.load_modules(self.calls)  # services of HPBX_SERVICE_MODULES
         self.calls.install(self.dispatcher)
@@ -349,6 +352,8 @@ class Server:
         ctx.mail = self.mail
         ctx.stats_sources["mail"] = self.mail.counts
         ctx.conferences = self.conferences
+        ctx.followme, ctx.callthrough = self.followme, self.callthrough
+        ctx.stats_sources["followme"] = lambda: {**self.followme.stats, **self.callthrough.stats}
         self.conferences.mail = self.mail  # invitations to scheduled conferences
         ctx.stats_sources["conference"] = lambda: {**self.conferences.stats, "rooms": len(self.conferences.rooms)}
         ctx.voicemail = self.voicemail

@@ -104,6 +104,19 @@ PROMPTS: dict[str, tuple[str, str, str]] = {
                        "calling", "Die gewünschte Person ist leider nicht erreichbar."),
     # Debian's sound set has no "this call is recorded": espeak-ng speaks the English too
     "call-recorded": ("", "This call is being recorded.", "Dieses Gespräch wird aufgezeichnet."),
+    # FollowMe and callthrough menus (hpbx.pbx.followme, hpbx.pbx.callthrough)
+    "call-forwarding": ("call-forwarding", "Call forwarding", "Rufumleitung"),
+    "is-set-to": ("is-set-to", "is set to", "ist eingestellt auf"),
+    "activated": ("activated", "activated", "eingeschaltet"),
+    "de-activated": ("de-activated", "de-activated", "ausgeschaltet"),
+    "press": ("vm-press", "Press", "Drücken Sie die"),
+    "to-enter-number": ("vm-toenternumber", "to enter a number", "um eine neue Nummer einzugeben"),
+    "to-cancel": ("vm-tocancel", "to cancel", "um die Umleitung auszuschalten"),
+    "to-listen": ("to-listen-to-it", "to listen to it", "um sie anzuhören"),
+    "enter-number-to-call": ("vm-enter-num-to-call", "Please enter the number you wish to call.",
+                             "Bitte geben Sie die gewünschte Nummer ein, gefolgt von der Raute-Taste."),
+    "invalid-option": ("pm-invalid-option", "You have entered an invalid option.",
+                       "Diese Eingabe ist ungültig."),
     "star": ("digits/star", "star", "Stern"),
     "pound": ("digits/pound", "pound", "Raute"),
 }

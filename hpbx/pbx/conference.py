@@ -119,7 +119,9 @@ class Conferences:
             from hpbx.store.sqlite import connect
             path = ":memory:" if store_path == ":memory:" else str(Path(store_path).parent / "conferences.sqlite")
             self.db = connect(path, _SCHEMA)
-        self.stats = {"joined": 0, "pin_refused": 0, "room_full": 0, "invitations": 0}
+        self.stats = {"joined": 0, "pin_refused": 0, "room_full": 0, "invitations": 0,
+                      "invited": 0, "invite_failed": 0}
+        self.invites: dict[str, dict] = {}  # call id -> {tenant, room, target, since}: being called
 
     def configure(self, settings) -> None:
         self.settings = settings.conference
@@ -286,24 +288,72 @@ class Conferences:
     def _room(self, tenant: str, room: str) -> Room:
         found = self.rooms.get((tenant, room))
         if found is None:
-            raise NotFoundError(f"no open conference {room!r} in tenant {tenant!r}")
+            raise NotFoundError("open conference", room)
         return found
 
     def list(self, tenant: str | None = None) -> list[dict]:
         return [r.as_dict() for r in self.rooms.values() if tenant is None or r.tenant == tenant]
 
     def participants(self, tenant: str, room: str) -> list[dict]:
+        calling = [{"call_id": cid, "caller": i["target"], "joined": 0, "muted": False, "invited": True,
+                    "state": "calling"} for cid, i in self.invites.items()
+                   if (i["tenant"], i["room"]) == (tenant, room)]
+        if calling and (tenant, room) not in self.rooms:
+            return calling
         r = self._room(tenant, room)
         return [{"call_id": cid, "caller": m.ch.caller, "joined": m.joined, "muted": m.muted,
-                 "invited": m.invited} for cid, m in r.members.items()]
+                 "invited": m.invited, "state": "connected"} for cid, m in r.members.items()] + calling
+
+    def invite(self, tenant: str, room: str, target: str) -> dict:
+        """hpbx calls ``target`` (user:<name>, internal or external number) and, when it
+        answers, puts it into ``room`` without a PIN (FEATURES 10.3 "invite participant")."""
+        found = self.rooms.get((tenant, room))
+        number = self.svc.provisioning.directory.number(room)
+        if found is not None:
+            title = found.title
+        elif number is not None and number.tenant == tenant and number.usage == "conference" \
+                and not number.personal_rooms:
+            title = number.name or number.number
+        else:
+            raise NotFoundError("open conference or conference number", room)
+        if number is not None and number.usage == "conference":
+            caller, limit = number.number, number.max_participants
+        else:
+            try:
+                caller = self.dial_in(tenant)
+            except ValidationError:
+                caller = ""
+            limit = 0
+
+        async def joined(ch) -> None:
+            self.invites.pop(ch.id, None)
+            await self.attend(ch, room, title, limit=limit, invited=True)
+
+        def failed(ch, status: int) -> None:
+            self.invites.pop(ch.id, None)
+            self.stats["invite_failed"] += 1
+            log.info("conference %s/%s: invitation of %s failed (%s)", tenant, room, target, status)
+
+        ch = media_channel.dial(self.svc, target, tenant, caller, joined, name="conference-invite",
+                                on_failed=failed)
+        self.invites[ch.id] = {"tenant": tenant, "room": room, "target": target, "since": time.time()}
+        self.stats["invited"] += 1
+        return {"call_id": ch.id, "room": room, "target": target, "state": "calling"}
 
     def _member(self, tenant: str, room: str, call_id: str) -> Member:
         m = self._room(tenant, room).members.get(call_id)
         if m is None:
-            raise NotFoundError(f"call {call_id!r} is not in conference {room!r}")
+            raise NotFoundError(f"participant of conference {room!r}", call_id)
         return m
 
     def kick(self, tenant: str, room: str, call_id: str) -> dict:
+        invite = self.invites.get(call_id)
+        if invite is not None and (invite["tenant"], invite["room"]) == (tenant, room):
+            ch = self.svc.calls.get(call_id)
+            if ch is not None:
+                ch.hangup_now("invitation withdrawn by the administrator")
+            self.invites.pop(call_id, None)
+            return {"call_id": call_id, "kicked": True}
         m = self._member(tenant, room, call_id)
         m.ch.result = "kicked"
         m.ch.hangup_now("kicked by the administrator")
@@ -327,7 +377,7 @@ class Conferences:
     def dial_in(self, tenant: str) -> str:
         objs = self.svc.provisioning.directory.objects(tenant)
         if objs is None:
-            raise NotFoundError(f"no tenant {tenant!r}")
+            raise NotFoundError("tenant", tenant)
         for n in objs.numbers.values():
             if n.usage == "conference" and n.personal_rooms:
                 return n.number
@@ -427,7 +477,7 @@ class Conferences:
     def cancel(self, tenant: str, cid: str) -> dict:
         cur = self.db.execute("DELETE FROM scheduled WHERE tenant = ? AND id = ?", (tenant, cid))
         if not cur.rowcount:
-            raise NotFoundError(f"no scheduled conference {cid!r} in tenant {tenant!r}")
+            raise NotFoundError(f"scheduled conference of tenant {tenant!r}", cid)
         return {"id": cid, "deleted": True}
 
 
