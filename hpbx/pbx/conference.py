@@ -21,9 +21,10 @@ the three loudest others, never itself; PCMA and PCMU members share a room).
   overrides it) and ``max_rooms`` open rooms per tenant; a full room plays a refusal and
   releases.
 
-Rooms exist while somebody is in them. Prompts are engine prompt names (``conf-getpin``,
-``conf-invalidpin``, ``conf-locked``, ``vm-goodbye``); a missing prompt is skipped by the
-channel, and the tones (beep, congestion) still tell the caller what happened.
+Rooms exist while somebody is in them. Prompts are system prompts (hpbx.media.prompts:
+``conf-enter-pin``, ``conf-invalid-pin``, ``conf-locked``, ``goodbye``) in the tenant's
+language; a missing prompt is skipped (logged by the library), and the tones (beep, congestion)
+still tell the caller what happened.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from hpbx.pbx import media_channel
 log = logging.getLogger("hpbx.pbx.conference")
 
 HOLD_PROMPT = "conference-hold"  # fallback music when the tenant has none (built here, once)
-PROMPT_PIN, PROMPT_BAD_PIN, PROMPT_FULL, PROMPT_BYE = "conf-getpin", "conf-invalidpin", "conf-locked", "vm-goodbye"
+PROMPT_PIN, PROMPT_BAD_PIN, PROMPT_FULL, PROMPT_BYE = "conf-enter-pin", "conf-invalid-pin", "conf-locked", "goodbye"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scheduled (
@@ -153,7 +154,7 @@ class Conferences:
         s = self.settings
         for attempt in range(s.pin_attempts):
             prompt = PROMPT_PIN if attempt == 0 else [PROMPT_BAD_PIN, PROMPT_PIN]
-            await ch.play(prompt, barge_in="0123456789")
+            await ch.play(self._say(ch, prompt), barge_in="0123456789")
             await ch.tone("beep")
             pin, ended = await self._read_pin(ch, s.pin_timeout)
             result = check(pin) if pin and ended else None
@@ -163,9 +164,16 @@ class Conferences:
             log.info("[%s] conference PIN refused (attempt %d%s)", ch.id, attempt + 1,
                      "" if ended else ", no #")
         ch.result = "PIN refused"
-        await ch.play([PROMPT_BAD_PIN, PROMPT_BYE])
+        await ch.play(self._say(ch, [PROMPT_BAD_PIN, PROMPT_BYE]))
         await ch.tone("congestion")
         return None
+
+    def _say(self, ch, names) -> list[str]:
+        """Engine names of system prompts ``names`` in the caller's language (the names are
+        PROMPTS keys, not engine names: played raw they were never loaded, so never heard)."""
+        lib = getattr(self.svc, "prompts", None)
+        names = [names] if isinstance(names, str) else names
+        return lib.say(ch.language, names) if lib is not None else []
 
     @staticmethod
     async def _read_pin(ch, timeout: float) -> tuple[str, bool]:
@@ -226,7 +234,7 @@ class Conferences:
     async def _refuse_full(self, ch, why: str) -> None:
         self.stats["room_full"] += 1
         ch.result = why
-        await ch.play([PROMPT_FULL, PROMPT_BYE])
+        await ch.play(self._say(ch, [PROMPT_FULL, PROMPT_BYE]))
         await ch.tone("congestion")
 
     def _left(self, room: Room, ch) -> None:

@@ -22,13 +22,12 @@ import pytest
 
 from harness import have_sipp, reserved_port
 from callrig import CallRig, trunk, user
-from media_peer import Peer, encode, pcm_bytes, sine
+from media_peer import BUILT, Peer, assert_heard_in_order, assert_not_heard, pcm_bytes, sine
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
 
 SCEN = Path(__file__).parent / "scenarios"
-BUILT = Path(__file__).resolve().parents[2] / "build" / "prompts"
 TENANT = ('[tenant]\nname = "sp"\n' + trunk("carrier", reserved_port()) + user("plain", internal="32"))
 
 
@@ -42,15 +41,6 @@ def rig(tmp_path_factory):
     r.start()
     yield r
     r.stop()
-
-
-def alaw_of(path: Path) -> bytes:
-    """The A-law a player sends for a 8 kHz 16-bit mono WAV, whole 20 ms frames only."""
-    with wave.open(str(path), "rb") as w:
-        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1), path
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-    data = encode("PCMA", pcm)
-    return data[:len(data) // 160 * 160]
 
 
 def tone_wav(path: Path, freq: float, ms: int) -> Path:
@@ -80,32 +70,6 @@ def refusal_heard(rig, name: str) -> bytes:
     assert res.successful == 1, res.describe() + rig.server.log()
     pkts = sorted((p for p in pkts if p.pt == 8), key=lambda p: p.seq)
     return b"".join(p.payload for p in pkts)
-
-
-def frames_heard(heard: bytes, f: Path) -> list[int]:
-    """Where each 20 ms frame of ``f`` that is not (near) silence was found in ``heard`` (-1:
-    not found). Frame by frame, so that a slot the engine skipped under a loaded box (a stall
-    of 3 ptimes skips audio, README "Media engine") costs one frame, not the whole match."""
-    want = alaw_of(f)
-    frames = [want[i:i + 160] for i in range(0, len(want), 160)]
-    return [heard.find(c) for c in frames if len(set(c)) > 8]
-
-
-def assert_heard_in_order(heard: bytes, *files: Path) -> None:
-    """Each file heard (at least 90 % of its frames, byte for byte), in this order."""
-    last = -1
-    for f in files:
-        pos = frames_heard(heard, f)
-        found = sorted(p for p in pos if p >= 0)
-        assert pos and len(found) >= 0.9 * len(pos), f"{f}: {len(found)} of {len(pos)} frames heard"
-        middle = found[len(found) // 2]
-        assert middle > last, f"{f} heard before the file that should come first"
-        last = middle
-
-
-def assert_not_heard(heard: bytes, f: Path) -> None:
-    pos = frames_heard(heard, f)
-    assert sum(p >= 0 for p in pos) < 0.1 * len(pos), f"{f} was heard"
 
 
 def test_tenant_language_drop_in_and_operator_language(rig):
