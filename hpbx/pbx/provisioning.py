@@ -12,6 +12,7 @@ Updates take the fields to change (``details`` and ``flags`` merge key by key); 
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -374,8 +375,9 @@ class Provisioning:
 
     def number_set_slots(self, number: str, slots: list) -> dict:
         current = self._number(number)
-        n = PublicNumber(current.tenant, current.number, current.usage, current.name, current.alert_info,
-                         slots_from_list(slots), fax_mail=current.fax_mail)
+        # only the slots change: every other field is kept (a positional rebuild here had
+        # dropped a conference PIN, personal rooms, FollowMe bindings)
+        n = dataclasses.replace(current, slots=slots_from_list(slots))
         return self._put_number(self._objs(current.tenant), n)
 
     def number_delete(self, number: str) -> dict:

@@ -368,3 +368,28 @@ def test_registrar_drops_the_bindings_of_deleted_users_only(prov, tmp_path):
     assert asyncio.run(main()) == ["ben"]
     assert [r[0] for r in store.all()] == ["ben"]
     store.close()
+
+
+def test_set_slots_keeps_every_other_field_of_the_number(prov, path):
+    """number.set_slots changes the slots only: a conference room's PIN, limits and personal
+    rooms, a fax number's mail address and a FollowMe number's binding stay (a positional
+    rebuild had silently dropped all but fax_mail), in memory and in the store."""
+    setup_acme(prov)
+    prov.number_create({"tenant": "acme", "number": "0441230001", "usage": "conference",
+                        "pin": "4711", "max_participants": 7, "name": "Board"})
+    before = prov.number_get("0441230001")
+    prov.number_set_slots("0441230001", [ring_all("user:anna")])
+    after = prov.number_get("0441230001")
+    assert after["slots"][0]["rows"] and not before["slots"][0]["rows"]
+    assert {k: v for k, v in after.items() if k != "slots"} == \
+        {k: v for k, v in before.items() if k != "slots"}
+    assert (after["pin"], after["max_participants"], after["name"]) == ("4711", 7, "Board")
+    prov.number_create({"tenant": "acme", "number": "0441230002", "usage": "conference",
+                        "personal_rooms": True})
+    prov.number_set_slots("0441230002", [ring_all("user:ben")])
+    assert prov.number_get("0441230002")["personal_rooms"] is True
+    store = Store(path)
+    try:
+        assert Provisioning(store).number_get("0441230001") == after
+    finally:
+        store.close()
