@@ -194,6 +194,14 @@ class ConferenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LicenceSettings:
+    """Server-wide licences (hpbx/pbx/licence.py); 0 = unlimited."""
+
+    users: int = 0
+    cti_users: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: str = ""
     sip: SipSettings = field(default_factory=SipSettings)
@@ -208,6 +216,7 @@ class Settings:
     hep: HepSettings = field(default_factory=HepSettings)
     conference: ConferenceSettings = field(default_factory=ConferenceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    licence: LicenceSettings = field(default_factory=LicenceSettings)
 
 
 class _Reader:
@@ -311,7 +320,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep", "conference", "media"}
+             "hep", "conference", "media", "licence"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -442,10 +451,14 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
                           custom_prompts=r.get("custom_prompts", str, ""),
                           moh=r.get("moh", str, DEBIAN_MOH))
     r.finish()
+    r = _Reader(path, "licence", data.get("licence"))
+    licence = LicenceSettings(users=r.int_in("users", 0, 0, 100_000_000),
+                              cti_users=r.int_in("cti_users", 0, 0, 100_000_000))
+    r.finish()
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep, conference=conference, media=media)
+                    hep=hep, conference=conference, media=media, licence=licence)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

@@ -239,6 +239,15 @@ def find_wan_address(netns: str | None = None) -> dict:
         ipr.close()
 
 
+def _licence_summary(ctx: AdminContext) -> dict | None:
+    from hpbx.pbx import licence
+    if ctx.provisioning is None:
+        return None
+    doc = licence.summary(ctx.provisioning.directory)
+    doc.pop("tenants", None)  # system.info is server-wide: no tenant names
+    return doc
+
+
 async def system_info(ctx: AdminContext, p: dict) -> dict:
     if ctx.provisioning is not None:
         licences = dict(ctx.provisioning.licence_counts())
@@ -255,6 +264,8 @@ async def system_info(ctx: AdminContext, p: dict) -> dict:
         "started_at": ctx.started_at,
         "uptime": round(time.monotonic() - ctx.started_monotonic, 3),
         "licences": licences,
+        # used/total and the seed's "Lic: 10/6" line (hpbx.pbx.licence); per tenant: licence.get
+        "licence": _licence_summary(ctx),
         "wan": wan,
         "admin_socket": ctx.settings.admin.socket,
         "config": ctx.settings.path,
@@ -717,3 +728,5 @@ _add("dashboard.get", dashboard_get,
 
 # CTI (hpbx.cti): cti.session.list, and user.get shows CTI and phone online status
 from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401
+# address books (hpbx.pbx.addressbook): addressbook.*
+from hpbx.admin import addressbook_methods as _addressbook  # noqa: E402,F401

@@ -127,7 +127,11 @@ class CtiService:
         self.auth_failure_hooks: list[Callable[[str, int, str, str], Any]] = []
         self.source_allowed: Callable[[str], bool] = lambda host: True
         self.stats: collections.Counter[str] = collections.Counter()
+        self.addressbooks = None  # hpbx.pbx.addressbook.AddressBooks: caller names, addressbook.*
+        self.holds: dict[str, dict] = {}  # call id -> {side label: on hold} (held / resumed)
+        self.winners: dict[str, str] = {}  # call id -> the answered leg's user told (transferred)
         calls.observers.append(self.call_changed)
+        calls.hold_observers.append(self.hold_changed)
 
     # ------------------------------------------------------------------ wiring
     def add_routes(self, app: web.Application) -> None:
@@ -319,6 +323,10 @@ class CtiService:
         from hpbx.pbx.call import ANSWERED, RINGING
         if ended:
             self.clicks.pop(call.id, None)
+            self.holds.pop(call.id, None)
+            self.winners.pop(call.id, None)
+        elif call.state == ANSWERED:
+            self._transfer_check(call)
         users: list[tuple[str, str, object]] = []  # (username, direction, leg or None)
         if call.caller_user is not None:
             users.append((call.caller_user.username, "out", None))
@@ -346,6 +354,9 @@ class CtiService:
                 elif before == "ringing":  # another phone took it
                     self.told.pop(key, None)
                     kind = "missed"
+                elif before == "answered":  # transferred away (the transferred event told it)
+                    self.told.pop(key, None)
+                    continue
                 else:
                     continue
                 if before == kind:
@@ -375,6 +386,73 @@ class CtiService:
                 if user is not None:
                     self.presence_changed(user)
 
+    # ------------------------------------------------------------------ held, transferred
+    def _push_call(self, usernames, params: dict) -> None:
+        doc = {"jsonrpc": "2.0", "method": "event", "params": params}
+        for username in usernames:
+            for s in self.sessions.get(username, ()):
+                s.push(doc)
+                self.stats["call_events"] += 1
+
+    def _parties(self, call) -> list[str]:
+        out = []
+        if call.caller_user is not None:
+            out.append(call.caller_user.username)
+        w = call.winner
+        if w is not None and w.user and w.user not in out:
+            out.append(w.user)
+        return out
+
+    def _label(self, call, side) -> str:
+        if side == "a":
+            return call.caller_user.username if call.caller_user is not None else (call.caller or "anonymous")
+        return side.user or getattr(side.ring, "value", "") or "remote"
+
+    def hold_changed(self, call, side, held: bool) -> None:
+        """A re-offer (or its answer) of one side: the call is held while any side's last SDP
+        said so (the holder's sendonly, then the held party's recvonly answer), resumed when
+        none does. ``held`` / ``resumed`` go to the users in the call, ``by`` the holder."""
+        state = self.holds.setdefault(call.id, {})
+        label = "a" if side == "a" else "b"
+        was = any(state.values())
+        state[label] = held
+        now = any(state.values())
+        if was == now:
+            return
+        if now:
+            state["by"] = self._label(call, side)
+        by = state.get("by", "")
+        if not now:
+            state.pop("by", None)
+        self._push_call(self._parties(call), {"type": "held" if now else "resumed", "call_id": call.id,
+                                              "by": by, "time": time.time()})
+
+    def _transfer_check(self, call) -> None:
+        w = call.winner
+        now = w.user if w is not None and w.user else (w.ring.value if w is not None else "")
+        before = self.winners.get(call.id)
+        self.winners[call.id] = now
+        if before is None or before == now:
+            return
+        # the answered party changed hands: a blind or attended transfer (or a call move)
+        params = {"type": "transferred", "call_id": call.id, "from": before, "to": now,
+                  "time": time.time()}
+        told = [u for u in [before] + self._parties(call) if u]
+        self._push_call(dict.fromkeys(told), params)
+        if before and (call.id, before) in self.told:
+            self.told.pop((call.id, before), None)
+
+    def _caller_name(self, call, username: str) -> str:
+        if call.caller_user is not None:
+            return call.caller_user.details.full_name()
+        name = ""
+        if self.addressbooks is not None and call.caller:
+            try:
+                name = self.addressbooks.caller_name(call.tenant, username or None, call.caller)
+            except Exception:
+                log.exception("caller-name lookup failed")
+        return name or call.a_msg.from_addr.display or ""
+
     def _call_event(self, kind: str, call, direction: str, leg, username: str = "") -> dict:
         plan = call.plan
         via = leg.ring.via if leg is not None else ""
@@ -386,7 +464,7 @@ class CtiService:
             if me is not None and me.displayed_number and me.displayed_number == plan.dialled:
                 ring_class = "direct"
         ev = {"type": kind, "call_id": call.id, "direction": direction, "caller": call.caller,
-              "caller_name": getattr(call, "caller_name", "") or "", "dialled": plan.dialled,
+              "caller_name": self._caller_name(call, username), "dialled": plan.dialled,
               "slot": plan.slot, "ring_class": ring_class, "via": via, "time": time.time()}
         if kind == "ended" or kind == "missed":
             ev["reason"] = call.end_reason
