@@ -15,6 +15,8 @@ import binascii
 from hpbx.admin import methods as M
 from hpbx.admin.protocol import INVALID_PARAMS, RpcError
 
+MAX_FILE = 64 << 20  # bytes of one CSV file read from a path
+
 _TENANT = M.Param("tenant", "str", required=True, help="the tenant")
 _USER = M.Param("user", "str", help="a user's personal book (default: the tenant's global book)")
 _ID = M.Param("id", "int", required=True, help="the entry's id", min=1)
@@ -65,10 +67,18 @@ def ab_search(ctx, p):
 
 async def ab_import(ctx, p):
     books = _books(ctx)
-    if ("csv" in p) == ("csv_base64" in p):
-        raise RpcError(INVALID_PARAMS, "csv: give the file as csv (text) or csv_base64 (its bytes), one of them",
-                       {"field": "csv", "reason": "one of csv, csv_base64"})
-    if "csv" in p:
+    if sum(k in p for k in ("csv", "csv_base64", "path")) != 1:
+        raise RpcError(INVALID_PARAMS, "csv: give the file as csv (text), csv_base64 (its bytes) or path, one of them",
+                       {"field": "csv", "reason": "one of csv, csv_base64, path"})
+    if "path" in p:
+        try:
+            with open(p["path"], "rb") as f:
+                data = f.read(MAX_FILE + 1)
+        except OSError as exc:
+            raise RpcError(INVALID_PARAMS, f"path: cannot read: {exc.strerror}", {"field": "path", "reason": "unreadable"})
+        if len(data) > MAX_FILE:
+            raise RpcError(INVALID_PARAMS, f"path: larger than {MAX_FILE} bytes", {"field": "path", "reason": "too large"})
+    elif "csv" in p:
         data = p["csv"].encode("utf-8")
     else:
         try:
@@ -106,12 +116,14 @@ M._add("addressbook.import", ab_import,
        "Last name;Company;Number private;Number office;Number mobile); all or nothing, errors name "
        "line and column.",
        _TENANT, M.Param("csv", "str", help="the file as text"),
-       M.Param("csv_base64", "str", help="the file's bytes, base64 (encoding detected)"))
+       M.Param("csv_base64", "str", help="the file's bytes, base64 (encoding detected)"),
+       M.Param("path", "str", help="a file on the server's machine (admin socket only; for big books)"))
 M._add("addressbook.export", ab_export,
        "The tenant's global book as CSV, in the format it was imported in (csv and csv_base64).",
        _TENANT, M.Param("encoding", "str", help="write this encoding instead", choices=("utf-8", "iso-8859-1")))
 
 from hpbx.admin import scope as _scope  # noqa: E402
 
+_scope.LOCAL_ONLY_PARAMS["addressbook.import"] = ("path",)  # web accounts upload the bytes instead
 for _verb in ("create", "get", "update", "delete", "list", "search", "import", "export"):
     _scope.RULES[f"addressbook.{_verb}"] = "tenant"

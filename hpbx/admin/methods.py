@@ -363,7 +363,9 @@ _add_crud(
            help="caller ID of users with no displayed number: the default number, or withheld "
                 "(anonymous, P-Asserted-Identity + Privacy: id)"),
      Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
-     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music")),
+     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music"),
+     Param("licence_users", "int", help="users licensed to the tenant (0 = no limit of its own)", min=0),
+     Param("licence_cti_users", "int", help="CTI users licensed to the tenant (0 = no limit of its own)", min=0)),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",

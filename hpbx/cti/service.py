@@ -225,9 +225,11 @@ class CtiService:
             session.push({"jsonrpc": "2.0", "id": rid, "error": exc.to_json()})
             return
         except HpbxError as exc:
-            from hpbx.errors import ValidationError
+            from hpbx.errors import NotFoundError, ValidationError
+            from hpbx.admin.protocol import NOT_FOUND
             data = {"field": exc.field, "reason": exc.reason} if isinstance(exc, ValidationError) else None
-            err = RpcError(-32602 if data else -32003, str(exc), data)
+            code = -32602 if data else NOT_FOUND if isinstance(exc, NotFoundError) else -32003
+            err = RpcError(code, str(exc), data)
             session.push({"jsonrpc": "2.0", "id": rid, "error": err.to_json()})
             return
         except Exception:
@@ -264,6 +266,14 @@ class CtiService:
             raise RpcError(PERMISSION_DENIED, f"user {username} has no CTI access")
         if session.user is not None:
             raise RpcError(INVALID_REQUEST, "already logged in")
+        if not self.sessions.get(user.username):
+            from hpbx.pbx import licence
+            in_tenant = sum(1 for v in self.sessions.values() if v and v[0].tenant == user.tenant)
+            why = licence.cti_login_refusal(self.provisioning.directory.tenant(user.tenant), in_tenant,
+                                            len(self.sessions))
+            if why:
+                self.stats["login_refused"] += 1
+                raise RpcError(PERMISSION_DENIED, why)
         mine = self.sessions.setdefault(user.username, [])
         replaced = 0
         if mine and not user.flags.parallel_softphone_sessions:

@@ -465,7 +465,7 @@ class AddressBooks:
 
     def search(self, tenant: str, text: str, user: str | None = None, limit: int = 50) -> list[dict]:
         """Entries of the user's personal book and the global book matching every word of ``text``
-        as a prefix of a name, the company or a number; personal ones first, then by name."""
+        as a prefix of a name, the company (or a word of them) or a number; personal ones first, then by name."""
         self._tenant(tenant)
         owner = self._owner(tenant, user) if user else ""
         words = text.split()
@@ -557,7 +557,7 @@ class AddressBooks:
 
 def _word_matches(e: Entry, word: str) -> bool:
     k = _key(word)
-    if any(_key(getattr(e, f)).startswith(k) for f in NAME_FIELDS):
+    if any(part.startswith(k) for f in NAME_FIELDS for part in _key(getattr(e, f)).split()):
         return True
     d = digits_of(word)
     return bool(d) and any(digits_of(getattr(e, f)).startswith(d) for f in NUMBER_FIELDS)

@@ -99,3 +99,14 @@ def summary(directory, tenant: str | None = None) -> dict:
         if t is not None:
             doc["line"] = f"Lic: {t['users']['text']}, CTI {t['cti_users']['text']}"
     return doc
+
+
+def cti_login_refusal(tenant, online_in_tenant: int, online_total: int) -> str:
+    """Why a new CTI user may not log in now ("" = it may): a licence lowered below the users
+    who have CTI access still caps the users logged in at once."""
+    if tenant is not None and tenant.licence_cti_users and online_in_tenant >= tenant.licence_cti_users:
+        return (f"CTI licence of tenant {tenant.name}: {tenant.licence_cti_users} CTI users are licensed "
+                "and as many are logged in")
+    if LIMITS.cti_users and online_total >= LIMITS.cti_users:
+        return f"server CTI licence: {LIMITS.cti_users} CTI users are licensed and as many are logged in"
+    return ""
