@@ -422,18 +422,16 @@ class CtiService:
         """A re-offer (or its answer) of one side: the call is held while any side's last SDP
         said so (the holder's sendonly, then the held party's recvonly answer), resumed when
         none does. ``held`` / ``resumed`` go to the users in the call, ``by`` the holder."""
-        state = self.holds.setdefault(call.id, {})
+        state = self.holds.setdefault(call.id, {"a": False, "b": False, "by": ""})
         label = "a" if side == "a" else "b"
-        was = any(state.values())
+        was = state["a"] or state["b"]
         state[label] = held
-        now = any(state.values())
+        now = state["a"] or state["b"]
         if was == now:
             return
         if now:
             state["by"] = self._label(call, side)
-        by = state.get("by", "")
-        if not now:
-            state.pop("by", None)
+        by = state["by"]
         self._push_call(self._parties(call), {"type": "held" if now else "resumed", "call_id": call.id,
                                               "by": by, "time": time.time()})
 
