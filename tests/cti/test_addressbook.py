@@ -215,3 +215,26 @@ def test_licences_refuse_beyond_the_limit(server):
         assert "CTI licence of tenant acme" in e.value.error["message"], e.value.error
     admin(server, "tenant.update", name="acme", licence_cti_users=3)
     admin(server, "user.delete", username="dora")
+
+
+def test_cti_forwarding_and_special_switches(server):
+    admin(server, "number.create", tenant="acme", number="0445550000", name="Main")
+    admin(server, "switch.create", tenant="acme", name="holiday", numbers=["0445550000"])
+    with CtiClient(server.cti_url) as anna:
+        anna.login("anna", "anna-cti")
+        got = anna.call("forward.set", unconditional="0791112233", no_answer_after=15)
+        assert got["forward"]["unconditional"] == "0791112233" and got["forward"]["no_answer_after"] == 15
+        assert admin(server, "user.get", username="anna")["forward"]["unconditional"] == "0791112233"
+        with pytest.raises(CtiError) as err:
+            anna.call("forward.set", busy="not-a-number")
+        assert err.value.error["data"]["field"].endswith("busy"), err.value.error
+        anna.call("forward.set", unconditional="")
+        assert admin(server, "user.get", username="anna")["forward"]["unconditional"] == ""
+        assert anna.call("switch.list") == [{"name": "holiday", "on": False, "auto_off_at": ""}]
+        assert anna.call("switch.set", name="holiday", on=True)["on"] is True
+        assert admin(server, "switch.get", tenant="acme", name="holiday")["on"] is True
+        anna.call("switch.set", name="holiday", on=False)
+        assert admin(server, "switch.get", tenant="acme", name="holiday")["on"] is False
+        with pytest.raises(CtiError) as err:
+            anna.call("switch.set", name="nope", on=True)
+        assert err.value.code == -32001
