@@ -732,3 +732,5 @@ _add("dashboard.get", dashboard_get,
 from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401
 # address books (hpbx.pbx.addressbook): addressbook.*
 from hpbx.admin import addressbook_methods as _addressbook  # noqa: E402,F401
+# cdr.list number=... (issue 17: call records by number)
+from hpbx.admin import cdr_number as _cdr_number  # noqa: E402,F401
