@@ -77,12 +77,12 @@ def test_cti_column_group_create_and_cdr_number_filter(rig, browser, tmp_path):
     cell = '#user-table tr[data-user="alice"] td.cti'
     wait(d, lambda d: css(d, cell).text == "offline")
     css(d, '#user-table tr[data-user="alice"]').click()
-    wait(d, lambda d: css(d, "#cti-status").text == "offline")
+    wait(d, lambda d: css(d, "#cti-status").get_attribute("textContent") == "offline")
     url = rig.base.replace("http://", "ws://") + "/cti"
     with CtiClient(url) as cti:
         cti.login("alice", "alice-cti")
         wait(d, lambda d: css(d, cell).text == "online", 10)
-        wait(d, lambda d: css(d, "#cti-status").text.startswith("online"), 10)
+        wait(d, lambda d: css(d, "#cti-status").get_attribute("textContent").startswith("online"), 10)
         shot(d, "ab-03-cti-online")
     wait(d, lambda d: css(d, cell).text == "offline", 10)
 
@@ -129,3 +129,19 @@ def test_cti_column_group_create_and_cdr_number_filter(rig, browser, tmp_path):
     with rig.admin() as a:
         assert [c["called"] for c in a.call("cdr.list", tenant="demo", number="0311112222")][:2] == \
             ["0441234501", "0441234500"]
+
+
+def test_phonebook_url_serves_the_address_book(rig, tmp_path):
+    import subprocess
+    import xml.etree.ElementTree as ET
+    csv = (HEADER + "\nHans;Muster;ACME;;0441234567;0791234567\n;;Bäckerei Zürcher;031 999 00 11;;\n").encode()
+    import base64
+    with rig.admin() as a:
+        a.call("addressbook.import", tenant="demo", csv_base64=base64.b64encode(csv).decode())
+        a.call("phone.create", mac="001565aabbdd", tenant="demo", vendor="snom", accounts=["carol"],
+               http_password="pb-dev-pw")
+    out = subprocess.run(["curl", "-s", "--digest", "-u", "001565aabbdd:pb-dev-pw",
+                          f"{rig.base}/prov/phonebook/001565aabbdd.xml"], capture_output=True, timeout=30)
+    items = [(i.find("name").text, i.find("number").text) for i in ET.fromstring(out.stdout)]
+    assert ("Hans Muster", "0441234567") in items and ("Hans Muster", "0791234567") in items, items
+    assert ("Bäckerei Zürcher", "031 999 00 11") in items and ("Carol Demo", "102") in items, items
