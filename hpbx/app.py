@@ -409,6 +409,7 @@ class Server:
             self.cti.source_allowed = security.guard.allowed
         ctx.cti = self.cti
         self.cti.addressbooks = ctx.addressbooks
+        self.cti.recorder = getattr(ctx.voicemail, "recorder", None)
         ctx.stats_sources["cti"] = self.cti.counts
         self._stop_order.append(self.cti.close)
 

@@ -385,3 +385,19 @@ _add("addressbook.update", ab_update, "Change a contact of your personal book (o
      Param("id", "int", True, "the entry's id", min=1), _BOOK, *_AB_PARAMS)
 _add("addressbook.delete", ab_delete, "Delete a contact of your personal book (or the global one).",
      Param("id", "int", True, "the entry's id", min=1), _BOOK)
+
+
+def call_record(svc, session, p):
+    """Start or stop recording one of your answered calls (flag may_record; hpbx.pbx.recording)."""
+    if svc.recorder is None:
+        raise RpcError(OPERATION_FAILED, "call recording is not available in this server")
+    call = _my_call(svc, session, p["call_id"])
+    if p["on"]:
+        return svc.recorder.start(call.id, session.username)
+    return svc.recorder.stop(call.id, session.username)
+
+
+_add("call.record", call_record,
+     "Start (on: true) or stop recording your answered call; needs the flag may_record. The recording "
+     "(both directions) is mailed to you and kept for recording.get.",
+     _CALL, Param("on", "bool", True, "true: start, false: stop"))

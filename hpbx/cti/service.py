@@ -66,10 +66,11 @@ class Session:
         self.closed = False
 
     def push(self, obj: Any) -> None:
-        """Queue one frame; written at once while the client reads, else it is dropped."""
+        """Queue one frame (an object, or its JSON text when it goes to many sessions); written
+        at once while the client reads, else it is dropped."""
         if self.closed:
             return
-        data = orjson.dumps(obj).decode()
+        data = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
         tr = self.transport
         if tr is None or tr.is_closing():
             self.closed = True
@@ -121,6 +122,9 @@ class CtiService:
         self.registrar = registrar
         self.methods = methods.METHODS
         self.sessions: dict[str, list[Session]] = {}
+        # (tenant, presence group) -> usernames logged in: who may see a user's presence, without
+        # looking at every session (groups as at login; visible() still checks the current ones)
+        self.by_group: dict[tuple[str, str], set[str]] = {}
         self.anonymous: set[Session] = set()
         self.told: dict[tuple[str, str], str] = {}  # (call id, username) -> last event told
         self.clicks: dict = {}  # call id -> hpbx.cti.clicktodial.ClickToDial under way
@@ -128,6 +132,7 @@ class CtiService:
         self.source_allowed: Callable[[str], bool] = lambda host: True
         self.stats: collections.Counter[str] = collections.Counter()
         self.addressbooks = None  # hpbx.pbx.addressbook.AddressBooks: caller names, addressbook.*
+        self.recorder = None  # hpbx.pbx.recording.CallRecorder: call.record
         self.holds: dict[str, dict] = {}  # call id -> {side label: on hold} (held / resumed)
         self.winners: dict[str, str] = {}  # call id -> the answered leg's user told (transferred)
         calls.observers.append(self.call_changed)
@@ -189,6 +194,12 @@ class CtiService:
             mine.remove(session)
             if not mine:
                 del self.sessions[session.username]
+                for g in groups_of(session.user):
+                    members = self.by_group.get((session.tenant, g))
+                    if members is not None:
+                        members.discard(session.username)
+                        if not members:
+                            del self.by_group[(session.tenant, g)]
                 self.presence_changed(session.user)
 
     async def _frame(self, session: Session, text: str) -> None:
@@ -288,6 +299,8 @@ class CtiService:
         session.user, session.username, session.tenant = user, user.username, user.tenant
         session.since = time.time()
         mine.append(session)
+        for g in groups_of(user):
+            self.by_group.setdefault((user.tenant, g), set()).add(user.username)
         self.stats["logins"] += 1
         if first and not replaced:
             self.presence_changed(user)
@@ -318,12 +331,16 @@ class CtiService:
         if not self.sessions:
             return
         doc = None
-        for username, sessions in list(self.sessions.items()):
-            viewer = sessions[0].user
-            if not self.visible(viewer, user):
+        viewers: set[str] = set()
+        for g in groups_of(user):
+            viewers |= self.by_group.get((user.tenant, g), set())
+        for username in viewers:
+            sessions = self.sessions.get(username)
+            if not sessions or not self.visible(sessions[0].user, user):
                 continue
             if doc is None:
-                doc = {"jsonrpc": "2.0", "method": "event", "params": {"type": "presence", **self.presence_of(user)}}
+                doc = orjson.dumps({"jsonrpc": "2.0", "method": "event",
+                                    "params": {"type": "presence", **self.presence_of(user)}}).decode()
             for s in sessions:
                 s.push(doc)
 
@@ -385,7 +402,8 @@ class CtiService:
                 self.told[key] = kind
             sessions = self.sessions.get(username)
             if sessions:
-                doc = {"jsonrpc": "2.0", "method": "event", "params": self._call_event(kind, call, direction, leg, username)}
+                doc = orjson.dumps({"jsonrpc": "2.0", "method": "event",
+                                    "params": self._call_event(kind, call, direction, leg, username)}).decode()
                 for s in sessions:
                     s.push(doc)
                 self.stats["call_events"] += len(sessions)
@@ -398,7 +416,7 @@ class CtiService:
 
     # ------------------------------------------------------------------ held, transferred
     def _push_call(self, usernames, params: dict) -> None:
-        doc = {"jsonrpc": "2.0", "method": "event", "params": params}
+        doc = orjson.dumps({"jsonrpc": "2.0", "method": "event", "params": params}).decode()
         for username in usernames:
             for s in self.sessions.get(username, ()):
                 s.push(doc)

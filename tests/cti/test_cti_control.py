@@ -114,3 +114,31 @@ def test_blind_transfer_over_cti(rig):
         assert ended["reason"] == "caller hung up"
         assert not anna.events_of("ended", call_id=call_id)  # anna left the call by the transfer
     rig.assert_idle()
+
+
+def test_recording_needs_the_permission(rig):
+    with CtiClient(rig.cti_url, timeout=10) as anna:
+        anna.login("anna", "anna-cti")
+        before = len(rig.admin("recording.list", tenant="acme"))
+        phone = rig.phone("anna", "call_uas.xml", timeout=20)
+        caller = rig.sipp("call_uac.xml", service="0441110000", port=CARRIER, pause_ms=2500, timeout=20,
+                          name="caller")
+        call_id = anna.wait_event("answered")["call_id"]
+        with pytest.raises(CtiError) as err:  # FEATURES 17: may_record off -> refused, no file
+            anna.call("call.record", call_id=call_id, on=True)
+        assert err.value.error["data"]["field"] == "user" and "may_record" in err.value.error["message"]
+        rig.admin("user.update", username="anna", flags={"may_record": True})
+        try:
+            assert anna.call("call.record", call_id=call_id, on=True)["recording"] is True
+            assert anna.call("call.record", call_id=call_id, on=False)["recording"] is False
+            anna.wait_event("ended", call_id=call_id)
+            assert caller.finish().successful == 1 and phone.finish().successful == 1
+        finally:
+            rig.admin("user.update", username="anna", flags={"may_record": False})
+        import time
+        deadline = time.monotonic() + 5
+        while len(rig.admin("recording.list", tenant="acme")) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kept = rig.admin("recording.list", tenant="acme")
+        assert len(kept) == before + 1 and kept[-1]["user"] == "anna", kept
+    rig.assert_idle()
