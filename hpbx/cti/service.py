@@ -169,11 +169,11 @@ class CtiService:
                 elif msg.type == WSMsgType.BINARY:
                     session.push(_error(None, INVALID_REQUEST, "frames are JSON text, not binary"))
                 elif msg.type == WSMsgType.ERROR:
+                    if getattr(ws.exception(), "code", None) == 1009 or ws.close_code == 1009:
+                        self.stats["oversized_closed"] += 1  # aiohttp closed it with 1009
                     break
                 if session.closed:
                     break
-            if ws.close_code == 1009:
-                self.stats["oversized_closed"] += 1
         finally:
             timer.cancel()
             self._forget(session)

@@ -142,3 +142,18 @@ def test_recording_needs_the_permission(rig):
         kept = rig.admin("recording.list", tenant="acme")
         assert len(kept) == before + 1 and kept[-1]["user"] == "anna", kept
     rig.assert_idle()
+
+
+def test_hangup_of_an_answered_call(rig):
+    with CtiClient(rig.cti_url, timeout=10) as anna:
+        anna.login("anna", "anna-cti")
+        phone = rig.phone("anna", "call_uas.xml", timeout=20)  # hpbx's BYE ends it
+        caller = rig.sipp("call_uac_service.xml", service="0441110000", port=CARRIER, timeout=20, name="caller",
+                          extra=["-key", "rtp_port", str(reserved_port())])  # no RTP flows here
+        call_id = anna.wait_event("answered")["call_id"]
+        assert [c["call_id"] for c in anna.call("call.list")] == [call_id]
+        assert anna.call("call.hangup", call_id=call_id)["hung_up"] is True
+        ended = anna.wait_event("ended", call_id=call_id)
+        assert "anna" in ended["reason"], ended
+        assert caller.finish().successful == 1 and phone.finish().successful == 1
+    rig.assert_idle()
