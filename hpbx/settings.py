@@ -202,6 +202,14 @@ class LicenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """``[server]``: signalling processes (hpbx/cluster/workers.py, README "Signalling on every
+    core")."""
+    workers: int = 1  # SIP worker processes sharing the UDP listeners; 0 = one per core
+    spread: str = "source"  # how the kernel picks a worker: "source" (its hash) or "random" (BPF)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: str = ""
     sip: SipSettings = field(default_factory=SipSettings)
@@ -217,6 +225,7 @@ class Settings:
     conference: ConferenceSettings = field(default_factory=ConferenceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     licence: LicenceSettings = field(default_factory=LicenceSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 class _Reader:
@@ -320,7 +329,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep", "conference", "media", "licence"}
+             "hep", "conference", "media", "licence", "server"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -456,9 +465,12 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
                               cti_users=r.int_in("cti_users", 0, 0, 100_000_000))
     r.finish()
 
+    from hpbx.cluster.workers import server_settings
+    server = server_settings(_Reader(path, "server", data.get("server")), sip, rtp)
+
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep, conference=conference, media=media, licence=licence)
+                    hep=hep, conference=conference, media=media, licence=licence, server=server)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

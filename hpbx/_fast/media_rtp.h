@@ -6,6 +6,10 @@
  * of the last packet that left through it. While a leg only relays this is bookkeeping; once a
  * media endpoint has spoken on the leg, relayed packets are rewritten into that identity, so
  * the phone sees one continuous stream across announcement -> relayed audio -> music on hold.
+ * The same holds when the relayed talker itself changes (a transfer: a new SSRC arrives where
+ * another one was being relayed): from then on the leg rewrites, so the new talker continues
+ * the old stream (SSRC kept, sequence +1, timestamp advanced by the time elapsed, marker bit)
+ * and a phone's jitter buffer does not drop its packets as old.
  */
 #ifndef HPBX_MEDIA_RTP_H
 #define HPBX_MEDIA_RTP_H
@@ -55,6 +59,8 @@ static inline void me_tx_relayed(me_txid *t, uint8_t *p, size_t len, int64_t now
 		return;
 	uint16_t seq = (uint16_t)((p[2] << 8) | p[3]);
 	uint32_t ts = me_rd32(p + 4), ssrc = me_rd32(p + 8);
+	if (!t->rewrite && t->have && ssrc != t->ssrc)
+		t->rewrite = 1; /* a new talker: it continues the stream the phone already hears */
 	if (t->rewrite) {
 		uint16_t ahead = (uint16_t)(seq - t->in_seq);
 		if (!t->mapped || ssrc != t->in_ssrc || (ahead > 3000 && ahead < 65536 - 100)) {
@@ -95,6 +101,7 @@ static inline void me_tx_relayed(me_txid *t, uint8_t *p, size_t len, int64_t now
 /* hooks the relay core calls; defined in media_engine.h */
 static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now);
 static void me_session_end(void *relay, void *session);
+static void me_watch_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now);
 static void me_free(void *relay);
 
 #endif

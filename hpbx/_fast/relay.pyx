@@ -50,9 +50,11 @@ cdef extern from "relay_engine.h" nogil:
     int rl_start(rl_relay *r)
     void rl_free(rl_relay *r)
     int rl_allocate(rl_relay *r, uint64_t *out)
-    int rl_delete(rl_relay *r, uint64_t h)
+    int rl_delete(rl_relay *r, uint64_t h, int wait)
     int rl_set_peer(rl_relay *r, uint64_t h, int li, const char *host, int port, int rtcp_port, int mux)
     int rl_relatch(rl_relay *r, uint64_t h, int li)
+    int rl_switch(rl_relay *r, uint64_t h, int li)
+    int rl_adopt_tx(rl_relay *r, uint64_t h, int li, uint64_t src, int fli)
     int rl_set_hold(rl_relay *r, uint64_t h, int hold)
     int rl_set_clock_rate(rl_relay *r, uint64_t h, int li, uint32_t rate)
     int rl_query(rl_relay *r, uint64_t h, rl_leg_info *a, rl_leg_info *b, int *hold, int64_t *created_ns)
@@ -252,9 +254,11 @@ cdef class Relay:
             raise RelayError(f"cannot allocate relay ports: {os.strerror(e)}")
         return h
 
-    def delete(self, uint64_t session):
-        """Close the session's sockets and give its ports back to the pool."""
-        cdef int e = rl_delete(self._live(), session)
+    def delete(self, uint64_t session, bint wait=True):
+        """Close the session's sockets and give its ports back to the pool. With ``wait``
+        False (io_uring), the worker closes the sockets just after this returns: the call path
+        does not wait for it (an ``allocate`` that finds no bindable pair waits for it)."""
+        cdef int e = rl_delete(self._live(), session, wait)
         if e:
             raise RelayError(f"unknown relay session {session}")
 
@@ -276,6 +280,23 @@ cdef class Relay:
         cdef int li = _leg(leg)  # before _live(): comparing ``leg`` may run Python code
         if rl_relatch(self._live(), session, li):
             raise RelayError(f"unknown relay session {session}")
+
+    def switch(self, uint64_t session, leg):
+        """The leg's party changes (a transfer, pickup, call move): send to its SDP address now
+        and latch its first packet; the old party's packets are relayed until then but cannot
+        latch (for at most ``silence`` seconds)."""
+        cdef int li = _leg(leg)
+        if rl_switch(self._live(), session, li):
+            raise RelayError(f"unknown relay session {session}")
+
+    def adopt_stream(self, uint64_t session, leg, uint64_t source, source_leg):
+        """A party moved here from ``source`` (``source_leg`` faced it; ``leg`` does now): what
+        ``leg`` sends continues the stream the party received from ``source`` (same SSRC,
+        sequence and timestamp going on)."""
+        cdef int li = _leg(leg)
+        cdef int fli = _leg(source_leg)
+        if rl_adopt_tx(self._live(), session, li, source, fli):
+            raise RelayError(f"unknown relay session {session} or {source}")
 
     def set_hold(self, uint64_t session, bint hold):
         """A held session is never reported by ``timed_out``."""

@@ -22,12 +22,18 @@ _add("conference.list", lambda ctx, p: _page(_conf(ctx).list(p.get("tenant")), p
      columns=("tenant", "room", "title", "participants"))
 _add("conference.participants", lambda ctx, p: _conf(ctx).participants(p["tenant"], p["room"]),
      "Who is in a room: call id, caller, since when, muted, invited.", TENANT, _ROOM,
-     columns=("call_id", "caller", "joined", "muted", "invited"))
+     columns=("call_id", "caller", "state", "joined", "muted", "invited"))
 _add("conference.kick", lambda ctx, p: _conf(ctx).kick(p["tenant"], p["room"], p["call_id"]),
      "Hang up one participant (they may dial in again with the PIN).", TENANT, _ROOM, _CALL)
 _add("conference.mute", lambda ctx, p: _conf(ctx).mute(p["tenant"], p["room"], p["call_id"], p.get("muted", True)),
      "Mute (or, with muted=false, unmute) one participant: the others no longer hear them.",
      TENANT, _ROOM, _CALL, Param("muted", "bool", help="true (default) mutes, false unmutes"))
+_add("conference.invite", lambda ctx, p: _conf(ctx).invite(p["tenant"], p["room"], p["target"]),
+     "The PBX calls a participant (a user, an internal or an external number through the tenant's "
+     "trunk) and puts them into the room when they answer, without a PIN.",
+     TENANT, Param("room", "str", required=True,
+                   help="an open room (conference.list) or a conference number of the tenant"),
+     Param("target", "str", required=True, help="user:<username>, an internal number or 0.../+..."))
 _add("conference.end", lambda ctx, p: _conf(ctx).end(p["tenant"], p["room"]),
      "End a conference: every participant is hung up.", TENANT, _ROOM)
 _add("conference.schedule",

@@ -51,5 +51,8 @@ class AdminContext:
     conferences: Any = None
     # hpbx.pbx.voicemail.Voicemail: user mailboxes (mailbox.list, mailbox.delete, ...)
     voicemail: Any = None
+    # hpbx.pbx.followme.FollowMe and hpbx.pbx.callthrough.Callthrough (issue 12)
+    followme: Any = None
+    callthrough: Any = None
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)

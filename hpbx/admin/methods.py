@@ -365,7 +365,13 @@ _add_crud(
      Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
      Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music"),
      Param("licence_users", "int", help="users licensed to the tenant (0 = no limit of its own)", min=0),
-     Param("licence_cti_users", "int", help="CTI users licensed to the tenant (0 = no limit of its own)", min=0)),
+     Param("licence_cti_users", "int", help="CTI users licensed to the tenant (0 = no limit of its own)", min=0),
+     # issue 11 (hpbx.pbx.voicemail, push, recording)
+     Param("voicemail_format", "str", choices=("wav", "mp3"), help="attachment of voice messages"),
+     Param("push_url", "str", help="http(s) URL of the push webhook (\"\" = none)"),
+     Param("push_secret", "str", help="HMAC-SHA256 key signing the webhook's bodies"),
+     Param("recording_notice", "str",
+           help="played to both parties when a call recording starts: \"\", prompt, announcement:<id>")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -387,7 +393,12 @@ _add_crud(
      Param("cti_groups", "array", help="CTI groups: the sections of the colleague list"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
-                "each an internal or external number, \"\" = off")),
+                "each an internal or external number, \"\" = off"),
+     Param("mailbox", "object",
+           help="user mailbox: enabled, email, greeting (announcement id), timeout, pin, keep, "
+                "mwi_unsolicited"),
+     Param("callthrough", "array",
+           help="callthrough rules: [{authorised, access (a callthrough number), presented}]")),
     (Param("tenant", "str", help="only this tenant"),),
     ("username", "tenant", "internal_number", "displayed_number", "details"))
 _add_crud(
@@ -413,14 +424,16 @@ _add_crud(
     "number", "a public number (call distribution)",
     (Param("number", "str", required=True, help="the public number, national or +E.164"),),
     (TENANT,
-     Param("usage", "str", help="what the number does", choices=("telephone", "fax", "conference", "followme")),
+     Param("usage", "str", help="what the number does", choices=("telephone", "fax", "conference", "followme", "callthrough")),
      Param("name", "str", help="label"),
      Param("alert_info", "str", help="Alert-Info sent to the rung devices"),
      Param("slots", "array", help="up to ten dial-plan slots (see number.set_slots)"),
      Param("pin", "str", help="conference or FollowMe: the PIN callers enter (digits)"),
      Param("personal_rooms", "bool", help="conference: the dial-in of every user's personal room"),
      Param("max_participants", "int", help="conference: participants per room (0 = [conference] default)"),
-     Param("fax_mail", "str", help="usage fax: mail address(es) for received faxes, comma-separated")),
+     Param("fax_mail", "str", help="usage fax: mail address(es) for received faxes, comma-separated"),
+     Param("followme", "str", help="FollowMe: what it re-programs: switch:NAME, forward:USER[:RULE], slot:NUMBER:K"),
+     Param("authorised", "array", help="FollowMe: calling numbers allowed to use it")),
     (Param("tenant", "str", help="only this tenant"),
      Param("filter", "str", help="digits the number contains (508 finds 0445081111)")),
     ("number", "tenant", "usage", "name"))
@@ -537,6 +550,7 @@ from hpbx.admin import conference_methods  # noqa: E402,F401  (conference.*: roo
 from hpbx.admin import mailbox_methods  # noqa: E402,F401  (mailbox.*: user mailboxes, issue 11)
 from hpbx.admin import recording_methods  # noqa: E402,F401  (call.record, recording.*: issue 11)
 from hpbx.admin import announcement_methods  # noqa: E402,F401  (announcement.* with the audio itself)
+from hpbx.admin import followme_methods  # noqa: E402,F401  (followme.*, callthrough.*: issue 12)
 
 # -- the web face: admin accounts, audit log, dial-plan simulator, phones, dashboard -------
 

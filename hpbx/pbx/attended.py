@@ -12,8 +12,10 @@ the hold B put it on) and ``P-Asserted-Identity`` of C. B gets NOTIFY ``message/
 (100 Trying, then C's final status) and BYE on both of its dialogs. The other call ends with the
 reason ``attended transfer``; both CDRs name each other in ``linked_call``.
 
-B called both far parties (neither call's far party is a caller): refused 501, hpbx cannot
-turn a called leg into a caller leg yet. A Replaces that names no dialog, a dialog of another
+B called both far parties (neither is a caller): the REFER's call is kept and the other
+call's far party C takes B's caller seat in it (hpbx.pbx.seat): C is re-INVITEd on its dialog
+towards the kept call's relay port "a" with the kept answered party's SDP, and once it answers
+that party is re-INVITEd with C's SDP. A Replaces that names no dialog, a dialog of another
 user or tenant, or a call not answered: the REFER is accepted (202, as RFC 5589 expects a
 transferee to be) and its NOTIFY reports ``SIP/2.0 481 Call/Transaction Does Not Exist``;
 nothing changes.
@@ -24,7 +26,7 @@ import logging
 from urllib.parse import unquote
 
 from hpbx.errors import HpbxError
-from hpbx.pbx import anchor, replaces, router
+from hpbx.pbx import anchor, replaces, router, seat
 
 log = logging.getLogger("hpbx.pbx.attended")
 
@@ -109,8 +111,8 @@ def handle(call, side, tx, replaces_value: str) -> None:
     elif far_there == "a":
         host, host_b, mover, mover_b, mover_far = other, other_side, call, side, far_here
     else:
-        tx.respond(501, "Attended transfer of two called parties not implemented")
-        return
+        # B called both: the REFER's call is kept, the other's far party takes B's caller seat
+        host, host_b, mover, mover_b, mover_far = call, side, other, other_side, far_there
     if host.media is None or mover.transfer is not None or host.transfer is not None:
         tx.respond(491 if host.media is not None else 488, "Transfer not possible now")
         return
@@ -127,6 +129,8 @@ class AttendedTransfer:
         self.host, self.host_b = host, host_b  # host_b: B's BLeg in the host call (its winner)
         self.mover, self.mover_b = mover, mover_b  # mover_b: B's side in the other call
         self.mover_far = mover_far  # C: the other call's winner BLeg, or "a" (its caller)
+        # B is the caller of both calls: C takes B's seat (leg a) of the host call (hpbx.pbx.seat)
+        self.seat = host_b == "a"
         self.done = False
 
     def _c(self):
@@ -137,15 +141,7 @@ class AttendedTransfer:
         return self.mover_far.dialog, self.mover_far.target
 
     def _identity(self, call, side) -> str:
-        """A P-Asserted-Identity value for the far party ``side`` of ``call``."""
-        if side == "a":
-            number = call.caller
-        else:
-            user = call.service.provisioning.directory.auth_user(side.user) if side.user else None
-            number = (user.internal_number or user.username) if user is not None else side.ring.value
-        dialog = call.a_dialog
-        host = dialog.local_uri.split("@", 1)[1].rstrip(">") if dialog and "@" in dialog.local_uri else "hpbx"
-        return f"<sip:{number}@{host}>"
+        return identity(call, side)
 
     def finish(self, sipfrag: str) -> None:
         self.done = True
@@ -159,17 +155,26 @@ class AttendedTransfer:
         svc = host.service
         dialog, target = self._c()
         ms = host.media
-        source = host.a_msg.body or b""
-        try:
-            offer = anchor.rewrite(source, ms.address_for(target.host), ms.port_b) if source else host.b_offer
-        except HpbxError:
-            offer = host.b_offer
+        if self.seat:  # C takes B's caller seat: offered the host's answered party on port a
+            winner = host.winner
+            source = winner.last.body if winner is not None and winner.last is not None else b""
+            try:
+                offer = anchor.rewrite(source, ms.address_for(target.host), ms.port_a) if source else b""
+            except HpbxError:
+                offer = b""
+        else:
+            source = host.a_msg.body or b""
+            try:
+                offer = anchor.rewrite(source, ms.address_for(target.host), ms.port_b) if source else host.b_offer
+            except HpbxError:
+                offer = host.b_offer
         if not offer:
             self.finish("SIP/2.0 488 Not Acceptable Here")
             return
         cseq = dialog.next_cseq()
         headers = dialog.headers("INVITE", cseq) + [
-            ("P-Asserted-Identity", self._identity(host, "a")), ("Content-Type", "application/sdp")]
+            ("P-Asserted-Identity", self._identity(host, host.winner if self.seat else "a")),
+            ("Content-Type", "application/sdp")]
         svc.transactions.send_request(
             "INVITE", dialog.remote_target, headers, dialog.target,
             lambda tx, status, resp: host.guarded(self._c_answered, dialog, cseq, status, resp), offer)
@@ -190,17 +195,23 @@ class AttendedTransfer:
             # one of the calls ended meanwhile: C's new offer is moot; the ending call cleans up
             self.finish("SIP/2.0 487 Request Terminated")
             return
+        leg_name = "a" if self.seat else "b"
         try:
             peer = anchor.peer(resp.body)
-            svc.media.set_peer(host.id, "b", peer.host, peer.port, rtcp_port=peer.rtcp_port,
+            svc.media.set_peer(host.id, leg_name, peer.host, peer.port, rtcp_port=peer.rtcp_port,
                                rtcp_mux=peer.rtcp_mux)
-            svc.media.relatch(host.id, "b")
+            svc.media.switch(host.id, leg_name)
             svc.media.set_hold(host.id, False)
+            if mover.media is not None:  # C goes on hearing one stream (before mover's ends)
+                svc.media.adopt_stream(host.id, leg_name, mover.id, "a" if self.mover_far == "a" else "b")
         except HpbxError as exc:
             log.info("[%s] transfer target's SDP not usable: %s", host.id, exc)
             self.finish("SIP/2.0 488 Not Acceptable Here")
             return
         by = _user_of(host, self.host_b)
+        if self.seat:
+            self._seat_c(dialog, resp, by)
+            return
         # C leaves the other call: that call ends (its CDR says why), C's dialog is kept
         if self.mover_far == "a":
             c_user = mover.caller_user
@@ -237,6 +248,44 @@ class AttendedTransfer:
         reoffer_caller(host, resp.body, self._identity(host, leg), relatch=True)
         svc.dialog_changed(host)
         log.info("[%s] attended transfer by %s: %s joined from call %s", host.id, by, leg.label, mover.id)
+
+    def _seat_c(self, dialog, resp, by: str) -> None:
+        """C answered (B had called both): C leaves the other call and takes B's caller seat of
+        the host call; the host's answered party learns C's SDP."""
+        host, mover, leg = self.host, self.mover, self.mover_far
+        svc = host.service
+        mover.legs.pop(leg.id, None)
+        if mover.winner is leg:
+            mover.winner = None  # C's count of active calls moves with it (mover's end skips it)
+        leg.call = host
+        host.links.append(mover.id)
+        mover.links.append(host.id)
+        mover.transfer = None
+        mover._end(f"attended transfer by {by}")
+        self.finish("SIP/2.0 200 OK")  # in B's dialog, before the seat changes hands
+        host._send_bye(host.a_dialog, None)
+        host._send_bye(mover.a_dialog, None)
+        directory = svc.provisioning.directory
+        seat.seat_caller(host, dialog, leg.target, directory.auth_user(leg.user) if leg.user else None,
+                         counted=True)
+        host.targets_tried.append(f"caller:{leg.ring.key}")
+        seat.reoffer_callee(host, resp.body, identity(host, "a"))
+        svc.dialog_changed(host)
+        log.info("[%s] attended transfer by %s: %s took the caller's seat from call %s",
+                 host.id, by, leg.label, mover.id)
+
+
+def identity(call, side) -> str:
+    """A P-Asserted-Identity value for the far party ``side`` ("a" or a BLeg) of ``call``."""
+    if side == "a":
+        user = call.caller_user
+        number = (user.internal_number or user.username) if user is not None else call.caller
+    else:
+        user = call.service.provisioning.directory.auth_user(side.user) if side.user else None
+        number = (user.internal_number or user.username) if user is not None else side.ring.value
+    dialog = call.a_dialog
+    host = dialog.local_uri.split("@", 1)[1].rstrip(">") if dialog and "@" in dialog.local_uri else "hpbx"
+    return f"<sip:{number}@{host}>"
 
 
 def reoffer_caller(call, sdp: bytes, identity: str = "", relatch: bool = False) -> None:

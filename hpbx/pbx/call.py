@@ -283,7 +283,7 @@ class Call:
                     if leg.ring.diverted_by:
                         extra.append(("Diversion", f"<sip:{leg.ring.diverted_by}@{self._trunk_domain(leg)}>"
                                                    f";reason={leg.ring.reason};counter=1"))
-                elif plan.kind != "external":
+                elif plan.kind == "dialplan":  # not a transfer of an internal call: no internal number
                     extra.append(("Diversion", f"<sip:{plan.dialled}@{self._trunk_domain(leg)}>"
                                                ";reason=unconditional;counter=1"))
                 if ident.asserted:
@@ -615,6 +615,8 @@ class Call:
             return
         if method == "BYE":
             tx.respond(200)
+            if transfer.transferor_left(self, side):
+                return  # a blind transferor may leave after its 202: the call waits for the target
             self._send_bye(other, None)
             self._end("caller hung up" if side == "a" else "callee hung up")
             return
@@ -731,6 +733,8 @@ class Call:
                 self._cancel_leg(leg, "")
             svc.legs.pop(leg.call_id, None)
         svc.legs.pop(self.id, None)
+        if self.a_dialog is not None:  # a caller seat that changed hands (hpbx.pbx.seat)
+            svc.legs.pop(self.a_dialog.call_id, None)
         rtp = ""
         if self.media is not None:
             final = svc.media.delete(self.id)

@@ -93,6 +93,7 @@ class CallService:
         for method in ("BYE", "UPDATE", "INFO", "REFER"):
             handlers[method] = self.on_in_dialog
         handlers["SUBSCRIBE"] = lambda tx: presence.dispatch(self, tx)
+        handlers["NOTIFY"] = presence.refuse_notify  # issue 18: no subscription of ours (481)
 
     # ------------------------------------------------------------------ who is calling
     def trunk_for(self, host: str, port: int):
@@ -311,7 +312,8 @@ class CallService:
         out = {**self.stats, "calls_active": len(self.calls),
                "blf_subscriptions": len(self.blf.by_dialog), "blf_notify_sent": self.blf.stats["notify_sent"],
                "presence_subscriptions": len(self.presence.by_dialog),
-               "presence_notify_sent": self.presence.stats["notify_sent"]}
+               "presence_notify_sent": self.presence.stats["notify_sent"],
+               "users_in_calls": sum(self.active.values())}  # busy handling's counts (issue 18)
         if self.media is not None:
             out.update(media_sessions=len(self.media), media_pairs_used=self.media.used_pairs(),
                        media_pairs_free=self.media.free_pairs())
@@ -327,6 +329,11 @@ class CallService:
     def flush_cdrs(self) -> None:
         self._cdr_timer = None
         batch, self._cdrs = self._cdrs, []
+        try:
+            self.provisioning.cdr_add_many(batch)  # one commit for the batch
+            return
+        except HpbxError:
+            pass  # one record does not validate (or the store refused): each on its own
         for doc in batch:
             try:
                 self.provisioning.cdr_add(doc)

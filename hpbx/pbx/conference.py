@@ -21,9 +21,10 @@ the three loudest others, never itself; PCMA and PCMU members share a room).
   overrides it) and ``max_rooms`` open rooms per tenant; a full room plays a refusal and
   releases.
 
-Rooms exist while somebody is in them. Prompts are engine prompt names (``conf-getpin``,
-``conf-invalidpin``, ``conf-locked``, ``vm-goodbye``); a missing prompt is skipped by the
-channel, and the tones (beep, congestion) still tell the caller what happened.
+Rooms exist while somebody is in them. Prompts are system prompts (hpbx.media.prompts:
+``conf-enter-pin``, ``conf-invalid-pin``, ``conf-locked``, ``goodbye``) in the tenant's
+language; a missing prompt is skipped (logged by the library), and the tones (beep, congestion)
+still tell the caller what happened.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from hpbx.pbx import media_channel
 log = logging.getLogger("hpbx.pbx.conference")
 
 HOLD_PROMPT = "conference-hold"  # fallback music when the tenant has none (built here, once)
-PROMPT_PIN, PROMPT_BAD_PIN, PROMPT_FULL, PROMPT_BYE = "conf-getpin", "conf-invalidpin", "conf-locked", "vm-goodbye"
+PROMPT_PIN, PROMPT_BAD_PIN, PROMPT_FULL, PROMPT_BYE = "conf-enter-pin", "conf-invalid-pin", "conf-locked", "goodbye"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scheduled (
@@ -119,7 +120,9 @@ class Conferences:
             from hpbx.store.sqlite import connect
             path = ":memory:" if store_path == ":memory:" else str(Path(store_path).parent / "conferences.sqlite")
             self.db = connect(path, _SCHEMA)
-        self.stats = {"joined": 0, "pin_refused": 0, "room_full": 0, "invitations": 0}
+        self.stats = {"joined": 0, "pin_refused": 0, "room_full": 0, "invitations": 0,
+                      "invited": 0, "invite_failed": 0}
+        self.invites: dict[str, dict] = {}  # call id -> {tenant, room, target, since}: being called
 
     def configure(self, settings) -> None:
         self.settings = settings.conference
@@ -151,7 +154,7 @@ class Conferences:
         s = self.settings
         for attempt in range(s.pin_attempts):
             prompt = PROMPT_PIN if attempt == 0 else [PROMPT_BAD_PIN, PROMPT_PIN]
-            await ch.play(prompt, barge_in="0123456789")
+            await ch.play(self._say(ch, prompt), barge_in="0123456789")
             await ch.tone("beep")
             pin, ended = await self._read_pin(ch, s.pin_timeout)
             result = check(pin) if pin and ended else None
@@ -161,9 +164,16 @@ class Conferences:
             log.info("[%s] conference PIN refused (attempt %d%s)", ch.id, attempt + 1,
                      "" if ended else ", no #")
         ch.result = "PIN refused"
-        await ch.play([PROMPT_BAD_PIN, PROMPT_BYE])
+        await ch.play(self._say(ch, [PROMPT_BAD_PIN, PROMPT_BYE]))
         await ch.tone("congestion")
         return None
+
+    def _say(self, ch, names) -> list[str]:
+        """Engine names of system prompts ``names`` in the caller's language (the names are
+        PROMPTS keys, not engine names: played raw they were never loaded, so never heard)."""
+        lib = getattr(self.svc, "prompts", None)
+        names = [names] if isinstance(names, str) else names
+        return lib.say(ch.language, names) if lib is not None else []
 
     @staticmethod
     async def _read_pin(ch, timeout: float) -> tuple[str, bool]:
@@ -224,7 +234,7 @@ class Conferences:
     async def _refuse_full(self, ch, why: str) -> None:
         self.stats["room_full"] += 1
         ch.result = why
-        await ch.play([PROMPT_FULL, PROMPT_BYE])
+        await ch.play(self._say(ch, [PROMPT_FULL, PROMPT_BYE]))
         await ch.tone("congestion")
 
     def _left(self, room: Room, ch) -> None:
@@ -286,24 +296,72 @@ class Conferences:
     def _room(self, tenant: str, room: str) -> Room:
         found = self.rooms.get((tenant, room))
         if found is None:
-            raise NotFoundError(f"no open conference {room!r} in tenant {tenant!r}")
+            raise NotFoundError("open conference", room)
         return found
 
     def list(self, tenant: str | None = None) -> list[dict]:
         return [r.as_dict() for r in self.rooms.values() if tenant is None or r.tenant == tenant]
 
     def participants(self, tenant: str, room: str) -> list[dict]:
+        calling = [{"call_id": cid, "caller": i["target"], "joined": 0, "muted": False, "invited": True,
+                    "state": "calling"} for cid, i in self.invites.items()
+                   if (i["tenant"], i["room"]) == (tenant, room)]
+        if calling and (tenant, room) not in self.rooms:
+            return calling
         r = self._room(tenant, room)
         return [{"call_id": cid, "caller": m.ch.caller, "joined": m.joined, "muted": m.muted,
-                 "invited": m.invited} for cid, m in r.members.items()]
+                 "invited": m.invited, "state": "connected"} for cid, m in r.members.items()] + calling
+
+    def invite(self, tenant: str, room: str, target: str) -> dict:
+        """hpbx calls ``target`` (user:<name>, internal or external number) and, when it
+        answers, puts it into ``room`` without a PIN (FEATURES 10.3 "invite participant")."""
+        found = self.rooms.get((tenant, room))
+        number = self.svc.provisioning.directory.number(room)
+        if found is not None:
+            title = found.title
+        elif number is not None and number.tenant == tenant and number.usage == "conference" \
+                and not number.personal_rooms:
+            title = number.name or number.number
+        else:
+            raise NotFoundError("open conference or conference number", room)
+        if number is not None and number.usage == "conference":
+            caller, limit = number.number, number.max_participants
+        else:
+            try:
+                caller = self.dial_in(tenant)
+            except ValidationError:
+                caller = ""
+            limit = 0
+
+        async def joined(ch) -> None:
+            self.invites.pop(ch.id, None)
+            await self.attend(ch, room, title, limit=limit, invited=True)
+
+        def failed(ch, status: int) -> None:
+            self.invites.pop(ch.id, None)
+            self.stats["invite_failed"] += 1
+            log.info("conference %s/%s: invitation of %s failed (%s)", tenant, room, target, status)
+
+        ch = media_channel.dial(self.svc, target, tenant, caller, joined, name="conference-invite",
+                                on_failed=failed)
+        self.invites[ch.id] = {"tenant": tenant, "room": room, "target": target, "since": time.time()}
+        self.stats["invited"] += 1
+        return {"call_id": ch.id, "room": room, "target": target, "state": "calling"}
 
     def _member(self, tenant: str, room: str, call_id: str) -> Member:
         m = self._room(tenant, room).members.get(call_id)
         if m is None:
-            raise NotFoundError(f"call {call_id!r} is not in conference {room!r}")
+            raise NotFoundError(f"participant of conference {room!r}", call_id)
         return m
 
     def kick(self, tenant: str, room: str, call_id: str) -> dict:
+        invite = self.invites.get(call_id)
+        if invite is not None and (invite["tenant"], invite["room"]) == (tenant, room):
+            ch = self.svc.calls.get(call_id)
+            if ch is not None:
+                ch.hangup_now("invitation withdrawn by the administrator")
+            self.invites.pop(call_id, None)
+            return {"call_id": call_id, "kicked": True}
         m = self._member(tenant, room, call_id)
         m.ch.result = "kicked"
         m.ch.hangup_now("kicked by the administrator")
@@ -327,7 +385,7 @@ class Conferences:
     def dial_in(self, tenant: str) -> str:
         objs = self.svc.provisioning.directory.objects(tenant)
         if objs is None:
-            raise NotFoundError(f"no tenant {tenant!r}")
+            raise NotFoundError("tenant", tenant)
         for n in objs.numbers.values():
             if n.usage == "conference" and n.personal_rooms:
                 return n.number
@@ -427,7 +485,7 @@ class Conferences:
     def cancel(self, tenant: str, cid: str) -> dict:
         cur = self.db.execute("DELETE FROM scheduled WHERE tenant = ? AND id = ?", (tenant, cid))
         if not cur.rowcount:
-            raise NotFoundError(f"no scheduled conference {cid!r} in tenant {tenant!r}")
+            raise NotFoundError(f"scheduled conference of tenant {tenant!r}", cid)
         return {"id": cid, "deleted": True}
 
 

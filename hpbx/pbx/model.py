@@ -29,7 +29,7 @@ RESERVED_INTERNAL = frozenset(["700", *map(str, range(701, 721)), "801", "900", 
 RESERVED_TEXT = "reserved (700-720, 801, 900-902)"
 ALLUSERS = "ALLUSERS"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-USAGES = ("telephone", "fax", "conference", "followme")
+USAGES = ("telephone", "fax", "conference", "followme", "callthrough")
 SLOT_MODES = ("weekday", "date")
 ROW_MODE_RING = 1
 ROW_MODES = (ROW_MODE_RING,)  # an integer enum so further row modes can be added (FEATURES 3.7)
@@ -48,6 +48,9 @@ _OBJNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 _INTERNAL_RE = re.compile(r"[1-9][0-9]{1,5}")
 _PUBLIC_RE = re.compile(r"\+?[0-9]{3,20}")
 _EXTERNAL_RE = re.compile(r"\+?[0-9*#]{2,32}")
+_FOLLOWME_RE = re.compile(r"switch:[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}"
+                          r"|forward:[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}(:(unconditional|busy|no_answer|unavailable))?"
+                          r"|slot:\+?[0-9]{3,20}:([1-9]|10)")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
 _TIME_RE = re.compile(r"([0-9]{2}):([0-9]{2})")
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -271,6 +274,9 @@ class Tenant:
     # limit of its own (the server-wide [licence] still counts)
     licence_users: int = 0
     licence_cti_users: int = 0
+    # call recording (hpbx.pbx.recording): played to both parties when a recording starts:
+    # "" none, "prompt" (system prompt call-recorded), "announcement:<id>"
+    recording_notice: str = ""
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -296,7 +302,9 @@ class Tenant:
                   music_on_hold=r.text("music_on_hold", "default", _MOH_RE,
                                        "music class name or announcement:<id>"),
                   licence_users=r.integer("licence_users", 0, 0, 10_000_000),
-                  licence_cti_users=r.integer("licence_cti_users", 0, 0, 10_000_000))
+                  licence_cti_users=r.integer("licence_cti_users", 0, 0, 10_000_000),
+                  recording_notice=r.text("recording_notice", "", _NOTICE_RE,
+                                          '"", "prompt" or announcement:<id>'))
         r.finish()
         return obj
 
@@ -306,7 +314,8 @@ class Tenant:
              "push_url": self.push_url, "push_secret": self.push_secret,
              "voicemail_format": self.voicemail_format,
              "language": self.language, "music_on_hold": self.music_on_hold,
-             "licence_users": self.licence_users, "licence_cti_users": self.licence_cti_users}
+             "licence_users": self.licence_users, "licence_cti_users": self.licence_cti_users,
+             "recording_notice": self.recording_notice}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
@@ -314,7 +323,8 @@ _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "def
                     "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
                     "voicemail_format": "wav",
                     "language": "de",
-                    "music_on_hold": "default", "licence_users": 0, "licence_cti_users": 0}
+                    "music_on_hold": "default", "licence_users": 0, "licence_cti_users": 0, "recording_notice": ""}
+_NOTICE_RE = re.compile(r"prompt|announcement:[1-9][0-9]{0,5}")
 _LANGUAGE_RE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
 _MOH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}|announcement:[1-9][0-9]{0,5}")
 
@@ -394,10 +404,13 @@ def _usernames(r: "_Reader", key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+FORWARD_MAILBOX = "mailbox"  # a forwarding target: the user's own mailbox (hpbx.pbx.router)
+
+
 def check_forward_target(value: str, name: str) -> None:
-    """An internal number (2-6 digits) or an external number (0... or +...)."""
-    if not re.fullmatch(r"\+?[0-9]{2,20}", value):
-        raise ValidationError(name, f"{value!r} is not an internal or external number")
+    """An internal number (2-6 digits), an external number (0... or +...) or "mailbox"."""
+    if value != FORWARD_MAILBOX and not re.fullmatch(r"\+?[0-9]{2,20}", value):
+        raise ValidationError(name, f"{value!r} is not an internal or external number, nor \"mailbox\"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +500,29 @@ class UserMailbox:
 
 
 @dataclass(frozen=True, slots=True)
+class CallthroughRule:
+    """A user's callthrough rule (FEATURES 12, hpbx.pbx.callthrough): when ``authorised`` calls
+    ``access`` (a number of usage callthrough), the destination it enters is called through the
+    trunk presenting ``presented`` ("" = the user's displayed number)."""
+
+    authorised: str
+    access: str
+    presented: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "CallthroughRule":
+        r = _Reader(data, path)
+        obj = cls(authorised=r.text("authorised", _REQUIRED, _EXTERNAL_RE, "calling number"),
+                  access=r.text("access", _REQUIRED, _PUBLIC_RE, "public number"),
+                  presented=r.text("presented", "", _PUBLIC_RE, "public number"))
+        r.finish()
+        return obj
+
+    def to_dict(self) -> dict:
+        return {"authorised": self.authorised, "access": self.access, "presented": self.presented}
+
+
+@dataclass(frozen=True, slots=True)
 class User:
     tenant: str
     username: str  # SIP digest user, unique server-wide; also the user's id
@@ -505,6 +541,7 @@ class User:
     conference_pin: str = ""  # digits: picks the user's personal room on the dial-in number (10.2)
     mailbox: UserMailbox = field(default_factory=UserMailbox)  # FEATURES 8.2
     cti_groups: tuple[str, ...] = ()  # CTI groups: the sections of the CTI colleague list (14.3)
+    callthrough: tuple[CallthroughRule, ...] = ()  # FEATURES 12
 
     @property
     def id(self) -> str:
@@ -540,6 +577,8 @@ class User:
             conference_pin=_pin(r, "conference_pin"),
             mailbox=UserMailbox.from_dict(r.get("mailbox", Mapping, {}), r.name("mailbox")),
             cti_groups=tuple(r.strings("cti_groups", _OBJNAME_RE, "group name")),
+            callthrough=tuple(CallthroughRule.from_dict(x, f"{r.name('callthrough')}[{i}]")
+                              for i, x in enumerate(r.get("callthrough", (list, tuple), []))),
         )
         r.finish()
         return obj
@@ -553,7 +592,8 @@ class User:
              "forward": self.forward.to_dict(compact), "pickup": list(self.pickup),
              "supervise": list(self.supervise), "presence_groups": list(self.presence_groups),
              "conference_pin": self.conference_pin,
-             "mailbox": self.mailbox.to_dict(compact), "cti_groups": list(self.cti_groups)}
+             "mailbox": self.mailbox.to_dict(compact), "cti_groups": list(self.cti_groups),
+             "callthrough": [c.to_dict() for c in self.callthrough]}
         if not with_tenant:
             del d["tenant"]
         if compact:
@@ -567,7 +607,7 @@ class User:
                 d.pop("flags", None)
             if not d.get("forward"):
                 d.pop("forward", None)
-            for key in ("pickup", "supervise", "presence_groups", "mailbox", "cti_groups"):
+            for key in ("pickup", "supervise", "presence_groups", "mailbox", "cti_groups", "callthrough"):
                 if not d.get(key):
                     d.pop(key, None)
         return d
@@ -836,6 +876,9 @@ class PublicNumber:
     personal_rooms: bool = False  # conference: the dial-in of every user's personal room (10.2)
     max_participants: int = 0  # conference: per room; 0 = the [conference] default
     fax_mail: str = ""  # usage fax: where received faxes are mailed (comma-separated addresses)
+    # usage followme (FEATURES 11, hpbx.pbx.followme): what the number re-programs, and who may
+    followme: str = ""  # "switch:<name>", "forward:<username>[:<rule>]" or "slot:<number>:<1-10>"
+    authorised: tuple[str, ...] = ()  # calling numbers let in (with ``pin``, if set, asked too)
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "", tenant: str | None = None) -> "PublicNumber":
@@ -849,8 +892,13 @@ class PublicNumber:
                   slots=slots_from_list(r.get("slots", (list, tuple), []), r.name("slots")),
                   pin=_pin(r, "pin"), personal_rooms=r.flag("personal_rooms"),
                   max_participants=r.integer("max_participants", 0, 0, 10000),
-                  fax_mail=_email_list(r, "fax_mail"))
+                  fax_mail=_email_list(r, "fax_mail"),
+                  followme=r.text("followme", "", _FOLLOWME_RE,
+                                  "FollowMe binding (switch:NAME, forward:USER[:RULE], slot:NUMBER:1-10)"),
+                  authorised=r.strings("authorised", _EXTERNAL_RE, "calling number"))
         r.finish()
+        if obj.usage != "followme" and (obj.followme or obj.authorised):
+            raise r.fail("usage", "followme and authorised belong to a FollowMe number")
         if obj.personal_rooms and obj.pin:
             raise r.fail("pin", "a dial-in for personal rooms has no PIN of its own: the users' PINs pick the room")
         if obj.usage != "conference" and (obj.personal_rooms or obj.max_participants):
@@ -861,11 +909,13 @@ class PublicNumber:
         d = {"tenant": self.tenant, "number": self.number, "usage": self.usage, "name": self.name,
              "alert_info": self.alert_info, "slots": slots_to_list(self.slots, compact),
              "pin": self.pin, "personal_rooms": self.personal_rooms,
-             "max_participants": self.max_participants, "fax_mail": self.fax_mail}
+             "max_participants": self.max_participants, "fax_mail": self.fax_mail,
+             "followme": self.followme, "authorised": list(self.authorised)}
         if not with_tenant:
             del d["tenant"]
         return _compact(d, {"usage": "telephone", "name": "", "alert_info": "", "slots": [], "pin": "",
-                            "personal_rooms": False, "max_participants": 0, "fax_mail": ""}) if compact else d
+                            "personal_rooms": False, "max_participants": 0, "fax_mail": "",
+                            "followme": "", "authorised": []}) if compact else d
 
 
 @dataclass(frozen=True, slots=True)
@@ -1121,6 +1171,14 @@ def check_references(obj: object, objs: TenantObjects) -> None:
             for i, name in enumerate(getattr(obj, key)):
                 if name not in objs.users:
                     raise ValidationError(f"{key}[{i}]", f"user {name!r} does not exist in tenant {obj.tenant!r}")
+        for i, rule in enumerate(obj.callthrough):
+            n = objs.numbers.get(rule.access)
+            if n is None or n.usage != "callthrough":
+                raise ValidationError(f"callthrough[{i}].access",
+                                      f"{rule.access} is not a callthrough number of tenant {obj.tenant!r}")
+            if rule.presented and rule.presented not in objs.numbers:
+                raise ValidationError(f"callthrough[{i}].presented",
+                                      f"{rule.presented} is not one of the tenant's public numbers")
     elif isinstance(obj, Group):
         if obj.internal_number:
             owner = objs.internal_owner(obj.internal_number, skip=obj)
@@ -1132,11 +1190,26 @@ def check_references(obj: object, objs: TenantObjects) -> None:
     elif isinstance(obj, PublicNumber):
         for i, plan in enumerate(obj.slots):
             _check_plan_refs(plan, objs, f"slots[{i}]", obj.number)
+        if obj.followme:
+            _check_followme_refs(obj, objs)
     elif isinstance(obj, SpecialSwitch):
         for i, n in enumerate(obj.numbers):
             if n not in objs.numbers:
                 raise ValidationError(f"numbers[{i}]", f"{n} is not one of the tenant's public numbers")
         _check_plan_refs(obj.plan, objs, "plan", "")
+
+
+def _check_followme_refs(n: PublicNumber, objs: TenantObjects) -> None:
+    kind, _, rest = n.followme.partition(":")
+    if kind == "switch" and rest not in objs.switches:
+        raise ValidationError("followme", f"switch {rest!r} does not exist in tenant {n.tenant!r}")
+    if kind == "forward" and rest.split(":")[0] not in objs.users:
+        raise ValidationError("followme", f"user {rest.split(':')[0]!r} does not exist in tenant {n.tenant!r}")
+    if kind == "slot":
+        target = objs.numbers.get(rest.rsplit(":", 1)[0])
+        if target is None or target.usage != "telephone":
+            raise ValidationError("followme", f"{rest.rsplit(':', 1)[0]} is not a telephone number of "
+                                              f"tenant {n.tenant!r}")
 
 
 def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
@@ -1162,13 +1235,22 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
         found += [f"group {g.name}" for g in objs.groups.values() if key in g.members]
         found += [f"user {u.username} (pickup)" for u in objs.users.values() if key in u.pickup]
         found += [f"user {u.username} (supervise)" for u in objs.users.values() if key in u.supervise]
+    if kind == "user":
+        found += [f"number {n.number} (FollowMe)" for n in objs.numbers.values()
+                  if n.followme.split(":")[:2] == ["forward", key]]
     if kind == "number":
         found += [f"user {u.username} (displayed number)" for u in objs.users.values()
                   if u.displayed_number == key]
+        found += [f"number {n.number} (FollowMe)" for n in objs.numbers.values()
+                  if n.followme.startswith(f"slot:{key}:")]
+        found += [f"user {u.username} (callthrough)" for u in objs.users.values()
+                  if any(key in (c.access, c.presented) for c in u.callthrough)]
         if objs.tenant.default_number == key:
             found.append(f"tenant {objs.tenant.name} (default number)")
     if kind == "announcement" and objs.tenant.music_on_hold == f"announcement:{key}":
         found.append(f"tenant {objs.tenant.name} (music on hold)")
+    if kind == "announcement" and objs.tenant.recording_notice == f"announcement:{key}":
+        found.append(f"tenant {objs.tenant.name} (recording notice)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found

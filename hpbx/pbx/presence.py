@@ -47,6 +47,14 @@ def dispatch(svc, tx) -> None:
         tx.respond(489, None, [("Allow-Events", ALLOW_EVENTS)])
 
 
+def refuse_notify(tx) -> None:
+    """NOTIFY: hpbx is a notifier only (it terminates REFER and subscribes to nothing), so no
+    NOTIFY can belong to a subscription of ours (RFC 6665 §4.1.3: 481), inside a call's dialog
+    or not; nothing is forwarded to the other party of a call and no state changes. A storm of
+    them is the ban engine's (flood threshold per source)."""
+    tx.respond(481, "Subscription does not exist")
+
+
 def groups_of(user) -> set[str]:
     return set(user.presence_groups) or {""}
 

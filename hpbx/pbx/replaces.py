@@ -82,7 +82,7 @@ def move(call, tx, user) -> None:
         peer = anchor.peer(msg.body)
         to_device = anchor.rewrite(call.a_msg.body, ms.address_for(target.host), ms.port_b)
         svc.media.answer(call.id, peer.host, peer.port, rtcp_port=peer.rtcp_port, rtcp_mux=peer.rtcp_mux)
-        svc.media.relatch(call.id, "b")
+        svc.media.switch(call.id, "b")  # the desk phone talks until its BYE
     except HpbxError as exc:
         tx.respond(488, f"unusable SDP: {exc}"[:100])
         return

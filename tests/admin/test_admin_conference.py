@@ -18,7 +18,8 @@ def test_conference_methods_without_the_service_answer_not_available(start_admin
              ("conference.end", {"tenant": "t", "room": "1"}),
              ("conference.schedule", {"tenant": "t", "title": "x", "start": "2026-12-03T14:00:00+01:00",
                                       "duration": 30}),
-             ("conference.scheduled", {}), ("conference.cancel", {"tenant": "t", "id": "x"})]
+             ("conference.scheduled", {}), ("conference.cancel", {"tenant": "t", "id": "x"}),
+             ("conference.invite", {"tenant": "t", "room": "1", "target": "0441112233"})]
     with st.client() as c:
         for method, params in calls:
             with pytest.raises(RpcError) as err:
@@ -33,3 +34,16 @@ def test_cti_session_list_without_the_cti_service_answers_not_available(start_ad
         with pytest.raises(RpcError) as err:
             c.call("cti.session.list", {})
         assert err.value.code == NOT_AVAILABLE and err.value.data["feature"] == "cti"
+
+
+def test_followme_and_callthrough_methods_without_the_services_answer_not_available(start_admin, tmp_path):
+    st = start_admin(AdminContext(settings=make_settings(tmp_path)))
+    with st.client() as c:
+        for method, params, feature in (("followme.state", {"number": "0441112233"}, "followme"),
+                                         ("followme.set", {"number": "0441", "target": "0441"}, "followme"),
+                                         ("followme.clear", {"number": "0441112233"}, "followme"),
+                                         ("callthrough.prepare", {"username": "u", "destination": "0441"},
+                                          "callthrough")):
+            with pytest.raises(RpcError) as err:
+                c.call(method, params)
+            assert err.value.code == NOT_AVAILABLE and err.value.data["feature"] == feature, method

@@ -17,6 +17,7 @@ from harness import have_sipp, reserved_port
 from callrig import CallRig, number, trunk, user
 from mailsink import SmtpSink
 from phone import Phone, level
+from media_peer import BUILT, assert_heard_in_order, encode
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")]
@@ -177,6 +178,10 @@ def test_three_wrong_pins_release_the_call(rig):
     c.phone.dial("47110#")
     res = c.finish()  # hpbx hangs up
     assert res.successful == 1, res.describe() + rig.server.log()
+    # the refusal is spoken, in the tenant's language (German by default): "invalid PIN", then
+    # "goodbye" — the A-law of the built prompt files, frame by frame, in that order
+    assert_heard_in_order(encode("PCMA", c.phone.heard(0)), BUILT / "de" / "conf-invalid-pin.wav",
+                          BUILT / "de" / "goodbye.wav")
     cdr = [x for x in rig.cdrs(count=4) if x["call_id"] == c.call_id][-1]
     assert cdr["service_result"] == "PIN refused", cdr
     rig.assert_idle()

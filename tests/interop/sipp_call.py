@@ -63,8 +63,65 @@ def _ack(cseq: int, ruri: str, to: str, routes: str = "") -> str:
 """
 
 
-def scenario(path: Path, tone_pcap: Path, *, hold: bool = False, digits: str = "") -> Path:
-    """CSV field0 = user (also -au), the service (-s) is the dialled number."""
+_OK = """  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def _refer(cseq: int, refer_to: str) -> str:
+    """The caller transfers blind: REFER, 202, NOTIFY sipfrag 100 (active) and 200
+    (terminated), then hpbx's BYE, all checked."""
+    return f"""  <send retrans="100">
+    <![CDATA[
+
+      REFER [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      [routes]
+      {_FROM}
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} REFER
+      Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
+      Refer-To: <sip:{refer_to}@[remote_ip]:[remote_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="202"/>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="^SIP/2.0 100 Trying" search_in="body" check_it="true" assign_to="n1"/>
+      <ereg regexp="active" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="s1"/>
+    </action>
+  </recv>
+{_OK}  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="^SIP/2.0 200 OK" search_in="body" check_it="true" assign_to="n2"/>
+      <ereg regexp="terminated" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="s2"/>
+    </action>
+  </recv>
+{_OK}  <recv request="BYE"/>
+{_OK}  <Reference variables="n1,s1,n2,s2"/>
+</scenario>
+"""
+
+
+def scenario(path: Path, tone_pcap: Path, *, hold: bool = False, digits: str = "",
+             refer_to: str = "") -> Path:
+    """CSV field0 = user (also -au), the service (-s) is the dialled number. ``refer_to``:
+    instead of hanging up, transfer the callee there blind (REFER) and expect hpbx's BYE."""
     ruri = "sip:[service]@[remote_ip]:[remote_port]"
     to = "To: <sip:[service]@[remote_ip]:[remote_port]>"
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
@@ -90,6 +147,10 @@ def scenario(path: Path, tone_pcap: Path, *, hold: bool = False, digits: str = "
         name = {"*": "star", "#": "pound"}.get(d, d)
         parts.append(f'  <nop><action><exec play_pcap_audio="{DTMF_PCAP.format(name)}"/></action></nop>\n'
                      '  <pause milliseconds="600"/>\n')
+    if refer_to:
+        parts.append(_refer(cseq, refer_to))
+        path.write_text("".join(parts))
+        return path
     parts += [f"""  <send retrans="100">
     <![CDATA[
 

@@ -154,6 +154,18 @@ def wait_calls(rig, n, timeout=8.0):
         time.sleep(0.1)
 
 
+def users_in_calls(rig, want, timeout=5.0) -> int:
+    """stats calls.users_in_calls (the answered-call counts of busy handling and presence)
+    once it is ``want`` (or the last value seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = rig.call_stats()
+        got = s.get("calls", s)["users_in_calls"]
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
 def cdr_of(rig, call_id, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -302,4 +314,124 @@ def test_bad_attended_refers_change_nothing(rig, tmp_path):
     finally:
         for d in (bob, zed, zoe, dot):
             d.close()
+    rig.wait_idle()
+
+
+@pytest.mark.parametrize("refer_in", ["first", "second"])
+def test_attended_transfer_of_two_called_parties(rig, tmp_path, refer_in):
+    """bob calls ada, then cal, and REFERs (in either call) with Replaces naming the other:
+    neither far party is a caller, so the far party of the other call takes bob's caller seat
+    of the REFER's call. ada and cal hear each other, bob gets NOTIFY 100 then 200 and BYE on
+    both dialogs, one call remains (the REFER's, still answered by its callee), a BYE from the
+    party in bob's old seat ends it for the other, and the CDRs link the two calls."""
+    bob = Transferor(rig, "bob")
+    try:
+        bob.register()
+        with phone(rig, tmp_path, "ada", 660) as ada, phone(rig, tmp_path, "cal", 1000) as cal:
+            first = bob.make_call(NAMES["ada"])
+            ada.wait_event("CALL_ESTABLISHED")
+            second = bob.make_call(NAMES["cal"])
+            cal.wait_event("CALL_ESTABLISHED")
+            assert len(wait_calls(rig, 2)) == 2
+            if refer_in == "first":
+                kept_dialog, other_dialog, stays, seated = first, second, "ada", cal
+                resp = bob.refer(first, replaces_uri(NAMES["cal"], rig, second))
+            else:
+                kept_dialog, other_dialog, stays, seated = second, first, "cal", ada
+                resp = bob.refer(second, replaces_uri(NAMES["ada"], rig, first))
+            assert resp.startswith("SIP/2.0 202"), resp
+            frags = bob.sipfrags(kept_dialog["call_id"])
+            assert frags[0] == "SIP/2.0 100 Trying" and frags[-1] == "SIP/2.0 200 OK", frags
+            deadline = time.monotonic() + 5
+            while len(bob.byes) < 2 and time.monotonic() < deadline:
+                bob.recv(0.2)
+            assert sorted(header(b, "Call-ID")[0] for b in bob.byes) == sorted(
+                [first["call_id"], second["call_id"]]), bob.byes
+            calls = wait_calls(rig, 1)
+            assert len(calls) == 1 and calls[0]["call_id"] == kept_dialog["call_id"], calls
+            assert calls[0]["answered_by"] == stays, calls
+            assert calls[0]["targets_tried"][-1] == f"caller:user:{'cal' if stays == 'ada' else 'ada'}", calls
+            assert abs(wait_heard(ada, 1000) - 1000) <= 20, ada.received_wavs()
+            assert abs(wait_heard(cal, 660) - 660) <= 20, cal.received_wavs()
+            assert not calls[0]["media"]["hold"], calls
+            assert users_in_calls(rig, 2) == 2  # ada and cal; bob counted off from both calls
+            seated.command("hangup")  # the party in bob's old seat hangs up: the call ends
+            (ada if seated is cal else cal).wait_event("CALL_CLOSED")
+    finally:
+        bob.close()
+    rig.wait_idle()
+    assert users_in_calls(rig, 0) == 0
+    host = cdr_of(rig, kept_dialog["call_id"])
+    other = cdr_of(rig, other_dialog["call_id"])
+    assert host["linked_call"] == other_dialog["call_id"] and host["end_reason"] == "caller hung up", host
+    assert other["linked_call"] == kept_dialog["call_id"], other
+    assert other["end_reason"] == "attended transfer by bob", other
+
+
+def test_blind_transfer_by_the_caller(rig, tmp_path):
+    """bob calls ada and REFERs her (from the caller side) to cal: 202, NOTIFY 100 then 200,
+    BYE to bob; cal is called on ada's behalf (From names ada) and takes bob's seat; ada and
+    cal hear each other; ada's hang-up ends it for cal."""
+    bob = Transferor(rig, "bob")
+    try:
+        bob.register()
+        with phone(rig, tmp_path, "ada", 660) as ada, phone(rig, tmp_path, "cal", 1000) as cal:
+            made = bob.make_call(NAMES["ada"])
+            ada.wait_event("CALL_ESTABLISHED")
+            resp = bob.refer(made, f"<sip:{NAMES['cal']}@{rig.target}>")
+            assert resp.startswith("SIP/2.0 202"), resp
+            frags = bob.sipfrags(made["call_id"])
+            assert frags == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"], frags
+            deadline = time.monotonic() + 5
+            while not bob.byes and time.monotonic() < deadline:
+                bob.recv(0.2)
+            assert [header(b, "Call-ID")[0] for b in bob.byes] == [made["call_id"]], bob.byes
+            est = cal.wait_event("CALL_ESTABLISHED")
+            assert f"sip:{NAMES['ada']}@" in est.get("peeruri", ""), est  # called on ada's behalf
+            calls = wait_calls(rig, 1)
+            assert calls[0]["answered_by"] == "ada" and calls[0]["targets_tried"][-1] == "caller:user:cal", calls
+            assert users_in_calls(rig, 2) == 2  # ada and cal; bob counted off
+            assert abs(wait_heard(ada, 1000) - 1000) <= 20, ada.received_wavs()
+            assert abs(wait_heard(cal, 660) - 660) <= 20, cal.received_wavs()
+            ada.command("hangup")
+            cal.wait_event("CALL_CLOSED")
+    finally:
+        bob.close()
+    rig.wait_idle()
+    assert users_in_calls(rig, 0) == 0
+    cdr = cdr_of(rig, made["call_id"])
+    assert cdr["caller"] == NAMES["bob"] and cdr["answered_by"] == "ada", cdr
+    assert cdr["end_reason"] == "callee hung up", cdr
+
+
+@pytest.mark.parametrize("bob_is", ["callee", "caller"])
+def test_a_blind_transferor_may_leave_right_after_the_202(rig, tmp_path, bob_is):
+    """bob REFERs ada to cal and sends BYE at once, before cal answers (RFC 5589 §6.1; many
+    phones do): the BYE gets 200, the call waits for cal instead of ending, ada and cal hear
+    each other, and hpbx sends bob nothing more (no final NOTIFY, no BYE)."""
+    bob = Transferor(rig, "bob")
+    try:
+        bob.register()
+        with phone(rig, tmp_path, "ada", 660) as ada, phone(rig, tmp_path, "cal", 1000) as cal:
+            if bob_is == "callee":
+                ada.command("dial", f"sip:{NAMES['bob']}@{rig.target}")
+                dialog = bob.take_call()
+            else:
+                dialog = bob.make_call(NAMES["ada"])
+            ada.wait_event("CALL_ESTABLISHED")
+            assert bob.refer(dialog, f"<sip:{NAMES['cal']}@{rig.target}>").startswith("SIP/2.0 202")
+            assert bob.bye(dialog).startswith("SIP/2.0 200")
+            cal.wait_event("CALL_ESTABLISHED", timeout=10)
+            assert abs(wait_heard(ada, 1000) - 1000) <= 20, ada.received_wavs()
+            assert abs(wait_heard(cal, 660) - 660) <= 20, cal.received_wavs()
+            calls = wait_calls(rig, 1)
+            assert len(calls) == 1 and calls[0]["state"] == "answered", calls
+            bob.recv(1.0)
+            assert not bob.byes, bob.byes
+            assert not [n for n in bob.notifies if "SIP/2.0 200 OK" in n.split("\r\n\r\n", 1)[1]]
+            assert not [e for e in ada.drain() if e.get("type") == "CALL_CLOSED"]
+            ada.command("hangup")
+            cal.wait_event("CALL_CLOSED")
+    finally:
+        bob.close()
     rig.wait_idle()

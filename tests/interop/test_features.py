@@ -210,6 +210,39 @@ def test_blind_transfer_by_the_callee_connects_caller_and_target(rig, tmp_path):
 
 
 @pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")
+def test_blind_transfer_to_an_external_number(rig, tmp_path):
+    """kim calls gus; gus transfers kim (REFER) to 0791112299 through the trunk (SIPp): the
+    network gets the transferee's network identity (the tenant's default number) and no
+    internal number anywhere (From, P-Asserted-Identity, Diversion); kim then talks to the
+    trunk party until it hangs up."""
+    gw = rig.sipp("call_uas.xml", port=GATEWAY, pause_ms=300, name="gateway")
+    assert wait_bound(GATEWAY)
+    with phone(rig, tmp_path, "kim", tone=660) as kim, phone(rig, tmp_path, "gus", tone=440) as gus:
+        dial(kim, NAMES["gus"], rig)
+        kim.wait_event("CALL_ESTABLISHED")
+        gus.wait_event("CALL_ESTABLISHED")
+        gus.command("transfer", "sip:0791112299@" + rig.target)
+        closed_reason(gus)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            calls = rig.admin("call.list")
+            if calls and calls[0]["answered_by"] == "0791112299":
+                break
+            time.sleep(0.1)
+        assert calls and calls[0]["answered_by"] == "0791112299", calls
+        assert not [e for e in kim.drain() if e.get("type") == "CALL_CLOSED"]
+        hangup(kim)
+    g = gw.finish()
+    assert g.successful == 1, g.describe() + rig.server.log()
+    invite = g.received("INVITE")[0]
+    assert invite.startswith("INVITE sip:0791112299@"), invite
+    assert re.match(r"<sip:0445550000@", header(invite, "From")[0]), invite
+    shown = "".join(header(invite, "From") + header(invite, "P-Asserted-Identity") + header(invite, "Diversion"))
+    assert not re.search(r"sip:5\d\d@", shown), invite  # no internal number towards the network
+    rig.wait_idle()
+
+
+@pytest.mark.skipif(not have_sipp(), reason="sipp is not installed (sip-tester)")
 def test_transfer_progress_is_notified_with_sipfrag(rig, tmp_path):
     """SIPp as the transferor asserts what it gets: 202, NOTIFY Event: refer with sipfrag
     "SIP/2.0 100 Trying" (active), then "SIP/2.0 200 OK" (terminated) once the target answered,

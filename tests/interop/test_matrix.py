@@ -29,14 +29,15 @@ from test_default_config import wait_heard
 
 CLIENTS = ("baresip", "linphone", "sipp")
 FEATURES = ("register_udp", "register_tcp", "register_tls", "call_audio", "hold_resume", "dtmf",
-            "blind_transfer", "blf", "attended_transfer", "presence")
+            "blind_transfer", "blf", "attended_transfer", "presence", "caller_transfer",
+            "attended_caller")
 TONE = {"baresip": 440, "linphone": 660, "sipp": 550}
 REF_TONE = 1000
 DIGITS = "159"
 
 
 def _num(client: str, feature: str, base: int) -> str:
-    return str(base + CLIENTS.index(client) * 10 + FEATURES.index(feature))
+    return str(base + CLIENTS.index(client) * 20 + FEATURES.index(feature))
 
 
 def uname(client: str, feature: str) -> str:
@@ -248,10 +249,12 @@ def test_interop(server, tmp_path, client, feature):
         return
     if feature == "blind_transfer":
         return blind_transfer(server, tmp_path, client)
+    if feature == "caller_transfer":
+        return caller_transfer(server, tmp_path, client)
     if feature == "blf":
         return blf(server, tmp_path, client)
-    if feature == "attended_transfer":
-        return attended_transfer(server, tmp_path, client)
+    if feature in ("attended_transfer", "attended_caller"):
+        return attended_transfer(server, tmp_path, client, by_caller=feature == "attended_caller")
     if feature == "presence":
         return presence(server, tmp_path, client)
     ref = reference_peer(server, tmp_path, client, feature)
@@ -347,26 +350,75 @@ def blind_transfer(server, tmp, client):
         to.close()
 
 
-def attended_transfer(server, tmp, client):
-    """A baresip peer calls the client; the client puts it on hold, calls a second baresip
-    phone, and transfers the first call onto the second (REFER with Replaces, RFC 5589):
-    peer and target hear each other, the client's two calls end, and the CDRs link the calls."""
+def caller_transfer(server, tmp, client):
+    """The client calls a baresip peer and transfers it blind (REFER from the caller side) to
+    a second baresip phone: the peer stays, the target takes the client's place, and the two
+    hear each other; the client gets hpbx's BYE (SIPp also checks the NOTIFYs)."""
+    feature = "caller_transfer"
+    name = uname(client, feature)
+    ref = reference_peer(server, tmp, client, feature)
+    to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
+    try:
+        if client == "sipp":
+            pcap = tone_pcap(tmp / "tone.pcap", TONE["sipp"])
+            scen = scenario(tmp / "caller.xml", pcap, refer_to=_num(client, feature, 4000))
+            run = SippRun(scen, server.sip_target, tmp, inf=[(name,)], name="caller", timeout=30,
+                          extra=["-s", _num(client, feature, 3000), "-au", name, "-ap", f"{name}-pw",
+                                 "-mi", "127.0.0.1", "-mp", str(sipp_port())]).start()
+            try:
+                ref.wait_event("CALL_ESTABLISHED", timeout=10)
+                to.wait_event("CALL_ESTABLISHED", timeout=15)
+            finally:
+                res = run.wait()
+            assert res.returncode == 0 and res.successful == 1, res.describe()
+        else:
+            case = CASES[client](server, tmp, name)
+            try:
+                case.call(_num(client, feature, 3000))
+                ref.wait_event("CALL_ESTABLISHED")
+                case.transfer(_num(client, feature, 4000))
+                to.wait_event("CALL_ESTABLISHED", timeout=15)
+            finally:
+                case.close()
+        calls = admin(server, "call.list")
+        assert len(calls) == 1 and calls[0]["answered_by"] == "ref" + name, calls
+        assert calls[0]["targets_tried"][-1] == "caller:user:to" + name, calls
+        assert abs(wait_heard(ref, TRANSFER_TONE) - TRANSFER_TONE) <= 20, ref.received_wavs()
+        assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
+        ref.command("hangup")
+        to.wait_event("CALL_CLOSED")
+    finally:
+        ref.close()
+        to.close()
+
+
+def attended_transfer(server, tmp, client, by_caller=False):
+    """A baresip peer calls the client (``by_caller``: the client calls it); the client puts it
+    on hold, calls a second baresip phone, and transfers the first call onto the second (REFER
+    with Replaces, RFC 5589): peer and target hear each other, the client's two calls end, one
+    call remains, and the CDRs link the calls. With ``by_caller`` the client called both far
+    parties: the target takes the client's caller seat of the first call."""
     if client == "baresip":
         pytest.skip("not supported by the client: baresip 1.0.0 has no attended transfer "
                     "(atransferstart/Replaces first appear in v2.0.0)")
     if client == "sipp":
-        pytest.skip("not written for SIPp: it would need two dialogs and a REFER built from "
-                    "another dialog's tags in one scenario (tests/interop/test_attended.py covers "
-                    "the exact messages with a raw SIP device)")
-    feature = "attended_transfer"
+        if by_caller:
+            pytest.skip("not written for SIPp: one scenario cannot place two calls "
+                        "(tests/interop/test_attended.py covers it with a raw SIP device)")
+        return sipp_attended(server, tmp)
+    feature = "attended_caller" if by_caller else "attended_transfer"
     name = uname(client, feature)
     ref = reference_peer(server, tmp, client, feature)
     to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
     case = CASES[client](server, tmp, name)
     try:
-        ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
-        ref.wait_event("CALL_ESTABLISHED")
-        case.answered()
+        if by_caller:
+            case.call(_num(client, feature, 3000))
+            ref.wait_event("CALL_ESTABLISHED")
+        else:
+            ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+            ref.wait_event("CALL_ESTABLISHED")
+            case.answered()
         first = case.id
         second = case.phone.ok(f"call sip:{_num(client, feature, 4000)}@{server.sip_target}")["Id"]
         to.wait_event("CALL_ESTABLISHED", timeout=15)
@@ -374,21 +426,29 @@ def attended_transfer(server, tmp, client):
                         command=f"call-status {second}")
         case.phone.ok(f"call-transfer {first} {second}")
         deadline = time.monotonic() + 10
+        # kept: the call whose far party is its caller (the peer's); by_caller: the REFER's call
+        # (the first, answered by the peer), the target in the client's caller seat
+        stays = "ref" + name if by_caller else "to" + name
         while time.monotonic() < deadline:
             calls = admin(server, "call.list")
-            if len(calls) == 1 and calls[0]["answered_by"] == "to" + name:
+            if len(calls) == 1 and calls[0]["answered_by"] == stays:
                 break
             time.sleep(0.2)
-        assert len(calls) == 1 and calls[0]["answered_by"] == "to" + name, calls
+        assert len(calls) == 1 and calls[0]["answered_by"] == stays, calls
+        if by_caller:
+            assert calls[0]["targets_tried"][-1] == "caller:user:to" + name, calls
         assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
         # the other way: the target's RTP reaches the kept call's relay port (baresip 1.0, once
         # put on hold by the far end, stops decoding for good, even after a plain resume, so
         # the transferee's recording cannot show it; README "Transfers")
         kept = calls[0]["call_id"]
-        before = calls[0]["media"]["b"]["packets"]
+        target_leg = "a" if by_caller else "b"  # the relay leg facing the target
+        before = calls[0]["media"][target_leg]["packets"]
         time.sleep(1.0)
         now = [c for c in admin(server, "call.list") if c["call_id"] == kept][0]["media"]
-        assert now["b"]["packets"] > before + 30 and now["a"]["packets"] > 30 and not now["hold"], now
+        other_leg = "b" if by_caller else "a"
+        assert now[target_leg]["packets"] > before + 30 and now[other_leg]["packets"] > 30, now
+        assert not now["hold"], now
         ref.command("hangup")
         to.wait_event("CALL_CLOSED")
     finally:
@@ -402,9 +462,49 @@ def attended_transfer(server, tmp, client):
             break
         time.sleep(0.2)
     host = cdrs[kept]
-    assert host["answered_by"] == "to" + name and host["linked_call"], host
+    assert host["answered_by"] == stays and host["linked_call"], host
     other = cdrs[host["linked_call"]]
     assert other["linked_call"] == kept and other["end_reason"].startswith("attended transfer"), other
+
+
+def sipp_attended(server, tmp):
+    """SIPp takes two calls, from a baresip peer and then from a second baresip phone, and
+    REFERs in the second with Replaces naming the first (its Call-ID and tags kept in SIPp
+    global variables); it checks 202, NOTIFY sipfrag 100 and 200, and BYE on both dialogs.
+    Both callers: the second call is kept and the peer moves into it; peer and second phone
+    hear each other."""
+    from harness import wait_bound
+    client, feature = "sipp", "attended_transfer"
+    name = uname(client, feature)
+    ref = reference_peer(server, tmp, client, feature)
+    to = reference_peer(server, tmp, client, feature, prefix="to", tone=TRANSFER_TONE)
+    try:
+        port = sipp_port()
+        res = run_sipp(SCEN / "register_auth.xml", server.sip_target, tmp, local_port=port,
+                       inf=[(name, f"{name}-pw", name, 300)], name=f"reg-{name}")
+        assert res.successful == 1, res.describe()
+        run = SippRun(HERE_SCEN / "uas_attended.xml", server.sip_target, tmp, local_port=port,
+                      calls=2, name="transferor", timeout=30,
+                      extra=["-key", "refer_to", _num(client, feature, 3000),
+                             "-mi", "127.0.0.1", "-mp", str(sipp_port())]).start()
+        assert wait_bound(port)
+        ref.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+        ref.wait_event("CALL_ESTABLISHED")
+        time.sleep(0.5)
+        to.command("dial", f"sip:{_num(client, feature, 2000)}@{server.sip_target}")
+        to.wait_event("CALL_ESTABLISHED")
+        res = run.wait()
+        assert res.returncode == 0 and res.successful == 2, res.describe()
+        calls = admin(server, "call.list")
+        assert len(calls) == 1 and calls[0]["answered_by"] == "ref" + name, calls
+        assert calls[0]["caller"] == _num(client, feature, 4000), calls
+        assert abs(wait_heard(ref, TRANSFER_TONE) - TRANSFER_TONE) <= 20, ref.received_wavs()
+        assert abs(wait_heard(to, REF_TONE) - REF_TONE) <= 20, to.received_wavs()
+        to.command("hangup")
+        ref.wait_event("CALL_CLOSED")
+    finally:
+        ref.close()
+        to.close()
 
 
 def presence(server, tmp, client):

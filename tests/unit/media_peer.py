@@ -8,6 +8,8 @@ import socket
 import struct
 import time
 import warnings
+import wave
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,3 +210,42 @@ class G722:
         out = np.zeros(len(data) * 2, dtype=np.int16)
         n = self._lib.g722_decode(self._dec, out.ctypes.data, data, len(data))
         return out[:n].astype(np.float64)
+
+
+# ---- prompts as a caller hears them (the files `make build` writes, README "Media services")
+BUILT = Path(__file__).resolve().parents[2] / "build" / "prompts"
+
+
+def alaw_of(path: Path) -> bytes:
+    """The A-law a player sends for a 8 kHz 16-bit mono WAV, whole 20 ms frames only."""
+    with wave.open(str(path), "rb") as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1), path
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    data = encode("PCMA", pcm)
+    return data[:len(data) // 160 * 160]
+
+
+def frames_heard(heard: bytes, f: Path) -> list[int]:
+    """Where each 20 ms frame of ``f`` that is not (near) silence was found in ``heard`` (-1:
+    not found). Frame by frame, so that a slot the engine skipped under a loaded box (a stall
+    of 3 ptimes skips audio, README "Media engine") costs one frame, not the whole match."""
+    want = alaw_of(f)
+    frames = [want[i:i + 160] for i in range(0, len(want), 160)]
+    return [heard.find(c) for c in frames if len(set(c)) > 8]
+
+
+def assert_heard_in_order(heard: bytes, *files: Path) -> None:
+    """Each file heard (at least 90 % of its frames, byte for byte), in this order."""
+    last = -1
+    for f in files:
+        pos = frames_heard(heard, f)
+        found = sorted(p for p in pos if p >= 0)
+        assert pos and len(found) >= 0.9 * len(pos), f"{f}: {len(found)} of {len(pos)} frames heard"
+        middle = found[len(found) // 2]
+        assert middle > last, f"{f} heard before the file that should come first"
+        last = middle
+
+
+def assert_not_heard(heard: bytes, f: Path) -> None:
+    pos = frames_heard(heard, f)
+    assert sum(p >= 0 for p in pos) < 0.1 * len(pos), f"{f} was heard"

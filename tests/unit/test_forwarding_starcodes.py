@@ -1,9 +1,12 @@
 """Forwarding rules as plan rows and when a conditional target rings; the star codes."""
 from datetime import datetime, timezone
 
+import pytest
+
 from hpbx.pbx import router, starcodes
 from hpbx.pbx.directory import Directory
-from hpbx.pbx.model import TenantObjects, Trunk, User, Tenant
+from hpbx.errors import ValidationError
+from hpbx.pbx.model import TenantObjects, Trunk, User, Tenant, UserForwarding
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 
@@ -97,3 +100,22 @@ def test_bad_windows_name_the_field():
         with pytest.raises(ValidationError) as err:
             User.from_dict({"tenant": "t", "username": "a", "sip_password": "a-pw", "forward": {"windows": bad}})
         assert err.value.field == field, (bad, err.value.field)
+
+
+def test_mailbox_targets():
+    """"mailbox" as a target: unconditional skips the user's branch at once (a condition that
+    never holds, so the rows end and the user's mailbox answers them); a conditional rule adds
+    no forwarding target (the mailbox answers after the rows), and no_answer_after still
+    shortens the ringing. Not a number nor "mailbox": refused naming the field."""
+    d, users = directory(unconditional="mailbox")
+    [row] = router.route_internal(d, users["b"], "101", NOW).rows
+    [ring] = row.targets
+    assert row.duration == 1 and ring.key == "user:a" and ring.via.startswith("user:")
+    assert ring.when == frozenset({"mailbox"}) and not router.forward_applies(ring.when, {})
+    assert not router.forward_applies(ring.when, {"user:a": 486})
+    d, users = directory(busy="mailbox", no_answer="mailbox", no_answer_after=4, unavailable="102")
+    first, second = router.route_internal(d, users["b"], "101", NOW).rows
+    assert first.duration == 4 and [r.key for r in first.targets] == ["user:a"]
+    assert [(r.key, r.when) for r in second.targets] == [("user:b", frozenset({"unavailable"}))]
+    with pytest.raises(ValidationError, match="forward.busy"):
+        UserForwarding.from_dict({"busy": "voicemail"}, "forward")

@@ -216,6 +216,68 @@ def test_second_source_is_ignored_until_relatch(relay, peers):
     assert st["peer"] == attacker.addr and st["relatched"] == 0  # relatch by command, not silence
 
 
+def test_a_new_talker_continues_the_stream_the_peer_hears(relay, peers):
+    """A transfer: another SSRC arrives where one was relayed. B keeps receiving one stream:
+    the old SSRC, the sequence going on by one, the timestamp advanced by at least one frame,
+    and the marker bit on the new talker's first packet (RFC 3551 §4.1)."""
+    a, b = peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    for n in range(5):
+        a.rtp.sendto(rtp(100 + n, 8000 + 160 * n, ssrc=0x1111), (LO, pa))
+        assert recv(b.rtp)[0][:12] == rtp(100 + n, 8000 + 160 * n, ssrc=0x1111)[:12]
+    time.sleep(0.1)
+    for n in range(3):  # the new talker: its own SSRC, a lower sequence, another timestamp base
+        a.rtp.sendto(rtp(7 + n, 999 + 160 * n, ssrc=0x2222), (LO, pa))
+    got = [struct.unpack("!BBHII", recv(b.rtp)[0][:12]) for _ in range(3)]
+    assert [g[4] for g in got] == [0x1111] * 3
+    assert [g[2] for g in got] == [105, 106, 107]
+    assert got[0][1] & 0x80 and not got[1][1] & 0x80  # marker on the first only
+    step = (got[0][3] - (8000 + 160 * 4)) & 0xFFFFFFFF
+    assert 160 <= step <= 160 + 8 * 400, step  # ~100 ms elapsed: about 800 samples
+    assert [(g[3] - got[0][3]) & 0xFFFFFFFF for g in got] == [0, 160, 320]
+
+
+def test_switch_relays_the_old_party_until_the_new_one_speaks(relay, peers):
+    """switch (a transfer): the relay sends to the new party's SDP address at once; the old
+    party's packets are still relayed until the new party's first one, which latches; after
+    that the old party's packets are dropped (they can no longer take the leg back)."""
+    a, b, new = peers(), peers(), peers()
+    h, pa, pb = call(relay, a, b)
+    a.rtp.sendto(rtp(1, 160), (LO, pa))
+    recv(b.rtp)
+    relay.set_peer(h, "a", *new.addr, rtcp_port=new.rtcp_port)
+    relay.switch(h, "a")
+    b.rtp.sendto(rtp(1, 160, ssrc=2), (LO, pb))
+    recv(new.rtp)  # towards the new party at once
+    assert nothing(a.rtp)
+    a.rtp.sendto(rtp(2, 320), (LO, pa))
+    recv(b.rtp)  # the old party, still talking: relayed, not latched
+    new.rtp.sendto(rtp(50, 5000, ssrc=9), (LO, pa))
+    recv(b.rtp)
+    a.rtp.sendto(rtp(3, 480), (LO, pa))
+    assert nothing(b.rtp)  # the new party latched: the old one is out
+    st = relay.stats(h)["a"]
+    assert st["peer"] == new.addr and st["dropped_source"] == 1
+
+
+def test_a_party_moving_to_another_session_keeps_its_stream(relay, peers):
+    """adopt_stream: c heard session 1's leg b; it moves to session 2's leg b (an attended
+    transfer's target). What session 2 sends it continues session 1's stream."""
+    a, c, d = peers(), peers(), peers()
+    h1, pa1, _ = call(relay, a, c)
+    for n in range(3):
+        a.rtp.sendto(rtp(500 + n, 160 * n, ssrc=0xAAAA), (LO, pa1))
+        recv(c.rtp)
+    h2, pa2, _ = call(relay, d, c)
+    relay.adopt_stream(h2, "b", h1, "b")
+    relay.delete(h1)
+    d.rtp.sendto(rtp(9, 77777, ssrc=0xDDDD), (LO, pa2))
+    b0, b1, seq, ts, ssrc = struct.unpack("!BBHII", recv(c.rtp)[0][:12])
+    assert (ssrc, seq) == (0xAAAA, 503) and b1 & 0x80, (hex(ssrc), seq)
+    with pytest.raises(RelayError, match="unknown relay session"):
+        relay.adopt_stream(h2, "b", h1, "b")  # the source is gone
+
+
 def test_new_source_accepted_after_the_old_one_fell_silent(peers, io):
     a, b, moved = peers(), peers(), peers()
     with Relay(LO, PORT_MIN, PORT_MAX, workers=1, silence=0.6, io=io) as r:
@@ -417,6 +479,18 @@ def test_ports_held_by_another_program_are_skipped():
         squatter.close()
 
 
+def threads_gone(tids, timeout: float = 2.0) -> bool:
+    """The joined threads' /proc/self/task entries are gone. pthread_join returns once the
+    kernel has cleared the thread's tid (CLONE_CHILD_CLEARTID, in its exit path); the task
+    entry itself goes a moment later, when the exiting thread is released — so poll briefly."""
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/self/task/{t}") for t in tids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_close_joins_threads_and_closes_sockets(peers, io):
     r = Relay(LO, PORT_MIN, PORT_MAX, workers=3, io=io)
     r.start()
@@ -427,7 +501,7 @@ def test_close_joins_threads_and_closes_sockets(peers, io):
     pa, pb = r.ports(h)
     r.close()
     assert r.closed
-    assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+    assert threads_gone(tids)
     for p in (pa, pa + 1, pb, pb + 1):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((LO, p))
@@ -653,7 +727,7 @@ def test_close_while_traffic_flows_and_other_threads_issue_commands(io):
             assert r.closed
             closer.join(5)
             assert not closer.is_alive()
-            assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+            assert threads_gone(tids)
         finally:
             stop.set()
             for t in threads:
@@ -733,3 +807,55 @@ def test_dual_stack_needs_an_ipv4_address_beside_the_ipv6_one():
         Relay("::1", 41940, 41959, address6="::1")
     with pytest.raises(RelayError, match="cannot create relay"):
         Relay(LO, 41940, 41959, address6="127.0.0.2")
+
+
+def test_delete_without_wait_ports_come_back_for_the_next_allocate(io):
+    """The call path deletes without waiting for the worker to close the sockets: with the
+    pool exhausted, the next allocate still gets the freed pair (it waits for the close)."""
+    with Relay(LO, 41320, 41327, workers=1, io=io) as r:  # 4 pairs = 2 sessions
+        for _ in range(50):
+            hs = [r.allocate(), r.allocate()]
+            with pytest.raises(RelayError, match="no free RTP port pair"):
+                r.allocate()
+            r.delete(hs[0], False)
+            hs[0] = r.allocate()
+            for h in hs:
+                r.delete(h, False)
+        assert r.free_pairs() == 4 and r.used_pairs() == 0
+
+
+def test_delete_without_wait_under_traffic_never_crosses_sessions(io):
+    """Calls end (delete without waiting) while their peers still send, and new calls start
+    at once on a pool only three sessions deep, on two workers: every new call gets ports
+    (the deleted sockets are closed and given back by the worker before they are bound
+    again), relays its own media to its own peer, and nothing of an old call reaches it."""
+    a, b = Peer(), Peer()
+    with Relay(LO, 41330, 41341, workers=2, io=io) as r:  # 6 pairs = 3 sessions
+        live = []
+        for i in range(120):
+            h = r.allocate()
+            r.set_peer(h, "a", *a.addr, rtcp_port=a.rtcp_port)
+            r.set_peer(h, "b", *b.addr, rtcp_port=b.rtcp_port)
+            pa, pb = r.ports(h)
+            mark = struct.pack("!I", i)
+            a.rtp.sendto(rtp(i, i * 160, payload=mark * 40), (LO, pa))
+            data, src = recv(b.rtp)
+            while data[12:16] != mark:  # a late datagram of an earlier call: not this one's
+                assert struct.unpack("!I", data[12:16])[0] < i
+                data, src = recv(b.rtp)
+            assert src == (LO, pb)
+            live.append((h, pa))
+            if len(live) == 3:
+                h0, pa0 = live.pop(0)
+                for k in range(5):  # still in flight as the call ends
+                    a.rtp.sendto(rtp(k, 0, payload=b"\0" * 160), (LO, pa0))
+                r.delete(h0, False)
+        for h, _ in live:
+            r.delete(h, False)
+        deadline = time.monotonic() + 2
+        while r.free_pairs() != 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.free_pairs() == 6 and r.used_pairs() == 0
+        assert len({r.allocate() for _ in range(3)}) == 3  # every pair bindable again
+    a.close()
+    b.close()
