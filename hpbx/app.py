@@ -51,6 +51,8 @@ def new_loop() -> asyncio.AbstractEventLoop:
 class Server:
     def __init__(self, settings: settings_mod.Settings):
         self.settings = settings
+        from hpbx.pbx import licence
+        licence.configure(settings)  # [licence]: server-wide user and CTI user limits
         self.store = None
         self.provisioning = None
         self.admin = None
@@ -383,6 +385,11 @@ class Server:
         self.phone_store = PhoneStore(self.settings.store.path)
         self._stop_order.append(self.phone_store.close)
         ctx.phones = PhoneService(self.phone_store, self.provisioning)
+        from hpbx.pbx.addressbook import AddressBooks  # FEATURES 16: books, caller-name lookup
+        ctx.addressbooks = AddressBooks(self.settings.store.path, lambda: self.provisioning.directory)
+        self._stop_order.append(ctx.addressbooks.close)
+        self.provisioning.subscribe(ctx.addressbooks.directory_changed)
+        self.calls.caller_name_lookup = ctx.addressbooks.caller_name
 
     async def _start_web(self, ctx) -> None:
         """The HTTP face ([http] listen; off when empty). Failed logins and wrong phone
@@ -414,6 +421,8 @@ class Server:
                 lambda host, port, kind, user: security.auth_failed(host, port, "http", kind, user))
             self.cti.source_allowed = security.guard.allowed
         ctx.cti = self.cti
+        self.cti.addressbooks = ctx.addressbooks
+        self.cti.recorder = getattr(ctx.voicemail, "recorder", None)
         ctx.stats_sources["cti"] = self.cti.counts
         self._stop_order.append(self.cti.close)
 
@@ -472,6 +481,8 @@ class Server:
         if new.hep != old.hep:
             log.warning("reload: [hep] changed; mirroring changes at the next restart")
         self.settings = new
+        from hpbx.pbx import licence
+        licence.configure(new)
         self.auth.configure(self.realm(), sip.nonce_ttl, sip.digest_algorithms)
         self.transports.settings = new
         logging.getLogger().setLevel(new.log_level.upper())

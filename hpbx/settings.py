@@ -194,6 +194,14 @@ class ConferenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LicenceSettings:
+    """Server-wide licences (hpbx/pbx/licence.py); 0 = unlimited."""
+
+    users: int = 0
+    cti_users: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """``[server]``: signalling processes (hpbx/cluster/workers.py, README "Signalling on every
     core")."""
@@ -216,6 +224,7 @@ class Settings:
     hep: HepSettings = field(default_factory=HepSettings)
     conference: ConferenceSettings = field(default_factory=ConferenceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    licence: LicenceSettings = field(default_factory=LicenceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
 
 
@@ -320,7 +329,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep", "conference", "media", "server"}
+             "hep", "conference", "media", "licence", "server"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -451,13 +460,17 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
                           custom_prompts=r.get("custom_prompts", str, ""),
                           moh=r.get("moh", str, DEBIAN_MOH))
     r.finish()
+    r = _Reader(path, "licence", data.get("licence"))
+    licence = LicenceSettings(users=r.int_in("users", 0, 0, 100_000_000),
+                              cti_users=r.int_in("cti_users", 0, 0, 100_000_000))
+    r.finish()
 
     from hpbx.cluster.workers import server_settings
     server = server_settings(_Reader(path, "server", data.get("server")), sip, rtp)
 
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep, conference=conference, media=media, server=server)
+                    hep=hep, conference=conference, media=media, licence=licence, server=server)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

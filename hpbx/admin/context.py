@@ -43,6 +43,8 @@ class AdminContext:
     phones: Any = None
     # hpbx.cti.service.CtiService: online(username), sessions (None without a web face)
     cti: Any = None
+    # hpbx.pbx.addressbook.AddressBooks: global and personal address books
+    addressbooks: Any = None
     # hpbx.mail.spool.MailSpool: the outgoing mail spool (mail.queue, mail.retry, ...)
     mail: Any = None
     # hpbx.pbx.conference.Conferences: rooms, participants, scheduled conferences

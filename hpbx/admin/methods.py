@@ -239,6 +239,15 @@ def find_wan_address(netns: str | None = None) -> dict:
         ipr.close()
 
 
+def _licence_summary(ctx: AdminContext) -> dict | None:
+    from hpbx.pbx import licence
+    if ctx.provisioning is None:
+        return None
+    doc = licence.summary(ctx.provisioning.directory)
+    doc.pop("tenants", None)  # system.info is server-wide: no tenant names
+    return doc
+
+
 async def system_info(ctx: AdminContext, p: dict) -> dict:
     if ctx.provisioning is not None:
         licences = dict(ctx.provisioning.licence_counts())
@@ -255,6 +264,8 @@ async def system_info(ctx: AdminContext, p: dict) -> dict:
         "started_at": ctx.started_at,
         "uptime": round(time.monotonic() - ctx.started_monotonic, 3),
         "licences": licences,
+        # used/total and the seed's "Lic: 10/6" line (hpbx.pbx.licence); per tenant: licence.get
+        "licence": _licence_summary(ctx),
         "wan": wan,
         "admin_socket": ctx.settings.admin.socket,
         "config": ctx.settings.path,
@@ -353,6 +364,8 @@ _add_crud(
                 "(anonymous, P-Asserted-Identity + Privacy: id)"),
      Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
      Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music"),
+     Param("licence_users", "int", help="users licensed to the tenant (0 = no limit of its own)", min=0),
+     Param("licence_cti_users", "int", help="CTI users licensed to the tenant (0 = no limit of its own)", min=0),
      # issue 11 (hpbx.pbx.voicemail, push, recording)
      Param("voicemail_format", "str", choices=("wav", "mp3"), help="attachment of voice messages"),
      Param("push_url", "str", help="http(s) URL of the push webhook (\"\" = none)"),
@@ -731,3 +744,7 @@ _add("dashboard.get", dashboard_get,
 
 # CTI (hpbx.cti): cti.session.list, and user.get shows CTI and phone online status
 from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401
+# address books (hpbx.pbx.addressbook): addressbook.*
+from hpbx.admin import addressbook_methods as _addressbook  # noqa: E402,F401
+# cdr.list number=... (issue 17: call records by number)
+from hpbx.admin import cdr_number as _cdr_number  # noqa: E402,F401

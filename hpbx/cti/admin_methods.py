@@ -47,3 +47,21 @@ M._add("cti.session.list", cti_session_list, "The logged-in CTI sessions: user, 
 from hpbx.admin import scope as _scope  # noqa: E402
 
 _scope.RULES["cti.session.list"] = "tenant"  # a tenant admin sees its own tenant's sessions
+
+
+def licence_get(ctx, p):
+    """Licences used/total (hpbx.pbx.licence): per tenant, and server-wide for the operator."""
+    from hpbx.pbx import licence
+    prov = M._need(ctx, "provisioning", "provisioning")
+    tenant = p.get("tenant")
+    if tenant is not None and prov.directory.objects(tenant) is None:
+        from hpbx.admin.protocol import NOT_FOUND, RpcError
+        raise RpcError(NOT_FOUND, f"tenant {tenant!r} not found", {"kind": "tenant", "key": tenant})
+    return licence.summary(prov.directory, tenant)
+
+
+M._add("licence.get", licence_get,
+       "Licences used/total: users and CTI users per tenant (and server-wide without tenant), "
+       "with the seed's line \"Lic: used/total\".",
+       M.Param("tenant", "str", help="only this tenant"))
+_scope.RULES["licence.get"] = "tenant"

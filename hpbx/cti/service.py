@@ -66,10 +66,11 @@ class Session:
         self.closed = False
 
     def push(self, obj: Any) -> None:
-        """Queue one frame; written at once while the client reads, else it is dropped."""
+        """Queue one frame (an object, or its JSON text when it goes to many sessions); written
+        at once while the client reads, else it is dropped."""
         if self.closed:
             return
-        data = orjson.dumps(obj).decode()
+        data = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
         tr = self.transport
         if tr is None or tr.is_closing():
             self.closed = True
@@ -121,13 +122,21 @@ class CtiService:
         self.registrar = registrar
         self.methods = methods.METHODS
         self.sessions: dict[str, list[Session]] = {}
+        # (tenant, presence group) -> usernames logged in: who may see a user's presence, without
+        # looking at every session (groups as at login; visible() still checks the current ones)
+        self.by_group: dict[tuple[str, str], set[str]] = {}
         self.anonymous: set[Session] = set()
         self.told: dict[tuple[str, str], str] = {}  # (call id, username) -> last event told
         self.clicks: dict = {}  # call id -> hpbx.cti.clicktodial.ClickToDial under way
         self.auth_failure_hooks: list[Callable[[str, int, str, str], Any]] = []
         self.source_allowed: Callable[[str], bool] = lambda host: True
         self.stats: collections.Counter[str] = collections.Counter()
+        self.addressbooks = None  # hpbx.pbx.addressbook.AddressBooks: caller names, addressbook.*
+        self.recorder = None  # hpbx.pbx.recording.CallRecorder: call.record
+        self.holds: dict[str, dict] = {}  # call id -> {side label: on hold} (held / resumed)
+        self.winners: dict[str, str] = {}  # call id -> the answered leg's user told (transferred)
         calls.observers.append(self.call_changed)
+        calls.hold_observers.append(self.hold_changed)
 
     # ------------------------------------------------------------------ wiring
     def add_routes(self, app: web.Application) -> None:
@@ -160,11 +169,11 @@ class CtiService:
                 elif msg.type == WSMsgType.BINARY:
                     session.push(_error(None, INVALID_REQUEST, "frames are JSON text, not binary"))
                 elif msg.type == WSMsgType.ERROR:
+                    if getattr(ws.exception(), "code", None) == 1009 or ws.close_code == 1009:
+                        self.stats["oversized_closed"] += 1  # aiohttp closed it with 1009
                     break
                 if session.closed:
                     break
-            if ws.close_code == 1009:
-                self.stats["oversized_closed"] += 1
         finally:
             timer.cancel()
             self._forget(session)
@@ -185,6 +194,12 @@ class CtiService:
             mine.remove(session)
             if not mine:
                 del self.sessions[session.username]
+                for g in groups_of(session.user):
+                    members = self.by_group.get((session.tenant, g))
+                    if members is not None:
+                        members.discard(session.username)
+                        if not members:
+                            del self.by_group[(session.tenant, g)]
                 self.presence_changed(session.user)
 
     async def _frame(self, session: Session, text: str) -> None:
@@ -221,9 +236,11 @@ class CtiService:
             session.push({"jsonrpc": "2.0", "id": rid, "error": exc.to_json()})
             return
         except HpbxError as exc:
-            from hpbx.errors import ValidationError
+            from hpbx.errors import NotFoundError, ValidationError
+            from hpbx.admin.protocol import NOT_FOUND
             data = {"field": exc.field, "reason": exc.reason} if isinstance(exc, ValidationError) else None
-            err = RpcError(-32602 if data else -32003, str(exc), data)
+            code = -32602 if data else NOT_FOUND if isinstance(exc, NotFoundError) else -32003
+            err = RpcError(code, str(exc), data)
             session.push({"jsonrpc": "2.0", "id": rid, "error": err.to_json()})
             return
         except Exception:
@@ -260,6 +277,14 @@ class CtiService:
             raise RpcError(PERMISSION_DENIED, f"user {username} has no CTI access")
         if session.user is not None:
             raise RpcError(INVALID_REQUEST, "already logged in")
+        if not self.sessions.get(user.username):
+            from hpbx.pbx import licence
+            in_tenant = sum(1 for v in self.sessions.values() if v and v[0].tenant == user.tenant)
+            why = licence.cti_login_refusal(self.provisioning.directory.tenant(user.tenant), in_tenant,
+                                            len(self.sessions))
+            if why:
+                self.stats["login_refused"] += 1
+                raise RpcError(PERMISSION_DENIED, why)
         mine = self.sessions.setdefault(user.username, [])
         replaced = 0
         if mine and not user.flags.parallel_softphone_sessions:
@@ -274,6 +299,8 @@ class CtiService:
         session.user, session.username, session.tenant = user, user.username, user.tenant
         session.since = time.time()
         mine.append(session)
+        for g in groups_of(user):
+            self.by_group.setdefault((user.tenant, g), set()).add(user.username)
         self.stats["logins"] += 1
         if first and not replaced:
             self.presence_changed(user)
@@ -304,12 +331,16 @@ class CtiService:
         if not self.sessions:
             return
         doc = None
-        for username, sessions in list(self.sessions.items()):
-            viewer = sessions[0].user
-            if not self.visible(viewer, user):
+        viewers: set[str] = set()
+        for g in groups_of(user):
+            viewers |= self.by_group.get((user.tenant, g), set())
+        for username in viewers:
+            sessions = self.sessions.get(username)
+            if not sessions or not self.visible(sessions[0].user, user):
                 continue
             if doc is None:
-                doc = {"jsonrpc": "2.0", "method": "event", "params": {"type": "presence", **self.presence_of(user)}}
+                doc = orjson.dumps({"jsonrpc": "2.0", "method": "event",
+                                    "params": {"type": "presence", **self.presence_of(user)}}).decode()
             for s in sessions:
                 s.push(doc)
 
@@ -319,6 +350,10 @@ class CtiService:
         from hpbx.pbx.call import ANSWERED, RINGING
         if ended:
             self.clicks.pop(call.id, None)
+            self.holds.pop(call.id, None)
+            self.winners.pop(call.id, None)
+        elif call.state == ANSWERED:
+            self._transfer_check(call)
         users: list[tuple[str, str, object]] = []  # (username, direction, leg or None)
         if call.caller_user is not None:
             users.append((call.caller_user.username, "out", None))
@@ -346,6 +381,9 @@ class CtiService:
                 elif before == "ringing":  # another phone took it
                     self.told.pop(key, None)
                     kind = "missed"
+                elif before == "answered":  # transferred away (the transferred event told it)
+                    self.told.pop(key, None)
+                    continue
                 else:
                     continue
                 if before == kind:
@@ -364,7 +402,8 @@ class CtiService:
                 self.told[key] = kind
             sessions = self.sessions.get(username)
             if sessions:
-                doc = {"jsonrpc": "2.0", "method": "event", "params": self._call_event(kind, call, direction, leg, username)}
+                doc = orjson.dumps({"jsonrpc": "2.0", "method": "event",
+                                    "params": self._call_event(kind, call, direction, leg, username)}).decode()
                 for s in sessions:
                     s.push(doc)
                 self.stats["call_events"] += len(sessions)
@@ -374,6 +413,71 @@ class CtiService:
                 user = directory.auth_user(username)
                 if user is not None:
                     self.presence_changed(user)
+
+    # ------------------------------------------------------------------ held, transferred
+    def _push_call(self, usernames, params: dict) -> None:
+        doc = orjson.dumps({"jsonrpc": "2.0", "method": "event", "params": params}).decode()
+        for username in usernames:
+            for s in self.sessions.get(username, ()):
+                s.push(doc)
+                self.stats["call_events"] += 1
+
+    def _parties(self, call) -> list[str]:
+        out = []
+        if call.caller_user is not None:
+            out.append(call.caller_user.username)
+        w = call.winner
+        if w is not None and w.user and w.user not in out:
+            out.append(w.user)
+        return out
+
+    def _label(self, call, side) -> str:
+        if side == "a":
+            return call.caller_user.username if call.caller_user is not None else (call.caller or "anonymous")
+        return side.user or getattr(side.ring, "value", "") or "remote"
+
+    def hold_changed(self, call, side, held: bool) -> None:
+        """A re-offer (or its answer) of one side: the call is held while any side's last SDP
+        said so (the holder's sendonly, then the held party's recvonly answer), resumed when
+        none does. ``held`` / ``resumed`` go to the users in the call, ``by`` the holder."""
+        state = self.holds.setdefault(call.id, {"a": False, "b": False, "by": ""})
+        label = "a" if side == "a" else "b"
+        was = state["a"] or state["b"]
+        state[label] = held
+        now = state["a"] or state["b"]
+        if was == now:
+            return
+        if now:
+            state["by"] = self._label(call, side)
+        by = state["by"]
+        self._push_call(self._parties(call), {"type": "held" if now else "resumed", "call_id": call.id,
+                                              "by": by, "time": time.time()})
+
+    def _transfer_check(self, call) -> None:
+        w = call.winner
+        now = w.user if w is not None and w.user else (w.ring.value if w is not None else "")
+        before = self.winners.get(call.id)
+        self.winners[call.id] = now
+        if before is None or before == now:
+            return
+        # the answered party changed hands: a blind or attended transfer (or a call move)
+        params = {"type": "transferred", "call_id": call.id, "from": before, "to": now,
+                  "time": time.time()}
+        told = [u for u in [before] + self._parties(call) if u]
+        self._push_call(dict.fromkeys(told), params)
+        if before and (call.id, before) in self.told:
+            self.told.pop((call.id, before), None)
+
+    def _caller_name(self, call, username: str) -> str:
+        if call.caller_user is not None:
+            return call.caller_user.details.full_name()
+        name = ""
+        if self.addressbooks is not None and call.caller:
+            try:
+                name = self.addressbooks.caller_name(call.tenant, username or None, call.caller)
+            except Exception:
+                log.exception("caller-name lookup failed")
+        return name or call.a_msg.from_addr.display or ""
 
     def _call_event(self, kind: str, call, direction: str, leg, username: str = "") -> dict:
         plan = call.plan
@@ -386,7 +490,7 @@ class CtiService:
             if me is not None and me.displayed_number and me.displayed_number == plan.dialled:
                 ring_class = "direct"
         ev = {"type": kind, "call_id": call.id, "direction": direction, "caller": call.caller,
-              "caller_name": getattr(call, "caller_name", "") or "", "dialled": plan.dialled,
+              "caller_name": self._caller_name(call, username), "dialled": plan.dialled,
               "slot": plan.slot, "ring_class": ring_class, "via": via, "time": time.time()}
         if kind == "ended" or kind == "missed":
             ev["reason"] = call.end_reason

@@ -310,6 +310,9 @@ class Call:
                 number = u.displayed_number or u.internal_number or u.username
             return u.details.full_name(), number, extra
         display = self.a_msg.from_addr.display or ""
+        lookup = self.service.caller_name_lookup  # the called user's address books (FEATURES 16)
+        if lookup is not None and leg.user and self.caller:
+            display = lookup(self.tenant, leg.user, self.caller) or display
         return display, self.caller or "anonymous", extra
 
     @staticmethod
@@ -648,6 +651,8 @@ class Call:
                            rtcp_mux=peer.rtcp_mux)
             media.relatch(self.id, leg)
             media.set_hold(self.id, peer.hold)
+            for observe in self.service.hold_observers:
+                observe(self, side, peer.hold)
         except HpbxError as exc:
             log.info("[%s] re-offer SDP not usable: %s", self.id, exc)
             return body

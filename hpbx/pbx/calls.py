@@ -68,6 +68,10 @@ class CallService:
         self.presence = presence.Presence(self)
         # callables (call, ended) told of every dialog change and end, after BLF (hpbx.cti)
         self.observers: list = []
+        # (tenant, called username, caller number) -> name from the address books, or "" (hpbx.pbx.addressbook)
+        self.caller_name_lookup = None
+        # (call, side, held) on every re-offer that holds or resumes (hpbx.cti: held events)
+        self.hold_observers: list = []
 
     def count_active(self, user: str, delta: int) -> None:
         """Add ``delta`` to the answered calls ``user`` is in (busy handling, presence)."""

@@ -270,6 +270,10 @@ class Tenant:
     # hold: a music class ("default" ships) or "announcement:<id>" of an announcement of kind music
     language: str = "de"
     music_on_hold: str = "default"
+    # licences (FEATURES 20, hpbx.pbx.licence): users and CTI users this tenant may have; 0 = no
+    # limit of its own (the server-wide [licence] still counts)
+    licence_users: int = 0
+    licence_cti_users: int = 0
     # call recording (hpbx.pbx.recording): played to both parties when a recording starts:
     # "" none, "prompt" (system prompt call-recorded), "announcement:<id>"
     recording_notice: str = ""
@@ -297,6 +301,8 @@ class Tenant:
                   language=r.text("language", "de", _LANGUAGE_RE, "language (en, de, fr_CH ...)"),
                   music_on_hold=r.text("music_on_hold", "default", _MOH_RE,
                                        "music class name or announcement:<id>"),
+                  licence_users=r.integer("licence_users", 0, 0, 10_000_000),
+                  licence_cti_users=r.integer("licence_cti_users", 0, 0, 10_000_000),
                   recording_notice=r.text("recording_notice", "", _NOTICE_RE,
                                           '"", "prompt" or announcement:<id>'))
         r.finish()
@@ -308,6 +314,7 @@ class Tenant:
              "push_url": self.push_url, "push_secret": self.push_secret,
              "voicemail_format": self.voicemail_format,
              "language": self.language, "music_on_hold": self.music_on_hold,
+             "licence_users": self.licence_users, "licence_cti_users": self.licence_cti_users,
              "recording_notice": self.recording_notice}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
@@ -316,7 +323,7 @@ _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "def
                     "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
                     "voicemail_format": "wav",
                     "language": "de",
-                    "music_on_hold": "default", "recording_notice": ""}
+                    "music_on_hold": "default", "licence_users": 0, "licence_cti_users": 0, "recording_notice": ""}
 _NOTICE_RE = re.compile(r"prompt|announcement:[1-9][0-9]{0,5}")
 _LANGUAGE_RE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
 _MOH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}|announcement:[1-9][0-9]{0,5}")

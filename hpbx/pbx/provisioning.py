@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import tomli_w
 
 from hpbx.errors import NotFoundError, ValidationError
-from hpbx.pbx import cdr_export, router
+from hpbx.pbx import cdr_export, licence, router
 from hpbx.pbx.directory import Directory
 from hpbx.pbx.stored import rebuild
 from hpbx.pbx.model import (
@@ -130,6 +130,7 @@ class Provisioning:
                 check: Iterable[tuple[str, object]] = (), users=None) -> None:
         """Check, write in one transaction, swap the directory. ``check``: (field prefix, object)."""
         if new is not None:
+            licence.check(self.directory, old, new)  # FEATURES 20: users and CTI users licensed
             if old is not None and users is not None:
                 # Single-object change: the current directory knows every other internal number.
                 directory, name = self.directory, new.tenant.name

@@ -27,6 +27,9 @@ def _utc_offset(tz: str) -> str:
     return f"{hours:+g}"
 
 
+
+PHONEBOOK_MAX = 2000  # address-book entries in a phone's phonebook (FEATURES 16, 19)
+
 class Renderer:
     def __init__(self, settings):
         self.env = jinja2.Environment(
@@ -88,13 +91,20 @@ class Renderer:
         return self.env.get_template(f"{phone.vendor}.{EXTENSION[phone.vendor]}.j2").render(
             self.context(phone, directory, base_url))
 
-    def phonebook(self, phone: Phone, directory) -> str:
-        """The tenant's directory of users (hidden users left out), in the phone's vendor XML."""
+    def phonebook(self, phone: Phone, directory, books=None) -> str:
+        """The tenant's directory of users (hidden users left out), then its global address book
+        (``books``: hpbx.pbx.addressbook.AddressBooks; at most PHONEBOOK_MAX entries, phones hold
+        no more), in the phone's vendor XML."""
         entries = []
         for u in sorted(directory.users_of(phone.tenant), key=lambda u: u.username):
             if u.flags.hide_user or not u.internal_number:
                 continue
             entries.append({"name": u.details.full_name() or u.username, "number": u.internal_number,
                             "mobile": u.details.mobile, "company": u.details.company})
+        if books is not None:
+            for e in books.list(phone.tenant, limit=PHONEBOOK_MAX)["entries"]:
+                number = e["office"] or e["private"] or e["mobile"]
+                entries.append({"name": e["name"] or number, "number": number,
+                                "mobile": e["mobile"] if e["mobile"] != number else "", "company": e["company"]})
         return self.env.get_template(f"phonebook-{phone.vendor}.xml.j2").render(
             entries=entries, tenant=phone.tenant)

@@ -413,7 +413,7 @@ class WebServer:
         denied = self._check_device(request, phone)
         if denied is not None:
             return denied
-        body = self.renderer.phonebook(phone, self.ctx.provisioning.directory)
+        body = self.renderer.phonebook(phone, self.ctx.provisioning.directory, self.ctx.addressbooks)
         return web.Response(text=body, content_type="application/xml", charset="utf-8")
 
     # -- announcement audio (hpbx/web/media.py) ------------------------------------------------

@@ -128,7 +128,8 @@ async function systemLine() {
   try {
     const s = await rpc("system.info");
     const l = s.licences || {};
-    $("#sysline").textContent = `Lic: ${l.users ?? "?"}/${l.cti_users ?? "?"}   WAN IP: ${(s.wan && s.wan.address) || "-"}   System: hpbx ${s.version}   Gui: ${document.lastModified}`;
+    const lic = s.licence && s.licence.line ? s.licence.line : `Lic: ${l.users ?? "?"}/${l.cti_users ?? "?"}`;
+    $("#sysline").textContent = `${lic}   WAN IP: ${(s.wan && s.wan.address) || "-"}   System: hpbx ${s.version}   Gui: ${document.lastModified}`;
   } catch (e) { $("#sysline").textContent = ""; }
 }
 
@@ -211,7 +212,8 @@ VIEWS.users = async main => {
   async function reload(select) {
     users = await rpc("user.list", tenantParam());
     list.replaceChildren(table([["Username", u => u.username], ["Displayed no.", u => u.displayed_number],
-      ["Internal", u => u.internal_number], ["IP", () => "", "ip"], ["Phone", () => "offline", "status offline"]],
+      ["Internal", u => u.internal_number], ["IP", () => "", "ip"], ["Phone", () => "offline", "status offline"],
+      ["CTI", () => "offline", "cti offline"]],
       users, (u, tr) => { selected = u.username; $$("tr", list).forEach(x => x.classList.toggle("sel", x === tr)); userPanel(panel, u, reload); },
       u => u.username));
     $("table", list).id = "user-table";
@@ -222,6 +224,20 @@ VIEWS.users = async main => {
   }
   async function status() {
     const regs = await rpc("registration.list", tenantParam());
+    const sessions = await rpc("cti.session.list", tenantParam()).catch(() => []);  // no web face: none
+    const cti = {};
+    sessions.forEach(s => { cti[s.user] = (cti[s.user] || 0) + 1; });
+    $$("#user-table tbody tr").forEach(tr => {
+      const n = cti[tr.dataset.user] || 0, td = $("td.cti", tr);
+      td.textContent = n ? (n > 1 ? `online (${n})` : "online") : "offline";
+      td.className = "cti " + (n ? "online" : "offline");
+    });
+    const cs = $("#cti-status", panel);
+    if (cs) {
+      const n = cti[cs.dataset.user] || 0;
+      cs.textContent = n ? `online (${n} session${n > 1 ? "s" : ""})` : "offline";
+      cs.className = n ? "online" : "offline";
+    }
     const by = {};
     regs.forEach(r => (by[r.user] = by[r.user] || []).push(r));
     $$("#user-table tbody tr").forEach(tr => {
@@ -260,7 +276,7 @@ async function userPanel(panel, u, reload) {
       labelled("Company", det("company")), labelled("Mobile", det("mobile")), labelled("Nickname", det("nickname")),
       labelled("E-mail", det("email"))),
     h("h4", { text: "Status" }),
-    h("div", { class: "grid2" }, h("label", { text: "CTI" }), h("span", { class: "offline", text: "offline" }),
+    h("div", { class: "grid2" }, h("label", { text: "CTI" }), h("span", { id: "cti-status", "data-user": u.username, class: "offline", text: isNew ? "–" : "offline" }),
       h("label", { text: "Phone" }), h("span", { id: "phone-status", "data-user": u.username, class: "offline", text: isNew ? "–" : "offline" })));
   const tabs = h("div", { class: "tabs" }), pane = h("div", { class: "tabpane" });
   const panes = {};
@@ -470,20 +486,30 @@ VIEWS.switches = async main => {
 VIEWS.groups = async main => {
   const gs = await rpc("group.list", tenantParam());
   const panel = h("div");
-  main.replaceChildren(h("h2", { text: "Groups" }), h("div", { class: "split" }, h("div", {}, table([["Group", g => g.name], ["Internal", g => g.internal_number],
-    ["Members", g => g.members.map(m => g.logged_out.includes(m) ? `${m} (out)` : m).join(", ")]], gs, g => groupPanel(panel, g))), panel));
+  const t = table([["Group", g => g.name], ["Internal", g => g.internal_number],
+    ["Members", g => g.members.map(m => g.logged_out.includes(m) ? `${m} (out)` : m).join(", ")]], gs, g => groupPanel(panel, g), g => g.name);
+  t.id = "group-table";
+  main.replaceChildren(h("h2", { text: "Groups" }),
+    h("div", { class: "row" }, h("button", { id: "new-group", type: "button", text: "New group", onclick: () => groupPanel(panel, null) })),
+    h("div", { class: "split" }, h("div", {}, t), panel));
 };
 function groupPanel(panel, g) {
-  const form = h("form", { class: "card", onsubmit: async e => {
+  const isNew = !g;
+  g = g || { tenant: tenant(), name: "", internal_number: "", members: [] };
+  const form = h("form", { class: "card", id: "group-form", onsubmit: async e => {
     e.preventDefault();
+    const p = { tenant: g.tenant, name: isNew ? $("[data-field=name]", form).value : g.name,
+      internal_number: $("[data-field=internal_number]", form).value,
+      members: $("[data-field=members]", form).value.split(",").map(s => s.trim()).filter(Boolean) };
     try {
-      await rpc("group.update", { tenant: g.tenant, name: g.name, internal_number: $("[data-field=internal_number]", form).value,
-        members: $("[data-field=members]", form).value.split(",").map(s => s.trim()).filter(Boolean) });
+      await rpc(isNew ? "group.create" : "group.update", p);
       route();
     } catch (err) { showError(form, err); }
-  } }, h("h3", { text: `Group ${g.name}` }), h("div", { class: "grid2" },
+  } }, h("h3", { text: isNew ? "New group" : `Group ${g.name}` }), h("div", { class: "grid2" },
+    isNew ? labelled("Name", input("name", "")) : null,
     labelled("Internal number", input("internal_number", g.internal_number)),
-    labelled("Members (in ring order)", input("members", g.members.join(", ")))), h("button", { type: "submit", text: "Save" }));
+    labelled("Members (in ring order)", input("members", g.members.join(", ")))), h("button", { type: "submit", id: "group-save", text: "Save" }),
+    h("div", { class: "field-error form-error" }));
   panel.replaceChildren(form);
 }
 VIEWS.announcements = async main => {
@@ -521,6 +547,48 @@ VIEWS.announcements = async main => {
     h("p", { class: "muted", text: "Dial *201 + ID + # to listen to an announcement by phone." }), form);
 };
 
+// ---------------------------------------------------------------- address book (FEATURES 16)
+function b64(bytes) { let s = ""; for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000)); return btoa(s); }
+VIEWS.addressbook = async main => {
+  const book = await rpc("addressbook.list", { tenant: tenant(), limit: 1000 });
+  const file = h("input", { type: "file", id: "ab-file", "data-field": "csv", accept: ".csv,text/csv,text/plain" });
+  const result = h("span", { id: "ab-result", class: "muted" });
+  const form = h("form", { class: "card", id: "ab-form", onsubmit: async e => {
+    e.preventDefault();
+    clearErrors(form);
+    if (!file.files[0]) { showError(form, new RpcError({ message: "csv: choose a file", data: { field: "csv", reason: "choose a file" } })); return; }
+    const bytes = new Uint8Array(await file.files[0].arrayBuffer());
+    result.textContent = "importing…";
+    try {
+      const r = await rpc("addressbook.import", { tenant: tenant(), csv_base64: b64(bytes) });
+      route();
+      setTimeout(() => { const x = $("#ab-result"); if (x) x.textContent = `imported ${r.imported} (replaced ${r.replaced}, ${r.encoding})`; }, 0);
+    } catch (err) { result.textContent = ""; showError(form, err); }
+  } }, h("h3", { text: "Import (replaces the global address book)" }),
+    h("p", { class: "muted", text: "CSV, UTF-8 or ISO-8859-1, separated by ';': First name;Last name;Company;Number private;Number office;Number mobile" }),
+    h("div", { class: "row" }, file, h("button", { type: "submit", id: "ab-import", text: "Import" }), result),
+    h("div", { class: "field-error form-error", id: "ab-error" }));
+  const link = h("a", { id: "ab-download", hidden: true, text: "download" });
+  const exp = h("button", { type: "button", id: "ab-export", text: "Export CSV", onclick: async () => {
+    const r = await rpc("addressbook.export", { tenant: tenant() });
+    const raw = Uint8Array.from(atob(r.csv_base64), c => c.charCodeAt(0));
+    const blob = new Blob([raw], { type: "text/csv" });
+    window.abLastExport = blob;  // what was offered for download (read back by the browser test)
+    link.href = URL.createObjectURL(blob);
+    link.download = `addressbook-${tenant()}.csv`;
+    link.dataset.bytes = String(raw.length);
+    link.hidden = false;
+    link.click();
+  } });
+  const t = table([["First name", e => e.first_name], ["Last name", e => e.last_name], ["Company", e => e.company],
+    ["Private", e => e.private], ["Office", e => e.office], ["Mobile", e => e.mobile]], book.entries, null, e => String(e.id));
+  t.id = "ab-table";
+  main.replaceChildren(h("h2", { text: "Address book (global)" }),
+    h("p", {}, h("b", { id: "ab-total", text: String(book.total) }), ` entries` +
+      (book.total > book.entries.length ? ` (the first ${book.entries.length} are shown)` : "")),
+    h("div", { class: "row" }, exp, link), form, t);
+};
+
 // ---------------------------------------------------------------- provisioning, CDRs, audit, system
 VIEWS.phones = async main => {
   const ps = await rpc("phone.list", tenantParam());
@@ -531,20 +599,25 @@ VIEWS.phones = async main => {
 VIEWS.cdrs = async main => {
   const since = h("input", { type: "datetime-local", id: "cdr-since" }), until = h("input", { type: "datetime-local", id: "cdr-until" });
   const limit = h("input", { type: "number", value: 100, min: 1, id: "cdr-limit", size: 5 });
+  const number = h("input", { type: "text", id: "cdr-number", "data-field": "number", size: 14, placeholder: "caller or called" });
   const box = h("div"), form = h("form", { class: "row", onsubmit: e => { e.preventDefault(); load(); } },
-    h("label", {}, "since ", since), h("label", {}, "until ", until), h("label", {}, "max ", limit), h("button", { type: "submit", text: "Filter" }));
+    h("label", {}, "number ", number), h("label", {}, "since ", since), h("label", {}, "until ", until), h("label", {}, "max ", limit),
+    h("button", { type: "submit", id: "cdr-filter", text: "Filter" }));
   main.replaceChildren(h("h2", { text: "Call records" }), form, box);
   async function load() {
     const p = { ...tenantParam(), limit: parseInt(limit.value || "100", 10) };
     if (since.value) p.since = new Date(since.value).toISOString();
     if (until.value) p.until = new Date(until.value).toISOString();
+    if (number.value.trim()) p.number = number.value.trim();
     try {
+      clearErrors(form);
       const cdrs = await rpc("cdr.list", p);
-      box.replaceChildren(table([["Start", c => fmtTime(c.start)], ["Tenant", c => c.tenant], ["Caller", c => c.caller], ["Called", c => c.called],
+      box.replaceChildren(h("p", { class: "muted", id: "cdr-count", text: `${cdrs.length} call records` }), table([["Start", c => fmtTime(c.start)], ["Tenant", c => c.tenant], ["Caller", c => c.caller], ["Called", c => c.called],
         ["Slot", c => c.switch ? `switch ${c.switch}` : c.slot || ""], ["Answered by", c => c.answered_by], ["End", c => c.end_reason]], cdrs));
-    } catch (e) { showError(main, e); }
+    } catch (e) { showError(form, e); }
   }
   await load();
+  $("table", box) && ($("table", box).id = "cdr-table");
 };
 VIEWS.audit = async main => {
   const rows = await rpc("audit.list", { ...tenantParam(), limit: 200 });
@@ -555,7 +628,8 @@ VIEWS.system = async main => {
   const s = await rpc("system.info");
   const l = s.licences || {};
   main.replaceChildren(h("h2", { text: "System information" }), h("div", { class: "grid2 card" },
-    labelled("Lic (users / CTI users)", h("span", { id: "sys-lic", text: `${l.users ?? "?"} / ${l.cti_users ?? "?"}` })),
+    labelled("Lic (users / CTI users)", h("span", { id: "sys-lic", text: s.licence && s.licence.users
+      ? `users ${s.licence.users.text}, CTI users ${s.licence.cti_users.text}` : `${l.users ?? "?"} / ${l.cti_users ?? "?"}` })),
     labelled("WAN IP", h("span", { text: (s.wan && s.wan.address) || s.wan.reason || "-" })),
     labelled("System", h("span", { text: `hpbx ${s.version} (Python ${s.python})` })),
     labelled("Gui", h("span", { text: document.lastModified })),
