@@ -455,7 +455,11 @@ class CtiService:
 
     def _transfer_check(self, call) -> None:
         w = call.winner
-        now = w.user if w is not None and w.user else (w.ring.value if w is not None else "")
+        # a call answered at hpbx (a media channel: conference, mailbox...) is its own winner:
+        # it has no user nor ring target
+        user = getattr(w, "user", None)
+        ring = getattr(w, "ring", None)
+        now = user if user else (ring.value if ring is not None else "")
         before = self.winners.get(call.id)
         self.winners[call.id] = now
         if before is None or before == now:

@@ -255,7 +255,10 @@ class CallService:
         """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
         self.blf.changed(call)
         for observe in self.observers:
-            observe(call, False)
+            try:
+                observe(call, False)
+            except Exception:  # an observer's fault (CTI events) must not cost the call
+                log.exception("[%s] call observer %r failed", call.id, observe)
 
     def call_ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
@@ -263,7 +266,10 @@ class CallService:
             self.owners.ended(call)
         self.blf.changed(call, ended=True)
         for observe in self.observers:
-            observe(call, True)
+            try:
+                observe(call, True)
+            except Exception:  # the CDR below must be written whatever an observer does
+                log.exception("[%s] call observer %r failed", call.id, observe)
         if self.toll is not None:
             self.toll.release(call.id)
         if call.answer_iso:
