@@ -59,6 +59,8 @@ def extensions():
                 extra_compile_args=COMPILE_ARGS,
                 libraries=extra.get("libraries", []),
                 define_macros=macros,
+                # a C header of the hot paths changed: rebuild (setuptools looks only at the .c)
+                depends=sorted(glob.glob("hpbx/_fast/*.h")),
             )
         )
     return cythonize(exts, compiler_directives=DIRECTIVES, annotate=DEBUG, nthreads=2)

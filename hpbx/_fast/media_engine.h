@@ -1141,6 +1141,12 @@ static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t le
 	rl_relay *r = relay;
 	rl_session *s = session;
 	me_ep *ep = s->leg[li].ep;
+	if (ep && ep->fax && ep->fax->is_t38) {
+		/* T.38: the leg carries UDPTL now (media_fax.h) */
+		ep->rx++;
+		me_t38_rx(ep->fax, p, (int)len);
+		return 1;
+	}
 	if (!ep || len < 12 || (p[0] >> 6) != 2)
 		return 0;
 	size_t hl = 12 + 4 * (size_t)(p[0] & 15);
