@@ -113,6 +113,43 @@ def test_two_page_fax_over_g711_arrives_as_pdf_by_mail(setup, tmp_path):
     assert not list((d / "fax").glob("*")) if (d / "fax").exists() else True  # nothing left behind
 
 
+def test_two_page_fax_over_t38_arrives_as_pdf_by_mail(setup, tmp_path):
+    """A fax gateway (SIPp signalling + a T.38 terminal of spandsp in a test-side engine) calls
+    in with audio, re-INVITEs to m=image udptl t38 and sends 2 pages as UDPTL."""
+    rig, sink, d = setup
+    before = len(sink.messages())
+    sent = [fax_page(11), fax_page(12)]
+    src = make_tiff(tmp_path, sent)
+    machine = MediaEngine("127.0.0.1", 44500, 44599, workers=1, media_timeout=120)
+    machine.start()
+    try:
+        ms = machine.allocate("gw")
+        machine.terminate("gw", "a", codec="PCMA", dtmf_pt=None)
+        machine.fax_send("gw", "a", src, ident="+41 31 111 3333", t38=True)
+        caller = rig.sipp(str(HERE / "scenarios" / "call_uac_t38.xml"), service="044555300", port=CARRIER,
+                          timeout=120, extra=["-key", "rtp_port", str(ms.port_a)], name="t38")
+        res = caller.finish()
+        assert res.successful == 1, res.describe() + rig.server.log()
+        msgs = sink.wait_count(before + 1, timeout=30)
+    finally:
+        machine.close()
+    assert len(msgs) == before + 1
+    m = msgs[-1]
+    assert "2 page(s)" in m["Subject"] and "+41 31 111 3333" in m["Subject"], m["Subject"]
+    body = m.get_body(("plain",)).get_content()
+    assert "Transport: T.38 (UDPTL)" in body and "Pages: 2" in body and "Bit rate: 14400" in body, body
+    pdfs = [p for p in m.iter_attachments() if p.get_content_type() == "application/pdf"]
+    assert len(pdfs) == 1
+    pdf = tmp_path / "got.pdf"
+    pdf.write_bytes(pdfs[0].get_content())
+    pages = _pdf_pages(pdf, tmp_path)
+    assert len(pages) == 2
+    for want, got in zip(sent, pages):
+        assert similarity(want, got) > 0.98, similarity(want, got)
+    cdr = [c for c in rig.cdrs(count=2) if c.get("service") == "fax"][-1]
+    assert cdr["service_result"] == "fax: 2 page(s) received (T.38)", cdr
+
+
 def test_fax_number_without_mail_address_is_refused(setup):
     rig, sink, _ = setup
     before = len(sink.messages())
