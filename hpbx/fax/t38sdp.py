@@ -59,3 +59,35 @@ def answer(body: bytes, offer: ImageOffer, session: list[str], port: int) -> byt
                   f"a=T38FaxMaxDatagram:{MAX_DATAGRAM}", "a=T38FaxUdpEC:t38UDPRedundancy",
                   "a=sendrecv"]
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def reanchor(media, key: str, leg: str, body: bytes, address: str, port: int) -> bytes | None:
+    """A relayed call (two fax machines behind ATAs, a gateway and a trunk): when one side's
+    offer or answer is image/t38 over UDPTL, its leg's peer moves to the image stream, the
+    session carries UDPTL (media.set_udptl: relayed like RTP, without the RTP/RTCP handling)
+    and the body is rewritten to the relay port; None for a body without T.38 (after a switch
+    back to audio the session carries RTP again)."""
+    try:
+        offer = image_offer(body)
+    except SdpError:
+        return None
+    if offer is None:
+        if any(media.stats(key)[lg].get("udptl") for lg in ("a", "b")):
+            media.set_udptl(key, None, False)
+        return None
+    media.set_peer(key, leg, offer.host, offer.port)
+    media.relatch(key, leg)
+    media.set_udptl(key, None, True)
+    desc = sdp.parse(body)
+    out = sdp.rewrite(body, address, [(port, port + 1)] * len(desc.media), direction=None)
+    if len(desc.media) > 1:  # only the image stream is relayed: the others are refused
+        lines, index = [], -1
+        for line in out.decode("latin-1").split("\r\n"):
+            if line.startswith("m="):
+                index += 1
+                if index != offer.index:
+                    f = line.split(" ")
+                    line = " ".join([f[0], "0"] + f[2:])
+            lines.append(line)
+        out = "\r\n".join(lines).encode("latin-1")
+    return out
