@@ -63,6 +63,22 @@ Service API (all on ``ch``; coroutines are marked async)::
     ch.held                                True while the caller holds the call (re-INVITE)
     ch.result                              a short text the service sets: it goes into the CDR
 
+Outbound (hpbx calls somebody and runs a service when they answer)::
+
+    ch = media_channel.dial(call_service, target, tenant, caller, service, name="invite")
+
+``target`` is ``user:<username>``, an internal number of ``tenant`` (the user's most recent
+online device is called) or an external number (0... / +..., through the tenant's trunk,
+admitted by the toll-fraud limits like a diversion; ``caller`` is presented, it should be one
+of the tenant's public numbers). hpbx offers PCMA, PCMU and telephone-event from the relay's
+leg "a"; on a 2xx it ACKs, ends leg "a" at the media endpoint in the answered codec and runs
+``service(ch)`` on an ``OutboundChannel`` (the same API as above; ``ch.caller`` is the called
+party). A failure (final >= 300, no answer in ``ring_secs``, ``ch.hangup()`` while it rings:
+CANCEL) ends the channel with a CDR and calls ``on_failed(ch, status)`` if given. A bad or
+refused target raises ValidationError naming ``target`` before anything is sent. The call is
+in ``call.list`` from the INVITE on and ``call.hangup`` ends it. Not done: digest
+authentication towards a trunk that challenges, parallel ringing of a user's devices.
+
 A caller's BYE or CANCEL (or a media timeout, or ``call.hangup`` by the administrator) ends
 the channel: the service task is cancelled (CancelledError inside its current await; use
 try/finally for clean-up), the relay session is deleted (ports, players, recorders go with it:
@@ -96,7 +112,7 @@ from datetime import datetime, timezone
 
 from hpbx.errors import HpbxError, NotFoundError, SdpError
 from hpbx.pbx import anchor
-from hpbx.sip.dialog import Dialog, OkResender
+from hpbx.sip.dialog import Dialog, OkResender, cancel_with_reason
 from hpbx.sip.transaction import Target
 
 log = logging.getLogger("hpbx.pbx.media_channel")
@@ -953,3 +969,215 @@ class _Done:
 
 
 MediaChannel.hangup = _hangup
+
+
+# ---------------------------------------------------------------------- outbound channels
+OUTBOUND_RING_SECS = 30.0
+
+
+class OutboundChannel(MediaChannel):
+    """A media channel on a call hpbx placed (``dial``): UAC side, then the same service API."""
+
+    def __init__(self, svc, plan, callee: str, caller_user, *, name: str, call_id: str, tag: str,
+                 target: Target):
+        self.service = svc
+        self.engine = svc.media
+        self.id = call_id
+        self.a_tx = None
+        self.a_msg = None
+        self.a_target = target
+        self.a_dialog = None
+        self.plan = plan
+        self.tenant = plan.tenant
+        self.dialled = plan.dialled
+        self.caller = callee  # who is on the line: call.list and the CDR show the called party
+        self.caller_user = caller_user
+        self.from_trunk = None
+        self.name = name
+        self.mode = "answered"
+        self.state = RINGING
+        self.legs = {}
+        self.winner = None
+        self.media = None
+        self.task = None
+        self.codec = {}
+        self.held = False
+        self.result = ""
+        self.final_status = 480
+        self.star_code = self.star_arg = ""
+        self.start_iso = _iso()
+        self.start_time = time.time()
+        self.answer_iso = self.end_iso = self.end_reason = ""
+        self.handed_to = None
+        self.targets_tried = [callee]
+        self._ok = self._se_timer = None
+        self.session_expires = 0
+        self._sdp_version = 1
+        self._late_offer = False
+        self._acked = None
+        self.to_tag = tag
+        self.invite_tx = None
+        self.ring_timer = None
+        self.on_failed = None
+        self.service_fn = None
+        host, port = svc.transports.local_address(target.kind, target.host)
+        transport = "" if target.kind == "udp" else f";transport={target.kind}"
+        self.a_contact = f"<sip:hpbx@{_uri_host(host)}:{port}{transport}>"
+
+    def offer_sdp(self) -> bytes:
+        address = self.media.address_for(self.a_target.host)
+        ip = "IP6" if ":" in address else "IP4"
+        return (f"v=0\r\no=hpbx {abs(hash(self.id)) % 10**9} 1 IN {ip} {address}\r\ns=hpbx\r\n"
+                f"c=IN {ip} {address}\r\nt=0 0\r\nm=audio {self.media.port_a} RTP/AVP 8 0 101\r\n"
+                "a=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+                "a=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n").encode()
+
+    def on_response(self, tx, status: int, msg) -> None:
+        self.guarded(self._on_response, status, msg)
+
+    def _on_response(self, status: int, msg) -> None:
+        svc = self.service
+        if status < 200:
+            if msg is not None and msg.to_tag and self.state == RINGING:
+                self.a_dialog.update_from_response(msg)
+            return
+        if status >= 300:
+            if self.state == RINGING:
+                self._failed(status, f"{status} {msg.reason if msg is not None and msg.reason else ''}".strip())
+            return
+        if self.state != RINGING:  # a re-sent 2xx (our ACK lost), or answered after we gave up
+            self.a_dialog.update_from_response(msg)
+            self.a_dialog.send_ack(svc.transports, 1)
+            if self.state == ENDED and self.answer_iso == "":
+                d = self.a_dialog
+                svc.transactions.send_request("BYE", d.remote_target, d.headers("BYE"), d.target, None)
+            return
+        self.a_dialog.update_from_response(msg)
+        self.a_dialog.send_ack(svc.transports, 1)
+        if self.ring_timer is not None:
+            self.ring_timer.cancel()
+            self.ring_timer = None
+        try:
+            peer = anchor.peer(msg.body)
+            self.codec = negotiated(self.offer_sdp(), msg.body)
+            self.engine.offer(self.id, peer.host, peer.port, rtcp_port=peer.rtcp_port, rtcp_mux=peer.rtcp_mux)
+            self._terminate()
+        except HpbxError as exc:
+            log.info("[%s] answer not usable: %s", self.id, exc)
+            self.state = ANSWERED  # BYE the answered call
+            self.hangup_now(f"bad SDP in the answer: {exc}")
+            return
+        self.state = ANSWERED
+        self.answer_iso = _iso()
+        self.winner = self
+        svc.legs[self.id] = (self, "a")
+        if self.caller_user is not None:
+            svc.count_active(self.caller_user.username, 1)
+        svc.dialog_changed(self)
+        log.info("[%s] %s answered (%s)", self.id, self.caller, self.codec.get("codec"))
+        self.task = svc.loop.create_task(self._run(self.service_fn))
+
+    def _ring_timeout(self) -> None:
+        self.ring_timer = None
+        if self.state == RINGING:
+            cancel_with_reason(self.invite_tx, "")
+            self._failed(408, "no answer")
+
+    def _failed(self, status: int, why: str) -> None:
+        self.final_status = status
+        self._end(why)
+        if self.on_failed is not None:
+            try:
+                self.on_failed(self, status)
+            except Exception:
+                log.exception("[%s] on_failed of %s failed", self.id, self.name)
+
+    def on_ack(self, msg) -> None:
+        return  # ACKs of re-INVITEs the far side sent: nothing waits for them
+
+    def hangup_now(self, why: str) -> None:
+        if self.state == RINGING:
+            if self.ring_timer is not None:
+                self.ring_timer.cancel()
+                self.ring_timer = None
+            cancel_with_reason(self.invite_tx, "")
+            self._failed(487, why)
+            return
+        super().hangup_now(why)
+
+
+def dial(svc, target: str, tenant: str, caller: str, service: Service, *, name: str = "outbound",
+         ring_secs: float = OUTBOUND_RING_SECS, on_failed: Callable | None = None) -> OutboundChannel:
+    """Call ``target`` for ``tenant`` presenting ``caller``; ``service`` runs once it answers
+    (see "Outbound" in the module doc)."""
+    from hpbx._fast import sipmsg
+    from hpbx.errors import ValidationError
+    from hpbx.pbx import router
+    directory = svc.provisioning.directory
+    if not isinstance(target, str) or not target:
+        raise ValidationError("target", "must be user:<username>, an internal or an external number")
+    user = None
+    if target.startswith("user:"):
+        user = directory.user(target[5:])
+        if user is None or user.tenant != tenant:
+            raise ValidationError("target", f"no user {target[5:]!r} in tenant {tenant!r}")
+    elif re.fullmatch(r"[0-9]{2,6}", target) and not target.startswith("0"):
+        found = directory.internal(tenant, target)
+        if found is None or not hasattr(found, "username"):
+            raise ValidationError("target", f"{target} is not an internal number of a user of {tenant!r}")
+        user = found
+    elif not re.fullmatch(r"(0|\+)[0-9]{3,20}", target):
+        raise ValidationError("target", f"{target!r} is not a number (user:<name>, internal, 0... or +...)")
+    call_id = sipmsg.new_call_id()
+    tag = sipmsg.new_tag()
+    route = None
+    if user is not None:
+        bindings = [b for b in svc.registrar.lookup(user.username) if b.online]
+        if not bindings:
+            raise ValidationError("target", f"user {user.username!r} has no registered device")
+        b = bindings[-1]
+        dest, ruri, route = svc.registrar.target(b), b.contact, svc.registrar.relay_route(b)
+        to_user, callee = user.username, user.internal_number or user.username
+        domain = None
+    else:
+        trunk = directory.trunk(tenant)
+        if trunk is None:
+            raise ValidationError("target", f"tenant {tenant!r} has no trunk for external numbers")
+        if svc.toll is not None:
+            refusal = svc.toll.admit(call_id, tenant, None, target, None)
+            if refusal is not None:
+                raise ValidationError("target", f"{target}: {refusal.reason}")
+        dest = Target(trunk.transport, trunk.host, trunk.port)
+        ruri = f"sip:{target}@{_uri_host(trunk.host)}:{trunk.port}"
+        to_user, callee = target, target
+        domain = _uri_host(trunk.from_domain or trunk.host)
+    plan = router.Plan(kind="outbound", tenant=tenant, dialled=target)
+    ch = OutboundChannel(svc, plan, callee, None, name=name, call_id=call_id, tag=tag, target=dest)
+    ch.service_fn = service
+    ch.on_failed = on_failed
+    try:
+        ch.media = svc.media.allocate(call_id)
+    except HpbxError:
+        if svc.toll is not None:
+            svc.toll.release(call_id)
+        raise
+    host, _port = svc.transports.local_address(dest.kind, dest.host)
+    domain = domain or _uri_host(host)
+    from_uri = f"<sip:{caller or 'hpbx'}@{domain}>"
+    to_uri = f"<sip:{to_user}@{domain}>"
+    ch.a_dialog = Dialog.uac(call_id, tag, from_uri, to_uri, ruri, 1, dest, ch.a_contact)
+    ch.a_dialog.pinned_route = route
+    headers = [("Max-Forwards", "70"), ("From", f"{from_uri};tag={tag}"), ("To", to_uri),
+               ("Call-ID", call_id), ("CSeq", "1 INVITE"), ("Contact", ch.a_contact), ("Allow", ALLOW),
+               ("User-Agent", svc.user_agent)]
+    if user is None and caller:
+        headers.append(("P-Asserted-Identity", f"<sip:{caller}@{domain}>"))
+    if route is not None:
+        headers.append(("Route", route))
+    headers.append(("Content-Type", "application/sdp"))
+    svc.calls[call_id] = ch
+    svc.stats["calls_started"] += 1
+    ch.invite_tx = svc.transactions.send_request("INVITE", ruri, headers, dest, ch.on_response, ch.offer_sdp())
+    ch.ring_timer = svc.wheel.call_later(ring_secs, ch.guarded, ch._ring_timeout)
+    log.info("[%s] %s: calling %s for %s", call_id, name, target, tenant)
+    return ch
