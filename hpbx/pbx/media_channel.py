@@ -697,10 +697,11 @@ class MediaChannel:
         if method in ("INVITE", "UPDATE"):
             direction = "sendrecv"
             headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
-            if msg.body and self.on_reoffer is not None:
+            on_reoffer = getattr(self, "on_reoffer", None)  # (OutboundChannel: set by its service)
+            if msg.body and on_reoffer is not None:
                 # the service answers offers it knows (the fax: m=image udptl t38)
                 try:
-                    own = self.on_reoffer(msg.body)
+                    own = on_reoffer(msg.body)
                 except HpbxError as exc:
                     tx.respond(488, None)
                     log.info("[%s] re-offer refused by the service: %s", self.id, exc)
