@@ -717,3 +717,6 @@ _add("dashboard.get", dashboard_get,
 
 # CTI (hpbx.cti): cti.session.list, and user.get shows CTI and phone online status
 from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401
+
+# fax (hpbx.fax.send): fax.send, fax.status, fax.list (issue 15)
+from hpbx.fax import admin_methods as _fax_admin  # noqa: E402,F401

@@ -159,3 +159,5 @@ def install(app) -> None:
         log.warning("no fax in this build (spandsp missing): fax numbers answer 480")
         return
     media_channel.register_service("fax", make_service(app), name="fax", admit=admit)
+    from hpbx.fax import send
+    send.install(app)  # fax.send
