@@ -78,7 +78,9 @@ def rendered(pdf: Path, out: Path) -> list[np.ndarray]:
     return pages
 
 
-def test_fax_send_over_g711_reaches_the_far_fax(setup, tmp_path):
+@pytest.mark.parametrize("t38", [False, True], ids=["g711", "t38"])
+def test_fax_send_reaches_the_far_fax(setup, tmp_path, t38):
+    """G.711 to a fax behind the trunk; and to a T.38 gateway that re-INVITEs to image/t38."""
     rig, sink, _ = setup
     before = len(sink.messages())
     originals = [fax_page(21, rows=2200), fax_page(22, rows=2200)]  # portrait, like a letter
@@ -94,11 +96,12 @@ def test_fax_send_over_g711_reaches_the_far_fax(setup, tmp_path):
     try:
         ms = far.allocate("far")
         far.terminate("far", "a", codec="PCMA", dtmf_pt=None)
-        far.fax_receive("far", "a", out, ident="+41 21 999 0000")
-        uas = rig.sipp(str(SCEN / "trunk_uas_fax.xml"), port=CARRIER, pause_ms=200, timeout=120,
+        far.fax_receive("far", "a", out, ident="+41 21 999 0000", t38=t38)
+        uas = rig.sipp(str(SCEN / ("trunk_uas_t38.xml" if t38 else "trunk_uas_fax.xml")), port=CARRIER, pause_ms=200, timeout=120,
                        extra=["-key", "rtp_port", str(ms.port_a)], name="far")
         time.sleep(0.3)
-        job = rig.admin("fax.send", tenant="fs", to="0219990000", **{"from": "044555400"},
+        to = "0219990009" if t38 else "0219990000"
+        job = rig.admin("fax.send", tenant="fs", to=to, **{"from": "044555400"},
                         pdf=base64.b64encode(pdf.read_bytes()).decode(), header="hpbx test fax", retries=0)
         assert job["state"] in ("queued", "dialling") and job["pages"] == 2, job
         job = wait_job(rig, job["id"], 120)
@@ -109,12 +112,13 @@ def test_fax_send_over_g711_reaches_the_far_fax(setup, tmp_path):
             time.sleep(0.1)
     finally:
         far.close()
-    assert job["state"] == "sent" and job["pages_sent"] == 2 and job["attempts"] == 1, (job["history"], job["result"])
+    assert job["state"] == "sent" and job["pages_sent"] == 2 and job["attempts"] == 1, (job["history"], rig.server.log()[-1500:])
     assert res.successful == 1, res.describe() + rig.server.log()
     invite = res.received("INVITE")[0]
-    assert "INVITE sip:0219990000@" in invite and "044555400" in invite
+    assert f"INVITE sip:{to}@" in invite and "044555400" in invite
     done = [e.data for e in got if e.kind == "fax_done"]
-    assert done and done[0]["ok"] and done[0]["pages"] == 2, done
+    assert done and done[0]["ok"] and done[0]["pages"] == 2 and done[0]["t38"] == t38, done
+    assert job["t38"] == t38
     assert done[0]["remote_ident"] == "044555400"
     pages = read_tiff(out, tmp_path)
     assert len(pages) == 2
@@ -135,14 +139,14 @@ def test_fax_send_over_g711_reaches_the_far_fax(setup, tmp_path):
     assert similarity(want[0], pages[1]["bits"][-want[0].shape[0]:]) < 0.99
     msgs = sink.wait_count(before + 1, timeout=30)
     m = msgs[-1]
-    assert "sender@example.com" in m["To"] and m["Subject"] == "Fax to 0219990000 sent: 2 page(s)", m["Subject"]
+    assert "sender@example.com" in m["To"] and m["Subject"] == f"Fax to {to} sent: 2 page(s)", m["Subject"]
     body = m.get_body(("plain",)).get_content()
-    assert "Pages: 2 of 2 sent" in body and "Transport: G.711 audio" in body, body
-    cdr = [c for c in rig.cdrs(count=1) if c.get("service") == "fax-send"]
-    assert cdr and cdr[-1]["service_result"] == "fax: 2 page(s) sent", rig.cdrs()
+    assert "Pages: 2 of 2 sent" in body and ("Transport: T.38 (UDPTL)" if t38 else "Transport: G.711 audio") in body
+    cdr = [c for c in rig.cdrs(count=1) if c.get("service") == "fax-send" and c.get("called") == to]
+    assert cdr and cdr[-1]["service_result"] == "fax: 2 page(s) sent" + (" (T.38)" if t38 else ""), rig.cdrs()
     listed = rig.admin("fax.list", tenant="fs")
     listed = listed if isinstance(listed, list) else listed["items"]
-    assert [j["id"] for j in listed] == [job["id"]] and listed[0]["state"] == "sent"
+    assert job["id"] in [j["id"] for j in listed] and all(j["state"] == "sent" for j in listed)
 
 
 def test_busy_far_end_is_retried_then_reported(setup, tmp_path):
