@@ -59,7 +59,7 @@ def extensions():
                 extra_compile_args=COMPILE_ARGS,
                 libraries=extra.get("libraries", []),
                 define_macros=macros,
-                # a C header of the hot paths changed: rebuild (setuptools looks only at the .c)
+                # the C cores the .pyx include: a change to one rebuilds (setuptools compares times)
                 depends=sorted(glob.glob("hpbx/_fast/*.h")),
             )
         )

@@ -28,7 +28,9 @@ one SQLite transaction per batch instead of one per call; (4) sendmmsg batching 
 datagrams one loop iteration produces.
 
 Env: CALL_RATES ("100 200 400 600 800 1000 1500 2000 3000 4000 6000 8000"), CALL_STEP_SECS (5),
-MEM_CALLS (1000), CALL_KINDS ("hpbx kamailio"). The call lasts 500 ms after the ACK. Figures only: nothing
+MEM_CALLS (1000), CALL_KINDS ("hpbx kamailio"), CALL_WORKERS (1: hpbx's ``[server] workers``;
+or kinds "hpbx1 hpbx2"), CALL_RTP_PORTS ("20000-29999"; wider needs the ephemeral range moved
+out of it, e.g. in the bench's own network namespace). The call lasts 500 ms after the ACK. Figures only: nothing
 passes or fails on time. Every run is bounded by SIPp's -m and -timeout and a hard kill.
 """
 from __future__ import annotations
@@ -68,6 +70,10 @@ STEP_SECS = float(os.environ.get("CALL_STEP_SECS", "5"))
 PAUSE_MS = 500  # written in call_uac_fork.xml
 MEM_CALLS = int(os.environ.get("MEM_CALLS", "1000"))
 KINDS = env_list("CALL_KINDS", "hpbx kamailio")
+WORKERS = int(os.environ.get("CALL_WORKERS", "1"))  # hpbx's [server] workers
+# A forked call holds two relay sessions (four port pairs) until it ends: at 2,000 cps the
+# default range's 5,000 pairs run out ("no free RTP port pair"), whatever the CPU does.
+RTP_PORTS = os.environ.get("CALL_RTP_PORTS", "20000-29999")
 
 
 # ------------------------------------------------------------------ processes
@@ -201,7 +207,7 @@ class Hpbx(Server):
 listen = ["udp:{IP}:{HPBX_PORT}"]
 keepalive_interval = 0
 [rtp]
-ports = "20000-29999"
+ports = "{RTP_PORTS}"
 address = "{IP}"
 [admin]
 socket = "{OUT / 'hpbx.sock'}"
@@ -211,23 +217,35 @@ path = "{OUT / 'hpbx.sqlite3'}"
 level = "warning"
 [provision]
 files = ["{tenant}"]
+[server]
+workers = {WORKERS}
 """)
-        self.log = open(OUT / "hpbx.log", "wb")
+        self.log = open(OUT / f"hpbx-w{WORKERS}.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "hpbx", "serve", "--config", str(config)],
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         if not wait_options(HPBX_PORT):
             self.stop()
             raise RuntimeError(f"hpbx did not start, see {OUT / 'hpbx.log'}")
+        deadline = time.monotonic() + 60
+        while WORKERS > 1 and self.admin("stats.get", layer="workers")["workers"]["up"] < WORKERS:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hpbx workers did not start, see {OUT / 'hpbx.log'}")
+            time.sleep(0.2)
 
     def pids(self) -> list[int]:
-        return [self.proc.pid]
+        return children(self.proc.pid)  # the workers started by the first one
 
-    def active_calls(self) -> int:
+    def admin(self, method: str, **params):
         sys.path.insert(0, str(ROOT))
         from hpbx.admin.client import AdminClient
         with AdminClient(str(OUT / "hpbx.sock"), timeout=10) as client:
-            return client.call("stats.get", layer="calls")["calls"]["calls_active"]
+            return client.call(method, params)
+
+    def active_calls(self) -> int:
+        if WORKERS > 1:
+            return sum(w["calls_active"] for w in self.admin("stats.get", layer="workers")["workers"]["workers"])
+        return self.admin("stats.get", layer="calls")["calls"]["calls_active"]
 
 
 class Kamailio(Server):
@@ -291,7 +309,7 @@ def step(server, rate: int, workdir: Path) -> dict:
 
 
 def memory_per_call(server, workdir: Path) -> dict:
-    idle = rss_kb(server.proc.pid)
+    idle = sum(rss_kb(p) for p in server.pids())
     rate = 250
     hold_ms = int(MEM_CALLS / rate * 1000) + 4000
     proc = sipp(ANCHOR_SIPP / "call_uac.xml", f"{IP}:{server.port}", TRUNK_PORT, workdir,
@@ -300,7 +318,7 @@ def memory_per_call(server, workdir: Path) -> dict:
     try:
         time.sleep(MEM_CALLS / rate + 2)
         active = server.active_calls()
-        peak = rss_kb(server.proc.pid)
+        peak = sum(rss_kb(p) for p in server.pids())
     finally:
         finish(proc, hold_ms / 1000 + 40)
     return {"idle_rss_kb": idle, "peak_rss_kb": peak, "active_calls": active,
@@ -315,16 +333,17 @@ def run_server(server) -> tuple[list[dict], dict | None]:
     mem = None
     try:
         register_devices(server, workdir)
-        total = len(RATES) * (STEP_SECS + 30) + (MEM_CALLS / 250 + 60 if server.name == "hpbx" else 0)
+        total = len(RATES) * (STEP_SECS + 30) + (MEM_CALLS / 250 + 60 if server.name == "hpbx" and MEM_CALLS else 0)
         devices = start_devices(server, workdir, total)
-        if server.name == "hpbx":
+        if server.name == "hpbx" and MEM_CALLS:
             mem = memory_per_call(server, workdir)  # on a fresh server: nothing left of a load
             time.sleep(3)
         for rate in RATES:
             r = step(server, rate, workdir)
             results.append(r)
             print(f"  {server.name:9s} {rate:6d} cps: ok {r['ok']}/{r['calls']} fail {r['fail_pct']:.3f}% "
-                  f"cpu {r['cpu_pct']:.0f}% {'clean' if r['clean'] else 'FAIL'}", flush=True)
+                  f"cpu {r['cpu_pct']:.0f}% ({r['cpu_pct'] * 10 / rate:.3f} ms per call) "
+                  f"{'clean' if r['clean'] else 'FAIL'}", flush=True)
             if not r["clean"]:
                 break
             time.sleep(2)  # let the previous step's calls and timers drain
@@ -351,22 +370,35 @@ def bench() -> dict:
         if kind == "kamailio" and not shutil.which("kamailio"):
             print("kamailio is not installed: skipped")
             continue
-        server = Hpbx() if kind == "hpbx" else Kamailio()
+        global WORKERS
+        if kind.startswith("hpbx"):  # "hpbx" ([server] workers = CALL_WORKERS) or "hpbx2" (2)
+            WORKERS = int(kind[4:] or os.environ.get("CALL_WORKERS", "1"))
+        server = Hpbx() if kind.startswith("hpbx") else Kamailio()
         print(f"{kind}: rates {RATES}, {STEP_SECS:.0f} s per step, pause {PAUSE_MS} ms, "
+              + (f"{WORKERS} workers, " if kind.startswith("hpbx") else "")
+              + 
               f"fork to 2 devices (1 answers, 1 cancelled)", flush=True)
         results, mem = run_server(server)
         summary[kind] = {"max_clean_cps": best(results), "steps": results, "memory": mem}
     print("\nforking call bench (trunk -> number -> 2 devices), highest clean rate (<= 0.1% failed):")
     for kind, s in summary.items():
         print(f"  {kind:9s} {s['max_clean_cps']:6d} cps")
-    mem = summary.get("hpbx", {}).get("memory")
+    mem = next((s["memory"] for k, s in summary.items() if k.startswith("hpbx") and s["memory"]), None)
     if mem:
         print(f"  hpbx memory: {mem['kb_per_call']:.1f} KiB per active call "
               f"({mem['active_calls']} calls held, RSS {mem['idle_rss_kb']} -> {mem['peak_rss_kb']} KiB)")
-    if "hpbx" in summary and "kamailio" in summary and summary["kamailio"]["max_clean_cps"]:
-        ratio = summary["hpbx"]["max_clean_cps"] / summary["kamailio"]["max_clean_cps"]
-        print(f"  ratio hpbx/kamailio: {ratio:.2f}")
-        summary["ratio"] = ratio
+    kam = summary.get("kamailio", {}).get("max_clean_cps")
+    for kind in [k for k in summary if k.startswith("hpbx")] if kam else ():
+        ratio = summary[kind]["max_clean_cps"] / kam
+        print(f"  ratio {kind}/kamailio: {ratio:.2f}")
+        summary[f"ratio_{kind}"] = ratio
+    for kind, s in summary.items():
+        clean = [r for r in s["steps"] if r["clean"]] if isinstance(s, dict) and "steps" in s else []
+        if clean:
+            top = clean[-1]
+            print(f"  {kind:9s} CPU at {top['rate']} cps: {top['cpu_pct']:.0f}% of a core "
+                  f"({top['cpu_pct'] * 10 / top['rate']:.3f} ms per call)")
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f} (2 shared cores)")
     return summary
 
 

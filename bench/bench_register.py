@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ANCHORS = REPO.parent / "shared" / "anchors"
+ANCHORS = Path(os.environ.get("HPBX_ANCHORS", REPO.parent / "shared" / "anchors"))  # a copy: its run/ is written
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness import HpbxServer  # noqa: E402
@@ -37,6 +37,26 @@ USER_FIRST = 100_000
 RATES = os.environ.get("RATES", "1000 2000 4000 6000 8000 12000 16000 20000 26000 32000")
 STEP_SECS = os.environ.get("STEP_SECS", "8")
 REFINE = os.environ.get("REFINE", "2")
+WORKERS = int(os.environ.get("REG_WORKERS", "1"))  # hpbx's [server] workers
+
+
+def _admin(srv, layer: str) -> dict:
+    sys.path.insert(0, str(REPO))
+    from hpbx.admin.client import AdminClient
+    with AdminClient(str(srv.dir / "hpbx.sock"), timeout=10) as client:
+        return client.call("stats.get", {"layer": layer})
+
+
+def _cpu(pids) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        f = text[text.rindex(")") + 2:].split()
+        total += int(f[11]) + int(f[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def step_up(target: str, server_pid: int, out: Path) -> tuple[int, str]:
@@ -67,14 +87,27 @@ def run() -> dict:
     users = [(str(u), f"pw{u}") for u in range(USER_FIRST, USER_FIRST + NUSERS)]
     results: dict = {}
 
-    srv = HpbxServer(work / "hpbx", users=users, log_level="warning",
-                     sip_extra={"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000, "min_expires": 60})
+    srv = HpbxServer(work / "hpbx", users=users, log_level="warning", transports=("udp",),
+                     sip_extra={"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000, "min_expires": 60},
+                     extra_toml=f"[server]\nworkers = {WORKERS}\n" if WORKERS > 1 else "")
     t0 = time.monotonic()
     srv.start(timeout=180)
-    print(f"hpbx ready on {srv.sip_target} with {NUSERS} users ({time.monotonic() - t0:.1f} s)")
+    while WORKERS > 1 and _admin(srv, layer="workers")["workers"]["up"] < WORKERS:
+        time.sleep(0.2)
+    print(f"hpbx ready on {srv.sip_target} with {NUSERS} users, {WORKERS} workers "
+          f"({time.monotonic() - t0:.1f} s)")
     try:
+        pids = [srv.proc.pid] + [w["pid"] for w in _admin(srv, layer="workers")["workers"]["workers"][1:]] \
+            if WORKERS > 1 else [srv.proc.pid]
+        c0 = _cpu(pids)
         results["hpbx"], text = step_up(srv.sip_target, srv.proc.pid, work / "out-hpbx")
+        results["hpbx_cpu_s"] = _cpu(pids) - c0
+        regs = sum(w["register_ok"] for w in _admin(srv, layer="workers")["workers"]["workers"]) \
+            if WORKERS > 1 else _admin(srv, layer="registrar")["registrar"]["register_ok"]
         print_steps("hpbx", text)
+        print(f"hpbx ({WORKERS} workers): {regs} REGISTERs answered 200, {results['hpbx_cpu_s']:.1f} CPU s "
+              f"over the whole step-up: {results['hpbx_cpu_s'] / max(regs, 1) * 1e6:.0f} us per REGISTER "
+              f"(the 401 round included)")
     finally:
         try:
             srv.stop(timeout=60)

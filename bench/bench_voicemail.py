@@ -53,6 +53,7 @@ def child(argv: list[str]) -> int:
     ap.add_argument("--calls", type=int, required=True)
     ap.add_argument("--record", type=int, default=1)
     ap.add_argument("--dir", required=True)
+    ap.add_argument("--watch", type=int, default=0)
     a = ap.parse_args(argv)
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -73,6 +74,9 @@ def child(argv: list[str]) -> int:
                 print(f"A {ms.port_a}", flush=True)
             else:
                 engine.answer(key, IP, GEN_B)
+                if a.watch:  # in-call star codes: both relayed legs' digits watched
+                    for leg in ("a", "b"):
+                        engine.watch_digits(key, leg, lambda ev: None, dtmf_pts=(101,))
                 print(f"A {ms.port_a}", flush=True)
             keys.append(key)
         print("ready", flush=True)
@@ -120,10 +124,11 @@ def check(path: Path, stream: int, packets: int) -> tuple[int, int]:
     return good, packets - good
 
 
-def point(gen: Path, n: int, secs: float, record: bool) -> dict:
+def point(gen: Path, n: int, secs: float, record: bool, watch: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="vmbench") as d:
         proc = subprocess.Popen([sys.executable, __file__, "child", "--calls", str(n), "--record",
-                                 "1" if record else "0", "--dir", d], stdin=subprocess.PIPE,
+                                 "1" if record else "0", "--dir", d, "--watch", str(int(watch))],
+                                stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
         rows = []
         while True:
@@ -239,7 +244,29 @@ def test_voicemail_bench():
     assert main() == 0
 
 
+def watch_main() -> int:
+    """The cost of watching the digits of relayed legs (call recording's *1): N calls relayed
+    at 50 pkt/s with both legs watched, against the same N relayed without a watch, same run."""
+    counts = [int(x) for x in os.environ.get("VM_WATCH_CALLS", "1000 2000").split()]
+    secs = float(os.environ.get("VM_SECS", "10"))
+    gen = build_generator()
+    print(f"digit-watch bench on {os.cpu_count()} cores (shared box: figures are noisy)")
+    for n in counts:
+        plain = point(gen, n, secs, False)
+        watched = point(gen, n, secs, False, watch=True)
+        print(f"{n} relayed calls x 50 pkt/s, {secs:.0f} s: engine CPU with both legs' digits watched "
+              f"{100 * watched['cpu']:.1f} % (anchor: not watched {100 * plain['cpu']:.1f} %); "
+              f"sent {watched['sent']} / {plain['sent']}", flush=True)
+    return 0
+
+
+def test_digit_watch_bench():
+    assert watch_main() == 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         sys.exit(child(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "watch":
+        sys.exit(watch_main())
     sys.exit(main())

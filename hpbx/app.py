@@ -56,6 +56,7 @@ class Server:
         self.admin = None
         self._stopped: asyncio.Event | None = None
         self._stop_order: list = []  # callables (sync or async) run in reverse on stop
+        self.workers = None  # hpbx.cluster.workers.Workers with [server] workers > 1
 
     # ---- wiring
     def _open_store(self) -> None:
@@ -129,6 +130,8 @@ class Server:
             self.transports.sink = self.transports.mirror.wrap_sink(self.transports.sink)
             self._stop_order.append(self.transports.mirror.close)
             log.info("SIP mirrored as HEP v3 to %s", settings.hep.collector)
+        if self.workers is not None:  # UDP messages of other workers' Call-IDs go to them
+            self.transports.sink = self.workers.wrap_sink(self.transports.sink)
         # Messages that arrive before the services below are installed are held, not answered
         # by a half-built server (MWI's SUBSCRIBE would get 489, a fax number's INVITE 480, an
         # INVITE before the call service 405), and handed over in arrival order once started.
@@ -144,7 +147,8 @@ class Server:
         self._start_calls(loop)
         if self.clustered:
             await self._start_ownership()
-        self._start_retention()
+        if self.workers is None or self.workers.primary:
+            self._start_retention()
         await self._start_mail()
         from hpbx.fax.service import install as install_fax
         install_fax(self)  # usage fax numbers: the virtual fax (issue 15)
@@ -156,6 +160,10 @@ class Server:
                 serve(data, channel, addr)
             except Exception:
                 log.exception("message held during start-up from %s not handled", addr)
+        if self.workers is not None:
+            self.workers.attach(self)  # the primary starts the other workers here
+            if self.workers.primary:
+                self._stop_order.append(self.workers.stop)  # they stop first
         log.info("hpbx ready (%d users, %d bindings; %d messages held during start-up)",
                  len(self.provisioning.directory), self.registrar.count(), len(held))
 
@@ -427,6 +435,10 @@ class Server:
     def reload(self) -> dict:
         """Re-read the settings file and apply what can change while running."""
         new = settings_mod.load(self.settings.path)
+        if self.workers is not None:  # this worker's share of ports, sockets and spool
+            new = self.workers.settings_for(new)
+            if self.workers.primary:
+                self.workers.reload_others()
         old = self.settings
         changed = []
         # certificates first: a broken file refuses the whole reload (the old ones stay)
@@ -507,12 +519,32 @@ def keep_heap() -> None:
         pass
 
 
+def raise_nofile() -> None:
+    """A forked call holds 8 relay sockets: take the hard limit of open files, not the soft
+    one (often 1,024 under systemd, or 20,000: 2,500 calls)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def run(settings: settings_mod.Settings) -> int:
     setup_logging(settings.log_level)
     keep_heap()
+    raise_nofile()
+    from hpbx.cluster.workers import Workers
+    workers = Workers.for_process(settings)  # [server] workers > 1: this process's place
+    if workers is not None:
+        settings = workers.settings_for(settings)
+        if workers.primary:
+            workers.spawn_early(settings)
     loop = new_loop()
     asyncio.set_event_loop(loop)
     server = Server(settings)
+    server.workers = workers
 
     def on_hup():
         try:

@@ -194,6 +194,14 @@ class ConferenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """``[server]``: signalling processes (hpbx/cluster/workers.py, README "Signalling on every
+    core")."""
+    workers: int = 1  # SIP worker processes sharing the UDP listeners; 0 = one per core
+    spread: str = "source"  # how the kernel picks a worker: "source" (its hash) or "random" (BPF)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: str = ""
     sip: SipSettings = field(default_factory=SipSettings)
@@ -208,6 +216,7 @@ class Settings:
     hep: HepSettings = field(default_factory=HepSettings)
     conference: ConferenceSettings = field(default_factory=ConferenceSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 class _Reader:
@@ -311,7 +320,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(data: dict, path: str = "<settings>") -> Settings:
     known = {"sip", "rtp", "admin", "store", "smtp", "log", "provision", "security", "http",
-             "hep", "conference", "media"}
+             "hep", "conference", "media", "server"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: {key}: unknown section")
@@ -443,9 +452,12 @@ def from_dict(data: dict, path: str = "<settings>") -> Settings:
                           moh=r.get("moh", str, DEBIAN_MOH))
     r.finish()
 
+    from hpbx.cluster.workers import server_settings
+    server = server_settings(_Reader(path, "server", data.get("server")), sip, rtp)
+
     return Settings(path=path, sip=sip, rtp=rtp, admin=admin, store=store, smtp=smtp,
                     log_level=level, provision=tuple(files), security=security, http=http,
-                    hep=hep, conference=conference, media=media)
+                    hep=hep, conference=conference, media=media, server=server)
 
 
 SMTP_TLS = ("none", "starttls", "tls")

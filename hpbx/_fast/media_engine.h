@@ -243,6 +243,8 @@ typedef struct me_ep {
 	uint8_t li;
 	uint8_t codec, pt, inband;
 	int16_t dtmf_pt;            /* -1: none */
+	int16_t dtmf_alt;           /* a watcher: the other side's telephone-event type (-1: none) */
+	uint8_t watch;              /* a digit watcher of a relayed leg (rl_leg.dw), not an endpoint */
 	uint8_t ptks;               /* ptime in ticks */
 	uint8_t spurt;              /* the next audio packet starts a talk spurt */
 	uint16_t spf;               /* samples per frame */
@@ -1072,7 +1074,8 @@ static void me_digit_end(rl_relay *r, me_ep *ep, int code, int source, uint32_t 
 		return;
 	}
 	ep->last_digit_ns = now;
-	me_post_ep(r, ep, ME_EV_DIGIT, 0, me_event_chars[code], source, ms, 0);
+	/* reason 1: heard on a relayed leg (a watcher), so Python hands it to the leg's listener */
+	me_post_ep(r, ep, ME_EV_DIGIT, ep->watch, me_event_chars[code], source, ms, 0);
 }
 
 typedef struct {
@@ -1136,11 +1139,8 @@ static void me_rfc_rx(rl_relay *r, me_ep *ep, uint32_t ssrc, uint32_t ts, const 
  * A packet arrived on a terminated leg (after latching and counting). Garbage is dropped; a
  * packet's work is bounded by its size (at most RL_MAXPKT samples).
  */
-static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now)
+static int me_ep_in(rl_relay *r, me_ep *ep, const uint8_t *p, size_t len, int64_t now)
 {
-	rl_relay *r = relay;
-	rl_session *s = session;
-	me_ep *ep = s->leg[li].ep;
 	if (ep && ep->fax && ep->fax->is_t38) {
 		/* T.38: the leg carries UDPTL now (media_fax.h) */
 		ep->rx++;
@@ -1161,10 +1161,12 @@ static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t le
 	uint16_t seq = (uint16_t)((p[2] << 8) | p[3]);
 	uint32_t ts = me_rd32(p + 4), ssrc = me_rd32(p + 8);
 	ep->rx++;
-	if (pt == ep->dtmf_pt) {
+	if (pt == ep->dtmf_pt || (ep->dtmf_alt >= 0 && pt == ep->dtmf_alt)) {
 		me_rfc_rx(r, ep, ssrc, ts, pay, plen, now);
 		return 1;
 	}
+	if (ep->watch && !ep->ib)
+		return 1; /* a watcher without in-band detection looks at nothing else */
 	int codec = pt == ep->pt ? ep->codec : pt == 8 ? ME_PCMA : pt == 0 ? ME_PCMU : -1;
 #ifndef HPBX_G722
 	if (codec == ME_G722)
@@ -1202,6 +1204,70 @@ static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t le
 		}
 	}
 	return 1;
+}
+
+static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now)
+{
+	rl_session *s = session;
+	return me_ep_in(relay, s->leg[li].ep, p, len, now);
+}
+
+/*
+ * A relayed leg whose digits are watched (rl_leg.dw): the packet is looked at here and then
+ * relayed unchanged by the caller (rl_route). A watcher is an me_ep that is not on the
+ * worker's endpoint list (it sends nothing and has no clock), so the timeouts the clock
+ * applies to an endpoint (an RFC 4733 event whose end was lost, in-band audio that stopped
+ * inside a digit) are applied here, when the leg's next packet arrives (every ptime while
+ * the phone talks).
+ */
+static void me_watch_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now)
+{
+	rl_relay *r = relay;
+	rl_session *s = session;
+	me_ep *ep = s->leg[li].dw;
+	if (ep->ev_pending && now - ep->ev_last_ns > ME_EVENT_TIMEOUT_NS)
+		me_rfc_emit(r, ep, now);
+	if (ep->ib && ep->ib->in_digit >= 0 && now - ep->ib_ns > 100000000LL) {
+		int code = ep->ib->in_digit;
+		ep->ib->in_digit = -1;
+		ep->ib->last_hit = -1;
+		me_digit_end(r, ep, me_char_event(me_dtmf_chars[code]), ME_SRC_INBAND,
+			     (uint32_t)(ep->ib->blocks * ME_DTMF_N / 8), now);
+	}
+	me_ep_in(r, ep, p, len, now);
+}
+
+/*
+ * A leg switching between a watcher and an endpoint hands its RFC 4733 receive state over, so
+ * a digit is reported once: the end retransmissions of a digit the endpoint already reported
+ * (or a digit still held) reach the watcher after bridge, and the reverse after terminate.
+ */
+static void me_rfc_handover(me_ep *to, const me_ep *from)
+{
+	memcpy(to->done_ssrc, from->done_ssrc, sizeof to->done_ssrc);
+	memcpy(to->done_ts, from->done_ts, sizeof to->done_ts);
+	to->done_i = from->done_i;
+	to->ev_ssrc = from->ev_ssrc;
+	to->ev_ts = from->ev_ts;
+	to->ev_last_ns = from->ev_last_ns;
+	to->ev_dur = from->ev_dur;
+	to->ev_code = from->ev_code;
+	to->ev_pending = from->ev_pending;
+	to->last_digit_ns = from->last_digit_ns;
+}
+
+static void me_watch_free(rl_leg *l)
+{
+	me_ep *ep = l->dw;
+	if (!ep)
+		return;
+	l->dw = NULL;
+	free(ep->ib);
+#ifdef HPBX_G722
+	if (ep->g722d)
+		g722_decode_free(ep->g722d);
+#endif
+	free(ep);
 }
 
 /* ------------------------------------------------------------------ the clock */
@@ -1433,9 +1499,11 @@ static void me_free(void *relay)
 		rl_session *s = &r->sess[i];
 		if (!s->in_use)
 			continue;
-		for (int li = 0; li < 2; li++)
+		for (int li = 0; li < 2; li++) {
 			if (s->leg[li].ep)
 				me_ep_free(r, &r->w[s->worker], s->leg[li].ep, 1);
+			me_watch_free(&s->leg[li]);
+		}
 	}
 	for (int i = 0; i < ME_ROOMS; i++) {
 		me_room *rm = m->rooms[i];
@@ -1544,9 +1612,11 @@ static void me_session_end(void *relay, void *session)
 	rl_session *s = session;
 	if (!r->media)
 		return;
-	for (int li = 0; li < 2; li++)
+	for (int li = 0; li < 2; li++) {
 		if (s->leg[li].ep)
 			me_ep_free(r, &r->w[s->worker], s->leg[li].ep, 1);
+		me_watch_free(&s->leg[li]);
+	}
 }
 
 /*
@@ -1572,6 +1642,7 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 		}
 		ep->s = s;
 		ep->li = (uint8_t)li;
+		ep->dtmf_alt = -1;
 		me_txid *t = &l->tx;
 		uint32_t rnd[3];
 		if (getrandom(rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd) {
@@ -1599,6 +1670,8 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 		mw->eps = ep;
 		mw->nep++;
 		l->ep = ep;
+		if (l->dw)
+			me_rfc_handover(ep, l->dw);
 	}
 	ep->codec = (uint8_t)codec;
 	ep->pt = (uint8_t)pt;
@@ -1630,6 +1703,53 @@ static int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int 
 	return 0;
 }
 
+/*
+ * Watch the digits of leg li while it relays (dtmf_pt, dtmf_alt: RFC 4733 payload types, -1
+ * none; inband: Goertzel on the audio of codec/pt, which costs a decode per packet). The
+ * packets are relayed as before; each digit is posted as a digit event with reason 1. All
+ * of -1, -1, 0 ends the watch. While the leg is a media endpoint the endpoint hears the
+ * digits instead (its own settings); the watch goes on when it relays again.
+ * Returns 0, ENOENT, ENOMEM.
+ */
+static int me_watch(rl_relay *r, uint64_t h, int li, int dtmf_pt, int dtmf_alt, int inband, int codec, int pt)
+{
+	rl_session *s = rl_lock(r, h);
+	if (!s)
+		return ENOENT;
+	rl_leg *l = &s->leg[li];
+	if (dtmf_pt < 0 && dtmf_alt < 0 && !inband) {
+		me_watch_free(l);
+		rl_unlock(r, s);
+		return 0;
+	}
+	me_ep *ep = l->dw;
+	if (!ep) {
+		ep = calloc(1, sizeof *ep);
+		if (!ep) {
+			rl_unlock(r, s);
+			return ENOMEM;
+		}
+		ep->s = s;
+		ep->li = (uint8_t)li;
+		ep->watch = 1;
+	}
+	ep->dtmf_pt = (int16_t)dtmf_pt;
+	ep->dtmf_alt = (int16_t)dtmf_alt;
+	ep->codec = (uint8_t)codec;
+	ep->pt = (uint8_t)pt;
+	if (inband && !ep->ib) {
+		ep->ib = malloc(sizeof *ep->ib);
+		if (ep->ib)
+			me_dtmf_det_init(ep->ib);
+	} else if (!inband && ep->ib) {
+		free(ep->ib);
+		ep->ib = NULL;
+	}
+	l->dw = ep;
+	rl_unlock(r, s);
+	return 0;
+}
+
 /* Back to relaying: the endpoint's work stops (events: play_done/record_done "stopped"). */
 static int me_bridge(rl_relay *r, uint64_t h, int li)
 {
@@ -1637,6 +1757,8 @@ static int me_bridge(rl_relay *r, uint64_t h, int li)
 	if (!s)
 		return ENOENT;
 	if (s->leg[li].ep) {
+		if (s->leg[li].dw)
+			me_rfc_handover(s->leg[li].dw, s->leg[li].ep);
 		me_ep_free(r, &r->w[s->worker], s->leg[li].ep, 0);
 		s->leg[li].tx.mapped = 0; /* the next relayed packet follows on in the leg's identity */
 	}

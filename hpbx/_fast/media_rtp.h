@@ -95,6 +95,7 @@ static inline void me_tx_relayed(me_txid *t, uint8_t *p, size_t len, int64_t now
 /* hooks the relay core calls; defined in media_engine.h */
 static int me_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now);
 static void me_session_end(void *relay, void *session);
+static void me_watch_rx(void *relay, void *session, int li, const uint8_t *p, size_t len, int64_t now);
 static void me_free(void *relay);
 
 #endif

@@ -51,7 +51,7 @@ cdef extern from "relay_engine.h" nogil:
     int rl_start(rl_relay *r)
     void rl_free(rl_relay *r)
     int rl_allocate(rl_relay *r, uint64_t *out)
-    int rl_delete(rl_relay *r, uint64_t h)
+    int rl_delete(rl_relay *r, uint64_t h, int wait)
     int rl_set_peer(rl_relay *r, uint64_t h, int li, const char *host, int port, int rtcp_port, int mux)
     int rl_relatch(rl_relay *r, uint64_t h, int li)
     int rl_set_hold(rl_relay *r, uint64_t h, int hold)
@@ -255,9 +255,11 @@ cdef class Relay:
             raise RelayError(f"cannot allocate relay ports: {os.strerror(e)}")
         return h
 
-    def delete(self, uint64_t session):
-        """Close the session's sockets and give its ports back to the pool."""
-        cdef int e = rl_delete(self._live(), session)
+    def delete(self, uint64_t session, bint wait=True):
+        """Close the session's sockets and give its ports back to the pool. With ``wait``
+        False (io_uring), the worker closes the sockets just after this returns: the call path
+        does not wait for it (an ``allocate`` that finds no bindable pair waits for it)."""
+        cdef int e = rl_delete(self._live(), session, wait)
         if e:
             raise RelayError(f"unknown relay session {session}")
 

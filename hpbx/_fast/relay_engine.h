@@ -89,6 +89,7 @@ typedef struct {
 	rl_stream st;
 	me_txid tx;         /* outgoing RTP identity (media_rtp.h) */
 	struct me_ep *ep;   /* non-NULL: the leg ends at a media endpoint (media_engine.h) */
+	struct me_ep *dw;   /* non-NULL: digits are watched while the leg relays (me_watch) */
 } rl_leg;
 
 typedef struct {
@@ -128,6 +129,8 @@ typedef struct rl_relay {
 	int port_min, npairs;
 	int *pool;                 /* FIFO ring of free pair indices: freed ports are reused last */
 	int pool_head, pool_len;
+	int pending_pairs;         /* io_uring: pairs of deleted sessions whose worker has not
+	                            * closed their sockets yet (given back by rl_give_back) */
 	int nsess;
 	rl_session *sess;
 	int *free_slots, nfree_slots;
@@ -418,6 +421,8 @@ static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_s
 		l->st.last_ns = now;
 		if (!udptl) {
 			rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+			if (l->dw) /* digits reported to Python, the packet relayed all the same */
+				me_watch_rx(r, s, li, p, len, now);
 			me_tx_relayed(&o->tx, (uint8_t *)p, len, now); /* the buffer is the worker's own */
 		}
 	}
@@ -558,6 +563,7 @@ static void rl_handle(rl_relay *r, rl_worker *w, rl_scratch *x, rl_session *s, i
 
 static void rl_close_leg(rl_leg *l);
 static void me_tick(rl_relay *r, rl_worker *w);
+static void rl_give_back(rl_relay *r, const int pairs[2], int slot, int pending);
 #include "relay_uring.h"
 
 static void rl_epoll_loop(rl_relay *r, rl_worker *w)
@@ -930,8 +936,23 @@ static inline rl_session *rl_find(rl_relay *r, uint64_t h)
 	return s->in_use && s->gen == gen ? s : NULL;
 }
 
+static int rl_allocate_once(rl_relay *r, uint64_t *out);
+
 /* Allocate a session (two legs, two port pairs). Returns 0 and *out, or an errno value. */
 static int rl_allocate(rl_relay *r, uint64_t *out)
+{
+	int e = rl_allocate_once(r, out);
+	/* io_uring: deleted sessions' sockets are closed by their worker shortly after rl_delete,
+	 * which gives their pairs and slot back only then; when none was free, wait for those
+	 * closes and try once more */
+	if (e == EADDRINUSE && r->uring) {
+		rlu_wait_closed(r);
+		e = rl_allocate_once(r, out);
+	}
+	return e;
+}
+
+static int rl_allocate_once(rl_relay *r, uint64_t *out)
 {
 	pthread_mutex_lock(&r->mu);
 	if (!r->nfree_slots || r->pool_len < 2) {
@@ -1012,7 +1033,7 @@ static inline void rl_unlock(rl_relay *r, rl_session *s)
 	pthread_mutex_unlock(&r->w[s->worker].mu);
 }
 
-static int rl_delete(rl_relay *r, uint64_t h)
+static int rl_delete(rl_relay *r, uint64_t h, int wait)
 {
 	rl_session *s = rl_lock(r, h);
 	if (!s)
@@ -1023,8 +1044,14 @@ static int rl_delete(rl_relay *r, uint64_t h)
 	uint64_t tag = ((uint64_t)s->gen << 32) | ((uint64_t)(s - r->sess) << 2);
 	s->in_use = 0;
 	s->gen++;
+	int slot = (int)(s - r->sess);
 	if (r->uring) {
-		rlu_delete(r, w, s, tag); /* may wait for the worker, releasing the mutex meanwhile */
+		/* may wait for the worker, releasing the mutex meanwhile; when the worker took the
+		 * sockets, it gives pairs and slot back once it has closed them (rl_give_back) */
+		if (rlu_delete(r, w, s, tag, wait, pairs, slot)) {
+			pthread_mutex_unlock(&w->mu);
+			return 0;
+		}
 	} else {
 		for (int i = 0; i < 2; i++) {
 			for (int k = 0; k < 2; k++)
@@ -1032,14 +1059,24 @@ static int rl_delete(rl_relay *r, uint64_t h)
 			rl_close_leg(&s->leg[i]);
 		}
 	}
-	int slot = (int)(s - r->sess);
 	pthread_mutex_unlock(&w->mu);
+	rl_give_back(r, pairs, slot, 0);
+	return 0;
+}
+
+/* A deleted session's sockets are closed: its port pairs go to the back of the pool and its
+ * slot is free again. ``pending`` = they were counted in pending_pairs (closed by the worker).
+ * Takes r->mu; may be called with a worker mutex held (no path takes a worker mutex while
+ * holding r->mu). */
+static void rl_give_back(rl_relay *r, const int pairs[2], int slot, int pending)
+{
 	pthread_mutex_lock(&r->mu);
 	rl_pool_push(r, pairs[0]);
 	rl_pool_push(r, pairs[1]);
 	r->free_slots[r->nfree_slots++] = slot;
+	if (pending)
+		r->pending_pairs -= 2;
 	pthread_mutex_unlock(&r->mu);
-	return 0;
 }
 
 /* Set a leg's SDP address. rtcp_port 0 = port + 1. Returns 0, ENOENT, or a negative parse code. */
@@ -1210,7 +1247,7 @@ static int rl_worker_tid(rl_relay *r, int i)
 static int rl_free_pairs(rl_relay *r)
 {
 	pthread_mutex_lock(&r->mu);
-	int n = r->pool_len;
+	int n = r->pool_len + r->pending_pairs; /* pending: closing, free in a moment */
 	pthread_mutex_unlock(&r->mu);
 	return n;
 }

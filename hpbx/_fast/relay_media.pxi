@@ -40,6 +40,7 @@ cdef extern from "relay_engine.h" nogil:
     int me_terminate(rl_relay *r, uint64_t h, int li, int codec, int pt, int ptime_ms, int dtmf_pt,
                      int inband)
     int me_bridge(rl_relay *r, uint64_t h, int li)
+    int me_watch(rl_relay *r, uint64_t h, int li, int dtmf_pt, int dtmf_alt, int inband, int codec, int pt)
     int me_play(rl_relay *r, uint64_t h, int li, me_plist *lst, int loop, uint16_t barge, int kind,
                 uint32_t start)
     int me_stop_play(rl_relay *r, uint64_t h, int li)
@@ -165,6 +166,19 @@ cdef class MediaCore:
         if not 0 <= pt <= 127 or not -1 <= dtmf_pt <= 127:
             raise RelayError("payload types are 0-127")
         cdef int e = me_terminate(self._r(), h, li, CODECS[codec], pt, ptime_ms, dtmf_pt, inband)
+        if e:
+            raise _media_error(e, h, li)
+
+    def watch(self, uint64_t h, leg, int dtmf_pt=101, int dtmf_alt=-1, bint inband=False,
+              str codec="PCMA", int pt=8):
+        """Report the digits of a relayed leg (digit events with reason 1) without stopping the
+        relay; dtmf_pt = dtmf_alt = -1 and inband False ends the watch."""
+        cdef int li = _leg(leg)
+        if codec not in CODECS:
+            raise RelayError(f"codec must be one of {', '.join(CODECS)}, not {codec!r}")
+        if not 0 <= pt <= 127 or not -1 <= dtmf_pt <= 127 or not -1 <= dtmf_alt <= 127:
+            raise RelayError("payload types are 0-127")
+        cdef int e = me_watch(self._r(), h, li, dtmf_pt, dtmf_alt, inband, CODECS[codec], pt)
         if e:
             raise _media_error(e, h, li)
 

@@ -61,6 +61,8 @@ typedef struct {
 	uint8_t armed; /* receives (bit leg*2+k) not yet seen ending */
 	uint8_t cancel_sent;
 	int fd[4];
+	int pairs[2];  /* given back to the pool, with the slot, once the sockets are closed */
+	int slot;
 } rlu_dead;
 
 typedef struct rl_uring {
@@ -335,12 +337,15 @@ static inline uint64_t rlu_tag(const rl_relay *r, const rl_session *s)
 
 /* Close a deleted session's sockets (the kernel holds none of them any more) and release
  * the delete waiting for it. */
-static void rlu_dead_close(rl_uring *u, int i)
+static void rlu_dead_close(rl_relay *r, rl_uring *u, int i)
 {
 	rlu_dead *d = &u->dead[i];
 	for (int j = 0; j < 4; j++)
 		if (d->fd[j] >= 0)
 			close(d->fd[j]);
+	/* only now may the ports be bound and the slot be used again: no receive of the old
+	 * session is left that could complete against a new one */
+	rl_give_back(r, d->pairs, d->slot, 1);
 	u->dead[i] = u->dead[--u->ndead];
 	for (int j = 0; j < 4; j++)
 		u->dead[u->ndead].fd[j] = -1;
@@ -348,7 +353,7 @@ static void rlu_dead_close(rl_uring *u, int i)
 }
 
 /* A receive of a deleted session ended: close its sockets when it was the last one. */
-static void rlu_dead_ended(rl_uring *u, uint64_t ud)
+static void rlu_dead_ended(rl_relay *r, rl_uring *u, uint64_t ud)
 {
 	uint64_t tag = ud & ~(uint64_t)3;
 	for (int i = 0; i < u->ndead; i++) {
@@ -357,7 +362,7 @@ static void rlu_dead_ended(rl_uring *u, uint64_t ud)
 			continue;
 		d->armed &= (uint8_t)~(1u << (ud & 3));
 		if (!d->armed)
-			rlu_dead_close(u, i);
+			rlu_dead_close(r, u, i);
 		return;
 	}
 }
@@ -390,7 +395,7 @@ static void rlu_commands(rl_relay *r, rl_uring *u)
 			continue;
 		if (!d->armed) {
 			/* every SQE naming these sockets went in with the last enter: safe to close */
-			rlu_dead_close(u, i);
+			rlu_dead_close(r, u, i);
 			continue;
 		}
 		for (int b = 0; b < 4; b++) {
@@ -467,7 +472,7 @@ static void rlu_on_recv(rl_relay *r, rl_uring *u, struct io_uring_cqe *c, int cl
 		if (!closing && c->res != -EBADF)
 			rlu_arm_recv(u, s, ud & ~(uint64_t)3, li, k);
 	} else {
-		rlu_dead_ended(u, ud);
+		rlu_dead_ended(r, u, ud);
 	}
 }
 
@@ -610,10 +615,10 @@ static void rlu_wait(rl_worker *w, int64_t ns)
  * them, and the kernel may hold them in a receive), and this waits, bounded, until it has
  * closed them. Returns with the mutex held.
  */
-static void rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag)
+static int rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag, int wait,
+                      const int pairs[2], int slot)
 {
 	rl_uring *u = w->u;
-	(void)r;
 	int64_t deadline = rl_now() + 2000000000LL;
 	while (u->enabled && u->ndead == RLU_DEAD_MAX && rl_now() < deadline)
 		rlu_wait(w, 10000000);
@@ -622,13 +627,19 @@ static void rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag)
 		rl_close_leg(&s->leg[0]);
 		rl_close_leg(&s->leg[1]);
 		s->armed = 0;
-		return;
+		return 0; /* closed here: the caller gives pairs and slot back */
 	}
 	rlu_dead *d = &u->dead[u->ndead++];
 	d->id = ++u->dead_ids;
 	d->tag = tag;
 	d->armed = s->armed;
 	d->cancel_sent = 0;
+	d->pairs[0] = pairs[0];
+	d->pairs[1] = pairs[1];
+	d->slot = slot;
+	pthread_mutex_lock(&r->mu);
+	r->pending_pairs += 2;
+	pthread_mutex_unlock(&r->mu);
 	for (int i = 0; i < 2; i++)
 		for (int k = 0; k < 2; k++) {
 			d->fd[i * 2 + k] = s->leg[i].fd[k];
@@ -639,8 +650,44 @@ static void rlu_delete(rl_relay *r, rl_worker *w, rl_session *s, uint64_t tag)
 	if (write(w->wakefd, &one, sizeof one) < 0) {
 		/* the counter is full: the worker is already due to wake */
 	}
-	while (u->enabled && rlu_dead_pending(u, id) && rl_now() < deadline)
+	/* Without ``wait`` (the call path) this returns at once: the worker closes the sockets
+	 * and then gives the pairs and the slot back (rlu_dead_close), so until then nothing can
+	 * bind those ports or reuse the slot while a receive of the old session may still
+	 * complete; free_pairs counts them as free meanwhile, and an allocate that finds the pool
+	 * empty waits for those closes (rlu_wait_closed). Waiting here cost the signalling thread
+	 * a round trip to the worker for every call. */
+	while (wait && u->enabled && rlu_dead_pending(u, id) && rl_now() < deadline)
 		rlu_wait(w, 10000000);
+	return 1;
+}
+
+/* A session could be allocated from what the pool holds now (r->mu taken inside). */
+static int rl_pool_room(rl_relay *r)
+{
+	pthread_mutex_lock(&r->mu);
+	int room = r->nfree_slots > 0 && r->pool_len >= 2;
+	pthread_mutex_unlock(&r->mu);
+	return room;
+}
+
+/* rl_allocate found no pair it could bind: wait (bounded) until the workers have closed the
+ * sockets of the sessions deleted so far, or enough came back for one session. Returns 1 if
+ * some were pending. No lock held. */
+static int rlu_wait_closed(rl_relay *r)
+{
+	int waited = 0;
+	int64_t deadline = rl_now() + 2000000000LL;
+	for (int i = 0; i < r->nworkers; i++) {
+		rl_worker *w = &r->w[i];
+		pthread_mutex_lock(&w->mu);
+		rl_uring *u = w->u;
+		while (u && u->enabled && u->ndead && !rl_pool_room(r) && rl_now() < deadline) {
+			waited = 1;
+			rlu_wait(w, 10000000);
+		}
+		pthread_mutex_unlock(&w->mu);
+	}
+	return waited;
 }
 
 #endif

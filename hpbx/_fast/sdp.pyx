@@ -190,9 +190,21 @@ cdef str _text(str latin):
     return latin.encode("latin-1").decode("utf-8", "replace")
 
 
+# The last body parsed, its lines and its description: anchoring parses a body and then
+# rewrites the same body (the caller's offer, the callee's answer), and the rewrite reads
+# the description only, so the second parse is skipped (``rewrite`` checks the bytes are equal).
+cdef bytes _last_body = None
+cdef list _last_lines = None
+cdef SessionDescription _last_sd = None
+
+
 def parse(bytes body) -> SessionDescription:
     """Parse an SDP body; SdpError on anything malformed."""
-    return _parse(_lines(body))
+    global _last_body, _last_lines, _last_sd
+    cdef list lines = _lines(body)
+    cdef SessionDescription sd = _parse(lines)
+    _last_body, _last_lines, _last_sd = body, lines, sd
+    return sd
 
 
 cdef SessionDescription _parse(list lines):
@@ -345,8 +357,13 @@ def rewrite(bytes body, str address, list ports, bint drop_ice=True, direction=N
     """A new body whose connection (and origin) address is ``address`` and whose media i uses
     ports[i] = (rtp, rtcp). Rejected streams (port 0) stay rejected. ``direction`` replaces
     every direction attribute; ``drop_ice`` removes ICE candidates and credentials."""
-    cdef list lines = _lines(body)
-    cdef SessionDescription sd = _parse(lines)
+    cdef list lines
+    cdef SessionDescription sd
+    if _last_body is not None and body == _last_body:
+        lines, sd = _last_lines, _last_sd  # parsed just before (read only here)
+    else:
+        lines = _lines(body)
+        sd = _parse(lines)
     cdef int version = _ip_version(address)
     mi = -1
     if version == 0:

@@ -352,7 +352,13 @@ _add_crud(
            help="caller ID of users with no displayed number: the default number, or withheld "
                 "(anonymous, P-Asserted-Identity + Privacy: id)"),
      Param("language", "str", help="prompt language callers hear: en, de, or an operator's folder (default de)"),
-     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music")),
+     Param("music_on_hold", "str", help="music class (default ships) or announcement:<id> of kind music"),
+     # issue 11 (hpbx.pbx.voicemail, push, recording)
+     Param("voicemail_format", "str", choices=("wav", "mp3"), help="attachment of voice messages"),
+     Param("push_url", "str", help="http(s) URL of the push webhook (\"\" = none)"),
+     Param("push_secret", "str", help="HMAC-SHA256 key signing the webhook's bodies"),
+     Param("recording_notice", "str",
+           help="played to both parties when a call recording starts: \"\", prompt, announcement:<id>")),
     (), ("name", "domain", "timezone", "trunk"))
 _add_crud(
     "user", "a user (SIP account and person)",
@@ -374,7 +380,10 @@ _add_crud(
      Param("cti_groups", "array", help="CTI groups: the sections of the colleague list"),
      Param("forward", "object",
            help="forwarding: unconditional, busy, no_answer (after no_answer_after s), unavailable; "
-                "each an internal or external number, \"\" = off")),
+                "each an internal or external number, \"\" = off"),
+     Param("mailbox", "object",
+           help="user mailbox: enabled, email, greeting (announcement id), timeout, pin, keep, "
+                "mwi_unsolicited")),
     (Param("tenant", "str", help="only this tenant"),),
     ("username", "tenant", "internal_number", "displayed_number", "details"))
 _add_crud(

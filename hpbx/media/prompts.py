@@ -102,12 +102,58 @@ PROMPTS: dict[str, tuple[str, str, str]] = {
                       "you are calling", "Bitte warten Sie, die gewünschte Person wird gesucht."),
     "followme-sorry": ("followme/sorry", "I'm sorry, but I was unable to locate the person you are "
                        "calling", "Die gewünschte Person ist leider nicht erreichbar."),
+    # Debian's sound set has no "this call is recorded": espeak-ng speaks the English too
+    "call-recorded": ("", "This call is being recorded.", "Dieses Gespräch wird aufgezeichnet."),
     "star": ("digits/star", "star", "Stern"),
     "pound": ("digits/pound", "pound", "Raute"),
 }
 _DE_DIGITS = ("null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun")
 for _d, _word in enumerate(_DE_DIGITS):
     PROMPTS[f"digits/{_d}"] = (f"digits/{_d}", str(_d), _word)
+
+# Voice2Mail and the user mailbox (hpbx.pbx.voicemail): the Asterisk names it plays
+PROMPTS.update({
+    "vm-theperson": ("vm-theperson", "The person at extension", "Der Teilnehmer mit der Nummer"),
+    "vm-isonphone": ("vm-isonphone", "is on the phone.", "telefoniert gerade."),
+    "vm-isunavail": ("vm-isunavail", "is unavailable.", "ist nicht erreichbar."),
+    "vm-and": ("vm-and", "and", "und"),
+    "vm-Old": ("vm-Old", "old", "alte"),
+    "vm-nomore": ("vm-nomore", "No more messages.", "Keine weiteren Nachrichten."),
+    "vm-received": ("vm-received", "received", "empfangen am"),
+    "vm-from-phonenumber": ("vm-from-phonenumber", "from phone number", "von der Nummer"),
+    "vm-incorrect": ("vm-incorrect", "Login incorrect.", "Die Anmeldung ist fehlgeschlagen."),
+    "vm-nobox": ("vm-nobox", "You have no mailbox.", "Sie haben keine Mailbox."),
+    # Asterisk's vm-login ("Comedian Mail") and vm-advopts name other keys: spoken instead
+    "mailbox-number": ("", "Please enter the mailbox number followed by the pound key.",
+                       "Bitte geben Sie die Nummer der Mailbox ein, gefolgt von der Raute-Taste."),
+    "mailbox-options": ("", "Press 5 to repeat this message, 6 for the next one, 4 for the previous "
+                        "one, 7 to delete it, 9 to save it, or pound to end.",
+                        "Drücken Sie die 5, um die Nachricht zu wiederholen, die 6 für die nächste, "
+                        "die 4 für die vorherige, die 7 zum Löschen, die 9 zum Speichern, oder die "
+                        "Raute-Taste zum Beenden."),
+})
+_EN_NUMBERS = {10: "ten", 11: "eleven", 12: "twelve", 13: "thirteen", 14: "fourteen", 15: "fifteen",
+               16: "sixteen", 17: "seventeen", 18: "eighteen", 19: "nineteen", 20: "twenty",
+               30: "thirty", 40: "forty", 50: "fifty", 60: "sixty", 70: "seventy", 80: "eighty",
+               90: "ninety"}
+_DE_NUMBERS = {10: "zehn", 11: "elf", 12: "zwölf", 13: "dreizehn", 14: "vierzehn", 15: "fünfzehn",
+               16: "sechzehn", 17: "siebzehn", 18: "achtzehn", 19: "neunzehn", 20: "zwanzig",
+               30: "dreißig", 40: "vierzig", 50: "fünfzig", 60: "sechzig", 70: "siebzig",
+               80: "achtzig", 90: "neunzig"}
+for _n, _word in _EN_NUMBERS.items():
+    PROMPTS[f"digits/{_n}"] = (f"digits/{_n}", _word, _DE_NUMBERS[_n])
+# Asterisk's day-0 is Sunday
+for _i, (_en, _de) in enumerate(zip(("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+                                     "Saturday"),
+                                    ("Sonntag", "Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag",
+                                     "Samstag"))):
+    PROMPTS[f"digits/day-{_i}"] = (f"digits/day-{_i}", _en, _de)
+for _i, (_en, _de) in enumerate(zip(
+        ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+         "October", "November", "December"),
+        ("Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",
+         "Oktober", "November", "Dezember"))):
+    PROMPTS[f"digits/mon-{_i}"] = (f"digits/mon-{_i}", _en, _de)
 
 # what espeak-ng speaks for a language set built from the German words
 ESPEAK_VOICES = {"de": "de"}
@@ -149,6 +195,10 @@ def build(out: str, debian: str = DEBIAN_SOUNDS, languages=("en", "de")) -> dict
         for name, (src, _en, _de) in PROMPTS.items():
             target = root / "en" / f"{name}.wav"
             if target.exists():
+                continue
+            if not src:  # no Debian recording of it: spoken by espeak-ng
+                _write(target, espeak(_en, "en"))
+                n += 1
                 continue
             source = Path(debian) / f"{src}.wav"
             if not source.exists():
@@ -226,7 +276,7 @@ class PromptLibrary:
             yield lang, self.custom_dir / lang / f"{name}.wav"
             yield lang, self.prompts_dir / lang / f"{name}.wav"
         src = PROMPTS.get(name)
-        if src is not None:
+        if src is not None and src[0]:
             yield "en", self.debian / f"{src[0]}.wav"  # first start without make build
 
     def system(self, language: str, name: str) -> str:
@@ -284,7 +334,11 @@ class PromptLibrary:
             log.warning("announcement %s/%s has no audio file", tenant, ann.id)
             return ""
         name = f"ann/{tenant}/{ann.id}"
-        return name if self.load_file(name, path) else ""
+        if self.load_file(name, path):
+            return name
+        # the call goes on without it (the caller of this method skips the step)
+        log.warning("announcement %s/%s: audio file %s missing or unreadable: skipped", tenant, ann.id, path)
+        return ""
 
 
 def main(argv=None) -> int:

@@ -35,9 +35,21 @@ def _audio_index(desc) -> int:
     raise SdpError("SDP has no active audio stream")
 
 
+_last: list = [None, None]  # the last body parsed here and its description (read only)
+
+
+def _parse(body: bytes):
+    """``sdp.parse``, once for a body that ``peer`` and then ``rewrite`` both read."""
+    if _last[0] is not None and body == _last[0]:
+        return _last[1]
+    desc = sdp.parse(body)
+    _last[0], _last[1] = body, desc
+    return desc
+
+
 def peer(body: bytes) -> MediaPeer:
     """The first active audio stream of a body; SdpError when there is none or it is malformed."""
-    desc = sdp.parse(body)
+    desc = _parse(body)
     m = desc.media[_audio_index(desc)]
     host = m.connection
     if not host:
@@ -68,7 +80,7 @@ def _rejected(section: bytes) -> bytes:
 
 
 def rewrite(body: bytes, address: str, port: int) -> bytes:
-    desc = sdp.parse(body)
+    desc = _parse(body)
     index = _audio_index(desc)
     ports = [(port, port + 1)]
     if len(desc.media) == 1:

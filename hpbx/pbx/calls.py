@@ -323,6 +323,11 @@ class CallService:
     def flush_cdrs(self) -> None:
         self._cdr_timer = None
         batch, self._cdrs = self._cdrs, []
+        try:
+            self.provisioning.cdr_add_many(batch)  # one commit for the batch
+            return
+        except HpbxError:
+            pass  # one record does not validate (or the store refused): each on its own
         for doc in batch:
             try:
                 self.provisioning.cdr_add(doc)

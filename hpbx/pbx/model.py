@@ -267,6 +267,9 @@ class Tenant:
     # hold: a music class ("default" ships) or "announcement:<id>" of an announcement of kind music
     language: str = "de"
     music_on_hold: str = "default"
+    # call recording (hpbx.pbx.recording): played to both parties when a recording starts:
+    # "" none, "prompt" (system prompt call-recorded), "announcement:<id>"
+    recording_notice: str = ""
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> "Tenant":
@@ -290,7 +293,9 @@ class Tenant:
                   voicemail_format=r.choice("voicemail_format", VOICEMAIL_FORMATS, "wav"),
                   language=r.text("language", "de", _LANGUAGE_RE, "language (en, de, fr_CH ...)"),
                   music_on_hold=r.text("music_on_hold", "default", _MOH_RE,
-                                       "music class name or announcement:<id>"))
+                                       "music class name or announcement:<id>"),
+                  recording_notice=r.text("recording_notice", "", _NOTICE_RE,
+                                          '"", "prompt" or announcement:<id>'))
         r.finish()
         return obj
 
@@ -299,7 +304,8 @@ class Tenant:
              "default_number": self.default_number, "caller_id_fallback": self.caller_id_fallback,
              "push_url": self.push_url, "push_secret": self.push_secret,
              "voicemail_format": self.voicemail_format,
-             "language": self.language, "music_on_hold": self.music_on_hold}
+             "language": self.language, "music_on_hold": self.music_on_hold,
+             "recording_notice": self.recording_notice}
         return _compact(d, _TENANT_DEFAULTS) if compact else d
 
 
@@ -307,7 +313,8 @@ _TENANT_DEFAULTS = {"domain": "", "timezone": "Europe/Zurich", "trunk": "", "def
                     "caller_id_fallback": "default_number", "push_url": "", "push_secret": "",
                     "voicemail_format": "wav",
                     "language": "de",
-                    "music_on_hold": "default"}
+                    "music_on_hold": "default", "recording_notice": ""}
+_NOTICE_RE = re.compile(r"prompt|announcement:[1-9][0-9]{0,5}")
 _LANGUAGE_RE = re.compile(r"[a-z]{2}(_[A-Z]{2})?")
 _MOH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}|announcement:[1-9][0-9]{0,5}")
 
@@ -1162,6 +1169,8 @@ def references_to(kind: str, key: object, objs: TenantObjects) -> list[str]:
             found.append(f"tenant {objs.tenant.name} (default number)")
     if kind == "announcement" and objs.tenant.music_on_hold == f"announcement:{key}":
         found.append(f"tenant {objs.tenant.name} (music on hold)")
+    if kind == "announcement" and objs.tenant.recording_notice == f"announcement:{key}":
+        found.append(f"tenant {objs.tenant.name} (recording notice)")
     if kind == "trunk" and objs.tenant.trunk == key:
         found.append(f"tenant {objs.tenant.name}")
     return found

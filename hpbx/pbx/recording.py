@@ -10,6 +10,15 @@ what each leg receives; stopping (or the call's end) takes the legs back to plai
 user's address (details.email, else the mailbox address) through the spool. A user without the
 flag, or not a party of the call, is refused and nothing is recorded. Recordings are capped at
 ``MAX_MS``.
+
+In-call code: ``*1`` (``TOGGLE_CODE``) pressed by a party during an answered call starts the
+recording, pressed again stops it. The parties' legs keep relaying meanwhile: the relay's
+worker watches their digits (``engine.watch_digits``: RFC 4733 of both sides' payload types,
+in-band only when neither side offered telephone-event) and hands them here; while recording
+the legs are media endpoints and their digit events come through ``next_event``. A party
+without ``may_record`` is refused the same way as over the admin socket (counted, logged, no
+file). The tenant's ``recording_notice`` ("" none, "prompt" = the system prompt
+``call-recorded``, "announcement:<id>") plays to both parties when the recording starts.
 """
 from __future__ import annotations
 
@@ -28,6 +37,8 @@ from hpbx.pbx.voicemail import _fsync_write, _new_id, read_pcm, write_wav
 log = logging.getLogger("hpbx.pbx.recording")
 
 MAX_MS = 2 * 3600 * 1000
+TOGGLE_CODE = "*1"        # in-call: start / stop recording (document it: README)
+CODE_GAP_S = 3.0          # the digits of the code follow each other within this
 
 
 class CallRecorder:
@@ -37,7 +48,109 @@ class CallRecorder:
         self.root = Path(root)
         self.active: dict[str, dict] = {}  # call id -> recording state
         self._tasks: set[asyncio.Task] = set()
-        self.stats = {"recordings_started": 0, "recordings_done": 0, "recordings_refused": 0}
+        self.stats = {"recordings_started": 0, "recordings_done": 0, "recordings_refused": 0,
+                      "recording_codes": 0}
+        self.watching: dict[str, dict[str, str]] = {}  # call id -> {leg: username} watched
+        self._typed: dict[tuple[str, str], tuple[str, float]] = {}  # (call, leg) -> digits, time
+
+    # ------------------------------------------------------------------ in-call code
+    def observe(self, call, ended: bool) -> None:
+        """CallService observer: the parties' legs of an answered call are watched for *1."""
+        if ended:
+            self.watching.pop(call.id, None)
+            for leg in ("a", "b"):
+                self._typed.pop((call.id, leg), None)
+            return
+        from hpbx.pbx.call import ANSWERED, Call
+        if not isinstance(call, Call) or call.state != ANSWERED or call.media is None or call.winner is None:
+            return
+        want = {}
+        if call.caller_user is not None:
+            want["a"] = call.caller_user.username
+        if call.winner.user:
+            want["b"] = call.winner.user
+        if not want or self.watching.get(call.id) == want:
+            return
+        from hpbx.pbx.media_channel import parse_offer
+        sides = []
+        for body in (call.a_msg.body, call.winner.last.body if call.winner.last is not None else b""):
+            try:
+                sides.append(parse_offer(body) if body else None)
+            except HpbxError:
+                sides.append(None)
+        pts = tuple(dict.fromkeys(c["dtmf_pt"] for c in sides if c and c["dtmf_pt"] is not None))
+        audio = next((c for c in sides if c), {"codec": "PCMA", "pt": 8})
+        engine = self.svc.media
+        for leg in ("a", "b"):
+            try:
+                if leg in want:
+                    engine.watch_digits(call.id, leg, self._relayed_digit, dtmf_pts=pts[:2],
+                                        inband=not pts, codec=audio["codec"], pt=audio["pt"])
+                else:
+                    engine.unwatch_digits(call.id, leg)
+            except HpbxError as exc:
+                log.info("[%s] digits of leg %s not watched: %s", call.id, leg, exc)
+                want.pop(leg, None)
+        self.watching[call.id] = want
+
+    def _relayed_digit(self, ev) -> None:
+        self.digit(ev.key, ev.leg, ev.data["digit"], ev.time)
+
+    def digit(self, call_id: str, leg: str, digit: str, t: float) -> None:
+        """A digit a party pressed during the call (relayed or, while recording, at the endpoint)."""
+        typed, last = self._typed.get((call_id, leg), ("", 0.0))
+        if t - last > CODE_GAP_S:
+            typed = ""
+        typed = (typed + digit)[-len(TOGGLE_CODE):]
+        if typed != TOGGLE_CODE:
+            self._typed[(call_id, leg)] = (typed, t)
+            return
+        self._typed.pop((call_id, leg), None)
+        user = self.watching.get(call_id, {}).get(leg)
+        if not user:
+            return
+        self.stats["recording_codes"] += 1
+        try:
+            if call_id in self.active:
+                self.stop(call_id, user)
+            else:
+                self.start(call_id, user)
+        except HpbxError as exc:
+            log.info("[%s] %s by %s (in-call code) refused: %s", call_id, TOGGLE_CODE, user, exc)
+
+    async def _digits_while_recording(self, key: str) -> None:
+        engine = self.svc.media
+        while key in self.active:
+            try:
+                ev = await engine.next_event(key, "digit")
+            except HpbxError:
+                return
+            if ev is None:
+                return
+            self.digit(key, ev.leg, ev.data["digit"], ev.time)
+
+    def _notice(self, call) -> None:
+        """The tenant's "this call is recorded" notice to both parties (while it plays they
+        hear it instead of each other; the file holds what the phones sent)."""
+        tenant = self.svc.provisioning.directory.tenant(call.tenant)
+        what = getattr(tenant, "recording_notice", "") if tenant is not None else ""
+        lib = getattr(self.svc, "prompts", None)
+        if not what or lib is None:
+            return
+        name = ""
+        if what == "prompt":
+            name = lib.system(tenant.language, "call-recorded")
+        elif what.startswith("announcement:"):
+            ann = self.svc.provisioning.directory.announcement(call.tenant, int(what.partition(":")[2]))
+            name = lib.announcement(call.tenant, ann) if ann is not None else ""
+        if not name:
+            log.warning("[%s] recording notice %r has no audio", call.id, what)
+            return
+        for leg in ("a", "b"):
+            try:
+                self.svc.media.play(call.id, leg, [name])
+            except HpbxError as exc:
+                log.info("[%s] recording notice not played on %s: %s", call.id, leg, exc)
 
     def _call(self, call_id: str):
         from hpbx.pbx.call import ANSWERED, Call
@@ -75,8 +188,9 @@ class CallRecorder:
         room = engine.room_create()
         try:
             for leg in ("a", "b"):
+                # no telephone-event negotiated: the stop code comes in-band
                 engine.terminate(key, leg, codec=codec["codec"], pt=codec["pt"], ptime_ms=codec["ptime"],
-                                 dtmf_pt=codec["dtmf_pt"], inband=False)
+                                 dtmf_pt=codec["dtmf_pt"], inband=codec["dtmf_pt"] is None)
                 engine.room_join(room, key, leg)
             waits = [asyncio.ensure_future(engine.next_event(key, "record_done")) for _ in ("a", "b")]
             for leg in ("a", "b"):
@@ -91,6 +205,11 @@ class CallRecorder:
         task = self.svc.loop.create_task(self._finish(state, waits))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        digits = self.svc.loop.create_task(self._digits_while_recording(key))
+        state["digits"] = digits
+        self._tasks.add(digits)
+        digits.add_done_callback(self._tasks.discard)
+        self._notice(call)
         self.stats["recordings_started"] += 1
         log.info("[%s] recording %s started by %s", key, rec_id, username)
         return {"id": rec_id, "call_id": key, "recording": True}
@@ -132,6 +251,8 @@ class CallRecorder:
             await asyncio.gather(*waits, return_exceptions=True)
         finally:
             self.active.pop(state["call_id"], None)
+            if state.get("digits") is not None:
+                state["digits"].cancel()
             self._restore(state["call_id"], state["room"])
         try:
             meta = await asyncio.to_thread(self._mix, state)
@@ -202,4 +323,5 @@ class CallRecorder:
 def install(svc, mail, settings) -> CallRecorder:
     rec = CallRecorder(svc, mail, Path(settings.store.path).parent / "recordings")
     svc.recorder = rec
+    svc.observers.append(rec.observe)
     return rec

@@ -73,6 +73,10 @@ class Plan:
     voice2mail: str = ""
     alert_info: str = ""
     links: tuple[str, ...] = ()  # the LINK chain followed, dialled number first
+    # the slot whose after-handling (announcement, Voice2Mail) applies: after a LINK the linked
+    # number's (handled_by), else ``slot``/``slot_name`` (hpbx.pbx.voicemail names it in the mail)
+    voice2mail_slot: int = 0
+    voice2mail_slot_name: str = ""
     external: str = ""  # kind "external": the number to dial through ``trunk``
     trunk: Trunk | None = None
     status: int = 0
@@ -141,6 +145,7 @@ class _Resolved:
     after: int = 0
     voice2mail: str = ""
     chain: tuple[str, ...] = ()
+    last: Selection | None = None  # the selection whose after-handling applies (after LINKs)
 
 
 def _resolve(directory: Directory, number: PublicNumber, now: datetime, chain: tuple[str, ...]) -> _Resolved:
@@ -151,7 +156,8 @@ def _resolve(directory: Directory, number: PublicNumber, now: datetime, chain: t
     if selection is None:
         return _Resolved(None, chain=chain)
     plan = selection.plan
-    out = _Resolved(selection, after=plan.announcement_after, voice2mail=plan.voice2mail, chain=chain)
+    out = _Resolved(selection, after=plan.announcement_after, voice2mail=plan.voice2mail, chain=chain,
+                    last=selection)
     for step in plan.rows:
         links = [t for t in step.targets if t.kind == "link"]
         row = _row(directory, number.tenant, step, (t for t in step.targets if t.kind != "link"))
@@ -162,6 +168,7 @@ def _resolve(directory: Directory, number: PublicNumber, now: datetime, chain: t
             # LINK hands the call over: the linked number's rows and after-handling follow.
             out.rows.extend(linked.rows)
             out.after, out.voice2mail, out.chain = linked.after, linked.voice2mail, linked.chain
+            out.last = linked.last
             break
     return out
 
@@ -190,7 +197,8 @@ def _dialplan(directory: Directory, number: PublicNumber, dialled: str, now: dat
     s = r.selection
     return Plan(kind="dialplan", handled_by=handled, slot=s.slot, slot_name=s.plan.name, switch=s.switch,
                 rows=tuple(r.rows), announcement_before=s.plan.announcement_before,
-                announcement_after=r.after, voice2mail=r.voice2mail, links=r.chain, **common)
+                announcement_after=r.after, voice2mail=r.voice2mail, links=r.chain,
+                voice2mail_slot=r.last.slot, voice2mail_slot_name=r.last.plan.name, **common)
 
 
 # ---------------------------------------------------------------- entry points

@@ -137,6 +137,21 @@ def digit_prompts(text: str) -> list[str]:
     return [f"digits/{c}" for c in text if c.isdigit()]
 
 
+# the Asterisk names this module plays -> the system prompt (hpbx.media.prompts.PROMPTS) that
+# holds that recording (in the tenant's language); names not listed are PROMPTS keys themselves
+PROMPT_ALIASES = {"vm-intro": "leave-message", "vm-youhave": "you-have", "vm-INBOX": "new",
+                  "vm-messages": "messages", "vm-message": "message", "vm-deleted": "deleted",
+                  "vm-msgsaved": "message-saved", "vm-goodbye": "goodbye", "vm-login": "mailbox-number",
+                  "vm-password": "enter-pin", "vm-advopts": "mailbox-options"}
+
+
+def spoken_number(n: int, language: str) -> list[str]:
+    """number_prompts in the word order of ``language`` (German: "ein und zwanzig")."""
+    if language.startswith("de") and 20 < n < 100 and n % 10:
+        return [f"digits/{n % 10}", "vm-and", f"digits/{n - n % 10}"]
+    return number_prompts(n)
+
+
 @dataclass
 class Recording:
     """What is known of a message before it is recorded (written to pending/ as JSON)."""
@@ -149,6 +164,7 @@ class Recording:
     dialled: str
     slot: int = 0
     slot_name: str = ""
+    linked: str = ""  # after a LINK: the number whose slot took the message (slot is its slot)
     to: str = ""  # e-mail address ("" = not mailed)
     owner: str = ""  # mailbox: the username
     keep: bool = False
@@ -276,9 +292,14 @@ class Voicemail:
 
     def _voice2mail(self, ch) -> Recording:
         plan = ch.plan
+        # after a LINK the linked number's slot took the call (its address, its name in the mail)
+        linked = len(plan.links) > 1 and bool(getattr(plan, "voice2mail_slot", 0))
         return Recording(id=_new_id(), kind="voice2mail", tenant=ch.tenant, caller=ch.caller,
-                         caller_name=self._caller_name(ch), dialled=plan.dialled, slot=plan.slot,
-                         slot_name=plan.slot_name, to=plan.voice2mail, started_at=time.time())
+                         caller_name=self._caller_name(ch), dialled=plan.dialled,
+                         slot=plan.voice2mail_slot if linked else plan.slot,
+                         slot_name=plan.voice2mail_slot_name if linked else plan.slot_name,
+                         linked=plan.links[-1] if linked else "", to=plan.voice2mail,
+                         started_at=time.time())
 
     def _mailbox(self, ch, owner) -> Recording:
         box = owner.mailbox
@@ -286,6 +307,22 @@ class Voicemail:
                          caller_name=self._caller_name(ch), dialled=ch.plan.dialled,
                          to=box.email or owner.details.email, owner=owner.username, keep=box.keep,
                          started_at=time.time())
+
+    def _say(self, ch, names: list[str]) -> list[str]:
+        """Engine prompt names for ``names`` (Asterisk names, PROMPTS keys, or engine names
+        already loaded: a message, an announcement), in the tenant's language; a prompt found
+        nowhere is left out (logged once by the library)."""
+        engine = ch.engine
+        lib = getattr(self.svc, "prompts", None)
+        out = []
+        for n in names:
+            if engine.has_prompt(n):
+                out.append(n)
+            elif lib is not None:
+                got = lib.system(ch.language, PROMPT_ALIASES.get(n, n))
+                if got:
+                    out.append(got)
+        return out
 
     def _v2m_greeting(self, ch) -> list[str]:
         ann = self.announcement_prompt(ch.tenant, ch.plan.announcement_after)
@@ -310,6 +347,11 @@ class Voicemail:
         ann = objs.announcements.get(ann_id) if objs is not None else None
         if ann is None or not ann.file:
             return ""
+        lib = getattr(self.svc, "prompts", None)
+        if lib is not None:  # the stored file, relative to the media folder (issue 10)
+            got = lib.announcement(tenant, ann)
+            if got:
+                return got
         try:
             with wave.open(ann.file, "rb") as w:
                 if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (8000, 1, 2):
@@ -325,7 +367,7 @@ class Voicemail:
         """Greeting, beep, record; the message is finished (mailed/kept) even if the caller
         hangs up during the recording (the task below outlives the channel)."""
         ch.result = rec.kind
-        await ch.play(greeting)
+        await ch.play(self._say(ch, greeting))
         ch.clear_digits()
         wav = self.pending / f"{rec.id}.wav"
         _fsync_write(self.pending / f"{rec.id}.json", json.dumps(rec.__dict__).encode())
@@ -423,7 +465,9 @@ class Voicemail:
         if rec.kind == "voice2mail":
             subject = f"Voice message from {who} for {rec.dialled}"
             where = [f"Dialled number: {rec.dialled}",
-                     f"Dial plan: slot {rec.slot}" + (f" \"{rec.slot_name}\"" if rec.slot_name else "")]
+                     (f"Dial plan: {rec.linked} (LINK from {rec.dialled}) slot {rec.slot}" if rec.linked
+                      else f"Dial plan: slot {rec.slot}")
+                     + (f" \"{rec.slot_name}\"" if rec.slot_name else "")]
         else:
             subject = f"Voice message from {who} in mailbox {rec.dialled}"
             where = [f"Mailbox: {rec.owner} ({rec.dialled})"]
@@ -479,7 +523,7 @@ class Voicemail:
         owner = ch.caller_user
         if owner is None or not owner.mailbox.enabled:
             ch.result = "no mailbox"
-            await ch.play(["vm-nobox"])
+            await ch.play(self._say(ch, ["vm-nobox"]))
             await ch.tone("congestion")
             return
         await self._menu(ch, owner)
@@ -489,20 +533,20 @@ class Voicemail:
         number = ch.star_arg
         for _ in range(PIN_TRIES):
             if not number:
-                await ch.play(["vm-login"], barge_in=MENU_DIGITS)
+                await ch.play(self._say(ch, ["vm-login"]), barge_in=MENU_DIGITS)
                 number = await ch.collect_digits(max=6, timeout=5, first_timeout=8)
             owner = self.user_for_mailbox(ch.tenant, number) if number else None
             if owner is not None and owner.mailbox.pin:
-                await ch.play(["vm-password"], barge_in=MENU_DIGITS)
+                await ch.play(self._say(ch, ["vm-password"]), barge_in=MENU_DIGITS)
                 pin = await ch.collect_digits(max=12, timeout=5, first_timeout=8)
                 if secrets.compare_digest(pin, owner.mailbox.pin):
                     break
             owner, number = None, ""
             ch.result = "wrong mailbox or PIN"
-            await ch.play(["vm-incorrect"])
+            await ch.play(self._say(ch, ["vm-incorrect"]))
             await ch.tone("congestion")
         if owner is None:
-            await ch.play(["vm-goodbye"])
+            await ch.play(self._say(ch, ["vm-goodbye"]))
             return
         await self._menu(ch, owner)
 
@@ -511,11 +555,13 @@ class Voicemail:
         store = self.store
         new, old = store.counts(name)
         ch.result = f"mailbox {name}: {new} new, {old} old"
-        await ch.play(["vm-youhave", *number_prompts(new), "vm-INBOX", "vm-and", *number_prompts(old),
-                       "vm-Old", "vm-messages"], barge_in=MENU_DIGITS)
+        lang = ch.language
+        await ch.play(self._say(ch, ["vm-youhave", *spoken_number(new, lang), "vm-INBOX", "vm-and",
+                                     *spoken_number(old, lang), "vm-Old", "vm-messages"]),
+                      barge_in=MENU_DIGITS)
         msgs = store.list(name)
         if not msgs:
-            await ch.play(["vm-nomore"])
+            await ch.play(self._say(ch, ["vm-nomore"]))
             await ch.tone("beep")
             return
         zone = self._zone(owner.tenant)
@@ -528,7 +574,7 @@ class Voicemail:
                 heard += 1
                 self._changed(name)
             if not digit:
-                await ch.play(["vm-advopts"], barge_in=MENU_DIGITS)
+                await ch.play(self._say(ch, ["vm-advopts"]), barge_in=MENU_DIGITS)
                 digit = await ch.collect_digits(max=1, timeout=8, terminator="")
             if digit == "5":
                 continue
@@ -539,26 +585,28 @@ class Voicemail:
                 deleted += 1
                 self._changed(name)
                 del msgs[i]
-                await ch.play(["vm-deleted"])
+                await ch.play(self._say(ch, ["vm-deleted"]))
             elif digit == "9":
-                await ch.play(["vm-msgsaved"])
+                await ch.play(self._say(ch, ["vm-msgsaved"]))
                 i += 1
             elif digit == "#":
                 break
             else:  # "6", a timeout, anything else: the next message
                 i += 1
             ch.result = f"mailbox {name}: heard {heard}, deleted {deleted}"
-        await ch.play(["vm-nomore" if i >= len(msgs) else "vm-goodbye"])
+        await ch.play(self._say(ch, ["vm-nomore" if i >= len(msgs) else "vm-goodbye"]))
         await ch.tone("beep")
 
     async def _play_message(self, ch, owner, m: dict, zone) -> str:
         """The envelope (date, time, caller) and the message; the digit that stopped it or ""."""
         ch.clear_digits()
         t = datetime.fromisoformat(m["received_at"]).astimezone(zone)
-        envelope = ["vm-received", f"digits/day-{t.weekday()}", f"digits/mon-{t.month - 1}",
-                    *number_prompts(t.day), *number_prompts(t.hour), *number_prompts(t.minute),
+        lang = ch.language
+        # Asterisk's day-0 is Sunday (Python's weekday 0 is Monday)
+        envelope = ["vm-received", f"digits/day-{(t.weekday() + 1) % 7}", *spoken_number(t.day, lang),
+                    f"digits/mon-{t.month - 1}", *spoken_number(t.hour, lang), *spoken_number(t.minute, lang),
                     "vm-from-phonenumber", *digit_prompts(m["caller"])]
-        digit = await ch.play(envelope, barge_in=MENU_DIGITS)
+        digit = await ch.play(self._say(ch, envelope), barge_in=MENU_DIGITS)
         if digit:
             return await self._take_digit(ch)
         prompt = f"message:{owner.username}:{m['id']}"

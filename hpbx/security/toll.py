@@ -15,6 +15,11 @@ is ``Refusal(status 403, reason, rule)`` and a security event:
 
     SECURITY event=toll_refused src=192.0.2.7 tenant=acme user="anna" dialled=0901123456 rule=premium
 
+The counters (attempts of the last hour, talk time of the last 24 hours) are written to the
+store as they change, one row per trunk call, and read back at start, so a restart does not
+give a tenant its hour or day afresh. A call that was up when the server died (no end
+written) counts as having talked until the restart, at most ``max_call_secs``.
+
 Numbers are normalised first: ``+CC…`` stays, ``00CC…`` becomes ``+CC…``, a national ``0N…``
 becomes ``+<country_code>N…``; anything else (short codes) counts as national.
 """
@@ -93,9 +98,58 @@ class TollPolicy:
         self.call_later = None
         self._budget_timers: dict[tuple, object] = {}  # ("t", tenant) / ("u", tenant, user)
         self.configure(settings)
+        self._writes = 0
+        self._rows: dict[str, str] = {}  # call id -> its row in the store (a call id may come back)
         if store is not None:
             for tenant, doc in store.toll_overrides():
                 self._overrides[tenant] = orjson.loads(doc)
+            self._restore_usage()
+
+    # ---- the counters in the store
+    def _persist(self, method: str, *args) -> None:
+        """Write one change of the counters; a failing store is logged, never fails a call."""
+        fn = getattr(self.store, method, None) if self.store is not None else None
+        if fn is None:
+            return
+        try:
+            fn(*args)
+            self._writes += 1
+            if self._writes % 1000 == 0:
+                self.store.toll_forget(self.clock() - DAY)
+        except Exception as exc:  # noqa: BLE001 - the policy goes on from memory
+            log.warning("toll counters not stored (%s): %s", method, exc)
+
+    def _restore_usage(self) -> None:
+        load = getattr(self.store, "toll_usage", None)
+        if load is None:
+            return
+        now = self.clock()
+        try:
+            rows = load()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("toll counters not restored: %s", exc)
+            return
+        talks = []
+        for call_id, tenant, user, attempt, answered, ended in rows:
+            if now - attempt < HOUR:
+                self._attempts_tenant.setdefault(tenant, collections.deque()).append(attempt)
+                if user is not None:
+                    self._attempts_user.setdefault((tenant, user), collections.deque()).append(attempt)
+            if answered is None:
+                continue
+            if ended is None:  # up when the server stopped: until now, at most max_call_secs
+                cap = self.limits(tenant).max_call_secs or DAY
+                ended = max(answered, min(now, answered + cap))
+                self._persist("toll_ended", call_id, ended)
+            if ended > now - DAY:
+                talks.append((ended, answered, tenant, user))
+        for ended, answered, tenant, user in sorted(talks):  # the deques are ordered by end
+            self._talk_tenant.setdefault(tenant, collections.deque()).append((answered, ended))
+            if user is not None:
+                self._talk_user.setdefault((tenant, user), collections.deque()).append((answered, ended))
+        self._persist("toll_forget", now - DAY)
+        if rows:
+            log.info("toll counters restored: %d trunk calls of the last 24 hours", len(rows))
 
     def configure(self, settings) -> None:
         self.settings = settings.security.toll
@@ -147,6 +201,8 @@ class TollPolicy:
             if user is not None:
                 self._live_user[(tenant, user)] += 1
                 self._attempts_user.setdefault((tenant, user), collections.deque()).append(now)
+            self._rows[call_id] = row = f"{call_id}\t{now:.6f}"
+            self._persist("toll_attempt", row, tenant, user, now)
         self.stats["toll_admitted"] += 1
         return None
 
@@ -162,6 +218,7 @@ class TollPolicy:
         now = self.clock()
         if call_id not in self._answered:
             self._answered[call_id] = now
+            self._persist("toll_answered", self._rows.get(call_id, call_id), now)
             self._up_tenant.setdefault(held[0], {})[call_id] = now
             if held[1] is not None:
                 self._up_user.setdefault(held, {})[call_id] = now
@@ -309,6 +366,7 @@ class TollPolicy:
             return
         tenant, user = held
         self._stop_talk(call_id, held, self.clock())
+        self._rows.pop(call_id, None)
         self._live_tenant[tenant] -= 1
         if self._live_tenant[tenant] <= 0:
             del self._live_tenant[tenant]
@@ -333,6 +391,7 @@ class TollPolicy:
         self._talk_tenant.setdefault(tenant, collections.deque()).append((start, end))
         if user is not None:
             self._talk_user.setdefault(held, collections.deque()).append((start, end))
+        self._persist("toll_ended", self._rows.get(call_id, call_id), end)
         self._rebudget(self.limits(tenant), tenant, user, end)
 
     @staticmethod

@@ -59,6 +59,9 @@ class UdpChannel:
                     sock.setsockopt(socket.SOL_SOCKET, opt, UDP_RCVBUF)
                 except OSError:
                     pass
+            if getattr(getattr(self.hub.settings, "server", None), "workers", 1) > 1:
+                # [server] workers: every worker binds the listener (hpbx/cluster/workers.py)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.listener.host, self.listener.port))
             sock.setblocking(False)
         except OSError:

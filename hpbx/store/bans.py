@@ -1,6 +1,7 @@
-"""Bans, failure counters, operator-trusted networks and toll-limit overrides, in the same
-SQLite file as the provisioning store, so that a restart (or kill -9) keeps an attacker banned
-and a tenant's limits as the operator set them."""
+"""Bans, failure counters, operator-trusted networks, toll-limit overrides and the toll
+counters (trunk call attempts and talk time of the last 24 hours), in the same SQLite file as
+the provisioning store, so that a restart (or kill -9) keeps an attacker banned, a tenant's
+limits as the operator set them, and the calls and minutes it already used counted."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +25,14 @@ CREATE TABLE IF NOT EXISTS security_counters (
 CREATE TABLE IF NOT EXISTS toll_limits (
     tenant TEXT PRIMARY KEY,
     doc    TEXT NOT NULL          -- JSON: the limits set over admin (toll.set)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS toll_usage (
+    call_id  TEXT PRIMARY KEY,    -- the call's Call-ID, a tab, the attempt time
+    tenant   TEXT NOT NULL,
+    user     TEXT,                -- NULL: a diversion, no user placed it
+    attempt  REAL NOT NULL,       -- admitted towards the trunk
+    answered REAL,                -- NULL: not answered
+    ended    REAL                 -- talk time stopped; NULL: still up (or the server died)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trusted_networks (
     network TEXT PRIMARY KEY,
@@ -84,6 +93,26 @@ class BanStore:
 
     def delete_toll_override(self, tenant: str) -> bool:
         return self.db.execute("DELETE FROM toll_limits WHERE tenant = ?", (tenant,)).rowcount > 0
+
+    # ---- toll counters (hpbx.security.toll): one row per call admitted towards a trunk
+    def toll_usage(self) -> list[tuple[str, str, str | None, float, float | None, float | None]]:
+        return self.db.execute("SELECT call_id, tenant, user, attempt, answered, ended FROM toll_usage "
+                               "ORDER BY attempt").fetchall()
+
+    def toll_attempt(self, call_id: str, tenant: str, user: str | None, at: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO toll_usage (call_id, tenant, user, attempt) VALUES (?, ?, ?, ?)",
+                        (call_id, tenant, user, at))
+
+    def toll_answered(self, call_id: str, at: float) -> None:
+        self.db.execute("UPDATE toll_usage SET answered = ? WHERE call_id = ?", (at, call_id))
+
+    def toll_ended(self, call_id: str, at: float) -> None:
+        self.db.execute("UPDATE toll_usage SET ended = ? WHERE call_id = ?", (at, call_id))
+
+    def toll_forget(self, before: float) -> int:
+        """Rows that count in no window any more: attempt and talk ended by ``before``."""
+        return self.db.execute("DELETE FROM toll_usage WHERE attempt <= ? AND (answered IS NULL OR "
+                               "(ended IS NOT NULL AND ended <= ?))", (before, before)).rowcount
 
     def close(self) -> None:
         self.db.close()

@@ -226,6 +226,20 @@ class PostgresStore:
                                     (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
         return cdr_id
 
+    def cdr_add_many(self, docs: list[dict]) -> list[int]:
+        """``cdr_add`` for a batch, in one transaction (one commit for the lot)."""
+        conn = self._live()
+        ids = []
+        with conn.transaction():
+            for doc in docs:
+                cdr_id = conn.execute(
+                    "INSERT INTO cdrs (tenant, call_id, start, doc) VALUES (%s, %s, %s, '{}') RETURNING id",
+                    (doc["tenant"], doc.get("call_id", ""), doc.get("start", ""))).fetchone()[0]
+                conn.execute("UPDATE cdrs SET doc = %s WHERE id = %s",
+                             (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
+                ids.append(cdr_id)
+        return ids
+
     def cdr_list(self, tenant: str | None = None, since: str = "", until: str = "",
                  limit: int = 100, offset: int = 0) -> list[dict]:
         where, params = [], []

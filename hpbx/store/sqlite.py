@@ -178,6 +178,23 @@ class Store:
                 out[kind] = [orjson.loads(doc) for (doc,) in rows]
         return out
 
+    def load_tenant(self, name: str) -> dict[str, list[dict]]:
+        """The documents of one tenant, by kind (an empty ``tenant`` list: it is gone), read in
+        one transaction: another process sharing the file (``[server] workers``) changed it."""
+        out = {}
+        with self._lock:
+            self.connection.execute("BEGIN")
+            try:
+                for kind in LOAD_ORDER:
+                    table, keys, _ = KINDS[kind]
+                    column = "name" if table == "tenants" else "tenant"
+                    rows = self.connection.execute(
+                        f"SELECT doc FROM {table} WHERE {column} = ? ORDER BY {', '.join(keys)}", (name,))
+                    out[kind] = [orjson.loads(doc) for (doc,) in rows]
+            finally:
+                self.connection.execute("COMMIT")
+        return out
+
     def count(self, kind: str) -> int:
         table = KINDS[kind][0] if kind != "cdr" else "cdrs"
         return self.connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
@@ -195,6 +212,19 @@ class Store:
             tx.execute("UPDATE cdrs SET doc = ? WHERE id = ?",
                        (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
         return cdr_id
+
+    def cdr_add_many(self, docs: list[dict]) -> list[int]:
+        """``cdr_add`` for a batch, in one transaction (one commit for the lot)."""
+        ids = []
+        with self.transaction() as tx:
+            for doc in docs:
+                cur = tx.execute("INSERT INTO cdrs (tenant, call_id, start, doc) VALUES (?, ?, ?, '{}')",
+                                 (doc["tenant"], doc.get("call_id", ""), doc.get("start", "")))
+                cdr_id = cur.lastrowid
+                tx.execute("UPDATE cdrs SET doc = ? WHERE id = ?",
+                           (orjson.dumps({**doc, "id": cdr_id}).decode(), cdr_id))
+                ids.append(cdr_id)
+        return ids
 
     def cdr_list(self, tenant: str | None = None, since: str = "", until: str = "",
                  limit: int = 100, offset: int = 0) -> list[dict]:

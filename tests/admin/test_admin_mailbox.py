@@ -62,3 +62,18 @@ def test_mailbox_and_recording_methods(tmp_path):
             with pytest.raises(RpcError) as err:
                 c.call("call.record", {"call_id": "x", "user": "anna", "action": "stop"})
             assert err.value.data["field"] == "call_id"
+            # the mailbox settings and the tenant's issue-11 fields over user.update/tenant.update
+            u = c.call("user.update", {"username": "anna", "mailbox": {"enabled": True, "pin": "4321",
+                                                                       "timeout": 12, "keep": False}})
+            assert (u["mailbox"]["pin"], u["mailbox"]["timeout"], u["mailbox"]["keep"]) == ("4321", 12, False)
+            with pytest.raises(RpcError) as err:
+                c.call("user.update", {"username": "anna", "mailbox": {"enabled": True, "pin": "12a"}})
+            assert err.value.data["field"] == "mailbox.pin", err.value.data
+            assert c.call("user.get", {"username": "anna"})["mailbox"]["pin"] == "4321"  # unchanged
+            t = c.call("tenant.update", {"name": "mbadmin", "recording_notice": "prompt", "voicemail_format": "mp3",
+                                         "push_url": "https://push.example/hook", "push_secret": "s3"})
+            assert (t["recording_notice"], t["voicemail_format"], t["push_url"]) == (
+                "prompt", "mp3", "https://push.example/hook")
+            with pytest.raises(RpcError) as err:
+                c.call("tenant.update", {"name": "mbadmin", "recording_notice": "announcement:0"})
+            assert err.value.data["field"] == "recording_notice", err.value.data

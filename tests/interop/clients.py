@@ -89,7 +89,7 @@ class Baresip:
     def __init__(self, directory: Path, username: str, password: str, server: str, *,
                  sip_port: int, transport: str = "udp", tone: float = 440.0,
                  answermode: str = "auto", host: str = "127.0.0.1", extra_account: str = "",
-                 presence_of: tuple[str, ...] = ()):
+                 presence_of: tuple[str, ...] = (), mwi: bool = False):
         if BARESIP is None:
             import pytest
             pytest.skip("baresip is not installed (Debian package baresip-core)")
@@ -122,6 +122,7 @@ class Baresip:
             "module g711.so", "module aufile.so", "module aubridge.so", "module sndfile.so",
             "module_app account.so", "module_app menu.so", "module_app ctrl_tcp.so",
             *(["module contact.so", "module_app presence.so"] if presence_of else []),
+            *(["module_app mwi.so"] if mwi else []),  # SUBSCRIBE message-summary, MWI_NOTIFY events
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
             f"snd_path {self.rec}",
             f"net_interface {host}",
@@ -131,7 +132,7 @@ class Baresip:
         # the account is added over ctrl_tcp once connected (uanew), so that its REGISTER_OK
         # event is not sent before anyone listens (ctrl_tcp keeps no backlog of events)
         self.account = (f"<sip:{username}@{server}{tp}>;auth_pass={password};"
-                        f"answermode={answermode};audio_codecs=pcmu,pcma;regint=3600;mwi=no"
+                        f"answermode={answermode};audio_codecs=pcmu,pcma;regint=3600;mwi={'yes' if mwi else 'no'}"
                         f"{extra_account}")
         (self.dir / "accounts").write_text("")
         # contacts watched with SUBSCRIBE Event: presence (module presence)

@@ -17,7 +17,7 @@ for sub in ("sip", "unit", "mail"):
         sys.path.insert(0, p)
 
 from callrig import CallRig  # noqa: E402
-from media_peer import Peer, encode, rtp_packet, sine  # noqa: E402
+from media_peer import Peer, decode, encode, rtp_packet, sine  # noqa: E402
 
 from mailsink import SmtpSink  # noqa: E402
 
@@ -72,6 +72,17 @@ class Caller:
             self.seq += 1
             self.ts += 160
 
+    def pcm(self, to: int, pcm: np.ndarray) -> None:
+        """8 kHz samples as PCMA, 20 ms a packet, paced (e.g. in-band DTMF)."""
+        start = time.monotonic()
+        for i in range(0, len(pcm) - 159, 160):
+            d = start + (i // 160) * 0.02 - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+            self._send(rtp_packet(self.seq, self.ts, self.ssrc, encode("PCMA", pcm[i:i + 160]), pt=8), to)
+            self.seq += 1
+            self.ts += 160
+
     def digit(self, to: int, digit: str, pt: int = 101) -> None:
         event = "0123456789*#".index(digit)
         ts = self.ts
@@ -104,6 +115,44 @@ def wav_of(msg) -> tuple[str, bytes]:
     return parts[0].get_filename(), parts[0].get_content()
 
 
-def dominant_freq(x: np.ndarray) -> float:
-    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.fft.rfftfreq(len(x), 1 / 8000)[int(np.argmax(spec))])
+def dominant_freq(x: np.ndarray, pad: int = 0) -> float:
+    n = max(len(x), pad)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), n))
+    return float(np.fft.rfftfreq(n, 1 / 8000)[int(np.argmax(spec))])
+
+
+def wait_beep(caller: "Caller", timeout: float = 20.0) -> list:
+    """Everything the caller heard until the end of the 1 kHz beep that starts the recording
+    (the greeting before it is real speech now: seconds long); fails if no beep came."""
+    heard, run = [], 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = caller.peer.recv(n=1, timeout=0.15)
+        if not got and run >= 5:  # the beep is over and hpbx is silent: the recorder runs
+            return heard
+        for p in got:
+            heard.append(p)
+            if p.pt not in (0, 8):
+                continue
+            x = decode("PCMA" if p.pt == 8 else "PCMU", p.payload).astype(np.float64)
+            loud = np.sqrt(np.mean(x ** 2)) > 500
+            if loud and abs(dominant_freq(x, pad=1024) - 1000) < 40:
+                run += 1
+            elif run >= 5:  # the beep (250 ms) is over: the recorder runs from now
+                return heard
+            else:
+                run = 0
+    raise AssertionError(f"no beep reached the caller ({len(heard)} packets)")
+
+
+def prompt_ms(name: str = "leave-message", language: str = "de") -> int:
+    """Length of a built system prompt (what the greeting takes before the beep)."""
+    import wave
+    path = HERE.parent.parent / "build" / "prompts" / language / f"{name}.wav"
+    if not path.exists():
+        path = HERE.parent.parent / "build" / "prompts" / "en" / f"{name}.wav"
+    try:
+        with wave.open(str(path)) as w:
+            return w.getnframes() * 1000 // w.getframerate()
+    except (OSError, EOFError, wave.Error):
+        return 8000  # not built: at most the Debian recording's length

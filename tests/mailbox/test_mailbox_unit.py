@@ -138,3 +138,32 @@ def test_mp3_attachment_for_a_tenant_that_chose_mp3_decodes_to_the_tone(tmp_path
     assert 2.9 <= len(pcm) / 8000 <= 3.3, len(pcm)
     spec = np.abs(np.fft.rfft(pcm[4000:20000]))
     assert abs(np.fft.rfftfreq(16000, 1 / 8000)[int(np.argmax(spec))] - 700) < 10
+
+
+def test_tenant_recording_notice_round_trip_and_errors():
+    from hpbx.pbx.model import Tenant
+    t = Tenant.from_dict({"name": "t", "recording_notice": "announcement:7"})
+    assert t.recording_notice == "announcement:7" and Tenant.from_dict(t.to_dict()) == t
+    assert "recording_notice" not in Tenant.from_dict({"name": "t"}).to_dict(compact=True)
+    assert Tenant.from_dict({"name": "t", "recording_notice": "prompt"}).recording_notice == "prompt"
+    for bad in ("announcement:0", "loud", "announcement:x"):
+        with pytest.raises(ValidationError) as err:
+            Tenant.from_dict({"name": "t", "recording_notice": bad})
+        assert err.value.field == "recording_notice", err.value
+
+
+def test_spoken_numbers_and_prompts_exist_for_every_name_the_mailbox_plays():
+    """Every prompt name voicemail.py plays is a system prompt (else callers hear nothing)."""
+    import re
+    from pathlib import Path
+    from hpbx.media.prompts import PROMPTS
+    from hpbx.pbx import voicemail
+    from hpbx.pbx.voicemail import PROMPT_ALIASES, spoken_number
+    src = Path(voicemail.__file__).read_text()
+    names = set(re.findall(r'"(vm-[A-Za-z-]+)"', src))
+    names |= {n for k in (0, 9, 13, 20, 21, 45, 59) for n in spoken_number(k, "de") + spoken_number(k, "en")}
+    names |= {f"digits/day-{i}" for i in range(7)} | {f"digits/mon-{i}" for i in range(12)}
+    missing = sorted(n for n in names if PROMPT_ALIASES.get(n, n) not in PROMPTS)
+    assert not missing, missing
+    assert spoken_number(21, "de") == ["digits/1", "vm-and", "digits/20"]
+    assert spoken_number(21, "en") == ["digits/20", "digits/1"] and spoken_number(20, "de") == ["digits/20"]

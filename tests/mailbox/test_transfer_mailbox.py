@@ -1,7 +1,8 @@
 """A blind transfer to an unreachable user with a mailbox (issue 11, FEATURES 8.2): tara's SIPp
 phone answers a trunk call and REFERs it to uma (no device online); the transferor gets NOTIFY
 "100 Trying", NOTIFY "200 OK" and a BYE, the caller (the test's RTP socket) hears the beep of
-uma's mailbox in the same dialog and leaves a message that is kept and mailed (aiosmtpd)."""
+uma's mailbox in the same dialog and leaves a message that is kept and mailed (aiosmtpd). The
+same when uma's phone is online but answers 486 Busy Here."""
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailrig import Caller, SmtpSink, mail_rig, wait_answered
+from mailrig import wait_beep, Caller, SmtpSink, mail_rig, wait_answered
 from harness import have_sipp, reserved_port
 from callrig import number, trunk, user
 
@@ -24,12 +25,15 @@ TENANT = ('[tenant]\nname = "xfer"\n' + trunk("carrier", CARRIER) + user("tara",
           + number("044555900", (10, ["user:tara"])))
 
 
-def test_transfer_to_an_unreachable_user_reaches_her_mailbox(tmp_path):
+@pytest.mark.parametrize("target", ["unreachable", "busy"])
+def test_transfer_to_an_unreachable_or_busy_user_reaches_her_mailbox(tmp_path, target):
     sink = SmtpSink(tmp_path / "inbox").start()
     rig = mail_rig(tmp_path / "srv", TENANT, sink.port)
     rig.start()
     caller = Caller()
     try:
+        # busy: uma's SIPp phone is registered and answers the transfer's INVITE 486
+        uma = rig.phone("uma", "call_uas_busy.xml", timeout=30) if target == "busy" else None
         tara = rig.phone("tara", str(REFER), extra=["-key", "refer_to", "26"], timeout=30)
         sipp = rig.sipp("call_uac_service.xml", service="044555900", port=CARRIER, timeout=30,
                         extra=["-key", "rtp_port", str(caller.port)], name="xfer")
@@ -37,9 +41,11 @@ def test_transfer_to_an_unreachable_user_reaches_her_mailbox(tmp_path):
         assert res.successful == 1, res.describe() + rig.server.log()  # NOTIFY 100, NOTIFY 200, BYE
         call = wait_answered(rig, "26")
         assert call["service"] == "mailbox", call
+        if uma is not None:
+            busy = uma.finish()
+            assert busy.successful == 1 and busy.received("INVITE sip:uma"), busy.describe()
         port = call["media"]["a"]["port"]
-        assert len(caller.peer.recv(n=8, timeout=5)) == 8, "no beep"
-        time.sleep(0.3)
+        wait_beep(caller)
         caller.tones(port, [750.0] * 3)
         caller.digit(port, "#")
         assert sipp.finish().successful == 1, rig.server.log()

@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from mailrig import SCEN, Caller, dominant_freq, wait_answered, wav_of
+from mailrig import wait_beep, SCEN, Caller, dominant_freq, wait_answered, wav_of
 from harness import have_sipp, reserved_port, sipp_port
 from callrig import number, trunk, user
 from media_peer import decode
@@ -29,6 +29,7 @@ TENANT = ('[tenant]\nname = "mbx"\n' + trunk("carrier", CARRIER)
           + user("bob", internal="22") + user("carl", internal="23")
           + user("dora", internal="24", flags=("dnd",))
           + '[users.mailbox]\nenabled = true\nmwi_unsolicited = true\nkeep = true\n'
+          + user("eve", internal="25") + '[users.mailbox]\nenabled = true\nkeep = true\n'
           + number("044555400", (2, ["user:anna"])))
 
 
@@ -38,7 +39,7 @@ def _heard(caller: Caller, seconds: float) -> np.ndarray:
     return np.concatenate([decode("PCMA", p.payload) for p in pkts]) if pkts else np.zeros(0)
 
 
-def _wait_for_tone(caller: Caller, freq: float, timeout: float = 8.0) -> None:
+def _wait_for_tone(caller: Caller, freq: float, timeout: float = 25.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pcm = _heard(caller, 0.4)
@@ -72,8 +73,7 @@ def test_internal_call_not_answered_leaves_a_message_mwi_listen_and_delete_by_dt
         assert info["service"] == "mailbox" and time.monotonic() - t0 >= 1.8, info
         assert phone.finish().received("CANCEL"), "anna's phone rang and was cancelled"
         port = info["media"]["a"]["port"]
-        assert len(bob.peer.recv(n=8, timeout=5)) == 8, "no beep"
-        time.sleep(0.3)
+        wait_beep(bob)
         bob.tones(port, [700.0] * 3)
         bob.digit(port, "#")
         left_at = time.time()
@@ -148,7 +148,8 @@ def test_mailbox_login_with_a_wrong_pin_is_refused(rig):
     try:
         other = rig.sipp(str(SCEN / "uac_auth_rtp.xml"), service="*9821", timeout=40,
                          extra=["-au", "carl", "-ap", "carl-pw", "-key", "rtp_port", str(carl.port)], name="carlbad")
-        port = wait_answered(rig, "*9821")["media"]["a"]["port"]
+        info = wait_answered(rig, "*9821")
+        port = info["media"]["a"]["port"]
         time.sleep(0.3)
         for _ in range(3):
             for d in "1111#":
@@ -159,8 +160,11 @@ def test_mailbox_login_with_a_wrong_pin_is_refused(rig):
         assert other.finish().successful == 1, rig.server.log()
     finally:
         carl.close()
-    cdr = [c for c in rig.cdrs(count=1) if c.get("called") == "*9821"][-1]
-    assert cdr["service_result"] == "wrong mailbox or PIN", cdr
+    deadline = time.monotonic() + 5  # CDRs are written in batches
+    while not (mine := [c for c in rig.cdrs() if c["call_id"] == info["call_id"]]):
+        assert time.monotonic() < deadline, "no CDR of the call"
+        time.sleep(0.2)
+    assert mine[-1]["service_result"] == "wrong mailbox or PIN", mine
 
 
 def test_busy_user_mailbox_and_unsolicited_mwi_to_her_registered_phone(rig, sink):
@@ -173,8 +177,7 @@ def test_busy_user_mailbox_and_unsolicited_mwi_to_her_registered_phone(rig, sink
         call = rig.sipp(str(SCEN / "uac_auth_rtp.xml"), service="24", timeout=30,
                         extra=["-au", "bob", "-ap", "bob-pw", "-key", "rtp_port", str(bob.port)], name="bob24")
         port = wait_answered(rig, "24")["media"]["a"]["port"]
-        assert len(bob.peer.recv(n=8, timeout=5)) == 8, "no beep"
-        time.sleep(0.3)
+        wait_beep(bob)
         bob.tones(port, [550.0] * 3)
         bob.digit(port, "#")
         left_at = time.monotonic()
@@ -196,4 +199,73 @@ def test_busy_user_mailbox_and_unsolicited_mwi_to_her_registered_phone(rig, sink
     time.sleep(1.0)
     assert len(sink.messages()) == before, "no address: nothing mailed"
     assert rig.admin("stats.get", layer="voicemail")["voicemail"]["unsolicited_sent"] >= 1
+    rig.assert_idle()
+
+
+def _leave(rig, who: str, to: str, freq: float) -> None:
+    """``who`` calls ``to`` (no device online: the mailbox answers at once) and leaves 2.5 s
+    of ``freq``."""
+    c = Caller(ssrc=hash(who) & 0xFFFF)
+    try:
+        call = rig.sipp(str(SCEN / "uac_auth_rtp.xml"), service=to, timeout=40,
+                        extra=["-au", who, "-ap", f"{who}-pw", "-key", "rtp_port", str(c.port)], name=f"{who}-{to}")
+        port = wait_answered(rig, to)["media"]["a"]["port"]
+        wait_beep(c)
+        c.tones(port, [freq] * 2)
+        c.tones(port, [freq], seg_ms=500)
+        c.digit(port, "#")
+        assert call.finish().successful == 1, rig.server.log()
+    finally:
+        c.close()
+
+
+def _wait_without(caller: Caller, freq: float, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pcm = _heard(caller, 0.4)
+        if len(pcm) < 1600 or np.sqrt(np.mean(pcm ** 2)) < 300 or abs(dominant_freq(pcm) - freq) > 20:
+            return
+    raise AssertionError(f"{freq} Hz never stopped")
+
+
+def test_menu_next_previous_repeat_save_delete_by_dtmf(rig):
+    """eve has two new messages (bob 700 Hz, then carl 900 Hz). From her phone (*97): the
+    first is bob's; 6 next (carl's), 4 previous (bob's), 5 repeat (bob's again, after its
+    envelope), 9 save (then carl's), 7 delete. Left: bob's, old."""
+    import base64
+    import io
+    import wave
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:  # a short greeting, so that leaving the messages is quick
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes((np.sin(2 * np.pi * 400 * np.arange(2400) / 8000) * 8000).astype("<i2").tobytes())
+    ann = rig.admin("announcement.create", tenant="mbx", name="eve's greeting",
+                    audio=base64.b64encode(buf.getvalue()).decode())
+    rig.admin("user.update", username="eve", mailbox={"enabled": True, "keep": True, "greeting": ann["id"]})
+    _leave(rig, "bob", "25", 700.0)
+    _leave(rig, "carl", "25", 900.0)
+    deadline = time.monotonic() + 5
+    while len(rig.admin("mailbox.list", user="eve")) < 2:
+        assert time.monotonic() < deadline, rig.admin("mailbox.list", user="eve")
+        time.sleep(0.1)
+    assert rig.admin("mailbox.counts", user="eve") == {"username": "eve", "new": 2, "old": 0}
+    eve = Caller(ssrc=0x455645)
+    try:
+        own = rig.sipp(str(SCEN / "uac_auth_rtp.xml"), service="*97", timeout=90,
+                       extra=["-au", "eve", "-ap", "eve-pw", "-key", "rtp_port", str(eve.port)], name="eve97")
+        port = wait_answered(rig, "*97")["media"]["a"]["port"]
+        for want, key in ((700.0, "6"), (900.0, "4"), (700.0, "5"), (700.0, "9"), (900.0, "7")):
+            _wait_for_tone(eve, want)
+            eve.digit(port, key)
+            eve.peer.drain()
+            _wait_without(eve, want)  # the message stopped at the key (barge-in)
+        res = own.finish()
+        assert res.successful == 1, res.describe() + rig.server.log()
+    finally:
+        eve.close()
+    [kept] = rig.admin("mailbox.list", user="eve")
+    assert kept["caller"] == "22" and kept["state"] == "old", kept
+    assert rig.admin("mailbox.counts", user="eve") == {"username": "eve", "new": 0, "old": 1}
     rig.assert_idle()

@@ -346,3 +346,74 @@ def test_calls_from_a_trunk_are_taken_only_from_the_trunks_address(rig):
     assert re.search(r"SECURITY event=toll_refused src=127\.0\.0\.1 tenant=toll user=\"\" "
                      r"dialled=004930123456 rule=international", rig.server.log())
     rig.assert_idle()
+
+
+def _window_around_now(zone: str, minutes: int = 60) -> str:
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo(zone))
+    return f"{now - timedelta(minutes=minutes):%H:%M}-{now + timedelta(minutes=minutes):%H:%M}"
+
+
+@pytest.mark.sipp
+def test_night_hours_on_the_servers_clock_in_the_tenants_zone(rig):
+    """The running server's own clock, no test clock: night hours set over admin to the two
+    hours around "now" in Tokyo. With the tenant in Asia/Tokyo it is night there: an
+    international call is refused (403 with the reason, nothing reaches the trunk) while a
+    national one goes out. Moved to Europe/Zurich (8 hours behind Tokyo in winter, 7 in summer)
+    the same window is daytime there, and the same international number reaches the trunk."""
+    window = _window_around_now("Asia/Tokyo")
+    rig.admin("tenant.update", name="toll", timezone="Asia/Tokyo")
+    rig.admin("toll.set", tenant="toll", allow_international=True, night_hours=window)
+    try:
+        g = gateway(rig, 2)
+        night = rig.admin("toll.get", tenant="toll")
+        at_night = refused(rig, "t2", "004930123456")
+        national = rig.call("call_uac_auth.xml", "0791110011", pause_ms=100, extra=["-au", "t2", "-ap", "t2-pw"])
+        rig.admin("tenant.update", name="toll", timezone="Europe/Zurich")
+        day = rig.admin("toll.get", tenant="toll")
+        by_day = rig.call("call_uac_auth.xml", "004930123456", pause_ms=100, extra=["-au", "t2", "-ap", "t2-pw"])
+        seen = g.finish()
+    finally:
+        rig.admin("toll.reset", tenant="toll")
+        rig.admin("tenant.update", name="toll", timezone="Europe/Zurich")
+    assert night["limits"]["night_hours"] == window and night["night"] is True, night
+    assert at_night == "SIP/2.0 403 Only national calls at night", at_night
+    assert national.successful == 1, national.describe() + rig.server.log()
+    assert day["night"] is False, day
+    assert by_day.successful == 1, by_day.describe() + rig.server.log()
+    invites = [i.split()[1].split("@")[0] for i in seen.received("INVITE")]
+    assert invites == ["sip:0791110011", "sip:004930123456"], invites
+    assert re.search(r"SECURITY event=toll_refused [^\n]*dialled=004930123456 rule=night_hours",
+                     rig.server.log())
+    rig.assert_idle()
+
+
+@pytest.mark.sipp
+def test_toll_counters_survive_a_kill_of_the_server(rig):
+    """kill -9 of the server while t2's trunk call is up, then a new start on the same store:
+    t2's attempt of the hour is still counted and so is the talk time up to the restart (a
+    restart must not give a fraudster a fresh hour or day)."""
+    def t2():
+        return rig.admin("toll.get", tenant="toll")["users"].get("t2", {})
+
+    before = t2()
+    g = gateway(rig, 1, pause_ms=100, timeout=30)
+    caller = rig.sipp(str(Path(__file__).resolve().parent / "scenarios" / "call_uac_auth_wait_bye.xml"),
+                      service="0791110012", extra=["-au", "t2", "-ap", "t2-pw"], timeout=30, name="killed")
+    deadline = time.monotonic() + 5
+    while t2().get("outbound_calls", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(5.0)  # talking through the trunk
+    up = t2()
+    rig.server.kill()
+    caller.kill()
+    g.kill()
+    rig.server.start()
+    after = t2()
+    assert up["outbound_calls"] == 1 and up["minutes_last_day"] > before.get("minutes_last_day", 0), up
+    assert after["attempts_last_hour"] == before.get("attempts_last_hour", 0) + 1, (before, after)
+    assert after["outbound_calls"] == 0, after  # the call died with the server
+    assert after["minutes_last_day"] >= up["minutes_last_day"] > 0, (up, after)
+    assert re.search(r"toll counters restored: \d+ trunk calls", rig.server.log())

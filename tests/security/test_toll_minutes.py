@@ -365,3 +365,52 @@ def test_the_running_server_cuts_calls_that_spent_the_budget_and_alerts(tmp_path
     [(rcpt, text)] = box.messages
     assert rcpt == ["noc@example.net"] and "hpbx toll-fraud limit: mins minutes_per_hour_tenant" in text
     assert "X-Hpbx-Mail-Id" in text  # it went through the server's spool
+
+
+def test_counters_survive_a_restart_and_a_call_up_at_a_crash_counts_until_the_restart(tmp_path):
+    """The counters are in the store (hpbx.store.bans): a policy made anew on the same file
+    (the server restarted, here after a kill: one call never ended) goes on counting the
+    attempts of the hour and the talk time of the day."""
+    from hpbx.store.bans import BanStore
+
+    s = settings_mod.from_dict({"security": {"toll": {**NO_OTHER, "calls_per_hour_user": 3,
+                                                      "minutes_per_day_user": 10, "max_call_secs": 600}}})
+    clock = Clock()
+    store = BanStore(tmp_path / "db.sqlite3")
+    p = TollPolicy(s, store, clock=clock)
+    talk(p, clock, "c1", "anna", 240)  # 4 minutes, ended
+    assert p.admit("c2", "t", "anna", "0791234567") is None
+    p.max_call_secs("t", "c2")  # answered; up when the server dies
+    clock.now += 120
+    store.close()
+    clock.now += 30  # restarted 30 s later: c2 counts 150 s
+    store = BanStore(tmp_path / "db.sqlite3")
+    again = TollPolicy(s, store, clock=clock)
+    anna = again.get("t")["users"]["anna"]
+    assert anna["attempts_last_hour"] == 2 and anna["outbound_calls"] == 0, anna
+    assert anna["minutes_last_day"] == round((240 + 150) / 60, 1), anna
+    assert again.admit("c3", "t", "anna", "0791234567") is None  # the third of the hour
+    assert again.max_call_secs("t", "c3") == 600 - 390  # what is left of the day's 10 minutes
+    clock.now += 10
+    again.release("c3")
+    assert again.admit("c4", "t", "anna", "0791234567").rule == "calls_per_hour_user"
+    store.close()
+    # an hour later, restarted again: the attempts slid out of their hour, the minutes stay
+    clock.now += 3600
+    store = BanStore(tmp_path / "db.sqlite3")
+    third = TollPolicy(s, store, clock=clock)
+    anna = third.get("t")["users"].get("anna", {})
+    assert anna.get("attempts_last_hour", 0) == 0, anna
+    assert third.minutes_used("t", "anna")["minutes_last_day"] == 6.7
+    assert third.admit("c5", "t", "anna", "0791234567") is None
+    assert third.max_call_secs("t", "c5") == 600 - 400
+    clock.now += 10
+    third.release("c5")
+    store.close()
+    # a day later nothing is left of them, in memory or in the file
+    clock.now += 86400
+    store = BanStore(tmp_path / "db.sqlite3")
+    fourth = TollPolicy(s, store, clock=clock)
+    assert fourth.minutes_used("t", "anna") == {"minutes_last_hour": 0.0, "minutes_last_day": 0.0}
+    assert store.toll_usage() == []
+    store.close()

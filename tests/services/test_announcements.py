@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from harness import have_sipp, reserved_port
 from callrig import CallRig, trunk, user, ALLDAYS
-from media_peer import Peer, decode, dominant, power
+from media_peer import Peer, decode, dominant, encode, power, read_pcap_udp, read_wav, rtp_packet, send_paced, sine
 from hpbx.admin.client import RpcError
 
 SCEN = Path(__file__).parent / "scenarios"
@@ -237,4 +238,160 @@ def test_before_announcement_then_ringing_then_after_announcement(rig):
     assert runs(labels) == [700, 425, 1300], (runs(labels), labels)
     # the phone rang only after the announcement: at least 1.5 s of 700 Hz came first
     assert labels.index(425) >= 70, labels.index(425)
+    rig.assert_idle()
+
+
+PCAP_POUND = "/usr/share/sip-tester/dtmf_2833_pound.pcap"
+
+
+def answered_call(rig, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in rig.admin("call.list"):
+            if c.get("state") == "answered" and c.get("media"):
+                return c
+        time.sleep(0.05)
+    raise AssertionError(f"no answered service call: {rig.admin('call.list')}")
+
+
+def is_beep(pcm) -> bool:
+    """A 20 ms frame of the 1 kHz beep: nearly all its energy at 1 kHz."""
+    ms = float(np.mean(pcm * pcm))
+    return ms > 1e5 and power(pcm, 1000) > 0.7 * ms
+
+
+def hear_until_beep_ends(peer, timeout=12.0):
+    """Packets of the prompt and the beep, returned once the beep (>= 5 frames) has ended."""
+    got, beeps = [], 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pkts = peer.recv(n=1, timeout=0.1)
+        if not pkts:
+            if beeps >= 5:
+                return got  # the endpoint went quiet after the beep: recording
+            continue
+        got.append(pkts[0])
+        if pkts[0].pt != 8:
+            continue
+        if is_beep(decode("PCMA", pkts[0].payload)):
+            beeps += 1
+        elif beeps >= 5:
+            return got
+    raise AssertionError(f"no beep heard ({len(got)} packets, {beeps} beep frames)")
+
+
+def star_200(rig, who, ann_id, tone_hz, name):
+    """``who`` dials *200<ann_id>#; after the beep its phone sends ``tone_hz`` for 1.2 s and
+    SIPp's RFC 4733 "#" pcap; returns (SIPp result, packets heard before the beep ended or
+    [] if no beep came, packets after)."""
+    peer = Peer()
+    heard, after = [], []
+    try:
+        caller = rig.sipp(str(SCEN / "uac_auth_rtp.xml"), service=f"*200{ann_id}%23",
+                          port=reserved_port(), timeout=25, name=name,
+                          extra=["-au", who, "-ap", f"{who}-pw", "-key", "rtp_port", str(peer.port)])
+        call = answered_call(rig)
+        port = call["media"]["a"]["port"]
+        try:
+            heard = hear_until_beep_ends(peer)
+        except AssertionError:
+            heard = None
+        if heard is not None:
+            time.sleep(0.05)
+            pkts = []
+            for i in range(60):
+                pcm = sine(tone_hz, 20, 6000, phase=2 * np.pi * tone_hz * i * 0.02)
+                pkts.append(rtp_packet(7000 + i, 160000 + 160 * i, 0x5EED, encode("PCMA", pcm)))
+            send_paced(peer, port, pkts)
+            send_paced(peer, port, [data for _, data in read_pcap_udp(PCAP_POUND)])
+            after = peer.recv(n=400, timeout=8, idle=1.5)
+        res = caller.finish()
+    finally:
+        peer.close()
+    return res, heard, after
+
+
+def test_star_200_records_an_announcement_anew_live_for_the_next_call(rig):
+    """*200 + ID + #: "record after the tone", beep, the phone's audio until its RFC 4733 "#"
+    (SIPp's own pcap), then "saved, goodbye" and BYE; the next caller of the slot hears the new
+    audio. A user without the flag is refused and the audio stays as it was."""
+    a = rig.admin("announcement.create", tenant="ann", name="to re-record", audio=b64(tone_wav(1300, 1.0)))
+    old_file = rig.admin("announcement.get", tenant="ann", id=a["id"])["file"]
+
+    # without the flag: the "not permitted" prompt, no beep, nothing recorded
+    res, heard, _ = star_200(rig, "plain", a["id"], 500, "rec-plain")
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert heard is None, "a user without the flag heard the beep"
+    cdr = cdrs_of(rig, "announcement-record")[-1]
+    assert cdr["service_result"] == "refused: may not manage announcements", cdr
+    assert rig.admin("announcement.get", tenant="ann", id=a["id"])["file"] == old_file
+
+    # with the flag: recorded after the beep until "#"
+    res, heard, after = star_200(rig, "mgr", a["id"], 900, "rec-mgr")
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert heard and len(heard) > 100, "the intro prompt (record after the tone) came first"
+    intro = np.concatenate(frames_of(heard[:100]))
+    assert np.abs(intro).max() > 500 and power(intro, 1000) < 0.5 * np.mean(intro * intro)
+    assert len(after) > 50, "after #: 'saved, goodbye' is played before the BYE"
+    cdr = cdrs_of(rig, "announcement-record", 2)[-1]
+    m = re.fullmatch(rf"recorded {a['id']}: (\d+) ms", cdr["service_result"])
+    assert m and 1000 <= int(m.group(1)) <= 3000, cdr  # 1.2 s of tone, then "#" (slack: a loaded box)
+    rec = rig.admin("announcement.get", tenant="ann", id=a["id"])
+    assert rec["file"] != old_file and rec["duration_ms"] == int(m.group(1)), rec
+    assert not (rig.dir / "media" / old_file).exists(), "the old audio file was removed"
+    rate, audio = read_wav(str(rig.dir / "media" / rec["file"]))
+    assert rate == 8000 and power(audio, 900) > 100 * power(audio, 1300)
+
+    # live for the next call: a slot of only this announcement plays the new 900 Hz
+    rig.admin("number.set_slots", number="044777100",
+              slots=[{"active": True, "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                      "announcement_after": a["id"]}])
+    peer = Peer()
+    try:
+        caller = rig.sipp("call_uac_service.xml", service="044777100", port=CARRIER, timeout=15,
+                          extra=["-key", "rtp_port", str(peer.port)], name="rec-next")
+        pkts = peer.recv(n=50, timeout=4)
+        res = caller.finish()
+    finally:
+        peer.close()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    pcm = np.concatenate(frames_of(pkts[5:50]))
+    assert dominant(pcm, (500, 900, 1300)) == 900 and power(pcm, 900) > 1e5
+    rig.assert_idle()
+
+
+def test_unknown_announcement_in_a_slot_is_refused_naming_the_field(rig):
+    before = rig.admin("number.get", number="044777100")
+    with pytest.raises(RpcError) as err:
+        rig.admin("number.set_slots", number="044777100",
+                  slots=[{"active": True, "days": ["mon"], "announcement_before": 99999}])
+    assert err.value.code == -32602 and err.value.data["field"].endswith("announcement_before"), err.value
+    assert "announcement 99999 does not exist" in err.value.message
+    with pytest.raises(RpcError) as err:
+        rig.admin("announcement.get", tenant="ann", id=99999)
+    assert "not found" in err.value.message.lower(), err.value
+    assert rig.admin("number.get", number="044777100") == before
+
+
+def test_an_announcement_whose_audio_is_gone_is_skipped_and_the_call_goes_on(rig):
+    """The audio file of a slot's before-announcement vanished from disk (an operator's
+    clean-up): the step is skipped and logged, the rows ring and the callee answers."""
+    a = rig.admin("announcement.create", tenant="ann", name="vanishing", audio=b64(tone_wav(700, 1.0)))
+    (rig.dir / "media" / rig.admin("announcement.get", tenant="ann", id=a["id"])["file"]).unlink()
+    rig.admin("number.set_slots", number="044777100",
+              slots=[{"active": True, "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                      "announcement_before": a["id"], "rows": [{"duration": 10, "targets": ["user:mgr"]}]}])
+    phone = rig.phone("mgr", "call_uas.xml", pause_ms=200, timeout=15)
+    res = rig.call("call_uac.xml", "044777100", port=CARRIER, pause_ms=500, timeout=15)
+    ph = phone.finish()
+    assert res.successful == 1, res.describe() + rig.server.log()
+    assert ph.successful == 1 and ph.received("INVITE"), ph.describe()
+    cid = re.search(r"(?im)^Call-ID:\s*(\S+)", res.messages).group(1)
+    deadline, cdr = time.monotonic() + 3, []
+    while not cdr and time.monotonic() < deadline:  # CDRs are written in batches
+        cdr = [c for c in rig.cdrs(wait=0) if c["call_id"] == cid]
+        time.sleep(0.1)
+    assert cdr and cdr[-1]["answered_by"] == "mgr" and cdr[-1]["answer"], cdr
+    assert re.search(rf"announcement ann/{a['id']}: audio file .* missing or unreadable: skipped",
+                     rig.server.log()), rig.server.log()[-3000:]
     rig.assert_idle()

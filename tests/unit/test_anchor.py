@@ -50,3 +50,16 @@ def test_second_stream_is_rejected_in_place():
 def test_unusable_sdp_is_a_clear_error(body):
     with pytest.raises(SdpError):
         anchor.peer(body)
+
+
+def test_parse_once_per_body_never_mixes_bodies():
+    """peer then rewrite of one body parse it once; a different body is never answered from
+    the remembered one (same length, one digit apart)."""
+    other = OFFER.replace(b"7078 RTP", b"7080 RTP")
+    assert len(other) == len(OFFER)
+    assert anchor.peer(OFFER).port == 7078
+    assert anchor.peer(other).port == 7080
+    rewritten = anchor.rewrite(OFFER, "10.0.0.1", 30000)
+    assert b"m=audio 30000 RTP/AVP 8 0 101" in rewritten and b"192.168.1.10" not in rewritten
+    assert anchor.peer(OFFER).port == 7078 and anchor.peer(rewritten).port == 30000
+    assert anchor.rewrite(bytes(bytearray(other)), "10.0.0.2", 31000).count(b"10.0.0.2") == 2

@@ -291,6 +291,20 @@ def test_cdr_add_and_list(prov):
     assert err(prov.cdr_list, "acme", since="2026-11-23").field == "since"
 
 
+def test_cdr_add_many_is_one_batch_and_all_or_nothing(prov):
+    setup_acme(prov)
+    docs = prov.cdr_add_many([{"tenant": "acme", "call_id": f"b{i}", "start": "2026-11-23T10:30:00+01:00"}
+                              for i in range(3)])
+    ids = [d["id"] for d in docs]
+    assert ids == sorted(ids) and len(set(ids)) == 3 and docs[0]["start"] == "2026-11-23T09:30:00+00:00"
+    assert [c["call_id"] for c in prov.cdr_list("acme")] == ["b2", "b1", "b0"]
+    assert prov.cdr_list("acme")[0] == docs[2]
+    # one record that does not validate: nothing of the batch is written
+    assert err(prov.cdr_add_many, [{"tenant": "acme", "call_id": "ok"},
+                                   {"tenant": "acme", "start": "yesterday"}]).field == "start"
+    assert [c["call_id"] for c in prov.cdr_list("acme")] == ["b2", "b1", "b0"]
+
+
 def test_provision_if_empty_imports_demo_once(prov):
     assert prov.provision_if_empty([DEMO]) == ["demo"]
     assert prov.provision_if_empty([DEMO]) == []

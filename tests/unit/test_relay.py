@@ -417,6 +417,18 @@ def test_ports_held_by_another_program_are_skipped():
         squatter.close()
 
 
+def threads_gone(tids, timeout: float = 2.0) -> bool:
+    """The joined threads' /proc/self/task entries are gone. pthread_join returns once the
+    kernel has cleared the thread's tid (CLONE_CHILD_CLEARTID, in its exit path); the task
+    entry itself goes a moment later, when the exiting thread is released — so poll briefly."""
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/self/task/{t}") for t in tids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_close_joins_threads_and_closes_sockets(peers, io):
     r = Relay(LO, PORT_MIN, PORT_MAX, workers=3, io=io)
     r.start()
@@ -427,7 +439,7 @@ def test_close_joins_threads_and_closes_sockets(peers, io):
     pa, pb = r.ports(h)
     r.close()
     assert r.closed
-    assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+    assert threads_gone(tids)
     for p in (pa, pa + 1, pb, pb + 1):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((LO, p))
@@ -653,7 +665,7 @@ def test_close_while_traffic_flows_and_other_threads_issue_commands(io):
             assert r.closed
             closer.join(5)
             assert not closer.is_alive()
-            assert not any(os.path.exists(f"/proc/self/task/{t}") for t in tids)
+            assert threads_gone(tids)
         finally:
             stop.set()
             for t in threads:
@@ -733,3 +745,55 @@ def test_dual_stack_needs_an_ipv4_address_beside_the_ipv6_one():
         Relay("::1", 41940, 41959, address6="::1")
     with pytest.raises(RelayError, match="cannot create relay"):
         Relay(LO, 41940, 41959, address6="127.0.0.2")
+
+
+def test_delete_without_wait_ports_come_back_for_the_next_allocate(io):
+    """The call path deletes without waiting for the worker to close the sockets: with the
+    pool exhausted, the next allocate still gets the freed pair (it waits for the close)."""
+    with Relay(LO, 41320, 41327, workers=1, io=io) as r:  # 4 pairs = 2 sessions
+        for _ in range(50):
+            hs = [r.allocate(), r.allocate()]
+            with pytest.raises(RelayError, match="no free RTP port pair"):
+                r.allocate()
+            r.delete(hs[0], False)
+            hs[0] = r.allocate()
+            for h in hs:
+                r.delete(h, False)
+        assert r.free_pairs() == 4 and r.used_pairs() == 0
+
+
+def test_delete_without_wait_under_traffic_never_crosses_sessions(io):
+    """Calls end (delete without waiting) while their peers still send, and new calls start
+    at once on a pool only three sessions deep, on two workers: every new call gets ports
+    (the deleted sockets are closed and given back by the worker before they are bound
+    again), relays its own media to its own peer, and nothing of an old call reaches it."""
+    a, b = Peer(), Peer()
+    with Relay(LO, 41330, 41341, workers=2, io=io) as r:  # 6 pairs = 3 sessions
+        live = []
+        for i in range(120):
+            h = r.allocate()
+            r.set_peer(h, "a", *a.addr, rtcp_port=a.rtcp_port)
+            r.set_peer(h, "b", *b.addr, rtcp_port=b.rtcp_port)
+            pa, pb = r.ports(h)
+            mark = struct.pack("!I", i)
+            a.rtp.sendto(rtp(i, i * 160, payload=mark * 40), (LO, pa))
+            data, src = recv(b.rtp)
+            while data[12:16] != mark:  # a late datagram of an earlier call: not this one's
+                assert struct.unpack("!I", data[12:16])[0] < i
+                data, src = recv(b.rtp)
+            assert src == (LO, pb)
+            live.append((h, pa))
+            if len(live) == 3:
+                h0, pa0 = live.pop(0)
+                for k in range(5):  # still in flight as the call ends
+                    a.rtp.sendto(rtp(k, 0, payload=b"\0" * 160), (LO, pa0))
+                r.delete(h0, False)
+        for h, _ in live:
+            r.delete(h, False)
+        deadline = time.monotonic() + 2
+        while r.free_pairs() != 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.free_pairs() == 6 and r.used_pairs() == 0
+        assert len({r.allocate() for _ in range(3)}) == 3  # every pair bindable again
+    a.close()
+    b.close()
