@@ -1141,6 +1141,12 @@ static void me_rfc_rx(rl_relay *r, me_ep *ep, uint32_t ssrc, uint32_t ts, const 
  */
 static int me_ep_in(rl_relay *r, me_ep *ep, const uint8_t *p, size_t len, int64_t now)
 {
+	if (ep && ep->fax && ep->fax->is_t38) {
+		/* T.38: the leg carries UDPTL now (media_fax.h) */
+		ep->rx++;
+		me_t38_rx(ep->fax, p, (int)len);
+		return 1;
+	}
 	if (!ep || len < 12 || (p[0] >> 6) != 2)
 		return 0;
 	size_t hl = 12 + 4 * (size_t)(p[0] & 15);

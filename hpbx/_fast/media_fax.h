@@ -21,6 +21,8 @@
 #ifndef HPBX_MEDIA_FAX_H
 #define HPBX_MEDIA_FAX_H
 
+#include "udptl.h"
+
 #ifdef HPBX_FAX
 #include <spandsp.h>
 #define HPBX_FAX_BUILT 1
@@ -36,6 +38,10 @@
 #define ME_FAX_MAXPAY 480
 #define ME_FAX_RESULTS 1024
 #define ME_FAX_PATH 512
+#define ME_T38_DEPTH 3           /* UDPTL redundancy: earlier IFPs carried in each packet */
+#define ME_T38_Q 16              /* UDPTL packets waiting for the endpoint's next slot */
+#define ME_T38_PKT ME_PKT
+#define ME_T38_JUMP 256          /* a sequence number further ahead is believed only when confirmed */
 
 /* What Python reads after fax_done (me_fax_info). */
 typedef struct {
@@ -50,6 +56,8 @@ typedef struct {
 	char remote_ident[24];      /* the far end's CSID / TSI */
 	char path[ME_FAX_PATH];
 	uint64_t lost_packets, late_packets, fillin_samples;
+	int t38;                    /* the fax ran (or ended) over T.38 */
+	uint64_t udptl_rx, udptl_bad, udptl_recovered;
 } me_fax_result;
 
 static pthread_mutex_t me_fax_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -71,8 +79,19 @@ typedef struct me_fax {
 	char phase;
 #ifdef HPBX_FAX
 	fax_state_t *fs;
+	t38_terminal_state_t *t38;  /* T.38 (UDPTL) instead of fs */
 	t30_state_t *t30;
 #endif
+	int is_t38;
+	uint16_t tx_seq;
+	int32_t rx_seq;             /* last UDPTL sequence number handed to spandsp; -1 none */
+	int hist_n, hist_len[ME_T38_DEPTH];
+	uint8_t hist[ME_T38_DEPTH][UDPTL_MAX_IFP];
+	int nq, qlen[ME_T38_Q];
+	uint8_t q[ME_T38_Q][ME_T38_PKT];
+	uint64_t udptl_rx, udptl_bad, udptl_recovered, t38_qdrop;
+	int jump_have;              /* a datagram far ahead was seen: believed when its successor follows */
+	uint16_t jump_seq;
 	rl_relay *r;
 	me_ep *ep;
 	/* jitter buffer */
@@ -116,6 +135,10 @@ static void me_fax_store(me_fax *fx, int status, int done)
 		res->lost_packets = fx->lost;
 		res->late_packets = fx->late;
 		res->fillin_samples = fx->fillin;
+		res->t38 = fx->is_t38;
+		res->udptl_rx = fx->udptl_rx;
+		res->udptl_bad = fx->udptl_bad;
+		res->udptl_recovered = fx->udptl_recovered;
 	}
 	pthread_mutex_unlock(&me_fax_mu);
 }
@@ -280,12 +303,105 @@ static void me_fax_rx(rl_relay *r, me_ep *ep, uint16_t seq, uint32_t ts, int cod
 	me_fax_drain(fx, codec, 0, now);
 }
 
+/* ------------------------------------------------------------------ T.38 (UDPTL) */
+
+/* spandsp's T.38 core has an IFP packet to send (count = copies it asks for): framed as UDPTL
+ * with the last ME_T38_DEPTH IFPs as redundancy, queued for the endpoint's next slot (this runs
+ * from t38_terminal_send_timeout in the slot, or from a received packet's processing). */
+static int me_t38_tx(t38_core_state_t *c, void *user, const uint8_t *buf, int len, int count)
+{
+	me_fax *fx = user;
+	(void)c;
+	if (len < 1 || len > UDPTL_MAX_IFP)
+		return -1;
+	const uint8_t *sec[ME_T38_DEPTH];
+	int sl[ME_T38_DEPTH];
+	for (int i = 0; i < fx->hist_n; i++) {
+		sec[i] = fx->hist[i];
+		sl[i] = fx->hist_len[i];
+	}
+	if (count < 1)
+		count = 1;
+	if (count > 3)
+		count = 3;
+	uint16_t seq = fx->tx_seq++;
+	for (int k = 0; k < count; k++) {
+		if (fx->nq >= ME_T38_Q) {
+			fx->t38_qdrop++;
+			break;
+		}
+		int n = udptl_encode(fx->q[fx->nq], ME_T38_PKT, seq, buf, len, sec, sl, fx->hist_n);
+		if (n > 0)
+			fx->qlen[fx->nq++] = n;
+	}
+	for (int i = ME_T38_DEPTH - 1; i > 0; i--) {
+		if (i - 1 < fx->hist_n) {
+			memcpy(fx->hist[i], fx->hist[i - 1], (size_t)fx->hist_len[i - 1]);
+			fx->hist_len[i] = fx->hist_len[i - 1];
+		}
+	}
+	memcpy(fx->hist[0], buf, (size_t)len);
+	fx->hist_len[0] = len;
+	if (fx->hist_n < ME_T38_DEPTH)
+		fx->hist_n++;
+	return 0;
+}
+
+/* A datagram on a T.38 leg: UDPTL decoded (garbage dropped and counted); IFPs lost before it
+ * are recovered from its redundancy, then the primary goes to spandsp, in sequence order. */
+static void me_t38_rx(me_fax *fx, const uint8_t *p, int len)
+{
+	udptl_pkt u;
+	if (fx->finished)
+		return;
+	if (udptl_decode(p, len, &u)) {
+		fx->udptl_bad++;
+		return;
+	}
+	fx->udptl_rx++;
+	fx->last_rx_ns = rl_now();
+	t38_core_state_t *c = t38_terminal_get_t38_core_state(fx->t38);
+	if (fx->rx_seq >= 0) {
+		uint16_t d = (uint16_t)(u.seq - (uint16_t)fx->rx_seq);
+		if (d == 0 || d > 0xf000)
+			return; /* a copy, or late: its IFP was had already (or recovered) */
+		if (d > ME_T38_JUMP) {
+			/* far ahead: a garbage datagram that happened to decode, or the peer restarted
+			 * its numbering. Believed once the next datagram follows it. */
+			if (!(fx->jump_have && u.seq == (uint16_t)(fx->jump_seq + 1))) {
+				fx->jump_have = 1;
+				fx->jump_seq = u.seq;
+				fx->udptl_bad++;
+				return;
+			}
+			fx->jump_have = 0;
+			u.nsec = 0; /* nothing before it is ours to recover */
+		}
+		if (d > 1) {
+			int miss = d - 1 < u.nsec ? d - 1 : u.nsec;
+			for (int i = miss; i >= 1; i--) {
+				fx->udptl_recovered++;
+				t38_core_rx_ifp_packet(c, u.sec[i - 1], u.sec_len[i - 1], (uint16_t)(u.seq - i));
+			}
+		}
+	}
+	fx->rx_seq = u.seq;
+	t38_core_rx_ifp_packet(c, u.ifp, u.ifp_len, u.seq);
+}
+
+static void me_t38_flush(rl_relay *r, rl_worker *w, me_ep *ep, me_fax *fx)
+{
+	for (int i = 0; i < fx->nq; i++)
+		me_send(r, w, ep, fx->q[i], fx->qlen[i]);
+	fx->nq = 0;
+}
+
 /* Every 10 ms: overdue packets are declared lost; a silent sender gets fill-in on our clock. */
 static void me_fax_tick(rl_relay *r, me_ep *ep, int64_t now)
 {
 	me_fax *fx = ep->fax;
 	(void)r;
-	if (fx->finished)
+	if (fx->finished || fx->is_t38)
 		return;
 	if (fx->held)
 		me_fax_drain(fx, ep->codec, 0, now);
@@ -307,6 +423,13 @@ static void me_fax_tick(rl_relay *r, me_ep *ep, int64_t now)
 static int me_fax_slot(rl_relay *r, rl_worker *w, me_ep *ep, int64_t now)
 {
 	me_fax *fx = ep->fax;
+	if (fx->is_t38) {
+		/* T.38: spandsp's timers advance by the slot; what it has to send leaves now */
+		if (!fx->finished)
+			t38_terminal_send_timeout(fx->t38, ep->spf);
+		me_t38_flush(r, w, ep, fx);
+		return 1;
+	}
 	int16_t pcm[ME_MAX_SPF];
 	int n = fax_tx(fx->fs, pcm, ep->spf);
 	if (n < 0)
@@ -340,7 +463,10 @@ static void me_fax_free(rl_relay *r, me_ep *ep)
 				   (uint32_t)(fx->caller ? st.pages_tx : st.pages_rx), fx->id);
 		}
 	}
-	fax_free(fx->fs);
+	if (fx->is_t38)
+		t38_terminal_free(fx->t38);
+	else
+		fax_free(fx->fs);
 	free(fx);
 	ep->fax = NULL;
 }
@@ -351,18 +477,18 @@ static void me_fax_free(rl_relay *r, me_ep *ep)
  * (a fax already runs there), EINVAL (codec not G.711), ENOMEM.
  */
 static int me_fax_start(rl_relay *r, uint64_t h, int li, const char *path, int send, const char *ident,
-			const char *header, int ecm, uint32_t *id_out)
+			const char *header, int ecm, int t38, uint32_t *id_out)
 {
 	rl_session *s;
 	int err;
 	me_ep *ep = me_lock_ep(r, h, li, &s, &err);
 	if (!ep)
 		return err;
-	if (ep->fax) {
+	if (ep->fax && !(t38 && !ep->fax->is_t38)) {
 		rl_unlock(r, s);
 		return EBUSY;
 	}
-	if (ep->codec != ME_PCMA && ep->codec != ME_PCMU) {
+	if (!t38 && ep->codec != ME_PCMA && ep->codec != ME_PCMU) {
 		rl_unlock(r, s);
 		return EINVAL;
 	}
@@ -371,21 +497,57 @@ static int me_fax_start(rl_relay *r, uint64_t h, int li, const char *path, int s
 		rl_unlock(r, s);
 		return ENOMEM;
 	}
-	fx->fs = fax_init(NULL, send ? 1 : 0);
-	if (!fx->fs) {
-		free(fx);
-		rl_unlock(r, s);
-		return ENOMEM;
+	if (t38) {
+		fx->t38 = t38_terminal_init(NULL, send ? 1 : 0, me_t38_tx, fx);
+		if (!fx->t38) {
+			free(fx);
+			rl_unlock(r, s);
+			return ENOMEM;
+		}
+		t38_core_state_t *c = t38_terminal_get_t38_core_state(fx->t38);
+		t38_set_t38_version(c, 0);
+		t38_set_fastest_image_data_rate(c, 14400);
+		t38_set_data_rate_management_method(c, T38_DATA_RATE_MANAGEMENT_TRANSFERRED_TCF);
+		t38_set_max_buffer_size(c, 200);
+		/* UDPTL redundancy recovers a lost packet: one copy of each is enough */
+		for (int cat = T38_PACKET_CATEGORY_INDICATOR; cat <= T38_PACKET_CATEGORY_IMAGE_DATA_END; cat++)
+			t38_set_redundancy_control(c, cat, 1);
+		t38_terminal_set_config(fx->t38, 0);
+		t38_terminal_set_tep_mode(fx->t38, 0);
+		fx->t30 = t38_terminal_get_t30_state(fx->t38);
+		fx->is_t38 = 1;
+		fx->rx_seq = -1;
+		s->leg[li].udptl = 1;
+		if (ep->fax) {
+			/* the call switched from audio to T.38 (re-INVITE): the audio fax ends quietly,
+			 * its file is written anew by this one */
+			me_fax *old = ep->fax;
+			old->finished = 1;
+			t30_terminate(old->t30);
+			me_fax_store(old, T30_ERR_CALLDROPPED, 1);
+			fax_free(old->fs);
+			free(old);
+			ep->fax = NULL;
+		}
+	} else {
+		fx->fs = fax_init(NULL, send ? 1 : 0);
+		if (!fx->fs) {
+			free(fx);
+			rl_unlock(r, s);
+			return ENOMEM;
+		}
+		fx->t30 = fax_get_t30_state(fx->fs);
 	}
-	fx->t30 = fax_get_t30_state(fx->fs);
 	fx->caller = send ? 1 : 0;
 	fx->r = r;
 	fx->ep = ep;
 	fx->phase = 'A';
 	fx->start_ns = rl_now();
 	fx->id = atomic_fetch_add(&me_fax_next_id, 1);
-	fax_set_transmit_on_idle(fx->fs, 1);
-	fax_set_tep_mode(fx->fs, 0);
+	if (!t38) {
+		fax_set_transmit_on_idle(fx->fs, 1);
+		fax_set_tep_mode(fx->fs, 0);
+	}
 	if (ident && *ident)
 		t30_set_tx_ident(fx->t30, ident);
 	if (header && *header)
@@ -407,6 +569,7 @@ static int me_fax_start(rl_relay *r, uint64_t h, int li, const char *path, int s
 	res->used = 1;
 	res->phase = 'A';
 	res->start_ns = fx->start_ns;
+	res->t38 = t38;
 	snprintf(res->path, sizeof res->path, "%s", path);
 	pthread_mutex_unlock(&me_fax_mu);
 	ep->fax = fx;
@@ -461,13 +624,14 @@ static int me_fax_slot(rl_relay *r, rl_worker *w, me_ep *ep, int64_t now)
 }
 static void me_fax_free(rl_relay *r, me_ep *ep) { (void)r, (void)ep; }
 static int me_fax_start(rl_relay *r, uint64_t h, int li, const char *path, int send, const char *ident,
-			const char *header, int ecm, uint32_t *id_out)
+			const char *header, int ecm, int t38, uint32_t *id_out)
 {
-	(void)r, (void)h, (void)li, (void)path, (void)send, (void)ident, (void)header, (void)ecm, (void)id_out;
+	(void)r, (void)h, (void)li, (void)path, (void)send, (void)ident, (void)header, (void)ecm, (void)t38, (void)id_out;
 	return ENOSYS;
 }
 static int me_fax_stop(rl_relay *r, uint64_t h, int li) { (void)r, (void)h, (void)li; return 0; }
 static int me_fax_info(uint32_t id, me_fax_result *out) { (void)id, (void)out; return ENOENT; }
+static void me_t38_rx(me_fax *fx, const uint8_t *p, int len) { (void)fx, (void)p, (void)len; }
 static const char *me_fax_status_str(int code) { (void)code; return "fax not built"; }
 
 #endif /* HPBX_FAX */

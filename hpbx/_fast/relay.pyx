@@ -23,6 +23,7 @@ cdef extern from "relay_engine.h" nogil:
         int rtcp_port
         int rtcp_mux
         int latched
+        int udptl
         char peer_host[46]
         int peer_port
         char sdp_host[46]
@@ -57,6 +58,7 @@ cdef extern from "relay_engine.h" nogil:
     int rl_adopt_tx(rl_relay *r, uint64_t h, int li, uint64_t src, int fli)
     int rl_set_hold(rl_relay *r, uint64_t h, int hold)
     int rl_set_clock_rate(rl_relay *r, uint64_t h, int li, uint32_t rate)
+    int rl_set_udptl(rl_relay *r, uint64_t h, int li, int on)
     int rl_query(rl_relay *r, uint64_t h, rl_leg_info *a, rl_leg_info *b, int *hold, int64_t *created_ns)
     int rl_timed_out(rl_relay *r, int64_t timeout_ns, uint64_t *out, int mx)
     int rl_list(rl_relay *r, uint64_t *out, int mx)
@@ -94,6 +96,7 @@ cdef dict _leg_dict(rl_leg_info *i):
         "port": i.port,
         "rtcp_port": i.rtcp_port,
         "rtcp_mux": bool(i.rtcp_mux),
+        "udptl": bool(i.udptl),
         "latched": bool(i.latched),
         "peer": (i.peer_host.decode("ascii"), i.peer_port) if i.peer_port else None,
         "sdp_peer": (i.sdp_host.decode("ascii"), i.sdp_port) if i.sdp_port else None,
@@ -301,6 +304,13 @@ cdef class Relay:
     def set_hold(self, uint64_t session, bint hold):
         """A held session is never reported by ``timed_out``."""
         if rl_set_hold(self._live(), session, hold):
+            raise RelayError(f"unknown relay session {session}")
+
+    def set_udptl(self, uint64_t session, leg, bint on=True):
+        """The leg carries T.38 UDPTL (m=image udptl t38) instead of RTP: no RTCP demultiplexing
+        by the second byte, no RTP statistics, no header rewriting when relayed."""
+        cdef int li = _leg(leg)  # before _live(): comparing ``leg`` may run Python code
+        if rl_set_udptl(self._live(), session, li, on):
             raise RelayError(f"unknown relay session {session}")
 
     def set_clock_rate(self, uint64_t session, leg, int rate):

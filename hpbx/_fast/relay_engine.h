@@ -85,6 +85,8 @@ typedef struct {
 	rl_sa was[2];       /* the party before rl_switch (a transfer): relayed, never latched */
 	int64_t was_until;  /* ... until the new party's first packet or this time */
 	int rtcp_mux;       /* RTCP shares the RTP socket and address */
+	int udptl;          /* the leg carries T.38 UDPTL (image/t38), not RTP: no RTCP demux,
+			       no RTP statistics or header rewriting */
 	uint32_t clock_rate;
 	rl_stream st;
 	me_txid tx;         /* outgoing RTP identity (media_rtp.h) */
@@ -149,7 +151,7 @@ typedef struct rl_relay {
 
 /* A flat copy of one leg's state for Python. */
 typedef struct {
-	int port, rtcp_port, rtcp_mux, latched;
+	int port, rtcp_port, rtcp_mux, latched, udptl;
 	char peer_host[INET6_ADDRSTRLEN];
 	int peer_port;
 	char sdp_host[INET6_ADDRSTRLEN];
@@ -390,15 +392,23 @@ static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_s
 		l->st.dropped_source++;
 		return 0;
 	}
-	/* RFC 5761: on a muxed port, RTCP packet types 192-223 = second byte 64-95 masked */
-	int rtcp = k == 1 || (len >= 2 && (p[1] & 0x7f) >= 64 && (p[1] & 0x7f) <= 95);
+	/* RFC 5761: on a muxed port, RTCP packet types 192-223 = second byte 64-95 masked. A UDPTL
+	 * leg has no RTCP: its second byte is the low byte of the UDPTL sequence number, so the
+	 * test would drop 32 of every 256 T.38 packets. */
+	int udptl = l->udptl || o->udptl;
+	int rtcp = udptl ? k == 1 : k == 1 || (len >= 2 && (p[1] & 0x7f) >= 64 && (p[1] & 0x7f) <= 95);
+	if (udptl && k == 1) {
+		l->st.dropped_bad++; /* nothing belongs on the port above a UDPTL port */
+		return 0;
+	}
 	if (l->ep || o->ep) {
 		/* a media endpoint on either leg: nothing is relayed that way (media_engine.h) */
 		if (!rtcp) {
 			l->st.packets++;
 			l->st.bytes += len;
 			l->st.last_ns = now;
-			rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+			if (!udptl)
+				rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
 			if (l->ep)
 				me_rx(r, s, li, p, len, now);
 		}
@@ -417,10 +427,12 @@ static inline int rl_route(rl_relay *r, rl_session *s, int li, int k, const rl_s
 		l->st.packets++;
 		l->st.bytes += len;
 		l->st.last_ns = now;
-		rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
-		if (l->dw) /* digits reported to Python, the packet relayed all the same */
-			me_watch_rx(r, s, li, p, len, now);
-		me_tx_relayed(&o->tx, (uint8_t *)p, len, now); /* the buffer is the worker's own */
+		if (!udptl) {
+			rl_rtp_stats(&l->st, p, len, now, s->created_ns, l->clock_rate);
+			if (l->dw) /* digits reported to Python, the packet relayed all the same */
+				me_watch_rx(r, s, li, p, len, now);
+			me_tx_relayed(&o->tx, (uint8_t *)p, len, now); /* the buffer is the worker's own */
+		}
 	}
 	*out_fd = o->fd[dk];
 	*out_to = &o->peer[dk];
@@ -1198,12 +1210,25 @@ static int rl_set_clock_rate(rl_relay *r, uint64_t h, int li, uint32_t rate)
 	return 0;
 }
 
+/* Mark a leg as carrying T.38 UDPTL (on = 1) or RTP again (on = 0), after an image/t38 offer
+ * or answer. Both legs of a relayed session are marked by the signalling. */
+static int rl_set_udptl(rl_relay *r, uint64_t h, int li, int on)
+{
+	rl_session *s = rl_lock(r, h);
+	if (!s)
+		return ENOENT;
+	s->leg[li].udptl = on ? 1 : 0;
+	rl_unlock(r, s);
+	return 0;
+}
+
 static void rl_leg_copy(const rl_leg *l, rl_leg_info *o)
 {
 	memset(o, 0, sizeof *o);
 	o->port = l->port;
 	o->rtcp_port = l->rtcp_mux ? l->port : l->port + 1;
 	o->rtcp_mux = l->rtcp_mux;
+	o->udptl = l->udptl;
 	o->latched = l->latched[0];
 	rl_sa_host(&l->peer[0], o->peer_host);
 	o->peer_port = rl_sa_port(&l->peer[0]);

@@ -13,8 +13,21 @@ cdef extern from "relay_engine.h" nogil:
         char remote_ident[24]
         char path[512]
         uint64_t lost_packets, late_packets, fillin_samples
+        int t38
+        uint64_t udptl_rx, udptl_bad, udptl_recovered
     int me_fax_start(rl_relay *r, uint64_t h, int li, const char *path, int send, const char *ident,
-                     const char *header, int ecm, uint32_t *id_out)
+                     const char *header, int ecm, int t38, uint32_t *id_out)
+    ctypedef struct udptl_pkt:
+        uint16_t seq
+        const uint8_t *ifp
+        int ifp_len
+        int fec
+        int nsec
+        const uint8_t *sec[16]
+        int sec_len[16]
+    int udptl_decode(const uint8_t *b, int len, udptl_pkt *u)
+    int udptl_encode(uint8_t *b, int cap, uint16_t seq, const uint8_t *ifp, int ifp_len,
+                     const uint8_t *const *sec, const int *sec_len, int nsec)
     int me_fax_stop(rl_relay *r, uint64_t h, int li)
     int me_fax_info(uint32_t id, me_fax_result *out)
     const char *me_fax_status_str(int code)
@@ -34,7 +47,7 @@ cdef class FaxCore:
         self.media = media
 
     def start(self, uint64_t h, leg, str path, bint send=False, str ident="", str header="",
-              bint ecm=True):
+              bint ecm=True, bint t38=False):
         cdef int li = _leg(leg)
         cdef bytes p = os.fsencode(path)
         cdef bytes i = ident.encode("ascii", "replace")[:20]
@@ -42,7 +55,7 @@ cdef class FaxCore:
         if len(p) >= 512:
             raise RelayError("fax path too long")
         cdef uint32_t fid = 0
-        cdef int e = me_fax_start(self.media._r(), h, li, p, send, i, hd, ecm, &fid)
+        cdef int e = me_fax_start(self.media._r(), h, li, p, send, i, hd, ecm, t38, &fid)
         if e == EBUSY:
             raise RelayError("a fax already runs on that leg")
         if e == EINVAL:
@@ -80,5 +93,35 @@ cdef class FaxCore:
             "remote_ident": res.remote_ident.decode("ascii", "replace").strip(),
             "path": os.fsdecode(res.path),
             "lost_packets": res.lost_packets, "late_packets": res.late_packets,
-            "fillin_samples": res.fillin_samples,
+            "fillin_samples": res.fillin_samples, "t38": bool(res.t38),
+            "udptl_rx": res.udptl_rx, "udptl_bad": res.udptl_bad,
+            "udptl_recovered": res.udptl_recovered,
         }
+
+
+def udptl_decode_packet(bytes data):
+    """hpbx's UDPTL decoder (udptl.h) on one datagram: (seq, primary IFP, [secondaries, newest
+    first]) or None when it is malformed. For tests (fuzzing) and diagnostics."""
+    cdef udptl_pkt u
+    cdef const uint8_t *b = data
+    if udptl_decode(b, len(data), &u):
+        return None
+    return (u.seq, (<const char *>u.ifp)[:u.ifp_len],
+            [(<const char *>u.sec[i])[:u.sec_len[i]] for i in range(u.nsec)])
+
+
+def udptl_encode_packet(int seq, bytes ifp, list secondaries=None, int cap=1500):
+    """A UDPTL datagram (udptl.h encoder); None when the IFP is empty or too long."""
+    cdef uint8_t out[1500]
+    cdef const uint8_t *sec[16]
+    cdef int sl[16]
+    secs = [bytes(x) for x in (secondaries or [])][:16]
+    for i, x in enumerate(secs):
+        sec[i] = <const uint8_t *>(<const char *>x)
+        sl[i] = len(x)
+    if cap > 1500:
+        cap = 1500
+    cdef int n = udptl_encode(out, cap, seq & 0xffff, ifp, len(ifp), sec, sl, len(secs))
+    if n < 0:
+        return None
+    return (<const char *>out)[:n]

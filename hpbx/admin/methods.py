@@ -748,3 +748,5 @@ from hpbx.cti import admin_methods as _cti_admin  # noqa: E402,F401
 from hpbx.admin import addressbook_methods as _addressbook  # noqa: E402,F401
 # cdr.list number=... (issue 17: call records by number)
 from hpbx.admin import cdr_number as _cdr_number  # noqa: E402,F401
+# fax (hpbx.fax.send): fax.send, fax.status, fax.list (issue 15)
+from hpbx.fax import admin_methods as _fax_admin  # noqa: E402,F401

@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from hpbx.fax import t38sdp
 from hpbx.fax.pdf import FaxPdfError, tiff_to_pdf
 from hpbx.mail.spool import Attachment
 from hpbx.pbx import media_channel
@@ -50,7 +51,8 @@ def report(info: dict, caller: str, number: str) -> tuple[str, str]:
     secs = info.get("transfer_ms", 0) / 1000
     lines = [f"Fax to {number}", f"Caller number: {caller or 'unknown'}", f"Sender CSID: {remote}",
              f"Pages: {pages}", f"Resolution: {res}", f"Transfer time: {secs:.1f} s",
-             f"Bit rate: {info.get('bit_rate', 0)} bit/s, ECM: {'yes' if info.get('ecm') else 'no'}"]
+             f"Bit rate: {info.get('bit_rate', 0)} bit/s, ECM: {'yes' if info.get('ecm') else 'no'}",
+             f"Transport: {'T.38 (UDPTL)' if info.get('t38') else 'G.711 audio'}"]
     if info.get("ok"):
         subject = f"Fax from {remote if remote != 'unknown' else caller}: {pages} page(s)"
     else:
@@ -96,7 +98,25 @@ def make_service(app):
         path = str(folder / f"{time.time_ns()}-{safe}.tif")
         ident = re.sub(r"[^0-9+ ]", "", ch.dialled)[:20]
         engine = ch.engine
-        fid = engine.fax_receive(ch.id, "a", path, ident=ident)
+        cur = {"fid": engine.fax_receive(ch.id, "a", path, ident=ident), "t38": False}
+
+        def on_reoffer(body: bytes):
+            # the sender's gateway switches to T.38 (re-INVITE m=image udptl t38): the audio
+            # fax is replaced by a T.38 one on the same port
+            offer = t38sdp.image_offer(body)
+            if offer is None:
+                return None
+            engine.set_peer(ch.id, "a", offer.host, offer.port)
+            engine.relatch(ch.id, "a")
+            if not cur["t38"]:
+                cur["fid"] = engine.fax_receive(ch.id, "a", path, ident=ident, t38=True)
+                cur["t38"] = True
+                ch.result = "fax: receiving (T.38)"
+                log.info("[%s] fax switched to T.38 (peer %s:%d)", ch.id, offer.host, offer.port)
+            session, _ = ch.session_lines()
+            return t38sdp.answer(body, offer, session, ch.media.port_a)
+
+        ch.on_reoffer = on_reoffer
         ch.result = "fax: receiving"
         info = None
         try:
@@ -108,10 +128,12 @@ def make_service(app):
         finally:
             if info is None:
                 # the caller hung up (the endpoint is gone: its fax_done is in the table)
-                info = dict(engine.fax.info(fid) or {"status": -1, "reason": "unknown", "pages": 0})
+                info = dict(engine.fax.info(cur["fid"]) or {"status": -1, "reason": "unknown", "pages": 0})
                 info["path"] = path
                 info["ok"] = info.get("status") == 0
-            ch.result = (f"fax: {info.get('pages', 0)} page(s) received" if info.get("ok")
+            ch.on_reoffer = None
+            ch.result = (f"fax: {info.get('pages', 0)} page(s) received" + (" (T.38)" if info.get("t38") else "")
+                         if info.get("ok")
                          else f"fax failed: {info.get('reason')} after {info.get('pages', 0)} page(s)")
             mail = getattr(app, "mail", None)
             if mail is None:
@@ -137,3 +159,5 @@ def install(app) -> None:
         log.warning("no fax in this build (spandsp missing): fax numbers answer 480")
         return
     media_channel.register_service("fax", make_service(app), name="fax", admit=admit)
+    from hpbx.fax import send
+    send.install(app)  # fax.send

@@ -346,6 +346,12 @@ class MediaEngine:
     def set_clock_rate(self, key: str, leg: str, rate: int) -> None:
         self.relay.set_clock_rate(self.get(key).handle, _check_leg(leg), rate)
 
+    def set_udptl(self, key: str, leg: str | None = None, on: bool = True) -> None:
+        """One leg (or both, for a relayed T.38 call) carries T.38 UDPTL instead of RTP."""
+        ms = self.get(key)
+        for lg in (_check_leg(leg),) if leg else LEGS:
+            self.relay.set_udptl(ms.handle, lg, on)
+
     def stats(self, key: str) -> dict[str, Any]:
         ms = self.get(key)
         s = self.relay.stats(ms.handle)
@@ -740,11 +746,11 @@ class MediaEngine:
 
     # ------------------------------------------------------------------ fax (media_fax.h)
     def _fax_start(self, key: str, leg: str, path: str, send: bool, ident: str, header: str,
-                   ecm: bool) -> int:
+                   ecm: bool, t38: bool = False) -> int:
         ms, ep = self._endpoint(key, leg)
         if self.fax is None:
             raise ValidationError("fax", "this build has no fax (spandsp missing)")
-        if ep["codec"] not in ("PCMA", "PCMU"):
+        if not t38 and ep["codec"] not in ("PCMA", "PCMU"):
             raise ValidationError("codec", f"fax runs over PCMA or PCMU, not {ep['codec']}")
         if not path or not isinstance(path, str):
             raise ValidationError("path", "must be a file path")
@@ -752,24 +758,32 @@ class MediaEngine:
             if not isinstance(v, str) or len(v) > n or not v.isascii() or not v.isprintable():
                 raise ValidationError(fieldname, f"must be printable ASCII of at most {n} characters")
         try:
-            fid = self.fax.start(ms.handle, leg, path, send=send, ident=ident, header=header, ecm=ecm)
+            fid = self.fax.start(ms.handle, leg, path, send=send, ident=ident, header=header, ecm=ecm,
+                                 t38=t38)
         except RelayError as e:
             raise ValidationError("leg", str(e)) from None
+        if t38:  # an audio fax it replaced ends without fax_done
+            for old in [f for f, (k, lg, _) in self._faxes.items() if k == key and lg == leg]:
+                del self._faxes[old]
         self._faxes[fid] = (key, leg, path)
         return fid
 
-    def fax_receive(self, key: str, leg: str, path: str, *, ident: str = "", ecm: bool = True) -> int:
+    def fax_receive(self, key: str, leg: str, path: str, *, ident: str = "", ecm: bool = True,
+                    t38: bool = False) -> int:
         """Answer a fax on a terminated G.711 leg (T.30 as the called party), writing the pages
-        to ``path`` (TIFF-F); ``ident`` is our CSID. Ends with fax_done. Returns the fax id."""
-        return self._fax_start(key, leg, path, False, ident, "", ecm)
+        to ``path`` (TIFF-F); ``ident`` is our CSID. Ends with fax_done. Returns the fax id.
+        ``t38``: the leg carries T.38 over UDPTL (after an image/t38 offer) instead of audio; an
+        audio fax already running there is replaced (it ends without fax_done)."""
+        return self._fax_start(key, leg, path, False, ident, "", ecm, t38)
 
     def fax_send(self, key: str, leg: str, path: str, *, ident: str = "", header: str = "",
-                 ecm: bool = True) -> int:
+                 ecm: bool = True, t38: bool = False) -> int:
         """Send the pages of the TIFF-F ``path`` (T.4/T.6, fax widths and resolutions) as the
-        calling party; ``header`` is printed on top of each page. Ends with fax_done."""
+        calling party; ``header`` is printed on top of each page. Ends with fax_done.
+        ``t38``: over T.38/UDPTL (see fax_receive)."""
         if not isinstance(path, str) or not os.path.isfile(path):
             raise ValidationError("path", f"no such file {path!r}")
-        return self._fax_start(key, leg, path, True, ident, header, ecm)
+        return self._fax_start(key, leg, path, True, ident, header, ecm, t38)
 
     def fax_stop(self, key: str, leg: str) -> None:
         """End the fax now (fax_done comes, reason call dropped, with the pages so far)."""

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from hpbx._fast import fork as F
 from hpbx._fast import sipmsg
 from hpbx.errors import HpbxError, SdpError
+from hpbx.fax import t38sdp
 from hpbx.pbx import anchor, callerid, media_channel, moh, router, transfer
 from hpbx.sip.auth import parse_digest
 from hpbx.sip.dialog import Dialog, OkResender, cancel_with_reason, new_leg_id
@@ -646,6 +647,9 @@ class Call:
         media = self.service.media
         leg = "a" if side == "a" else "b"
         try:
+            t38 = t38sdp.reanchor(media, self.id, leg, body, *self._facing(towards_b))  # issue 15
+            if t38 is not None:
+                return t38
             peer = anchor.peer(body)
             media.set_peer(self.id, leg, peer.host, peer.port, rtcp_port=peer.rtcp_port,
                            rtcp_mux=peer.rtcp_mux)
@@ -656,9 +660,14 @@ class Call:
         except HpbxError as exc:
             log.info("[%s] re-offer SDP not usable: %s", self.id, exc)
             return body
+        address, port = self._facing(towards_b)
+        return anchor.rewrite(body, address, port)
+
+    def _facing(self, towards_b: bool) -> tuple[str, int]:
+        """The relay address and port facing the side a body is sent to."""
         port = self.media.port_b if towards_b else self.media.port_a
         facing = self.winner.target.host if towards_b and self.winner else self.a_target.host
-        return anchor.rewrite(body, self.media.address_for(facing), port)
+        return self.media.address_for(facing), port
 
     def _forwarded_response(self, stx, side, other: Dialog, cseq: int, status: int, resp) -> None:
         if status < 200:

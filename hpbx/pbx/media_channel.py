@@ -505,6 +505,9 @@ class MediaChannel:
         self.end_iso = ""
         self.end_reason = ""
         self.handed_to = None  # the Call that took the caller over (ring)
+        # set by a service: called with the body of a re-INVITE/UPDATE; returns our SDP answer
+        # (it took the offer), None (handled as an audio re-offer) or raises HpbxError (488)
+        self.on_reoffer: Callable[[bytes], bytes | None] | None = None
         self.targets_tried: list[str] = []  # of the Call this channel took over (take_over)
         self._ok: OkResender | None = None  # our 200, re-sent until the ACK
         self._se_timer = None
@@ -585,6 +588,15 @@ class MediaChannel:
             lines += [f"a=rtpmap:{dtmf} telephone-event/8000", f"a=fmtp:{dtmf} 0-15"]
         lines += [f"a=ptime:{c['ptime']}", f"a={direction}"]
         return ("\r\n".join(lines) + "\r\n").encode()
+
+    def session_lines(self) -> tuple[list[str], str]:
+        """The session part of a new SDP of ours (version moved on) and our media address, for a
+        service writing its own answer (on_reoffer)."""
+        self._sdp_version += 1
+        host = self.media.address_for(self.a_target.host)
+        ip = "IP6" if ":" in host else "IP4"
+        return (["v=0", f"o=hpbx {abs(hash(self.id)) % 10**9} {self._sdp_version} IN {ip} {host}",
+                 "s=hpbx", f"c=IN {ip} {host}", "t=0 0"], host)
 
     def _session_timer_headers(self) -> list:
         msg = self.a_msg
@@ -696,6 +708,20 @@ class MediaChannel:
         if method in ("INVITE", "UPDATE"):
             direction = "sendrecv"
             headers = [("Contact", self.a_contact), ("Allow", ALLOW)]
+            on_reoffer = getattr(self, "on_reoffer", None)  # (OutboundChannel: set by its service)
+            if msg.body and on_reoffer is not None:
+                # the service answers offers it knows (the fax: m=image udptl t38)
+                try:
+                    own = on_reoffer(msg.body)
+                except HpbxError as exc:
+                    tx.respond(488, None)
+                    log.info("[%s] re-offer refused by the service: %s", self.id, exc)
+                    return
+                if own is not None:
+                    self._arm_session_timer()
+                    headers.append(("Content-Type", "application/sdp"))
+                    tx.respond(200, None, headers, own)
+                    return
             if msg.body:
                 try:
                     peer = anchor.peer(msg.body)

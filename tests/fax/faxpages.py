@@ -92,3 +92,16 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     pa[:a.shape[0], :a.shape[1]] = a
     pb[:b.shape[0], :b.shape[1]] = b
     return float((pa == pb).mean())
+
+
+def read_pbm(data: bytes) -> np.ndarray:
+    """A raw PBM (P4, "# comment" lines allowed in the header) as a bool array (True = black)."""
+    import re
+    toks, pos = [], 0
+    while len(toks) < 3:
+        m = re.compile(rb"\s*(#[^\n]*\n\s*)*(\S+)").match(data, pos)
+        toks.append(m.group(2))
+        pos = m.end()
+    w, h = int(toks[1]), int(toks[2])
+    raster = np.frombuffer(data[pos + 1:pos + 1 + h * ((w + 7) // 8)], dtype=np.uint8).reshape(h, (w + 7) // 8)
+    return np.unpackbits(raster, axis=1)[:, :w].astype(bool)
