@@ -254,10 +254,14 @@ class CallService:
     def dialog_changed(self, call: Call) -> None:
         """A call rings, is answered or changed hands: its users' BLF watchers hear of it."""
         self.blf.changed(call)
+        self._observe(call, False)
+
+    def _observe(self, call: Call, ended: bool) -> None:
+        """Tell the observers (CTI events); one's fault costs neither the call nor its CDR."""
         for observe in self.observers:
             try:
-                observe(call, False)
-            except Exception:  # an observer's fault (CTI events) must not cost the call
+                observe(call, ended)
+            except Exception:
                 log.exception("[%s] call observer %r failed", call.id, observe)
 
     def call_ended(self, call: Call) -> None:
@@ -265,11 +269,7 @@ class CallService:
         if self.owners is not None:
             self.owners.ended(call)
         self.blf.changed(call, ended=True)
-        for observe in self.observers:
-            try:
-                observe(call, True)
-            except Exception:  # the CDR below must be written whatever an observer does
-                log.exception("[%s] call observer %r failed", call.id, observe)
+        self._observe(call, True)
         if self.toll is not None:
             self.toll.release(call.id)
         if call.answer_iso:
