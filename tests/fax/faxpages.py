@@ -4,10 +4,15 @@
 sends; ``read_tiff`` reads any TIFF spandsp wrote (G3/G4, either fill order) back into arrays by
 letting tiffcp decompress it (``-c none -f msb2lsb``) and parsing the plain strips.
 """
+import select
 import struct
 import subprocess
+import time
 
 import numpy as np
+import pytest
+
+from hpbx.media import MediaEngine
 
 W = 1728
 
@@ -105,3 +110,29 @@ def read_pbm(data: bytes) -> np.ndarray:
     w, h = int(toks[1]), int(toks[2])
     raster = np.frombuffer(data[pos + 1:pos + 1 + h * ((w + 7) // 8)], dtype=np.uint8).reshape(h, (w + 7) // 8)
     return np.unpackbits(raster, axis=1)[:, :w].astype(bool)
+
+
+def fax_engine(port_min: int, port_max: int):
+    """A started media engine with the fax endpoint on its own port range, for a fixture to
+    ``yield from`` (skipped when the build has no spandsp); closed afterwards."""
+    e = MediaEngine("127.0.0.1", port_min, port_max, workers=2, media_timeout=60, nice=-10)
+    if e.fax is None:
+        e.close()
+        pytest.skip("built without spandsp: no fax")
+    e.start()
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def wait_events(engine, got: list, pred, timeout: float) -> list:
+    """Drain the engine's events into ``got`` until ``pred(got)`` or ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not pred(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        select.select([engine.media.fileno()], [], [], left)
+        engine.drain_events()
+    return got

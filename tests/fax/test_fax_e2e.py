@@ -53,6 +53,19 @@ def setup(tmp_path_factory):
     sink.stop()
 
 
+def assert_mailed_pages(m, sent, tmp_path: Path) -> list[np.ndarray]:
+    """The mail carries one PDF whose pages are the ones sent (rasterised, > 98 % alike)."""
+    pdfs = [p for p in m.iter_attachments() if p.get_content_type() == "application/pdf"]
+    assert len(pdfs) == 1
+    pdf = tmp_path / "got.pdf"
+    pdf.write_bytes(pdfs[0].get_content())
+    pages = _pdf_pages(pdf, tmp_path)
+    assert len(pages) == len(sent)
+    for want, got in zip(sent, pages):
+        assert similarity(want, got) > 0.98, similarity(want, got)
+    return pages
+
+
 def _pdf_pages(pdf: Path, out: Path) -> list[np.ndarray]:
     """Each PDF page rasterised at the fax resolution (204x196) to a 1-bit array (True = black)."""
     pages = []
@@ -101,14 +114,7 @@ def test_two_page_fax_over_g711_arrives_as_pdf_by_mail(setup, tmp_path):
     assert "2 page(s)" in m["Subject"] and "+41 31 111 2222" in m["Subject"], m["Subject"]
     body = m.get_body(("plain",)).get_content()
     assert "Caller number: 0311112222" in body and "Pages: 2" in body and "204x196 dpi" in body, body
-    pdfs = [p for p in m.iter_attachments() if p.get_content_type() == "application/pdf"]
-    assert len(pdfs) == 1
-    pdf = tmp_path / "got.pdf"
-    pdf.write_bytes(pdfs[0].get_content())
-    pages = _pdf_pages(pdf, tmp_path)
-    assert len(pages) == 2
-    for want, got in zip(sent, pages):
-        assert similarity(want, got) > 0.98, similarity(want, got)
+    pages = assert_mailed_pages(m, sent, tmp_path)
     assert similarity(sent[0], pages[1]) < 0.97  # the comparison can tell pages apart
     cdr = [c for c in rig.cdrs(count=1) if c.get("service") == "fax"][-1]
     assert cdr["service_result"] == "fax: 2 page(s) received", cdr
@@ -140,14 +146,7 @@ def test_two_page_fax_over_t38_arrives_as_pdf_by_mail(setup, tmp_path):
     assert "2 page(s)" in m["Subject"] and "+41 31 111 3333" in m["Subject"], m["Subject"]
     body = m.get_body(("plain",)).get_content()
     assert "Transport: T.38 (UDPTL)" in body and "Pages: 2" in body and "Bit rate: 14400" in body, body
-    pdfs = [p for p in m.iter_attachments() if p.get_content_type() == "application/pdf"]
-    assert len(pdfs) == 1
-    pdf = tmp_path / "got.pdf"
-    pdf.write_bytes(pdfs[0].get_content())
-    pages = _pdf_pages(pdf, tmp_path)
-    assert len(pages) == 2
-    for want, got in zip(sent, pages):
-        assert similarity(want, got) > 0.98, similarity(want, got)
+    assert_mailed_pages(m, sent, tmp_path)
     cdr = [c for c in rig.cdrs(count=2) if c.get("service") == "fax"][-1]
     assert cdr["service_result"] == "fax: 2 page(s) received (T.38)", cdr
 

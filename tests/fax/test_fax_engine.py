@@ -1,15 +1,13 @@
 """The native fax endpoint (spandsp T.30 over G.711 in the relay's workers): two endpoints of one
 engine exchange a real 2-page fax over UDP on loopback; pages compared bit for bit; loss; a sender
 that stops mid-way; bad input."""
-import select
 import time
 
 import pytest
 
-from faxpages import make_tiff, read_tiff, similarity, fax_page
+from faxpages import fax_engine, wait_events, make_tiff, read_tiff, similarity, fax_page
 from hpbx._fast.relay import CODECS
 from hpbx.errors import ValidationError
-from hpbx.media import MediaEngine
 
 LO = "127.0.0.1"
 pytestmark = pytest.mark.fax
@@ -17,24 +15,7 @@ pytestmark = pytest.mark.fax
 
 @pytest.fixture
 def engine():
-    e = MediaEngine(LO, 43000, 43199, workers=2, media_timeout=60, nice=-10)
-    if e.fax is None:
-        e.close()
-        pytest.skip("built without spandsp: no fax")
-    e.start()
-    yield e
-    e.close()
-
-
-def wait_events(engine, got, pred, timeout):
-    deadline = time.monotonic() + timeout
-    while not pred(got):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        select.select([engine.media.fileno()], [], [], left)
-        engine.drain_events()
-    return got
+    yield from fax_engine(43000, 43199)
 
 
 def pair(engine, codec="PCMA"):

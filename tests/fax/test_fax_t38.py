@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from faxpages import fax_page, make_tiff, read_tiff, similarity
+from faxpages import fax_engine, wait_events, fax_page, make_tiff, read_tiff, similarity
 from hpbx._fast.relay import udptl_decode_packet, udptl_encode_packet
-from hpbx.media import MediaEngine
 
 LO = "127.0.0.1"
 pytestmark = pytest.mark.fax
@@ -22,24 +21,7 @@ pytestmark = pytest.mark.fax
 
 @pytest.fixture
 def engine():
-    e = MediaEngine(LO, 43200, 43399, workers=2, media_timeout=60, nice=-10)
-    if e.fax is None:
-        e.close()
-        pytest.skip("built without spandsp: no fax")
-    e.start()
-    yield e
-    e.close()
-
-
-def wait_events(engine, got, pred, timeout):
-    deadline = time.monotonic() + timeout
-    while not pred(got):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        select.select([engine.media.fileno()], [], [], left)
-        engine.drain_events()
-    return got
+    yield from fax_engine(43200, 43399)
 
 
 class Proxy:
